@@ -1,0 +1,300 @@
+"""PPO vs GoRL at CPU-feasible budgets: same harness (gprl.trainer.train), budget and seeds.
+
+Runs go to benchmarks/runs/TASK-BUDGET/ALGO-sSEED. A run whose checkpoint marks it finished is
+skipped, an unfinished one is resumed from its checkpoint, so the script can be re-run to add
+seeds or tasks. GoRL's decoder data-collection steps count toward the budget (its default).
+
+    python benchmarks/learning.py --tasks diagnostic            # the two multimodal tasks
+    python benchmarks/learning.py --tasks dmc --dmc-steps 500000  # hours on 2 CPU cores
+    python benchmarks/learning.py --report-only                 # aggregate finished runs only
+"""
+
+import argparse
+import csv
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    command,
+    load_average,
+    machine,
+    markdown_table,
+    now,
+    write_csv,
+)
+
+from gprl.algos import ALGORITHMS
+from gprl.checkpoint import CheckpointError, read_meta
+from gprl.envs import make_env
+from gprl.trainer import RunConfig, train
+
+DIAGNOSTIC_TASKS = ["gprl/TwoGoalPoint-v0", "gprl/BimodalBandit-v0"]
+DMC_TASKS = ["dm_control/cheetah-run-v0", "dm_control/walker-walk-v0"]
+TASK_GROUPS = {"diagnostic": DIAGNOSTIC_TASKS, "dmc": DMC_TASKS}
+RUNS_DIR = BENCH_DIR / "runs"
+INFO_FILE = "benchmark_info.json"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def budget_of(task: str, args) -> tuple[int, int]:
+    """(total env steps, env steps between evaluations) for a task."""
+    if task in DIAGNOSTIC_TASKS:
+        return args.diag_steps, args.diag_eval_every
+    return args.dmc_steps, args.dmc_eval_every
+
+
+def run_dir_of(task: str, algo: str, seed: int, steps: int) -> Path:
+    return RUNS_DIR / f"{slug(task)}-{steps}" / f"{algo}-s{seed}"
+
+
+def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:
+    """'finished', 'partial' (a checkpoint to resume from) or 'missing'."""
+    try:
+        meta = read_meta(run_dir)
+    except CheckpointError:
+        return "missing"
+    algo_cls, config_cls = ALGORITHMS[algo_name]
+    with make_env(task, 1) as env:
+        algo = algo_cls(config_cls(), env.spec, num_envs, steps)
+    return "finished" if meta["progress"]["iteration"] >= algo.total_iterations() else "partial"
+
+
+def run_one(task: str, algo_name: str, seed: int, args) -> None:
+    steps, eval_every = budget_of(task, args)
+    run_dir = run_dir_of(task, algo_name, seed, steps)
+    status = run_status(run_dir, algo_name, task, steps, args.num_envs)
+    label = f"{algo_name} {task} seed {seed} ({steps} steps)"
+    if status == "finished":
+        print(f"skip {label}: finished run in {run_dir}", flush=True)
+        return
+    if status == "partial":
+        print(f"resume {label} from {run_dir}", flush=True)
+        run = RunConfig(resume=run_dir, progress=False)
+    else:
+        print(f"train {label} -> {run_dir}", flush=True)
+        run = RunConfig(
+            env=task,
+            total_steps=steps,
+            seed=seed,
+            num_envs=args.num_envs,
+            out=run_dir,
+            overwrite=True,
+            progress=False,
+            eval_every=eval_every,
+            eval_episodes=args.eval_episodes,
+            checkpoint_every=10**12,
+        )
+    info = {
+        "load_before": load_average(),
+        "started": now(),
+        "machine": machine(),
+        "command": command(),
+        "resumed": status == "partial",
+    }
+    start = time.perf_counter()
+    train(algo_name, run, ALGORITHMS[algo_name][1]())
+    info |= {"load_after": load_average(), "process_seconds": time.perf_counter() - start}
+    (run_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
+    print(
+        f"  done in {info['process_seconds']:.0f} s (load {info['load_before']} -> "
+        f"{info['load_after']})",
+        flush=True,
+    )
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("eval_return")]
+    return [
+        {
+            "env_steps": int(row["env_steps"]),
+            "eval_return": float(row["eval_return"]),
+            "wall_time": float(row["wall_time"]),
+        }
+        for row in rows
+    ]
+
+
+def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
+    """Per-eval rows, one summary row per (task, algo) and curves, from finished runs."""
+    per_eval, summary, curves = [], [], {}
+    for task in tasks:
+        steps, _ = budget_of(task, args)
+        for algo_name in args.algos:
+            finals, walls, loads, seeds, per_seed = [], [], [], [], {}
+            for seed in args.seeds:
+                run_dir = run_dir_of(task, algo_name, seed, steps)
+                if run_status(run_dir, algo_name, task, steps, args.num_envs) != "finished":
+                    continue
+                rows = eval_rows(run_dir)
+                for index, row in enumerate(rows):
+                    per_eval.append(
+                        {
+                            "task": task,
+                            "algo": algo_name,
+                            "seed": seed,
+                            **row,
+                            "final": index == len(rows) - 1,
+                            "budget": steps,
+                        }
+                    )
+                per_seed[seed] = rows
+                seeds.append(seed)
+                finals.append(rows[-1]["eval_return"])
+                walls.append(rows[-1]["wall_time"])
+                info_path = run_dir / INFO_FILE
+                if info_path.exists():
+                    loads.append(json.loads(info_path.read_text())["load_before"])
+            if not seeds:
+                continue
+            curves[(task, algo_name)] = per_seed
+            note = ""
+            if algo_name == "gorl":
+                counted = ALGORITHMS["gorl"][1]().count_collection_steps
+                note = (
+                    "decoder data-collection steps count toward the budget"
+                    if counted
+                    else "decoder data-collection steps NOT counted in the budget"
+                )
+            summary.append(
+                {
+                    "task": task,
+                    "algo": algo_name,
+                    "budget": steps,
+                    "seeds": " ".join(map(str, seeds)),
+                    "final_eval_return": f"{np.mean(finals):.3f} ± {np.std(finals):.3f}",
+                    "final_eval_return_mean": float(np.mean(finals)),
+                    "final_eval_return_std": float(np.std(finals)),
+                    "per_seed": " ".join(f"{x:.3f}" for x in finals),
+                    "wall_time_s_mean": float(np.mean(walls)),
+                    "load_at_start_mean": float(np.mean(loads)) if loads else math.nan,
+                    "notes": note,
+                }
+            )
+    return per_eval, summary, curves
+
+
+def plot_task(task: str, curves: dict, path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo_name in args.algos:
+        per_seed = curves.get((task, algo_name))
+        if not per_seed:
+            continue
+        # Evaluations fall on the same env steps for every seed of an algorithm; interpolate
+        # anyway so that a schedule change cannot misalign the average.
+        grid = np.array([row["env_steps"] for row in next(iter(per_seed.values()))])
+        values = np.array(
+            [
+                np.interp(grid, [r["env_steps"] for r in rows], [r["eval_return"] for r in rows])
+                for rows in per_seed.values()
+            ]
+        )
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(grid, mean, label=f"{algo_name} ({len(per_seed)} seeds)")
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.25)
+    ax.set_xlabel("env steps (GoRL: decoder data collection included)")
+    ax.set_ylabel("deterministic eval return")
+    ax.set_title(task)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["diagnostic", "dmc"],
+        help="env ids, or the groups 'diagnostic' and 'dmc'",
+    )
+    parser.add_argument("--algos", nargs="+", default=["ppo", "gorl"], choices=sorted(ALGORITHMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--diag-steps", type=int, default=200_000)
+    parser.add_argument("--diag-eval-every", type=int, default=10_000)
+    parser.add_argument("--dmc-steps", type=int, default=500_000)
+    parser.add_argument("--dmc-eval-every", type=int, default=25_000)
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing; aggregate the finished runs that match the flags",
+    )
+    args = parser.parse_args()
+    tasks = list(dict.fromkeys(t for name in args.tasks for t in TASK_GROUPS.get(name, [name])))
+    # Report every task with finished runs at these budgets, not only the ones trained now, so
+    # that an incremental run does not drop earlier results from the CSVs.
+    reported = list(dict.fromkeys(DIAGNOSTIC_TASKS + DMC_TASKS + tasks))
+
+    if not args.report_only:
+        for task in tasks:
+            for seed in args.seeds:
+                for algo_name in args.algos:
+                    run_one(task, algo_name, seed, args)
+
+    per_eval, summary, curves = collect(reported, args)
+    if not summary:
+        raise SystemExit("no finished runs match these flags")
+    provenance = {"machine": machine(), "date": now(), "command": command()}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    write_csv(RESULTS_DIR / "learning.csv", per_eval)
+    write_csv(RESULTS_DIR / "learning_summary.csv", [row | provenance for row in summary])
+    for task in dict.fromkeys(row["task"] for row in summary):
+        plot_task(task, curves, RESULTS_DIR / f"learning_{slug(task)}.png", args)
+
+    print()
+    print(
+        markdown_table(
+            summary,
+            [
+                "task",
+                "algo",
+                "budget",
+                "seeds",
+                "final_eval_return",
+                "per_seed",
+                "wall_time_s_mean",
+                "load_at_start_mean",
+            ],
+        )
+    )
+    print(
+        "\nfinal_eval_return: mean ± std over seeds of the last deterministic evaluation "
+        f"({args.eval_episodes} episodes); wall_time_s_mean: seconds per run incl. evaluations."
+    )
+    if "gorl" in args.algos:
+        counted = ALGORITHMS["gorl"][1]().count_collection_steps
+        print(
+            "GoRL's decoder data-collection steps "
+            + (
+                "count toward the budget (default count_collection_steps=True), so both "
+                "algorithms use the same env steps."
+                if counted
+                else "are NOT counted: GoRL uses more env steps than PPO."
+            )
+        )
+    print(
+        f"machine: {provenance['machine']}; date: {provenance['date']}; "
+        f"command: {provenance['command']}"
+    )
+    print(f"wrote {RESULTS_DIR}/learning.csv, learning_summary.csv and learning_*.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""GoRL: PPO on a Gaussian latent policy, decoded into actions by a generative model.
+
+A tractable encoder pi(z | s) is trained with PPO while a flow-matching or diffusion decoder
+maps (s, z) to an action a = tanh(decoder(s, z)). Stage 0 uses the identity decoder (plain
+latent PPO). Between stages the best policy is rolled out, a decoder is fitted by imitation to
+map the prior N(0, I) onto its (pre-tanh) actions, and the encoder restarts at the prior, so
+decoder(prior) reproduces the last policy and the next stage improves on it (arXiv 2512.02581).
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gprl.algos.ppo import (
+    GaussianActorCritic,
+    PPOConfig,
+    iterations_for_budget,
+    make_optimizer,
+    make_ppo_update,
+    ppo_hyperparameters,
+    ppo_iteration,
+)
+from gprl.collector import HostCollector
+from gprl.envs import EnvSpec
+from gprl.policies import (
+    DiffusionPolicy,
+    DiffusionPolicyConfig,
+    FlowPolicy,
+    FlowPolicyConfig,
+    GaussianPolicyConfig,
+    gaussian_log_prob,
+    kl_to_standard_normal,
+)
+from gprl.rl_math import normalize, normalizer_arrays, running_stats_init, running_stats_update
+
+
+def _gorl_ppo_defaults() -> PPOConfig:
+    # The encoder (4 x 32 SiLU, softplus scale), entropy bonus and tanh squashing follow the
+    # reference. Batch geometry, learning rate and the critic are those of the PPO baseline, sized
+    # for a few CPU envs: the reference 5 x 256 critic (--gorl.ppo.critic-hidden 256 256 256 256
+    # 256 --gorl.ppo.critic-activation silu) costs ~0.5 s per 2048-step update on one CPU core.
+    return PPOConfig(
+        ent_coef=1e-2,
+        action_squash="tanh",
+        actor=GaussianPolicyConfig(hidden=(32, 32, 32, 32), activation="silu", std_type="softplus"),
+    )
+
+
+@dataclass(frozen=True)
+class GoRLConfig:
+    ppo: PPOConfig = field(default_factory=_gorl_ppo_defaults)
+    """PPO settings of the latent encoder (clip_eps and max_grad_norm are set per stage below)."""
+    decoder: Literal["flow", "diffusion"] = "flow"
+    flow: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
+    diffusion: DiffusionPolicyConfig = field(
+        default_factory=lambda: DiffusionPolicyConfig(num_train_steps=10, num_steps=10)
+    )
+    num_stages: int = 4
+    stage_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0)
+    """Relative encoder budget of each stage (reference: 60M/60M/30M/30M)."""
+    clip_eps_first_stage: float = 0.15
+    clip_eps_later_stages: float = 0.3
+    max_grad_norm_first_stage: float = 0.5
+    max_grad_norm_later_stages: float = 1.0
+    prior_regularizer: Literal["l2", "kl", "none"] = "l2"
+    """'l2': coef * (mean(mu^2) + mean(sigma^2)) as the reference code; 'kl': coef * mean KL(pi(.|s)
+    || N(0, I)) as the paper."""
+    prior_coef_first_stage: float = 5e-4
+    prior_coef_later_stages: float = 1e-3
+    reset_encoder: bool = True
+    """Re-initialise the encoder (actor, optimiser, observation normaliser) at each stage."""
+    reset_critic: bool = True
+    """Re-initialise the critic with the encoder (the reference resets both)."""
+    warm_start_decoder: bool = False
+    """Fine-tune the previous decoder instead of fitting a fresh one (reference: fresh)."""
+    collect_fraction: float = 0.08
+    """Env steps collected for each decoder refit, as a share of total_steps (reference: 19.7M
+    per refit next to 180M encoder steps)."""
+    collect_policy: Literal["best", "last"] = "best"
+    """Roll out the best-evaluated encoder of the stage (reference) or the latest one."""
+    count_collection_steps: bool = True
+    """Count decoder data-collection steps toward total_steps (the reference does not)."""
+    decoder_train_steps: int = 3000
+    decoder_batch_size: int = 512
+    decoder_learning_rate: float = 3e-4
+    decoder_val_fraction: float = 0.1
+    """Held-out share of the collected data; the decoder with the best held-out loss is kept."""
+    decoder_eval_every: int = 250
+    """Decoder training steps between held-out evaluations."""
+
+
+def prior_regularizer(kind: str):
+    """Penalty pulling the encoder toward the prior N(0, I); its coefficient is set per stage."""
+    if kind == "none":
+        return None
+    if kind == "l2":
+        return lambda mean, std: jnp.mean(mean**2) + jnp.mean(std**2)
+    if kind == "kl":
+        return lambda mean, std: jnp.mean(kl_to_standard_normal(mean, std))
+    raise ValueError(f"unknown prior_regularizer '{kind}'; use 'l2', 'kl' or 'none'")
+
+
+class GoRL:
+    name = "gorl"
+
+    def __init__(self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+        if len(config.stage_weights) != config.num_stages:
+            raise ValueError(
+                f"stage_weights has {len(config.stage_weights)} entries for "
+                f"{config.num_stages} stages"
+            )
+        self.config = config
+        self.spec = spec
+        self.num_envs = num_envs
+        self.model = GaussianActorCritic(config.ppo, spec.obs_dim, spec.action_dim)
+        if config.decoder == "flow":
+            self.decoder = FlowPolicy(spec.action_dim, replace(config.flow, zero_init=False))
+        elif config.decoder == "diffusion":
+            self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion)
+        else:
+            raise ValueError(f"unknown decoder '{config.decoder}'; use 'flow' or 'diffusion'")
+
+        self.steps_per_iteration = config.ppo.rollout_steps * num_envs
+        refits = config.num_stages - 1
+        self.collect_rollout_steps = max(1, round(config.collect_fraction * total_steps / num_envs))
+        self.collect_steps = self.collect_rollout_steps * num_envs
+        encoder_budget = total_steps
+        if config.count_collection_steps:
+            encoder_budget -= refits * self.collect_steps
+        weights = np.asarray(config.stage_weights, np.float64)
+        self.stage_iterations = [
+            iterations_for_budget(
+                int(encoder_budget * w / weights.sum()),
+                self.steps_per_iteration,
+                f"the encoder budget of stage {stage}",
+            )
+            for stage, w in enumerate(weights)
+        ]
+        self.stage_hparams = [
+            ppo_hyperparameters(
+                replace(
+                    config.ppo,
+                    clip_eps=(
+                        config.clip_eps_first_stage if stage == 0 else config.clip_eps_later_stages
+                    ),
+                    max_grad_norm=(
+                        config.max_grad_norm_first_stage
+                        if stage == 0
+                        else config.max_grad_norm_later_stages
+                    ),
+                ),
+                iterations,
+                config.prior_coef_first_stage if stage == 0 else config.prior_coef_later_stages,
+            )
+            for stage, iterations in enumerate(self.stage_iterations)
+        ]
+        self.optimizer = make_optimizer(config.ppo)
+        self._update = make_ppo_update(
+            self.model, config.ppo, self.optimizer, prior_regularizer(config.prior_regularizer)
+        )
+        self._policy_step = jax.jit(self._policy_step_impl)
+        self._eval_action = jax.jit(self._eval_action_impl)
+        self._value = jax.jit(self._value_impl)
+        self._decoder_optimizer = optax.adam(config.decoder_learning_rate)
+        self._decoder_train_chunk = jax.jit(self._decoder_train_chunk_impl)
+        self._decoder_val_loss = jax.jit(self._decoder_val_loss_impl)
+
+    # ----- state -------------------------------------------------------------------------------
+
+    def total_iterations(self) -> int:
+        return sum(self.stage_iterations) + self.config.num_stages - 1
+
+    def _fresh_encoder(self, key) -> dict:
+        actor_key, critic_key = jax.random.split(key)
+        params = {
+            "actor": self.model.init_actor(actor_key),
+            "critic": self.model.init_critic(critic_key),
+        }
+        return {
+            "params": params,
+            "opt_state": self.optimizer.init(params),
+            "obs_norm": running_stats_init((self.spec.obs_dim,)),
+        }
+
+    def init_state(self, key) -> dict:
+        encoder_key, decoder_key, key = jax.random.split(key, 3)
+        encoder = self._fresh_encoder(encoder_key)
+        return encoder | {
+            "key": key,
+            "return_norm": running_stats_init((1,)),
+            "iteration": np.asarray(0, np.int64),
+            "stage": np.asarray(0, np.int64),
+            "stage_iteration": np.asarray(0, np.int64),
+            "decoder": self.decoder.init(decoder_key, self.spec.obs_dim),
+            "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
+            "best": {
+                "return": np.asarray(-np.inf, np.float64),
+                "actor": encoder["params"]["actor"],
+                "obs_norm": encoder["obs_norm"],
+            },
+        }
+
+    def make_collector(self, env) -> HostCollector:
+        cfg = self.config.ppo
+        return HostCollector(env, cfg.gamma, cfg.normalize_rewards, cfg.reward_scale)
+
+    # ----- acting ------------------------------------------------------------------------------
+
+    def acting_params(self, state, actor=None, obs_norm=None) -> dict:
+        normalize_obs = self.config.ppo.normalize_observations
+        return {
+            "model": {
+                "actor": state["params"]["actor"] if actor is None else actor,
+                "critic": state["params"]["critic"],
+            },
+            "obs_norm": normalizer_arrays(
+                state["obs_norm"] if obs_norm is None else obs_norm, normalize_obs
+            ),
+            "decoder": state["decoder"],
+            "decoder_obs_norm": normalizer_arrays(state["decoder_obs_norm"]),
+            "decoder_active": np.asarray(state["stage"] > 0),
+        }
+
+    def decode(self, acting, obs, latent):
+        """Pre-tanh decoder output; the identity in stage 0."""
+
+        def run_decoder():
+            cond = normalize(obs, acting["decoder_obs_norm"])
+            return self.decoder.sample(acting["decoder"], cond, latent)
+
+        return jax.lax.cond(acting["decoder_active"], run_decoder, lambda: latent)
+
+    def _policy_step_impl(self, acting, obs, key):
+        key, noise_key = jax.random.split(key)
+        obs_n = normalize(obs, acting["obs_norm"])
+        mean, std = self.model.distribution(acting["model"], obs_n)
+        latent = mean + std * jax.random.normal(noise_key, mean.shape)
+        decoded = self.decode(acting, obs, latent)
+        extras = {
+            "latent": latent,
+            "log_prob": gaussian_log_prob(mean, std, latent),
+            "value": self.model.value(acting["model"], obs_n),
+            "decoded": decoded,
+        }
+        return jnp.tanh(decoded), extras, key
+
+    def _value_impl(self, acting, obs):
+        return self.model.value(acting["model"], normalize(obs, acting["obs_norm"]))
+
+    def _eval_action_impl(self, acting, obs):
+        mean, _ = self.model.distribution(acting["model"], normalize(obs, acting["obs_norm"]))
+        return jnp.tanh(self.decode(acting, obs, mean))
+
+    def eval_action_fn(self, state):
+        """Deterministic policy for evaluation: z = mean of the encoder."""
+        return self._eval_action
+
+    def sample_action_fn(self, state):
+        return self._policy_step
+
+    def observe_evaluation(self, state: dict, mean_return: float) -> dict:
+        # Ties go to the later policy, as in the reference.
+        if mean_return >= state["best"]["return"] - 1e-6:
+            best = {
+                "return": np.asarray(mean_return, np.float64),
+                "actor": state["params"]["actor"],
+                "obs_norm": state["obs_norm"],
+            }
+            return state | {"best": best}
+        return state
+
+    # ----- training ----------------------------------------------------------------------------
+
+    def iterate(self, state: dict, collector: HostCollector):
+        """A PPO iteration of the current stage, or the refit that starts the next stage."""
+        stage = int(state["stage"])
+        if int(state["stage_iteration"]) >= self.stage_iterations[stage]:
+            return self._start_next_stage(state, collector)
+        state, info, episodes = ppo_iteration(
+            state,
+            collector,
+            self.acting_params(state),
+            self._policy_step,
+            self._value,
+            self._update,
+            self.stage_hparams[stage],
+            self.config.ppo,
+            self.spec.obs_dim,
+        )
+        state = state | {"stage_iteration": np.asarray(state["stage_iteration"] + 1)}
+        info["stage"] = stage
+        return state, info, episodes, self.steps_per_iteration
+
+    def _start_next_stage(self, state: dict, collector: HostCollector):
+        cfg = self.config
+        stage = int(state["stage"])
+        use_best = cfg.collect_policy == "best" and np.isfinite(state["best"]["return"])
+        acting = (
+            self.acting_params(state, state["best"]["actor"], state["best"]["obs_norm"])
+            if use_best
+            else self.acting_params(state)
+        )
+        key, fit_key, encoder_key = jax.random.split(state["key"], 3)
+        rollout, key, _, episodes = collector.rollout(
+            self._policy_step,
+            None,
+            acting,
+            key,
+            self.collect_rollout_steps,
+            state["return_norm"],
+        )
+        obs = rollout.obs.reshape(-1, self.spec.obs_dim)
+        targets = np.asarray(rollout.extras["decoded"]).reshape(-1, self.spec.action_dim)
+        decoder_obs_norm = running_stats_update(running_stats_init((self.spec.obs_dim,)), obs)
+        init_key, fit_key = jax.random.split(fit_key)
+        if cfg.warm_start_decoder and stage > 0:
+            decoder_params = state["decoder"]
+        else:
+            decoder_params = self.decoder.init(init_key, self.spec.obs_dim)
+        decoder_params, fit_info = self.fit_decoder(
+            decoder_params, obs, targets, normalizer_arrays(decoder_obs_norm), fit_key
+        )
+        next_stage = stage + 1
+        state = state | {
+            "key": key,
+            "decoder": decoder_params,
+            "decoder_obs_norm": decoder_obs_norm,
+            "stage": np.asarray(next_stage, np.int64),
+            "stage_iteration": np.asarray(0, np.int64),
+            "iteration": np.asarray(state["iteration"] + 1),
+        }
+        if cfg.reset_encoder:
+            fresh = self._fresh_encoder(jax.random.fold_in(encoder_key, next_stage))
+            if not cfg.reset_critic:
+                fresh["params"]["critic"] = state["params"]["critic"]
+                fresh["opt_state"] = self.optimizer.init(fresh["params"])
+                fresh["obs_norm"] = state["obs_norm"]
+            state = state | fresh
+        else:
+            state = state | {"opt_state": self.optimizer.init(state["params"])}
+        state = state | {
+            "best": {
+                "return": np.asarray(-np.inf, np.float64),
+                "actor": state["params"]["actor"],
+                "obs_norm": state["obs_norm"],
+            }
+        }
+        info = fit_info | {
+            "stage": next_stage,
+            "decoder_dataset_size": len(obs),
+            "collected_from_best": float(use_best),
+        }
+        counted = self.collect_steps if cfg.count_collection_steps else 0
+        info["uncounted_env_steps"] = self.collect_steps - counted
+        return state, info, episodes, counted
+
+    # ----- decoder fitting ---------------------------------------------------------------------
+
+    def _decoder_loss(self, params, cond, actions, key):
+        return self.decoder.loss(params, cond, actions, key)
+
+    def _decoder_train_chunk_impl(self, params, opt_state, cond, actions, key):
+        batch_size = min(self.config.decoder_batch_size, cond.shape[0])
+
+        def train_step(carry, step_key):
+            params, opt_state = carry
+            index_key, loss_key = jax.random.split(step_key)
+            index = jax.random.randint(index_key, (batch_size,), 0, cond.shape[0])
+            grad_fn = jax.value_and_grad(self._decoder_loss, has_aux=True)
+            (loss, _), grads = grad_fn(params, cond[index], actions[index], loss_key)
+            updates, opt_state = self._decoder_optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        keys = jax.random.split(key, self.config.decoder_eval_every)
+        (params, opt_state), losses = jax.lax.scan(train_step, (params, opt_state), keys)
+        return params, opt_state, jnp.mean(losses)
+
+    def _decoder_val_loss_impl(self, params, cond, actions, key):
+        # Average over several noise draws: a single draw makes model selection noisy.
+        keys = jax.random.split(key, 4)
+        losses = jax.vmap(lambda k: self._decoder_loss(params, cond, actions, k)[0])(keys)
+        return jnp.mean(losses)
+
+    def fit_decoder(self, params, obs, targets, obs_norm_arrays, key):
+        """Fit the decoder to (obs, pre-tanh action) pairs, keeping the best held-out params."""
+        cfg = self.config
+        cond = np.asarray(normalize(obs, obs_norm_arrays))
+        permutation_key, val_key, key = jax.random.split(key, 3)
+        order = np.asarray(jax.random.permutation(permutation_key, len(cond)))
+        num_val = max(1, int(cfg.decoder_val_fraction * len(cond)))
+        val_index, train_index = order[:num_val], order[num_val:]
+        if len(train_index) == 0:
+            raise ValueError("decoder refit needs at least 2 collected samples")
+        train = (jnp.asarray(cond[train_index]), jnp.asarray(targets[train_index]))
+        val = (jnp.asarray(cond[val_index]), jnp.asarray(targets[val_index]))
+        opt_state = self._decoder_optimizer.init(params)
+        best_params, best_val = params, float(self._decoder_val_loss(params, *val, val_key))
+        initial_val = best_val
+        train_loss = float("nan")
+        chunks = max(1, cfg.decoder_train_steps // cfg.decoder_eval_every)
+        for chunk_key in jax.random.split(key, chunks):
+            params, opt_state, train_loss = self._decoder_train_chunk(
+                params, opt_state, *train, chunk_key
+            )
+            val_loss = float(self._decoder_val_loss(params, *val, val_key))
+            if not np.isfinite(val_loss):
+                raise FloatingPointError("NaN in the decoder refit loss")
+            if val_loss < best_val:
+                best_params, best_val = params, val_loss
+        return best_params, {
+            "decoder_train_loss": float(train_loss),
+            "decoder_val_loss": best_val,
+            "decoder_val_loss_at_init": initial_val,
+        }

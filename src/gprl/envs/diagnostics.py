@@ -1,0 +1,270 @@
+"""Tiny diagnostic tasks with known optima, for testing policies and RL plumbing in seconds.
+
+Pure numpy, registered with Gymnasium on ``import gprl.envs``:
+
+- ``gprl/BimodalBandit-v0``: two equally good actions; a Gaussian policy must pick one.
+- ``gprl/TwoGoalPoint-v0``: the same dilemma over a 25-step horizon.
+- ``gprl/ContextualTarget-v0``: the best action is a smooth function of the observation.
+- ``gprl/TruncationProbe-v0``: checks that time-limit truncation is bootstrapped, not terminal.
+
+All support ``render_mode="rgb_array"`` with a 64x64 numpy drawing, so video code can be tested
+without MuJoCo.
+"""
+
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+FRAME_SIZE = 64
+BACKGROUND = (255, 255, 255)
+TARGET_COLOR = (40, 160, 60)
+AGENT_COLOR = (210, 40, 40)
+GUIDE_COLOR = (190, 190, 190)
+
+MODE_OFFSET = 0.6
+MODE_CONTEXT_SHIFT = 0.1
+MODE_WIDTH = 0.1
+
+POINT_STEP_SIZE = 0.1
+POINT_START_NOISE = 0.01
+POINT_HORIZON = 25
+POINT_GOALS = np.array([[0.7, 0.0], [-0.7, 0.0]])
+POINT_GOAL_RADIUS = 0.1
+POINT_GOAL_BONUS = 1.0
+POINT_SHAPING = 0.1
+
+TARGET_WEIGHTS = np.array([[1.0, -1.0, 0.5], [0.5, 1.0, -1.0]], dtype=np.float32)
+TARGET_SCALE = 0.8
+
+PROBE_HORIZON = 10
+
+
+def bimodal_modes(context: np.ndarray) -> np.ndarray:
+    """The two optimal actions of BimodalBandit for a context (2,), or a batch (..., 2) -> (..., 2).
+
+    Both modes move with the first context coordinate, so the policy must read the observation,
+    but they stay 2 * MODE_OFFSET = 1.2 apart (lower mode first).
+    """
+    shift = MODE_CONTEXT_SHIFT * np.asarray(context, dtype=np.float32)[..., 0]
+    return np.stack([shift - MODE_OFFSET, shift + MODE_OFFSET], axis=-1)
+
+
+def contextual_target_optimum(context: np.ndarray) -> np.ndarray:
+    """The optimal action 0.8 * tanh(W c) of ContextualTarget for a context (3,) or a batch."""
+    context = np.asarray(context, dtype=np.float32)
+    return TARGET_SCALE * np.tanh(context @ TARGET_WEIGHTS.T)
+
+
+def _blank_frame() -> np.ndarray:
+    return np.full((FRAME_SIZE, FRAME_SIZE, 3), BACKGROUND, dtype=np.uint8)
+
+
+def _draw_dot(frame: np.ndarray, x: float, y: float, color: tuple, radius: int = 3) -> None:
+    """Paint a square dot at (x, y) in [-1, 1]^2 (y up)."""
+    column = round((x + 1.0) / 2.0 * (FRAME_SIZE - 1))
+    row = round((1.0 - y) / 2.0 * (FRAME_SIZE - 1))
+    rows = slice(max(row - radius, 0), row + radius + 1)
+    columns = slice(max(column - radius, 0), column + radius + 1)
+    frame[rows, columns] = color
+
+
+class BimodalBanditEnv(gym.Env):
+    """One-step bandit with two equally good, well-separated actions.
+
+    Observation: a context c ~ U[-1, 1]^2. Action: a in [-1, 1]^1. The optimal actions are the
+    two modes m = 0.1 * c[0] -/+ 0.6 (see :func:`bimodal_modes`) and the reward is
+    max_k exp(-(a - m_k)^2 / (2 * 0.1^2)) in [0, 1]; the episode terminates after one step.
+
+    Optimal return 1.0. A unimodal Gaussian that commits to one mode can also reach ~1.0, but one
+    that spreads its mean between the modes (a = 0.1 * c[0]) earns exp(-18) ~ 1.5e-8. A multimodal
+    policy (flow, diffusion) should put samples on both modes.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._context = np.zeros(2, dtype=np.float32)
+        self._last_action: float | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._context = self.np_random.uniform(-1.0, 1.0, size=2).astype(np.float32)
+        self._last_action = None
+        return self._context.copy(), {}
+
+    def step(self, action: np.ndarray):
+        self._last_action = float(np.clip(action, -1.0, 1.0)[0])
+        distance = np.abs(bimodal_modes(self._context) - self._last_action).min()
+        reward = float(np.exp(-(distance**2) / (2 * MODE_WIDTH**2)))
+        return self._context.copy(), reward, True, False, {}
+
+    def render(self) -> np.ndarray:
+        frame = _blank_frame()
+        frame[FRAME_SIZE // 2, :] = GUIDE_COLOR
+        for mode in bimodal_modes(self._context):
+            _draw_dot(frame, float(mode), 0.0, TARGET_COLOR)
+        if self._last_action is not None:
+            _draw_dot(frame, self._last_action, 0.0, AGENT_COLOR, radius=2)
+        return frame
+
+
+class TwoGoalPointEnv(gym.Env):
+    """A 2-D point that must reach either of two equally good goals within 25 steps.
+
+    The point starts at the origin (plus U[-0.01, 0.01]^2 noise); the action in [-1, 1]^2 is a
+    velocity, moving the point by 0.1 * action per step (positions are clipped to [-1, 1]^2).
+    Goals sit at (+0.7, 0) and (-0.7, 0). Reward per step: 0.1 * (decrease in distance to the
+    nearest goal), plus 1.0 on coming within 0.1 of a goal, which terminates the episode;
+    otherwise it is truncated after 25 steps. Observation: (x, y, t / 25).
+
+    Heading straight for either goal at full speed arrives in 6 steps (7 when the start noise
+    leaves it just short) with return ~1.06; no policy can exceed 1.0 + 0.1 * 0.71 ~ 1.07, as the
+    shaping telescopes to 0.1 * (distance closed).
+    A Gaussian whose mean averages the two headings stays near the origin and earns ~0.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(
+            low=np.array([-1.0, -1.0, 0.0], dtype=np.float32),
+            high=np.array([1.0, 1.0, 1.0], dtype=np.float32),
+            dtype=np.float32,
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._position = np.zeros(2)
+        self._goal_distance = 0.0
+        self._steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._position = self.np_random.uniform(-POINT_START_NOISE, POINT_START_NOISE, size=2)
+        self._goal_distance = self._nearest_goal_distance()
+        self._steps = 0
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray):
+        velocity = np.clip(action, -1.0, 1.0)
+        self._position = np.clip(self._position + POINT_STEP_SIZE * velocity, -1.0, 1.0)
+        self._steps += 1
+        previous_distance = self._goal_distance
+        self._goal_distance = self._nearest_goal_distance()
+        reward = POINT_SHAPING * (previous_distance - self._goal_distance)
+        reached = self._goal_distance <= POINT_GOAL_RADIUS
+        if reached:
+            reward += POINT_GOAL_BONUS
+        return self._observation(), float(reward), bool(reached), False, {}
+
+    def render(self) -> np.ndarray:
+        frame = _blank_frame()
+        for goal_x, goal_y in POINT_GOALS:
+            _draw_dot(frame, goal_x, goal_y, TARGET_COLOR)
+        _draw_dot(frame, *self._position, AGENT_COLOR, radius=2)
+        return frame
+
+    def _nearest_goal_distance(self) -> float:
+        return float(np.sqrt(((POINT_GOALS - self._position) ** 2).sum(axis=1)).min())
+
+    def _observation(self) -> np.ndarray:
+        # Capped so that a longer time limit given to gym.make keeps observations in the space.
+        time_fraction = min(self._steps / POINT_HORIZON, 1.0)
+        return np.array([*self._position, time_fraction], dtype=np.float32)
+
+
+class ContextualTargetEnv(gym.Env):
+    """One-step task whose optimal action depends smoothly on the observation.
+
+    Observation: c ~ U[-1, 1]^3. Action: a in [-1, 1]^2. Reward -||a - a*(c)||^2 with
+    a*(c) = 0.8 * tanh(W c) for the fixed W = TARGET_WEIGHTS (see
+    :func:`contextual_target_optimum`); the episode terminates after one step.
+
+    Optimal return 0.0. The optimum is unimodal, so a Gaussian policy can solve it exactly; it
+    tests that an algorithm learns an observation-dependent action rather than a constant one
+    (the best constant action, a = 0, earns about -0.46 on average).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._context = np.zeros(3, dtype=np.float32)
+        self._last_action: np.ndarray | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._context = self.np_random.uniform(-1.0, 1.0, size=3).astype(np.float32)
+        self._last_action = None
+        return self._context.copy(), {}
+
+    def step(self, action: np.ndarray):
+        self._last_action = np.clip(action, -1.0, 1.0)
+        error = self._last_action - contextual_target_optimum(self._context)
+        return self._context.copy(), -float(np.dot(error, error)), True, False, {}
+
+    def render(self) -> np.ndarray:
+        frame = _blank_frame()
+        _draw_dot(frame, *contextual_target_optimum(self._context), TARGET_COLOR)
+        if self._last_action is not None:
+            _draw_dot(frame, *self._last_action, AGENT_COLOR, radius=2)
+        return frame
+
+
+class TruncationProbeEnv(gym.Env):
+    """Reward 1 every step, never terminates, truncated by the time limit after 10 steps.
+
+    The observation is always [1.0] and the action (in [-1, 1]^1) is ignored, so every state is
+    the same state. A learner that bootstraps through time-limit truncation, as it should, drives
+    the value towards the infinite-horizon 1 / (1 - gamma) (100 for gamma = 0.99). One that treats
+    truncation as termination learns a discounted sum of at most 10 steps, <= 10 - far off.
+    The undiscounted return of every episode is exactly 10.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._steps = 0
+        return np.ones(1, dtype=np.float32), {}
+
+    def step(self, action: np.ndarray):
+        self._steps += 1
+        return np.ones(1, dtype=np.float32), 1.0, False, False, {}
+
+    def render(self) -> np.ndarray:
+        # A progress bar through the time limit, drawn over its grey track.
+        frame = _blank_frame()
+        bar_rows = slice(FRAME_SIZE // 2 - 4, FRAME_SIZE // 2 + 4)
+        frame[bar_rows, :] = GUIDE_COLOR
+        filled = round(min(self._steps / PROBE_HORIZON, 1.0) * FRAME_SIZE)
+        frame[bar_rows, :filled] = AGENT_COLOR
+        return frame
+
+
+DIAGNOSTIC_ENVS: dict[str, tuple[type[gym.Env], int | None]] = {
+    "gprl/BimodalBandit-v0": (BimodalBanditEnv, None),
+    "gprl/TwoGoalPoint-v0": (TwoGoalPointEnv, POINT_HORIZON),
+    "gprl/ContextualTarget-v0": (ContextualTargetEnv, None),
+    "gprl/TruncationProbe-v0": (TruncationProbeEnv, PROBE_HORIZON),
+}
+"""Registered id -> (env class, time limit); one-step tasks terminate on their own."""
+
+
+def register_diagnostic_envs() -> None:
+    """Register the diagnostic tasks with Gymnasium (idempotent)."""
+    for env_id, (env_class, max_episode_steps) in DIAGNOSTIC_ENVS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=env_class, max_episode_steps=max_episode_steps)

@@ -1,0 +1,278 @@
+"""Vectorised environments with normalised [-1, 1] actions and flat float32 observations.
+
+Every algorithm in gprl sees the same interface whatever the task: a batch of float32 observation
+vectors in, a batch of actions in [-1, 1] out. This module hides the differences between
+Gymnasium tasks (Box observations, arbitrary action bounds) and DeepMind Control tasks via shimmy
+(Dict observations, time limits enforced inside dm_control).
+"""
+
+import ctypes.util
+import difflib
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+DMC_SHORT_PREFIX = "dmc:"
+DMC_PREFIX = "dm_control/"
+
+
+class EnvError(ValueError):
+    """An env cannot be built or driven the way gprl needs; the one-line message says why."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an algorithm needs to know about a task, as seen through :class:`VecEnv`."""
+
+    env_id: str
+    obs_dim: int
+    action_dim: int
+    action_low: np.ndarray
+    """The env's true lower action bounds, float32 (action_dim,); policies act in [-1, 1]."""
+    action_high: np.ndarray
+    max_episode_steps: int | None
+
+
+class StepResult(NamedTuple):
+    obs: np.ndarray
+    """(N, obs_dim) float32; where an episode ended, the first observation of the next one."""
+    reward: np.ndarray
+    """(N,) float32 raw env reward."""
+    terminated: np.ndarray
+    """(N,) bool."""
+    truncated: np.ndarray
+    """(N,) bool, True only where the episode hit a time limit without terminating."""
+    final_obs: np.ndarray
+    """(N, obs_dim) float32: the last observation of the episode where it ended, else obs."""
+
+
+class _ObsFlattener:
+    """Turns Box or Dict-of-Box observations into float32 vectors (Dict keys in sorted order)."""
+
+    def __init__(self, env_id: str, space: spaces.Space):
+        if isinstance(space, spaces.Box):
+            self.keys = None
+            self.obs_dim = math.prod(space.shape)
+        elif isinstance(space, spaces.Dict) and all(
+            isinstance(subspace, spaces.Box) for subspace in space.spaces.values()
+        ):
+            self.keys = sorted(space.spaces)
+            self.obs_dim = sum(math.prod(space.spaces[key].shape) for key in self.keys)
+        else:
+            raise EnvError(f"gprl needs Box or Dict-of-Box observations; {env_id} has {space}")
+
+    def batch(self, obs: Any, num_envs: int) -> np.ndarray:
+        # Always returns a fresh array: the vector env reuses its observation buffers.
+        if self.keys is None:
+            return obs.reshape(num_envs, self.obs_dim).astype(np.float32)
+        parts = [obs[key].reshape(num_envs, -1) for key in self.keys]
+        return np.concatenate(parts, axis=1, dtype=np.float32)
+
+    def single(self, obs: Any) -> np.ndarray:
+        if self.keys is None:
+            return np.asarray(obs, dtype=np.float32).ravel()
+        return np.concatenate([np.ravel(obs[key]) for key in self.keys], dtype=np.float32)
+
+
+class _DiscardInfo(gym.Wrapper):
+    """Returns empty info dicts: gprl never reads them, and batching them in SyncVectorEnv costs
+    several percent of a MuJoCo step."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, _ = self.env.reset(seed=seed, options=options)
+        return obs, {}
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+
+class VecEnv:
+    """``num_envs`` copies of one task stepped in lock-step, taking actions in [-1, 1].
+
+    Runs a Gymnasium ``SyncVectorEnv`` with same-step autoreset: when an episode ends, ``step``
+    returns the first observation of the next episode in ``obs`` and the episode's true last
+    observation in ``final_obs`` (needed to bootstrap values at time limits).
+    Build it with :func:`make_env`.
+    """
+
+    def __init__(self, env_id: str, num_envs: int = 1, *, render: bool = False):
+        if num_envs < 1:
+            raise EnvError(f"num_envs must be at least 1, got {num_envs}")
+        _prefer_headless_rendering()
+        env_id = _resolve_env_id(env_id)
+
+        def make_sub_env(index: int):
+            # Only env 0 is ever rendered; renderers for the others would waste GL contexts.
+            render_mode = "rgb_array" if render and index == 0 else None
+            return lambda: _DiscardInfo(gym.make(env_id, render_mode=render_mode))
+
+        self._envs = gym.vector.SyncVectorEnv(
+            [make_sub_env(index) for index in range(num_envs)],
+            # The vector env's buffers are copied while flattening, so its own copy is redundant.
+            copy=False,
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+        try:
+            self._flattener = _ObsFlattener(env_id, self._envs.single_observation_space)
+            action_space = _check_action_space(env_id, self._envs.single_action_space)
+        except EnvError:
+            self._envs.close()
+            raise
+
+        self.num_envs = num_envs
+        self._render = render
+        self._action_shape = (num_envs, action_space.shape[0])
+        self._action_dtype = action_space.dtype
+        # step() maps [-1, 1] onto [low, high] as offset + scale * action.
+        low, high = action_space.low, action_space.high
+        self._action_scale = ((high - low) / 2).astype(self._action_dtype)
+        self._action_offset = ((high + low) / 2).astype(self._action_dtype)
+        self.spec = EnvSpec(
+            env_id=env_id,
+            obs_dim=self._flattener.obs_dim,
+            action_dim=action_space.shape[0],
+            action_low=low.astype(np.float32),
+            action_high=high.astype(np.float32),
+            max_episode_steps=_max_episode_steps(self._envs.envs[0]),
+        )
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Start new episodes, env i seeded with seed + i; returns (num_envs, obs_dim) float32."""
+        obs, _ = self._envs.reset(seed=int(seed))
+        return self._flattener.batch(obs, self.num_envs)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Step every env with normalised actions of shape (num_envs, action_dim) in [-1, 1].
+
+        Actions outside [-1, 1] are clipped, then rescaled to the env's true bounds.
+        """
+        action = np.asarray(action)
+        if action.shape != self._action_shape:
+            raise EnvError(
+                f"{self.spec.env_id} expects actions of shape {self._action_shape} "
+                f"(num_envs, action_dim), got {action.shape}"
+            )
+        if not np.isfinite(action).all():
+            raise EnvError(
+                f"{self.spec.env_id} got {np.count_nonzero(~np.isfinite(action))} non-finite "
+                f"action entries (nan or inf); check the policy's outputs"
+            )
+        env_action = self._action_offset + self._action_scale * np.clip(action, -1.0, 1.0)
+        obs, reward, terminated, truncated, infos = self._envs.step(
+            env_action.astype(self._action_dtype, copy=False)
+        )
+        flat_obs = self._flattener.batch(obs, self.num_envs)
+        final_obs = flat_obs.copy()
+        ended = infos.get("_final_obs")
+        if ended is not None:
+            for index in np.flatnonzero(ended):
+                final_obs[index] = self._flattener.single(infos["final_obs"][index])
+        return StepResult(
+            obs=flat_obs,
+            reward=reward.astype(np.float32),
+            terminated=terminated,
+            truncated=truncated & ~terminated,
+            final_obs=final_obs,
+        )
+
+    def render(self) -> np.ndarray | None:
+        """RGB frame (H, W, 3) uint8 of env 0, or None if made without render=True."""
+        if not self._render:
+            return None
+        try:
+            return self._envs.envs[0].render()
+        except Exception as exc:  # GL backends and missing extras fail with many exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise EnvError(
+                f"cannot render {self.spec.env_id} ({type(exc).__name__}: {reason}); "
+                "for MuJoCo tasks on a headless machine set MUJOCO_GL=egl (or osmesa) "
+                "before anything imports mujoco"
+            ) from exc
+
+    def close(self) -> None:
+        self._envs.close()
+
+    def __enter__(self) -> "VecEnv":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VecEnv({self.spec.env_id!r}, num_envs={self.num_envs})"
+
+
+def make_env(env_id: str, num_envs: int = 1, seed: int = 0, *, render: bool = False) -> VecEnv:
+    """Build a :class:`VecEnv` for any registered Gymnasium id or DeepMind Control task.
+
+    Args:
+        env_id: a Gymnasium id (``Hopper-v5``), a DeepMind Control id
+            (``dm_control/hopper-stand-v0``) or its short form (``dmc:hopper-stand``).
+        num_envs: number of copies stepped together.
+        seed: the envs are reset once with it (env i with seed + i), so the VecEnv is
+            deterministic from the start; ``reset(seed)`` starts over with another seed.
+        render: make env 0 with ``render_mode="rgb_array"`` so that ``render()`` returns frames.
+
+    Raises:
+        EnvError: unknown id, non-continuous or unbounded action space, or num_envs < 1.
+    """
+    env = VecEnv(env_id, num_envs, render=render)
+    env.reset(seed)
+    return env
+
+
+def _prefer_headless_rendering() -> None:
+    # MuJoCo's default GL backend (GLFW) needs a display, and dm_control fixes its backend when
+    # first imported, so choose EGL up front on headless machines that have it.
+    has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if "MUJOCO_GL" not in os.environ and not has_display and ctypes.util.find_library("EGL"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
+def _resolve_env_id(env_id: str) -> str:
+    if env_id.startswith(DMC_SHORT_PREFIX):
+        env_id = f"{DMC_PREFIX}{env_id[len(DMC_SHORT_PREFIX) :]}-v0"
+    if env_id.startswith(DMC_PREFIX) or env_id not in gym.registry:
+        # shimmy registers the dm_control/* ids on import; it is slow to import, so only do it
+        # when a DeepMind Control task is asked for or an unknown id needs close matches.
+        try:
+            importlib.import_module("shimmy")
+        except ImportError as exc:
+            if env_id.startswith(DMC_PREFIX):
+                raise EnvError(f"{env_id} needs shimmy: pip install 'shimmy[dm-control]'") from exc
+    if env_id not in gym.registry:
+        matches = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, matches))}?" if matches else ""
+        raise EnvError(f"unknown environment id {env_id!r}{hint}")
+    return env_id
+
+
+def _check_action_space(env_id: str, space: spaces.Space) -> spaces.Box:
+    if not isinstance(space, spaces.Box) or not np.issubdtype(space.dtype, np.floating):
+        raise EnvError(f"gprl needs a continuous (Box) action space; {env_id} has {space}")
+    if len(space.shape) != 1:
+        raise EnvError(f"gprl needs a one-dimensional Box action space; {env_id} has {space}")
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        raise EnvError(
+            f"gprl needs a bounded Box action space to rescale actions from [-1, 1]; "
+            f"{env_id} has {space}"
+        )
+    return space
+
+
+def _max_episode_steps(env: gym.Env) -> int | None:
+    if env.spec is not None and env.spec.max_episode_steps is not None:
+        return env.spec.max_episode_steps
+    # DeepMind Control tasks enforce their time limit inside dm_control (shimmy reports it as
+    # truncation), so it is missing from the Gymnasium spec.
+    step_limit = getattr(getattr(env.unwrapped, "_env", None), "_step_limit", None)
+    if isinstance(step_limit, float | int) and math.isfinite(step_limit):
+        return round(step_limit)
+    return None

@@ -1,0 +1,66 @@
+"""Diagonal Gaussian policy: the tractable policy of PPO and the latent encoder of GoRL."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gprl.networks import MLP
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class GaussianPolicyConfig:
+    hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the mean (and scale) network."""
+    activation: str = "tanh"
+    std_type: Literal["learned", "softplus"] = "learned"
+    """'learned': one state-independent log-std per action dim (CleanRL PPO);
+    'softplus': a state-dependent softplus scale head (GoRL's encoder)."""
+    init_std: float = 1.0
+    """Standard deviation at initialisation."""
+    min_std: float = 1e-3
+    """Floor on the standard deviation (softplus head only)."""
+
+
+class GaussianPolicyNet(nn.Module):
+    config: GaussianPolicyConfig
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, obs):
+        cfg = self.config
+        if cfg.std_type == "learned":
+            mean = MLP(cfg.hidden, self.action_dim, cfg.activation, output_scale=0.01)(obs)
+            log_std = self.param(
+                "log_std", nn.initializers.constant(np.log(cfg.init_std)), (self.action_dim,)
+            )
+            std = jnp.broadcast_to(jnp.exp(log_std), mean.shape)
+        elif cfg.std_type == "softplus":
+            out = MLP(cfg.hidden, 2 * self.action_dim, cfg.activation, output_scale=0.01)(obs)
+            mean, raw_scale = jnp.split(out, 2, axis=-1)
+            # Shift so that a near-zero head output gives init_std.
+            offset = np.log(np.expm1(max(cfg.init_std - cfg.min_std, 1e-6)))
+            std = jax.nn.softplus(raw_scale + offset) + cfg.min_std
+        else:
+            raise ValueError(f"unknown std_type '{cfg.std_type}'; use 'learned' or 'softplus'")
+        return mean, std
+
+
+def gaussian_log_prob(mean, std, x):
+    """Log density of x under N(mean, diag(std^2)), summed over the last axis."""
+    z = (x - mean) / std
+    return jnp.sum(-0.5 * z**2 - jnp.log(std) - 0.5 * LOG_2PI, axis=-1)
+
+
+def gaussian_entropy(std):
+    return jnp.sum(jnp.log(std) + 0.5 * (1.0 + LOG_2PI), axis=-1)
+
+
+def kl_to_standard_normal(mean, std):
+    """KL(N(mean, std^2) || N(0, I)), summed over the last axis."""
+    return jnp.sum(0.5 * (mean**2 + std**2 - 1.0) - jnp.log(std), axis=-1)

@@ -1,0 +1,96 @@
+"""Math shared by every on-policy method: returns, advantages, PPO surrogate, normalisation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def gae_advantages(rewards, values, dones, last_value, gamma: float, gae_lambda: float):
+    """Generalised advantage estimation over a time-major rollout.
+
+    rewards, values, dones: (T, N); dones[t] marks that the episode ended after step t (the
+    time-limit bootstrap is already folded into rewards). Returns (advantages, returns).
+    """
+    next_values = jnp.concatenate([values[1:], last_value[None]], axis=0)
+    not_done = 1.0 - dones
+    deltas = rewards + gamma * next_values * not_done - values
+
+    def backward(carry, inputs):
+        delta, mask = inputs
+        carry = delta + gamma * gae_lambda * mask * carry
+        return carry, carry
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros_like(last_value), (deltas, not_done), reverse=True
+    )
+    return advantages, advantages + values
+
+
+def ppo_policy_loss(log_prob, old_log_prob, advantages, clip_eps: float):
+    """Clipped surrogate (to minimise) and diagnostics."""
+    log_ratio = log_prob - old_log_prob
+    ratio = jnp.exp(log_ratio)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    loss = -jnp.mean(jnp.minimum(unclipped, clipped))
+    info = {
+        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+        "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > clip_eps),
+        "ratio_mean": jnp.mean(ratio),
+    }
+    return loss, info
+
+
+def value_loss(values, old_values, returns, clip_eps: float | None):
+    """0.5 * squared error, optionally with PPO-style value clipping."""
+    unclipped = (values - returns) ** 2
+    if clip_eps is None:
+        return 0.5 * jnp.mean(unclipped)
+    clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    return 0.5 * jnp.mean(jnp.maximum(unclipped, (clipped_values - returns) ** 2))
+
+
+def explained_variance(predictions, targets):
+    var = jnp.var(targets)
+    return jnp.where(var > 0, 1.0 - jnp.var(targets - predictions) / var, jnp.nan)
+
+
+# Running statistics live on the host as plain numpy dicts so that they checkpoint with the rest
+# of the training state and stay fixed while a rollout is collected.
+
+
+def running_stats_init(shape) -> dict:
+    return {
+        "mean": np.zeros(shape, np.float64),
+        "var": np.ones(shape, np.float64),
+        "count": np.asarray(1e-4, np.float64),
+    }
+
+
+def running_stats_update(stats: dict, batch: np.ndarray) -> dict:
+    """Chan et al. parallel mean/variance update with a batch of samples along axis 0."""
+    batch = np.asarray(batch, np.float64)
+    batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
+    delta = batch_mean - stats["mean"]
+    total = stats["count"] + batch_count
+    mean = stats["mean"] + delta * batch_count / total
+    m2 = stats["var"] * stats["count"] + batch_var * batch_count
+    m2 = m2 + delta**2 * stats["count"] * batch_count / total
+    return {"mean": mean, "var": m2 / total, "count": np.asarray(total, np.float64)}
+
+
+def normalizer_arrays(stats: dict, enabled: bool = True, eps: float = 1e-8) -> dict:
+    """float32 (mean, std) to feed jitted code; identity when normalisation is disabled."""
+    if not enabled:
+        return {
+            "mean": np.zeros_like(stats["mean"], np.float32),
+            "std": np.ones_like(stats["var"], np.float32),
+        }
+    return {
+        "mean": stats["mean"].astype(np.float32),
+        "std": np.sqrt(stats["var"] + eps).astype(np.float32),
+    }
+
+
+def normalize(x, arrays: dict, clip: float = 10.0):
+    return jnp.clip((x - arrays["mean"]) / arrays["std"], -clip, clip)

@@ -1,0 +1,393 @@
+"""Behaviour of gprl.envs: diagnostic tasks, VecEnv autoreset, action scaling, errors, seeding."""
+
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+from gprl.envs import EnvError, make_env
+from gprl.envs.diagnostics import (
+    POINT_GOAL_BONUS,
+    POINT_HORIZON,
+    POINT_SHAPING,
+    PROBE_HORIZON,
+    bimodal_modes,
+    contextual_target_optimum,
+)
+
+# Actions that reached the test envs below, in the env's own units (after VecEnv's rescaling).
+RECEIVED_ACTIONS: list[np.ndarray] = []
+
+
+class RecordActions(gym.Wrapper):
+    def step(self, action):
+        RECEIVED_ACTIONS.append(np.array(action))
+        return self.env.step(action)
+
+
+class ProbeEnv(gym.Env):
+    """Configurable action bounds; terminates after `terminate_after` steps; rendering fails."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, action_low, action_high, terminate_after=None, render_mode=None):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(
+            np.array(action_low, dtype=np.float32), np.array(action_high, dtype=np.float32)
+        )
+        self.render_mode = render_mode
+        self.terminate_after = terminate_after
+        self.steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        terminated = self.steps == self.terminate_after
+        return np.full(1, self.steps, dtype=np.float32), 0.0, terminated, False, {}
+
+    def render(self):
+        raise RuntimeError("no OpenGL context\nsecond line of detail")
+
+
+def make_recorded_pendulum(**kwargs):
+    return RecordActions(PendulumEnv(**kwargs))
+
+
+def make_recorded_probe(**kwargs):
+    return RecordActions(ProbeEnv(**kwargs))
+
+
+TEST_ENVS = {
+    "gprl_test/RecordedPendulum-v1": dict(
+        entry_point=make_recorded_pendulum, max_episode_steps=200
+    ),
+    "gprl_test/AsymmetricProbe-v0": dict(
+        entry_point=make_recorded_probe,
+        kwargs=dict(action_low=[0.0, -3.0], action_high=[1.0, 1.0]),
+    ),
+    # Terminates on the very step its time limit hits.
+    "gprl_test/TerminateAtLimit-v0": dict(
+        entry_point=ProbeEnv,
+        kwargs=dict(action_low=[-1.0], action_high=[1.0], terminate_after=3),
+        max_episode_steps=3,
+    ),
+    "gprl_test/UnboundedProbe-v0": dict(
+        entry_point=ProbeEnv, kwargs=dict(action_low=[-np.inf], action_high=[np.inf])
+    ),
+}
+for test_env_id, registration in TEST_ENVS.items():
+    if test_env_id not in gym.registry:
+        gym.register(id=test_env_id, **registration)
+
+
+def run_episode(env, policy):
+    """Roll out one episode of a single Gymnasium env; returns (return, length, last step flags)."""
+    obs, _ = env.reset(seed=0)
+    total, length = 0.0, 0
+    while True:
+        obs, reward, terminated, truncated, _ = env.step(policy(obs))
+        total += reward
+        length += 1
+        if terminated or truncated:
+            return total, length, terminated, truncated
+
+
+# Diagnostic tasks, used directly through Gymnasium.
+
+
+def test_bimodal_bandit_rewards_both_modes_and_punishes_their_average():
+    env = gym.make("gprl/BimodalBandit-v0")
+    for seed in range(20):
+        context, _ = env.reset(seed=seed)
+        modes = bimodal_modes(context)
+        assert modes[1] - modes[0] >= 1.0
+        for mode in modes:
+            env.reset(seed=seed)
+            _, reward, terminated, truncated, _ = env.step(np.array([mode], dtype=np.float32))
+            assert reward == pytest.approx(1.0)
+            assert terminated and not truncated
+        env.reset(seed=seed)
+        _, reward, _, _, _ = env.step(np.array([modes.mean()], dtype=np.float32))
+        assert reward < 1e-7
+
+
+def test_bimodal_modes_accepts_a_batch_of_contexts():
+    contexts = np.random.default_rng(0).uniform(-1, 1, (5, 2))
+    batched = bimodal_modes(contexts)
+    assert batched.shape == (5, 2)
+    np.testing.assert_allclose(batched[3], bimodal_modes(contexts[3]))
+
+
+def test_two_goal_point_reaches_either_goal_quickly_and_averaging_fails():
+    env = gym.make("gprl/TwoGoalPoint-v0")
+    best_possible = POINT_GOAL_BONUS + POINT_SHAPING * 0.72
+    for heading in (+1.0, -1.0):
+        episode_return, length, terminated, truncated = run_episode(
+            env, lambda obs, heading=heading: np.array([heading, 0.0], dtype=np.float32)
+        )
+        # Six steps of 0.1 cover the 0.6 to the goal's edge, seven if the start noise falls short.
+        assert length in (6, 7) and terminated and not truncated
+        assert 1.05 <= episode_return <= best_possible
+
+    # The mean of the two optimal headings is standing still.
+    episode_return, length, terminated, truncated = run_episode(
+        env, lambda obs: np.zeros(2, dtype=np.float32)
+    )
+    assert (length, terminated, truncated) == (POINT_HORIZON, False, True)
+    assert episode_return == pytest.approx(0.0, abs=1e-12)
+
+
+def test_two_goal_point_observes_position_and_elapsed_time():
+    env = gym.make("gprl/TwoGoalPoint-v0")
+    obs, _ = env.reset(seed=1)
+    assert np.all(np.abs(obs[:2]) <= 0.01) and obs[2] == 0.0
+    obs, *_ = env.step(np.array([0.0, 1.0], dtype=np.float32))
+    obs, *_ = env.step(np.array([0.0, 1.0], dtype=np.float32))
+    assert obs[1] == pytest.approx(0.2, abs=0.011)
+    assert obs[2] == pytest.approx(2 / POINT_HORIZON)
+
+
+def test_contextual_target_optimum_scores_zero_and_depends_on_the_context():
+    env = gym.make("gprl/ContextualTarget-v0")
+    constant_action_rewards = []
+    for seed in range(20):
+        context, _ = env.reset(seed=seed)
+        _, reward, terminated, _, _ = env.step(contextual_target_optimum(context))
+        assert reward == pytest.approx(0.0, abs=1e-12)
+        assert terminated
+        env.reset(seed=seed)
+        constant_action_rewards.append(env.step(np.zeros(2, dtype=np.float32))[1])
+    assert np.mean(constant_action_rewards) < -0.1
+
+
+def test_truncation_probe_pays_one_per_step_and_is_truncated_at_the_limit():
+    env = gym.make("gprl/TruncationProbe-v0")
+    episode_return, length, terminated, truncated = run_episode(
+        env, lambda obs: np.zeros(1, dtype=np.float32)
+    )
+    assert (episode_return, length, terminated, truncated) == (10.0, PROBE_HORIZON, False, True)
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "gprl/BimodalBandit-v0",
+        "gprl/TwoGoalPoint-v0",
+        "gprl/ContextualTarget-v0",
+        "gprl/TruncationProbe-v0",
+    ],
+)
+def test_diagnostic_envs_are_reproducible_and_render(env_id):
+    def trajectory(seed):
+        env = gym.make(env_id, render_mode="rgb_array")
+        observations = [env.reset(seed=seed)[0]]
+        actions = np.random.default_rng(0).uniform(-1, 1, (30, *env.action_space.shape))
+        for action in actions.astype(np.float32):
+            obs, _, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            if terminated or truncated:
+                observations.append(env.reset()[0])
+        frame = env.render()
+        assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+        assert frame.min() < frame.max()
+        return np.stack(observations)
+
+    np.testing.assert_array_equal(trajectory(seed=4), trajectory(seed=4))
+    if env_id != "gprl/TruncationProbe-v0":
+        assert not np.array_equal(trajectory(seed=4), trajectory(seed=5))
+
+
+# VecEnv.
+
+
+def test_vec_env_truncation_keeps_final_obs_and_resets():
+    with make_env("gprl/TruncationProbe-v0", num_envs=3) as env:
+        assert env.spec.max_episode_steps == PROBE_HORIZON
+        reset_obs = env.reset(seed=0)
+        actions = np.zeros((3, 1), dtype=np.float32)
+        for _ in range(PROBE_HORIZON - 1):
+            step = env.step(actions)
+            assert not step.truncated.any() and not step.terminated.any()
+        step = env.step(actions)
+        assert step.truncated.all() and not step.terminated.any()
+        np.testing.assert_array_equal(step.final_obs, np.ones((3, 1), dtype=np.float32))
+        np.testing.assert_array_equal(step.obs, reset_obs)
+        np.testing.assert_array_equal(step.reward, np.ones(3, dtype=np.float32))
+        # The next episode runs its full length again.
+        assert not env.step(actions).truncated.any()
+
+
+def test_vec_env_one_step_episodes_report_the_pre_reset_context():
+    with make_env("gprl/BimodalBandit-v0", num_envs=4) as env:
+        obs = env.reset(seed=0)
+        for _ in range(5):
+            actions = bimodal_modes(obs)[:, 1:]  # upper mode; bounds are [-1, 1], so no rescaling
+            step = env.step(actions)
+            assert step.terminated.all() and not step.truncated.any()
+            np.testing.assert_allclose(step.reward, 1.0)
+            np.testing.assert_array_equal(step.final_obs, obs)
+            assert not np.any(step.obs == obs)
+            obs = step.obs
+
+
+def test_vec_env_reports_terminated_not_truncated_when_both_happen():
+    with make_env("gprl_test/TerminateAtLimit-v0", num_envs=2) as env:
+        env.reset(seed=0)
+        for _ in range(2):
+            env.step(np.zeros((2, 1)))
+        step = env.step(np.zeros((2, 1)))
+        assert step.terminated.all() and not step.truncated.any()
+        np.testing.assert_array_equal(step.final_obs, np.full((2, 1), 3.0))
+        np.testing.assert_array_equal(step.obs, np.zeros((2, 1)))
+
+
+def test_vec_env_rescales_and_clips_actions_to_pendulum_bounds():
+    with make_env("gprl_test/RecordedPendulum-v1") as env:
+        np.testing.assert_array_equal(env.spec.action_low, [-2.0])
+        np.testing.assert_array_equal(env.spec.action_high, [2.0])
+        RECEIVED_ACTIONS.clear()
+        for action in (1.0, -1.0, 0.25, 7.0, -3.0):
+            env.step(np.array([[action]], dtype=np.float32))
+        received = np.concatenate(RECEIVED_ACTIONS)
+        np.testing.assert_array_equal(received, [2.0, -2.0, 0.5, 2.0, -2.0])
+        assert received.dtype == np.float32
+
+
+def test_vec_env_maps_actions_affinely_onto_asymmetric_bounds():
+    with make_env("gprl_test/AsymmetricProbe-v0", num_envs=3) as env:
+        RECEIVED_ACTIONS.clear()
+        env.step(np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
+        np.testing.assert_allclose(RECEIVED_ACTIONS, [[0.0, -3.0], [1.0, 1.0], [0.5, -1.0]])
+
+
+def test_vec_env_observations_are_fresh_float32_arrays():
+    with make_env("gprl/TwoGoalPoint-v0", num_envs=2) as env:
+        obs = env.reset(seed=0)
+        first = env.step(np.ones((2, 2))).obs
+        snapshot = first.copy()
+        env.step(np.ones((2, 2)))
+        np.testing.assert_array_equal(first, snapshot)
+        assert obs.dtype == first.dtype == np.float32
+
+
+def test_vec_env_renders_env_zero_only_when_asked():
+    with make_env("gprl/TwoGoalPoint-v0", num_envs=2, render=True) as env:
+        before = env.render()
+        env.step(np.ones((2, 2)))
+        after = env.render()
+        assert before.shape == (64, 64, 3) and before.dtype == np.uint8
+        assert not np.array_equal(before, after)
+    with make_env("gprl/TwoGoalPoint-v0") as env:
+        assert env.render() is None
+
+
+def test_vec_env_render_failure_is_a_one_line_env_error():
+    with (
+        make_env("gprl_test/AsymmetricProbe-v0", render=True) as env,
+        pytest.raises(EnvError, match="MUJOCO_GL") as excinfo,
+    ):
+        env.render()
+    assert "no OpenGL context" in str(excinfo.value) and "\n" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "obs_dim", "action_dim", "max_episode_steps"),
+    [
+        ("Hopper-v5", 11, 3, 1000),
+        ("dm_control/cheetah-run-v0", 17, 6, 1000),
+        ("dm_control/hopper-stand-v0", 15, 4, 1000),
+        ("dmc:finger-turn_hard", 12, 2, 1000),  # includes a scalar observation
+    ],
+)
+def test_spec_dimensions(env_id, obs_dim, action_dim, max_episode_steps):
+    with make_env(env_id, num_envs=2) as env:
+        assert (env.spec.obs_dim, env.spec.action_dim) == (obs_dim, action_dim)
+        assert env.spec.max_episode_steps == max_episode_steps
+        obs = env.reset(seed=0)
+        assert obs.shape == (2, obs_dim) and obs.dtype == np.float32
+        step = env.step(np.zeros((2, action_dim)))
+        assert step.obs.shape == step.final_obs.shape == (2, obs_dim)
+        assert step.reward.shape == (2,) and step.reward.dtype == np.float32
+
+
+def test_dict_observations_are_flattened_in_sorted_key_order():
+    with make_env("dmc:hopper-stand") as env:
+        assert env.spec.env_id == "dm_control/hopper-stand-v0"
+        flat_obs = env.reset(seed=7)[0]
+    # make_env has registered the dm_control ids with Gymnasium.
+    raw_obs, _ = gym.make("dm_control/hopper-stand-v0").reset(seed=7)
+    expected = np.concatenate([raw_obs["position"], raw_obs["touch"], raw_obs["velocity"]])
+    np.testing.assert_array_equal(flat_obs, expected.astype(np.float32))
+
+
+def test_dm_control_time_limit_is_a_truncation_with_final_obs():
+    with make_env("dm_control/cheetah-run-v0") as env:
+        env.reset(seed=0)
+        actions = np.zeros((1, env.spec.action_dim))
+        for _ in range(env.spec.max_episode_steps - 1):
+            assert not env.step(actions).truncated[0]
+        step = env.step(actions)
+        assert step.truncated[0] and not step.terminated[0]
+        assert not np.array_equal(step.final_obs, step.obs)
+        assert not env.step(actions).truncated[0]
+
+
+def test_same_seed_gives_identical_hopper_trajectories():
+    actions = np.random.default_rng(0).uniform(-1, 1, (200, 2, 3))
+
+    def trajectory():
+        with make_env("Hopper-v5", num_envs=2) as env:
+            observations = [env.reset(seed=3)]
+            rewards = []
+            for action in actions:
+                step = env.step(action)
+                observations.append(step.obs)
+                rewards.append(step.reward)
+            return np.stack(observations), np.stack(rewards)
+
+    first_obs, first_rewards = trajectory()
+    second_obs, second_rewards = trajectory()
+    np.testing.assert_array_equal(first_obs, second_obs)
+    np.testing.assert_array_equal(first_rewards, second_rewards)
+    # Env i is seeded with seed + i, so the two copies differ.
+    assert not np.array_equal(first_obs[0, 0], first_obs[0, 1])
+
+
+# Errors.
+
+
+def test_unknown_id_is_named_with_close_matches():
+    with pytest.raises(EnvError, match="unknown") as excinfo:
+        make_env("Hoper-v5")
+    assert "Hoper-v5" in str(excinfo.value) and "'Hopper-v5'" in str(excinfo.value)
+
+
+def test_discrete_action_space_is_rejected():
+    with pytest.raises(EnvError, match=r"continuous \(Box\).*CartPole-v1 has Discrete\(2\)"):
+        make_env("CartPole-v1")
+
+
+def test_unbounded_action_space_is_rejected():
+    with pytest.raises(EnvError, match="bounded"):
+        make_env("gprl_test/UnboundedProbe-v0")
+
+
+def test_num_envs_must_be_positive():
+    with pytest.raises(EnvError, match="num_envs"):
+        make_env("gprl/BimodalBandit-v0", num_envs=0)
+
+
+def test_bad_actions_are_rejected():
+    with make_env("gprl/TwoGoalPoint-v0", num_envs=3) as env:
+        with pytest.raises(EnvError, match=r"\(3, 2\).*got \(2, 3\)"):
+            env.step(np.zeros((2, 3)))
+        with pytest.raises(EnvError, match=r"got \(2,\)"):
+            env.step(np.zeros(2))
+        with pytest.raises(EnvError, match="non-finite"):
+            env.step(np.full((3, 2), np.nan))

@@ -1,0 +1,234 @@
+"""Run directories, checkpoints, exact resumption and bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import jax
+import numpy as np
+import pytest
+
+import gprl.algos.ppo as ppo_module
+import gprl.checkpoint as checkpoint_module
+from gprl.algos import GoRLConfig, PPOConfig
+from gprl.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from gprl.envs import EnvError
+from gprl.trainer import RunConfig, TrainingError, load_run, train
+
+FAST_PPO = PPOConfig(rollout_steps=32, num_minibatches=4)
+FAST_GORL = replace(
+    GoRLConfig(ppo=replace(GoRLConfig().ppo, rollout_steps=32, num_minibatches=4)),
+    num_stages=2,
+    stage_weights=(1.0, 1.0),
+    decoder_train_steps=500,
+)
+TIMING_COLUMNS = {"wall_time", "steps_per_second"}
+
+
+def small_run(tmp_path, name="run", **overrides) -> RunConfig:
+    fields = dict(
+        env="gprl/TwoGoalPoint-v0",
+        total_steps=4096,
+        num_envs=4,
+        out=tmp_path / name,
+        progress=False,
+        eval_every=1024,
+        eval_episodes=4,
+        checkpoint_every=1024,
+    )
+    return RunConfig(**(fields | overrides))
+
+
+def metrics_without_timing(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)
+        ]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(iteration):
+    def hook(i, row):
+        if i == iteration:
+            raise Interrupt
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("algo", "config", "stop_at"),
+    [("ppo", FAST_PPO, 13), ("gorl", FAST_GORL, 12), ("gorl", FAST_GORL, 20)],
+    ids=["ppo", "gorl-stage0", "gorl-stage1"],
+)
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algo, config, stop_at):
+    reference = train(algo, small_run(tmp_path, "reference"), config)
+    interrupted = small_run(tmp_path, "interrupted")
+    with pytest.raises(Interrupt):
+        train(algo, interrupted, config, on_iteration=interrupt_at(stop_at))
+    checkpointed_at = read_meta(interrupted.out)["progress"]["iteration"]
+    assert 0 < checkpointed_at < stop_at
+    resumed = train(algo, RunConfig(resume=interrupted.out, progress=False), config)
+    assert metrics_without_timing(resumed) == metrics_without_timing(reference)
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
+    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+    algo, state, run = load_run(run_dir)
+    assert run.env == "gprl/TwoGoalPoint-v0"
+    save_checkpoint(tmp_path / "copy", state, read_meta(run_dir), {"algo": "ppo"})
+    template = algo.init_state(jax.random.PRNGKey(42))
+    restored, _ = load_checkpoint(tmp_path / "copy", template, {"algo": "ppo"})
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
+    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+    state_file = run_dir / "checkpoint" / "state.msgpack"
+    original = state_file.read_bytes()
+
+    state_file.write_bytes(original[:100] + bytes([original[100] ^ 0xFF]) + original[101:])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(run_dir)
+    state_file.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(run_dir)
+    state_file.write_bytes(original)
+
+    config_file = run_dir / "checkpoint" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["algo_config"]["critic_hidden"] = [32, 32]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_run(run_dir)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+    _, state, _ = load_run(run_dir)
+    before = (run_dir / "checkpoint" / "state.msgpack").read_bytes()
+
+    def failing_write(path, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "_write_synced", failing_write)
+    with pytest.raises(OSError):
+        save_checkpoint(run_dir, state, read_meta(run_dir), {"algo": "ppo"})
+    assert (run_dir / "checkpoint" / "state.msgpack").read_bytes() == before
+    load_run(run_dir)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real_iteration = ppo_module.ppo_iteration
+
+    def poisoned_after_checkpoint(state, *args, **kwargs):
+        state, info, episodes = real_iteration(state, *args, **kwargs)
+        if int(state["iteration"]) >= 10:
+            info["policy_loss"] = np.float32("nan")
+        return state, info, episodes
+
+    monkeypatch.setattr(ppo_module, "ppo_iteration", poisoned_after_checkpoint)
+    run = small_run(tmp_path)
+    with pytest.raises(TrainingError, match="policy_loss is nan at iteration 10"):
+        train("ppo", run, FAST_PPO)
+    assert read_meta(run.out)["progress"]["iteration"] == 8  # the checkpoint at 1024 env steps
+    load_run(run.out)
+
+
+def test_existing_run_directory_is_refused_and_left_intact(tmp_path):
+    run = small_run(tmp_path, total_steps=1024)
+    train("ppo", run, FAST_PPO)
+    before = (run.out / "metrics.csv").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train("ppo", run, FAST_PPO)
+    assert (run.out / "metrics.csv").read_text() == before
+    train("ppo", replace(run, overwrite=True, seed=1), FAST_PPO)
+    assert json.loads((run.out / "config.json").read_text())["run"]["seed"] == 1
+
+
+def test_resume_rejects_another_algorithm_or_env(tmp_path):
+    run = small_run(tmp_path, total_steps=1024)
+    train("ppo", run, FAST_PPO)
+    with pytest.raises(CheckpointError, match="'ppo' run, not 'gorl'"):
+        train("gorl", RunConfig(resume=run.out, progress=False), FAST_GORL)
+    with pytest.raises(CheckpointError, match="not gprl/BimodalBandit-v0"):
+        train("ppo", RunConfig(resume=run.out, env="gprl/BimodalBandit-v0"), FAST_PPO)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train("ppo", RunConfig(resume=tmp_path / "missing"), FAST_PPO)
+
+
+def test_bad_env_ids_fail_before_touching_the_run_directory(tmp_path):
+    with pytest.raises(EnvError, match="unknown"):
+        train("ppo", small_run(tmp_path, env="NoSuchEnv-v9"), FAST_PPO)
+    with pytest.raises(EnvError, match="continuous"):
+        train("ppo", small_run(tmp_path, env="CartPole-v1"), FAST_PPO)
+    assert not (tmp_path / "run").exists()
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "gprl.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_cli_train_eval_and_video(tmp_path):
+    out = tmp_path / "cli-run"
+    result = run_cli(
+        "train",
+        "ppo",
+        "--env",
+        "gprl/BimodalBandit-v0",
+        "--total-steps",
+        "2048",
+        "--num-envs",
+        "4",
+        "--ppo.rollout-steps",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "final deterministic eval return" in result.stdout
+    for name in ("config.json", "metrics.csv", "learning_curve.png", "checkpoint/meta.json"):
+        assert (out / name).exists(), name
+    result = run_cli("eval", str(out), "--episodes", "3", "--video", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "over 3 episodes" in result.stdout
+    assert (out / "videos" / "eval.mp4").stat().st_size > 0
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    for args, message in [
+        (["train", "ppo", "--env", "Hoper-v5"], "unknown"),
+        (["train", "gorl", "--env", "CartPole-v1"], "continuous"),
+        (["eval", str(tmp_path / "nothing")], "no checkpoint"),
+    ]:
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gprl: error:") and message in lines[0]
+
+
+def test_cli_help_documents_the_options(tmp_path):
+    result = run_cli("train", "gorl", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for option in (
+        "--total-steps",
+        "--num-envs",
+        "--resume",
+        "--gorl.decoder",
+        "--gorl.count-collection-steps",
+        "--gorl.prior-regularizer",
+    ):
+        assert option in result.stdout
