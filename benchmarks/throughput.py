@@ -8,6 +8,11 @@ For each env the script times, interleaved over --repeats rounds (median reporte
 and once each: the decoder refit (collection + fit) and one trainer-style evaluation.
 Each measurement has its own VecEnv, so episodes run on undisturbed between rounds.
 
+Per 1k env steps: rollout (env stepping + acting), update (iterate minus rollout), acting
+overhead (rollout minus the raw env time of the same round), and env_in_loop (time inside
+VecEnv.step during the loop's own rollouts: policy actions cost the physics differently from
+random ones, so rollout minus env_in_loop is the exact cost of the policy and collector).
+
     python benchmarks/throughput.py [--envs Hopper-v5] [--num-envs 16] [--iterations 3]
 """
 
@@ -44,6 +49,7 @@ COLUMNS = [
     "rollout_s_per_1k_steps",
     "update_s_per_1k_steps",
     "acting_overhead_s_per_1k_steps",
+    "env_in_loop_s_per_1k_steps",
     "seconds",
 ]
 
@@ -67,19 +73,37 @@ class TimedCollector:
         return result
 
 
+class TimedEnv:
+    """A VecEnv that adds up the time spent in step, so the rollout can be split exactly."""
+
+    def __init__(self, env):
+        self.env = env
+        self.seconds = 0.0
+
+    def step(self, action):
+        start = time.perf_counter()
+        result = self.env.step(action)
+        self.seconds += time.perf_counter() - start
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
 class Loop:
     """One algorithm's training loop (the trainer's iterate calls) on its own envs."""
 
     def __init__(self, algo, env, seed: int):
         self.algo = algo
-        self.collector = TimedCollector(algo.make_collector(env))
+        self.env = TimedEnv(env)
+        self.collector = TimedCollector(algo.make_collector(self.env))
         self.collector.reset(seed)
         self.state = algo.init_state(jax.random.PRNGKey(seed))
 
-    def run(self, iterations: int) -> tuple[int, float, float]:
-        """Run `iterations` iterations; returns (env steps, seconds, seconds in rollouts)."""
+    def run(self, iterations: int) -> dict:
+        """Run `iterations` iterations; returns env steps and seconds: total, rollout, env.step."""
         stage = int(self.state.get("stage", 0))
-        self.collector.seconds = 0.0
+        self.collector.seconds = self.env.seconds = 0.0
         steps = 0
         start = time.perf_counter()
         for _ in range(iterations):
@@ -88,7 +112,12 @@ class Loop:
         seconds = time.perf_counter() - start
         if int(self.state.get("stage", 0)) != stage:
             raise RuntimeError("a GoRL stage ended inside a timed block; raise its budget")
-        return steps, seconds, self.collector.seconds
+        return {
+            "steps": steps,
+            "seconds": seconds,
+            "rollout_s": self.collector.seconds,
+            "env_s": self.env.seconds,
+        }
 
 
 def time_raw(env, actions: np.ndarray) -> tuple[int, float]:
@@ -186,7 +215,7 @@ def benchmark_env(env_id: str, args) -> list[dict]:
 
     samples = {name: [] for name in ["raw", *loops]}
     for round_index in range(args.repeats):
-        samples["raw"].append((*time_raw(envs["raw"], random_actions(raw_steps)), None))
+        samples["raw"].append(time_raw(envs["raw"], random_actions(raw_steps)))
         for name, loop in loops.items():
             samples[name].append(loop.run(args.iterations))
         print(f"[{env_id}] round {round_index + 1}/{args.repeats} done", flush=True)
@@ -198,36 +227,39 @@ def benchmark_env(env_id: str, args) -> list[dict]:
         env.close()
     load_after = load_average()
 
-    raw_sps = [steps / seconds for steps, seconds, _ in samples["raw"]]
+    raw_sps = [steps / seconds for steps, seconds in samples["raw"]]
     rows = [
         {
             "what": "raw",
             "steps_per_second": statistics.median(raw_sps),
             "share_of_raw": 1.0,
-            "rollout_s_per_1k_steps": statistics.median(1000 / s for s in raw_sps),
-            "notes": "env.step only (rollout column: env time)",
+            "env_in_loop_s_per_1k_steps": statistics.median(1000 / s for s in raw_sps),
+            "notes": "VecEnv.step with random actions only",
         }
     ]
     for name in loops:
-        block_steps = samples[name][0][0]
-        sps, share, rollout, update, overhead = [], [], [], [], []
+        per_1k = {key: [] for key in ["sps", "share", "rollout", "update", "overhead", "env"]}
         # Pair every loop block with the raw block of the same round, so drift cancels.
-        for (steps, seconds, rollout_s), raw in zip(samples[name], raw_sps, strict=True):
-            sps.append(steps / seconds)
-            share.append(steps / seconds / raw)
-            rollout.append(1000 * rollout_s / steps)
-            update.append(1000 * (seconds - rollout_s) / steps)
-            overhead.append(1000 * rollout_s / steps - 1000 / raw)
+        for block, raw in zip(samples[name], raw_sps, strict=True):
+            scale = 1000 / block["steps"]
+            per_1k["sps"].append(block["steps"] / block["seconds"])
+            per_1k["share"].append(block["steps"] / block["seconds"] / raw)
+            per_1k["rollout"].append(scale * block["rollout_s"])
+            per_1k["update"].append(scale * (block["seconds"] - block["rollout_s"]))
+            per_1k["overhead"].append(scale * block["rollout_s"] - 1000 / raw)
+            per_1k["env"].append(scale * block["env_s"])
+        median = {key: statistics.median(values) for key, values in per_1k.items()}
+        steps_per_iteration = samples[name][0]["steps"] // args.iterations
         rows.append(
             {
                 "what": name,
-                "steps_per_second": statistics.median(sps),
-                "share_of_raw": statistics.median(share),
-                "rollout_s_per_1k_steps": statistics.median(rollout),
-                "update_s_per_1k_steps": statistics.median(update),
-                "acting_overhead_s_per_1k_steps": statistics.median(overhead),
-                "notes": f"{args.iterations} iterations x {block_steps // args.iterations} steps "
-                "per round",
+                "steps_per_second": median["sps"],
+                "share_of_raw": median["share"],
+                "rollout_s_per_1k_steps": median["rollout"],
+                "update_s_per_1k_steps": median["update"],
+                "acting_overhead_s_per_1k_steps": median["overhead"],
+                "env_in_loop_s_per_1k_steps": median["env"],
+                "notes": f"{args.iterations} iterations x {steps_per_iteration} steps per round",
             }
         )
     collect_steps, collect_s, fit_s = refit["collect_steps"], refit["collect_s"], refit["fit_s"]

@@ -4,7 +4,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gprl.envs import VecEnv
@@ -61,7 +60,8 @@ class HostCollector:
             raise RuntimeError("call reset(seed) before rollout")
         n, obs_dim = self.env.num_envs, self.env.spec.obs_dim
         obs_buffer = np.empty((num_steps, n, obs_dim), np.float32)
-        rewards = np.empty((num_steps, n), np.float32)
+        rewards = np.empty((num_steps, n), np.float64)
+        discounted_returns = np.empty((num_steps, n), np.float64)
         dones = np.empty((num_steps, n), np.float32)
         extras_per_step = []
         bootstrap_steps = []
@@ -73,12 +73,9 @@ class HostCollector:
             step = self.env.step(np.asarray(action))
             self.episode_return += step.reward
             self.episode_length += 1
-            reward = step.reward.astype(np.float64) * self.reward_scale
-            if self.normalize_rewards:
-                self.discounted_return = self.discounted_return * self.gamma + reward
-                return_stats = running_stats_update(return_stats, self.discounted_return[:, None])
-                reward = reward / np.sqrt(return_stats["var"][0] + 1e-8)
-            rewards[t] = reward
+            rewards[t] = step.reward * self.reward_scale
+            self.discounted_return = self.discounted_return * self.gamma + rewards[t]
+            discounted_returns[t] = self.discounted_return
             done = step.terminated | step.truncated
             dones[t] = done
             if step.truncated.any() and value_fn is not None:
@@ -90,8 +87,14 @@ class HostCollector:
                 self.episode_length[done] = 0
                 self.discounted_return[done] = 0.0
             self.obs = step.obs
+        if self.normalize_rewards:
+            # One statistics update per rollout (not per step) keeps the host loop lean; rewards
+            # are scaled by the std of the discounted return, as in CleanRL / SB3 VecNormalize.
+            return_stats = running_stats_update(return_stats, discounted_returns.reshape(-1, 1))
+            rewards /= np.sqrt(return_stats["var"][0] + 1e-8)
         for t, truncated, final_values in bootstrap_steps:
             rewards[t] += self.gamma * np.where(truncated, np.asarray(final_values), 0.0)
-        extras = jax.tree.map(lambda *xs: jnp.stack(xs), *extras_per_step)
-        rollout = Rollout(obs_buffer, extras, rewards, dones, self.obs.copy())
+        # Stacking on the host: jnp.stack would compile a new T-operand concatenation per length.
+        extras = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *extras_per_step)
+        rollout = Rollout(obs_buffer, extras, rewards.astype(np.float32), dones, self.obs.copy())
         return rollout, key, return_stats, episodes

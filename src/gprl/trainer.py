@@ -44,6 +44,7 @@ class RunConfig:
     total_steps: int | None = None
     """Env-step budget. Default: 300000, or the run's budget with --resume."""
     seed: int = 0
+    """Seeds parameters, sampling and the training envs (env i gets seed + i)."""
     num_envs: int = 16
     """Training envs stepped in lock-step on the host."""
     out: Path | None = None
@@ -55,6 +56,7 @@ class RunConfig:
     eval_every: int = 25_000
     """Env steps between deterministic evaluations (0 disables; one always runs at the end)."""
     eval_episodes: int = 10
+    """Episodes per evaluation, run in parallel on separate envs with fixed seeds."""
     checkpoint_every: int = 100_000
     """Env steps between checkpoints (one is always written at the end)."""
     progress: bool = True

@@ -55,22 +55,30 @@ class GoRLConfig:
     ppo: PPOConfig = field(default_factory=_gorl_ppo_defaults)
     """PPO settings of the latent encoder (clip_eps and max_grad_norm are set per stage below)."""
     decoder: Literal["flow", "diffusion"] = "flow"
+    """Generative decoder: flow matching (Euler) or diffusion (DDIM), both deterministic from z."""
     flow: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
     diffusion: DiffusionPolicyConfig = field(
         default_factory=lambda: DiffusionPolicyConfig(num_train_steps=10, num_steps=10)
     )
     num_stages: int = 4
+    """Encoder stages; a decoder refit separates consecutive stages."""
     stage_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0)
     """Relative encoder budget of each stage (reference: 60M/60M/30M/30M)."""
     clip_eps_first_stage: float = 0.15
+    """PPO clip range in stage 0 (reference)."""
     clip_eps_later_stages: float = 0.3
+    """PPO clip range after the first refit (reference)."""
     max_grad_norm_first_stage: float = 0.5
+    """Gradient-norm clip in stage 0 (reference)."""
     max_grad_norm_later_stages: float = 1.0
+    """Gradient-norm clip after the first refit (reference)."""
     prior_regularizer: Literal["l2", "kl", "none"] = "l2"
     """'l2': coef * (mean(mu^2) + mean(sigma^2)) as the reference code; 'kl': coef * mean KL(pi(.|s)
     || N(0, I)) as the paper."""
     prior_coef_first_stage: float = 5e-4
+    """Prior regulariser weight in stage 0 (reference)."""
     prior_coef_later_stages: float = 1e-3
+    """Prior regulariser weight after the first refit (reference)."""
     reset_encoder: bool = True
     """Re-initialise the encoder (actor, optimiser, observation normaliser) at each stage."""
     reset_critic: bool = True
@@ -85,8 +93,11 @@ class GoRLConfig:
     count_collection_steps: bool = True
     """Count decoder data-collection steps toward total_steps (the reference does not)."""
     decoder_train_steps: int = 3000
+    """Gradient steps of each decoder refit."""
     decoder_batch_size: int = 512
+    """Minibatch size of decoder refits (reference: 8192 on GPU)."""
     decoder_learning_rate: float = 3e-4
+    """Adam step size of decoder refits (reference)."""
     decoder_val_fraction: float = 0.1
     """Held-out share of the collected data; the decoder with the best held-out loss is kept."""
     decoder_eval_every: int = 250
@@ -165,6 +176,7 @@ class GoRL:
         self._policy_step = jax.jit(self._policy_step_impl)
         self._eval_action = jax.jit(self._eval_action_impl)
         self._value = jax.jit(self._value_impl)
+        self._decoder_init = jax.jit(self.decoder.init, static_argnums=1)
         self._decoder_optimizer = optax.adam(config.decoder_learning_rate)
         self._decoder_train_chunk = jax.jit(self._decoder_train_chunk_impl)
         self._decoder_val_loss = jax.jit(self._decoder_val_loss_impl)
@@ -195,7 +207,7 @@ class GoRL:
             "iteration": np.asarray(0, np.int64),
             "stage": np.asarray(0, np.int64),
             "stage_iteration": np.asarray(0, np.int64),
-            "decoder": self.decoder.init(decoder_key, self.spec.obs_dim),
+            "decoder": self._decoder_init(decoder_key, self.spec.obs_dim),
             "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
             "best": {
                 "return": np.asarray(-np.inf, np.float64),
@@ -320,7 +332,7 @@ class GoRL:
         if cfg.warm_start_decoder and stage > 0:
             decoder_params = state["decoder"]
         else:
-            decoder_params = self.decoder.init(init_key, self.spec.obs_dim)
+            decoder_params = self._decoder_init(init_key, self.spec.obs_dim)
         decoder_params, fit_info = self.fit_decoder(
             decoder_params, obs, targets, normalizer_arrays(decoder_obs_norm), fit_key
         )
@@ -388,15 +400,18 @@ class GoRL:
     def fit_decoder(self, params, obs, targets, obs_norm_arrays, key):
         """Fit the decoder to (obs, pre-tanh action) pairs, keeping the best held-out params."""
         cfg = self.config
-        cond = np.asarray(normalize(obs, obs_norm_arrays))
-        permutation_key, val_key, key = jax.random.split(key, 3)
-        order = np.asarray(jax.random.permutation(permutation_key, len(cond)))
+        # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
+        cond = np.clip((obs - obs_norm_arrays["mean"]) / obs_norm_arrays["std"], -10.0, 10.0)
+        split_seed, val_key, key = jax.random.split(key, 3)
+        order = np.random.default_rng(np.asarray(jax.random.key_data(split_seed))).permutation(
+            len(cond)
+        )
         num_val = max(1, int(cfg.decoder_val_fraction * len(cond)))
         val_index, train_index = order[:num_val], order[num_val:]
         if len(train_index) == 0:
             raise ValueError("decoder refit needs at least 2 collected samples")
-        train = (jnp.asarray(cond[train_index]), jnp.asarray(targets[train_index]))
-        val = (jnp.asarray(cond[val_index]), jnp.asarray(targets[val_index]))
+        train = (cond[train_index].astype(np.float32), targets[train_index])
+        val = (cond[val_index].astype(np.float32), targets[val_index])
         opt_state = self._decoder_optimizer.init(params)
         best_params, best_val = params, float(self._decoder_val_loss(params, *val, val_key))
         initial_val = best_val

@@ -41,21 +41,34 @@ class PPOConfig:
     rollout_steps: int = 128
     """Steps collected per env before each update (batch = rollout_steps * num_envs)."""
     num_epochs: int = 10
+    """Passes over each rollout per update."""
     num_minibatches: int = 32
+    """Minibatches per epoch (minibatch = batch / num_minibatches)."""
     learning_rate: float = 3e-4
+    """Adam step size (the initial one when annealed)."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to zero over training."""
     adam_eps: float = 1e-5
+    """Adam epsilon."""
     gamma: float = 0.99
+    """Discount factor."""
     gae_lambda: float = 0.95
+    """GAE lambda (bias-variance trade-off of the advantages)."""
     clip_eps: float = 0.2
+    """PPO ratio clipping range."""
     value_clip_eps: float | None = None
     """Clip the value update to this range around the old prediction; None disables."""
     ent_coef: float = 0.0
+    """Weight of the Gaussian entropy bonus."""
     vf_coef: float = 0.5
+    """Weight of the value loss (0.5 * squared error)."""
     max_grad_norm: float = 0.5
+    """Clip the global gradient norm to this value."""
     normalize_advantages: bool = True
+    """Standardise advantages within each minibatch."""
     normalize_observations: bool = True
+    """Standardise observations with running statistics (updated after each rollout, saved in
+    checkpoints)."""
     normalize_rewards: bool = True
     """Divide rewards by the running std of the discounted return."""
     reward_scale: float = 1.0
@@ -65,7 +78,9 @@ class PPOConfig:
     sample, as CleanRL) or tanh."""
     actor: GaussianPolicyConfig = field(default_factory=GaussianPolicyConfig)
     critic_hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer widths of the value network."""
     critic_activation: str = "tanh"
+    """Activation of the value network (tanh, relu, silu, gelu, elu)."""
 
 
 class GaussianActorCritic:

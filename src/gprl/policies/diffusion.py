@@ -17,12 +17,15 @@ from gprl.networks import MLP, sinusoidal_embedding
 @dataclass(frozen=True)
 class DiffusionPolicyConfig:
     hidden: tuple[int, ...] = (64, 64, 64, 64)
+    """Noise-prediction MLP widths."""
     activation: str = "silu"
+    """Hidden activation (tanh, relu, silu, gelu, elu)."""
     num_train_steps: int = 100
     """Diffusion steps T of the training noise schedule."""
     num_steps: int = 10
     """DDIM sampling steps K (a strided subset of the T training steps)."""
     time_embed_dim: int = 16
+    """Size of the sinusoidal embedding of the diffusion step."""
     clip_sample: float | None = 3.0
     """Clip the predicted clean sample to [-c, c] at every DDIM step; None disables. The cosine
     schedule ends at alpha_bar_T ~ 1e-6, so the first DDIM step multiplies the noise-prediction

@@ -20,9 +20,11 @@ class FlowPolicyConfig:
     hidden: tuple[int, ...] = (64, 64, 64, 64)
     """Velocity MLP widths (GoRL's decoder: 4 x 64 SiLU)."""
     activation: str = "silu"
+    """Hidden activation (tanh, relu, silu, gelu, elu)."""
     num_steps: int = 10
     """Euler integration steps K used for sampling."""
     time_embed_dim: int = 16
+    """Size of the sinusoidal embedding of the flow time t."""
     time_sampling: Literal["uniform", "grid"] = "uniform"
     """Training times: continuous U[0, 1], or the K-step grid the sampler visits."""
     zero_init: bool = False

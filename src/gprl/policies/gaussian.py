@@ -18,6 +18,7 @@ class GaussianPolicyConfig:
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the mean (and scale) network."""
     activation: str = "tanh"
+    """Hidden activation (tanh, relu, silu, gelu, elu)."""
     std_type: Literal["learned", "softplus"] = "learned"
     """'learned': one state-independent log-std per action dim (CleanRL PPO);
     'softplus': a state-dependent softplus scale head (GoRL's encoder)."""
