@@ -71,6 +71,9 @@ TEST_ENVS = {
         entry_point=make_recorded_probe,
         kwargs=dict(action_low=[0.0, -3.0], action_high=[1.0, 1.0]),
     ),
+    "gprl_test/UnitProbe-v0": dict(
+        entry_point=make_recorded_probe, kwargs=dict(action_low=[-1.0], action_high=[1.0])
+    ),
     # Terminates on the very step its time limit hits.
     "gprl_test/TerminateAtLimit-v0": dict(
         entry_point=ProbeEnv,
@@ -252,10 +255,10 @@ def test_vec_env_rescales_and_clips_actions_to_pendulum_bounds():
         np.testing.assert_array_equal(env.spec.action_low, [-2.0])
         np.testing.assert_array_equal(env.spec.action_high, [2.0])
         RECEIVED_ACTIONS.clear()
-        for action in (1.0, -1.0, 0.25, 7.0, -3.0):
+        for action in (1.0, -1.0, 0.25, 7.0, -3.0, np.inf):
             env.step(np.array([[action]], dtype=np.float32))
         received = np.concatenate(RECEIVED_ACTIONS)
-        np.testing.assert_array_equal(received, [2.0, -2.0, 0.5, 2.0, -2.0])
+        np.testing.assert_array_equal(received, [2.0, -2.0, 0.5, 2.0, -2.0, 2.0])
         assert received.dtype == np.float32
 
 
@@ -264,6 +267,13 @@ def test_vec_env_maps_actions_affinely_onto_asymmetric_bounds():
         RECEIVED_ACTIONS.clear()
         env.step(np.array([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
         np.testing.assert_allclose(RECEIVED_ACTIONS, [[0.0, -3.0], [1.0, 1.0], [0.5, -1.0]])
+
+
+def test_vec_env_clips_actions_for_envs_already_bounded_by_one():
+    with make_env("gprl_test/UnitProbe-v0", num_envs=3) as env:
+        RECEIVED_ACTIONS.clear()
+        env.step(np.array([[3.0], [-0.5], [-np.inf]]))
+        np.testing.assert_array_equal(RECEIVED_ACTIONS, [[1.0], [-0.5], [-1.0]])
 
 
 def test_vec_env_observations_are_fresh_float32_arrays():
@@ -389,5 +399,7 @@ def test_bad_actions_are_rejected():
             env.step(np.zeros((2, 3)))
         with pytest.raises(EnvError, match=r"got \(2,\)"):
             env.step(np.zeros(2))
-        with pytest.raises(EnvError, match="non-finite"):
-            env.step(np.full((3, 2), np.nan))
+        nan_actions = np.zeros((3, 2))
+        nan_actions[1, 0] = np.nan
+        with pytest.raises(EnvError, match="NaN"):
+            env.step(nan_actions)

@@ -232,3 +232,29 @@ def test_cli_help_documents_the_options(tmp_path):
         "--gorl.prior-regularizer",
     ):
         assert option in result.stdout
+
+
+def read_tensorboard_scalars(folder) -> dict:
+    """Parse TFRecord event files: (length u64, crc u32, Event proto, crc u32) records."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_sink_receives_the_csv_metrics(tmp_path):
+    run_dir = train("ppo", small_run(tmp_path, total_steps=1024, tensorboard=True), FAST_PPO)
+    scalars = read_tensorboard_scalars(run_dir / "tensorboard")
+    assert {"policy_loss", "eval_return", "train_return"} <= set(scalars)
+    assert [step for step, _ in scalars["policy_loss"]] == [128 * i for i in range(1, 9)]
