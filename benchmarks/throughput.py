@@ -368,7 +368,7 @@ def main() -> None:
             verdict = "reached" if row["share_of_raw"] >= TARGET_SHARE else "NOT reached"
             print(
                 f"target >= {TARGET_SHARE:.0%} of raw: {verdict} for {row['what']} on "
-                f"{row['env']} ({row['share_of_raw']:.0%})"
+                f"{row['env']} ({row['share_of_raw']:.1%})"
             )
     print(f"wrote {RESULTS_DIR / 'throughput.csv'} and {RESULTS_DIR / 'throughput.png'}")
 

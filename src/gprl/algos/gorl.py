@@ -187,11 +187,7 @@ class GoRL:
         return sum(self.stage_iterations) + self.config.num_stages - 1
 
     def _fresh_encoder(self, key) -> dict:
-        actor_key, critic_key = jax.random.split(key)
-        params = {
-            "actor": self.model.init_actor(actor_key),
-            "critic": self.model.init_critic(critic_key),
-        }
+        params = self.model.init_params(*jax.random.split(key))
         return {
             "params": params,
             "opt_state": self.optimizer.init(params),

@@ -91,11 +91,12 @@ class GaussianActorCritic:
         self.actor = GaussianPolicyNet(config.actor, action_dim)
         self.critic = MLP(config.critic_hidden, 1, config.critic_activation)
 
-    def init_actor(self, key):
-        return self.actor.init(key, jnp.zeros((1, self.obs_dim)))
-
-    def init_critic(self, key):
-        return self.critic.init(key, jnp.zeros((1, self.obs_dim)))
+    def init_params(self, actor_key, critic_key) -> dict:
+        dummy_obs = jnp.zeros((1, self.obs_dim))
+        return {
+            "actor": self.actor.init(actor_key, dummy_obs),
+            "critic": self.critic.init(critic_key, dummy_obs),
+        }
 
     def distribution(self, params, obs_normalized):
         return self.actor.apply(params["actor"], obs_normalized)
@@ -181,7 +182,7 @@ def make_ppo_update(model, config: PPOConfig, optimizer, regularizer: Regularize
             params, opt_state = carry
             grad_fn = jax.grad(ppo_loss, has_aux=True)
             grads, info = grad_fn(params, model, minibatch, config, hparams, regularizer)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             scale = jnp.minimum(1.0, hparams["max_grad_norm"] / (grad_norm + 1e-6))
             grads = jax.tree.map(lambda g: g * scale, grads)
             directions, opt_state = optimizer.update(grads, opt_state, params)
@@ -289,10 +290,7 @@ class PPO:
 
     def init_state(self, key) -> dict:
         actor_key, critic_key, key = jax.random.split(key, 3)
-        params = {
-            "actor": self.model.init_actor(actor_key),
-            "critic": self.model.init_critic(critic_key),
-        }
+        params = self.model.init_params(actor_key, critic_key)
         return {
             "params": params,
             "opt_state": self.optimizer.init(params),
