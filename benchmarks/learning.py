@@ -13,10 +13,12 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from common import (
     BENCH_DIR,
@@ -32,13 +34,17 @@ from common import (
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.envs import make_env
-from gprl.trainer import RunConfig, train
+from gprl.envs.diagnostics import bimodal_modes
+from gprl.trainer import RunConfig, load_run, train
 
 DIAGNOSTIC_TASKS = ["gprl/TwoGoalPoint-v0", "gprl/BimodalBandit-v0"]
 DMC_TASKS = ["dm_control/cheetah-run-v0", "dm_control/walker-walk-v0"]
 TASK_GROUPS = {"diagnostic": DIAGNOSTIC_TASKS, "dmc": DMC_TASKS}
 RUNS_DIR = BENCH_DIR / "runs"
 INFO_FILE = "benchmark_info.json"
+MODES_FILE = "mode_coverage.json"
+MODE_EPISODES = 500
+MODE_SEED = 12345
 
 
 def slug(text: str) -> str:
@@ -68,9 +74,35 @@ def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: i
     return "finished" if meta["progress"]["iteration"] >= algo.total_iterations() else "partial"
 
 
+def claim(lock: Path) -> bool:
+    """Take the lock of a run, unless a live process holds it (two invocations on one machine
+    would otherwise restart each other's unfinished runs from scratch)."""
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)
+        if pid != os.getpid():
+            return False
+    except (OSError, ValueError):
+        pass  # no lock, or its process is gone
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(str(os.getpid()))
+    return True
+
+
 def run_one(task: str, algo_name: str, seed: int, args) -> None:
+    run_dir = run_dir_of(task, algo_name, seed, budget_of(task, args)[0])
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    if not claim(lock):
+        print(f"skip {run_dir}: another process is training it", flush=True)
+        return
+    try:
+        train_or_resume(task, algo_name, seed, run_dir, args)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def train_or_resume(task: str, algo_name: str, seed: int, run_dir: Path, args) -> None:
     steps, eval_every = budget_of(task, args)
-    run_dir = run_dir_of(task, algo_name, seed, steps)
     status = run_status(run_dir, algo_name, task, steps, args.num_envs)
     label = f"{algo_name} {task} seed {seed} ({steps} steps)"
     if status == "finished":
@@ -124,13 +156,64 @@ def eval_rows(run_dir: Path) -> list[dict]:
     ]
 
 
+def mode_coverage(run_dir: Path, task: str) -> dict:
+    """Which of the two optima the stochastic (training) policy reaches from the same state.
+
+    The deterministic evaluation picks one optimum by construction, so its return cannot show
+    multimodality; this can. minority_share: share of successes that reach the less visited
+    optimum, per state (0: one optimum only, 0.5: both equally). BimodalBandit: 100 actions for
+    each of 20 contexts (across contexts even a Gaussian can alternate, by reading the context).
+    TwoGoalPoint: 500 episodes, all starting at the origin (+-0.01). Cached in the run directory.
+    """
+    cache = run_dir / MODES_FILE
+    if cache.exists():
+        return json.loads(cache.read_text())
+    algo, state, _ = load_run(run_dir)
+    policy, acting = algo.sample_action_fn(state), algo.acting_params(state)
+    key = jax.random.PRNGKey(MODE_SEED)
+    if task == "gprl/BimodalBandit-v0":
+        contexts, samples = 20, 100
+        rng = np.random.default_rng(MODE_SEED)
+        obs = np.repeat(rng.uniform(-1.0, 1.0, (contexts, 2)), samples, axis=0).astype(np.float32)
+        action, _, _ = policy(acting, obs, key)
+        action = np.clip(np.asarray(action)[:, 0], -1.0, 1.0)
+        distance = np.abs(bimodal_modes(obs) - action[:, None])
+        # Reward > 0.5 within 0.1177 of a mode (Gaussian bump of width 0.1).
+        success = (distance.min(1) < 0.1177).reshape(contexts, samples)
+        upper = (distance.argmin(1) == 1).reshape(contexts, samples)
+    else:
+        with make_env(task, MODE_EPISODES, MODE_SEED) as env:
+            obs = env.reset(seed=MODE_SEED)
+            success = np.zeros(env.num_envs, bool)
+            upper = np.zeros(env.num_envs, bool)
+            running = np.ones(env.num_envs, bool)
+            for _ in range(env.spec.max_episode_steps):
+                action, _, key = policy(acting, obs, key)
+                step = env.step(np.asarray(action))
+                ended = running & (step.terminated | step.truncated)
+                success |= ended & step.terminated
+                upper |= ended & step.terminated & (step.final_obs[:, 0] > 0)
+                running &= ~ended
+                obs = step.obs
+                if not running.any():
+                    break
+        success, upper = success[None], upper[None]
+    hits = success.sum(1)
+    upper_hits = (success & upper).sum(1)
+    shares = np.minimum(upper_hits, hits - upper_hits) / np.maximum(hits, 1)
+    result = {"success_rate": float(success.mean()), "minority_share": float(shares.mean())}
+    cache.write_text(json.dumps(result))
+    return result
+
+
 def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
     """Per-eval rows, one summary row per (task, algo) and curves, from finished runs."""
     per_eval, summary, curves = [], [], {}
     for task in tasks:
         steps, _ = budget_of(task, args)
         for algo_name in args.algos:
-            finals, walls, loads, seeds, per_seed = [], [], [], [], {}
+            finals, aucs, walls, loads, seeds, per_seed = [], [], [], [], [], {}
+            modes, eval_every, trained_by = [], set(), set()
             for seed in args.seeds:
                 run_dir = run_dir_of(task, algo_name, seed, steps)
                 if run_status(run_dir, algo_name, task, steps, args.num_envs) != "finished":
@@ -150,10 +233,21 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
                 per_seed[seed] = rows
                 seeds.append(seed)
                 finals.append(rows[-1]["eval_return"])
+                steps_at = np.array([r["env_steps"] for r in rows], np.float64)
+                returns = np.array([r["eval_return"] for r in rows])
+                span = max(steps_at[-1] - steps_at[0], 1.0)
+                aucs.append(float(np.trapezoid(returns, steps_at) / span))
+                if task in DIAGNOSTIC_TASKS:
+                    modes.append(mode_coverage(run_dir, task))
                 walls.append(rows[-1]["wall_time"])
+                eval_every.add(
+                    json.loads((run_dir / "config.json").read_text())["run"]["eval_every"]
+                )
                 info_path = run_dir / INFO_FILE
                 if info_path.exists():
-                    loads.append(json.loads(info_path.read_text())["load_before"])
+                    info = json.loads(info_path.read_text())
+                    loads.append(info["load_before"])
+                    trained_by.add(info["command"])
             if not seeds:
                 continue
             curves[(task, algo_name)] = per_seed
@@ -175,8 +269,17 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
                     "final_eval_return_mean": float(np.mean(finals)),
                     "final_eval_return_std": float(np.std(finals)),
                     "per_seed": " ".join(f"{x:.3f}" for x in finals),
+                    "mean_eval_return_over_training": f"{np.mean(aucs):.3f} ± {np.std(aucs):.3f}",
+                    "sampled_success_rate": (
+                        f"{np.mean([m['success_rate'] for m in modes]):.2f}" if modes else ""
+                    ),
+                    "minority_mode_share": (
+                        " ".join(f"{m['minority_share']:.2f}" for m in modes) if modes else ""
+                    ),
                     "wall_time_s_mean": float(np.mean(walls)),
-                    "load_at_start_mean": float(np.mean(loads)) if loads else math.nan,
+                    "load_at_start_mean": round(float(np.mean(loads)), 2) if loads else math.nan,
+                    "eval_every": " ".join(map(str, sorted(eval_every))),
+                    "trained_by": " | ".join(sorted(trained_by)),
                     "notes": note,
                 }
             )
@@ -269,6 +372,9 @@ def main() -> None:
                 "seeds",
                 "final_eval_return",
                 "per_seed",
+                "mean_eval_return_over_training",
+                "sampled_success_rate",
+                "minority_mode_share",
                 "wall_time_s_mean",
                 "load_at_start_mean",
             ],
@@ -276,7 +382,12 @@ def main() -> None:
     )
     print(
         "\nfinal_eval_return: mean ± std over seeds of the last deterministic evaluation "
-        f"({args.eval_episodes} episodes); wall_time_s_mean: seconds per run incl. evaluations."
+        f"({args.eval_episodes} episodes); per_seed: its value for each seed; "
+        "mean_eval_return_over_training: area under the eval curve / env steps (sample "
+        f"efficiency); diagnostic tasks only: sampled_success_rate (mean over seeds) and "
+        "minority_mode_share (per seed) of the stochastic training policy from a fixed state "
+        "(0: one optimum only, 0.5: both equally; see mode_coverage); wall_time_s_mean: "
+        "seconds per run incl. evaluations."
     )
     if "gorl" in args.algos:
         counted = ALGORITHMS["gorl"][1]().count_collection_steps
