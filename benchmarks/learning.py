@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from common import (
 )
 
 from gprl.algos import ALGORITHMS
-from gprl.checkpoint import CheckpointError, read_meta
+from gprl.checkpoint import CheckpointError, read_config, read_meta
+from gprl.configs import to_jsonable
 from gprl.envs import make_env
 from gprl.envs.diagnostics import bimodal_modes
 from gprl.trainer import RunConfig, load_run, train
@@ -62,16 +64,39 @@ def run_dir_of(task: str, algo: str, seed: int, steps: int) -> Path:
     return RUNS_DIR / f"{slug(task)}-{steps}" / f"{algo}-s{seed}"
 
 
+def default_config_json(algo_name: str) -> dict:
+    return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name][1]())))
+
+
 def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:
-    """'finished', 'partial' (a checkpoint to resume from) or 'missing'."""
+    """'finished', 'partial' (a checkpoint to resume from), 'missing', or 'stale' (trained with
+    another default config than gprl's current one, so not comparable any more)."""
     try:
         meta = read_meta(run_dir)
+        saved = read_config(run_dir)["algo_config"]
     except CheckpointError:
         return "missing"
+    if saved != default_config_json(algo_name):
+        return "stale"
     algo_cls, config_cls = ALGORITHMS[algo_name]
     with make_env(task, 1) as env:
         algo = algo_cls(config_cls(), env.spec, num_envs, steps)
     return "finished" if meta["progress"]["iteration"] >= algo.total_iterations() else "partial"
+
+
+def gprl_commit() -> str:
+    """The commit of the gprl checkout, '+dirty' if src/ has uncommitted changes."""
+    try:
+        git = ["git", "-C", str(BENCH_DIR.parent)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def claim(lock: Path) -> bool:
@@ -108,6 +133,12 @@ def train_or_resume(task: str, algo_name: str, seed: int, run_dir: Path, args) -
     if status == "finished":
         print(f"skip {label}: finished run in {run_dir}", flush=True)
         return
+    if status == "stale":
+        # Keep the old run for reference; the run directory is needed for the new one.
+        aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        print(f"{run_dir} used another default config; moved to {aside.name}", flush=True)
+        status = "missing"
     if status == "partial":
         print(f"resume {label} from {run_dir}", flush=True)
         run = RunConfig(resume=run_dir, progress=False)
@@ -130,6 +161,7 @@ def train_or_resume(task: str, algo_name: str, seed: int, run_dir: Path, args) -
         "started": now(),
         "machine": machine(),
         "command": command(),
+        "gprl_commit": gprl_commit(),
         "resumed": status == "partial",
     }
     start = time.perf_counter()
@@ -213,10 +245,13 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
         steps, _ = budget_of(task, args)
         for algo_name in args.algos:
             finals, aucs, walls, loads, seeds, per_seed = [], [], [], [], [], {}
-            modes, eval_every, trained_by = [], set(), set()
+            modes, eval_every, trained_by, commits = [], set(), set(), set()
             for seed in args.seeds:
                 run_dir = run_dir_of(task, algo_name, seed, steps)
-                if run_status(run_dir, algo_name, task, steps, args.num_envs) != "finished":
+                status = run_status(run_dir, algo_name, task, steps, args.num_envs)
+                if status == "stale":
+                    print(f"left out {run_dir}: trained with another default config")
+                if status != "finished":
                     continue
                 rows = eval_rows(run_dir)
                 for index, row in enumerate(rows):
@@ -248,6 +283,7 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
                     info = json.loads(info_path.read_text())
                     loads.append(info["load_before"])
                     trained_by.add(info["command"])
+                    commits.add(info.get("gprl_commit", "unknown"))
             if not seeds:
                 continue
             curves[(task, algo_name)] = per_seed
@@ -280,6 +316,7 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
                     "load_at_start_mean": round(float(np.mean(loads)), 2) if loads else math.nan,
                     "eval_every": " ".join(map(str, sorted(eval_every))),
                     "trained_by": " | ".join(sorted(trained_by)),
+                    "gprl_commit": " ".join(sorted(commits)),
                     "notes": note,
                 }
             )

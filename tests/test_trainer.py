@@ -158,6 +158,8 @@ def test_resume_rejects_another_algorithm_or_env(tmp_path):
         train("gorl", RunConfig(resume=run.out, progress=False), FAST_GORL)
     with pytest.raises(CheckpointError, match="not gprl/BimodalBandit-v0"):
         train("ppo", RunConfig(resume=run.out, env="gprl/BimodalBandit-v0"), FAST_PPO)
+    with pytest.raises(CheckpointError, match="cannot change on resume"):
+        train("ppo", RunConfig(resume=run.out, total_steps=2048), FAST_PPO)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train("ppo", RunConfig(resume=tmp_path / "missing"), FAST_PPO)
 

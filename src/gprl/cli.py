@@ -66,6 +66,7 @@ def _train(argv) -> None:
 
 def _print_summary(run_dir: Path) -> None:
     import csv
+    import json
 
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("eval_return")]
@@ -75,6 +76,14 @@ def _print_summary(run_dir: Path) -> None:
         f"final deterministic eval return {float(last['eval_return']):.3f} "
         f"(+- {float(last['eval_return_std']):.3f})"
     )
+    config = json.loads((run_dir / "config.json").read_text())
+    if config["algo"] == "gorl":
+        counted = config["algo_config"]["count_collection_steps"]
+        print(
+            "GoRL decoder data-collection steps are "
+            + ("counted in" if counted else "NOT counted in (see uncounted_env_steps)")
+            + " the env steps above"
+        )
     print(f"run directory: {run_dir}  (metrics.csv, learning_curve.png, checkpoint/)")
 
 

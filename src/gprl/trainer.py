@@ -87,8 +87,12 @@ def _resolve_resume(algo_name: str, run: RunConfig, algo_config):
     saved_run = from_jsonable(RunConfig, saved["run"])
     if run.env is not None and run.env != saved_run.env:
         raise CheckpointError(f"{run.resume} was trained on {saved_run.env}, not {run.env}")
-    algo_cls, config_cls = ALGORITHMS[algo_name]
-    del algo_cls
+    if run.total_steps is not None and run.total_steps != saved_run.total_steps:
+        raise CheckpointError(
+            f"{run.resume} has a budget of {saved_run.total_steps} env steps; the learning-rate "
+            "and stage schedules depend on it, so --total-steps cannot change on resume"
+        )
+    _, config_cls = ALGORITHMS[algo_name]
     saved_run.resume = run.resume
     saved_run.out = run.resume
     saved_run.progress = run.progress
@@ -217,7 +221,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
         save_checkpoint(run_dir, state, meta, config_record)
 
     total_iterations = algo.total_iterations()
-    bar = _progress_bar(run.progress, run.total_steps, f"{algo_name} {run.env}")
+    bar = ProgressBar(run.progress, run.total_steps, f"{algo_name} {run.env}")
     started = time.perf_counter() - progress["wall_time"]
     last_eval = None
     try:
@@ -273,7 +277,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     return run_dir
 
 
-class _progress_bar:
+class ProgressBar:
     def __init__(self, enabled: bool, total: int, description: str):
         self.progress = None
         if enabled:
