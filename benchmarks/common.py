@@ -1,9 +1,11 @@
 """Helpers shared by the benchmark scripts: provenance strings, CSV and markdown output."""
 
 import csv
+import functools
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +32,24 @@ def command() -> str:
 
 def now() -> str:
     return datetime.now().isoformat(timespec="seconds")
+
+
+@functools.cache
+def gprl_commit() -> str:
+    """The commit of the gprl checkout, '+dirty' if src/ has uncommitted changes.
+
+    Cached: gprl is imported once, so the commit at start-up is the code that runs."""
+    try:
+        git = ["git", "-C", str(BENCH_DIR.parent)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def load_average() -> float:

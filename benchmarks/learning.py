@@ -2,7 +2,8 @@
 
 Runs go to benchmarks/runs/TASK-BUDGET/ALGO-sSEED. A run whose checkpoint marks it finished is
 skipped, an unfinished one is resumed from its checkpoint, so the script can be re-run to add
-seeds or tasks. GoRL's decoder data-collection steps count toward the budget (its default).
+seeds or tasks; a run saved with another default config than gprl's current one is moved aside
+and trained again. GoRL's decoder data-collection steps count toward the budget (its default).
 
     python benchmarks/learning.py --tasks diagnostic            # the two multimodal tasks
     python benchmarks/learning.py --tasks dmc --dmc-steps 500000  # hours on 2 CPU cores
@@ -15,7 +16,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from common import (
     BENCH_DIR,
     RESULTS_DIR,
     command,
+    gprl_commit,
     load_average,
     machine,
     markdown_table,
@@ -82,21 +83,6 @@ def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: i
     with make_env(task, 1) as env:
         algo = algo_cls(config_cls(), env.spec, num_envs, steps)
     return "finished" if meta["progress"]["iteration"] >= algo.total_iterations() else "partial"
-
-
-def gprl_commit() -> str:
-    """The commit of the gprl checkout, '+dirty' if src/ has uncommitted changes."""
-    try:
-        git = ["git", "-C", str(BENCH_DIR.parent)]
-        head = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def claim(lock: Path) -> bool:
@@ -381,6 +367,7 @@ def main() -> None:
     # Report every task with finished runs at these budgets, not only the ones trained now, so
     # that an incremental run does not drop earlier results from the CSVs.
     reported = list(dict.fromkeys(DIAGNOSTIC_TASKS + DMC_TASKS + tasks))
+    gprl_commit()
 
     if not args.report_only:
         for task in tasks:

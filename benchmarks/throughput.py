@@ -25,6 +25,7 @@ import numpy as np
 from common import (
     RESULTS_DIR,
     command,
+    gprl_commit,
     load_average,
     machine,
     markdown_table,
@@ -346,12 +347,27 @@ def main() -> None:
 
     enable_compilation_cache()
     started = now()
+    gprl_commit()  # the code imported now is the code measured
     rows = []
     for env_id in args.envs:
         rows += benchmark_env(env_id, args)
-    provenance = {"machine": machine(), "date": started, "command": command()}
+    provenance = {
+        "machine": machine(),
+        "date": started,
+        "command": command(),
+        "gprl_commit": gprl_commit(),
+    }
     rows = [row | provenance for row in rows]
-    order = [*COLUMNS, "notes", "load_before", "load_after", "machine", "date", "command"]
+    order = [
+        *COLUMNS,
+        "notes",
+        "load_before",
+        "load_after",
+        "machine",
+        "date",
+        "command",
+        "gprl_commit",
+    ]
     rows = [{key: row.get(key) for key in order} for row in rows]
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
