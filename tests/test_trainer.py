@@ -100,6 +100,13 @@ def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
         load_run(run_dir)
     state_file.write_bytes(original)
 
+    meta_file = run_dir / "checkpoint" / "meta.json"
+    meta_text = meta_file.read_text()
+    meta_file.write_text(meta_text[:20])
+    with pytest.raises(CheckpointError, match="unreadable checkpoint file"):
+        load_run(run_dir)
+    meta_file.write_text(meta_text)
+
     config_file = run_dir / "checkpoint" / "config.json"
     config = json.loads(config_file.read_text())
     config["algo_config"]["critic_hidden"] = [32, 32]

@@ -64,20 +64,20 @@ def checkpoint_dir(run_dir: Path) -> Path:
     raise CheckpointError(f"no checkpoint in {run_dir}")
 
 
-def read_meta(run_dir: Path) -> dict:
-    path = checkpoint_dir(run_dir) / "meta.json"
+def _read_json(run_dir: Path, name: str) -> dict:
+    path = checkpoint_dir(run_dir) / name
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"unreadable checkpoint metadata {path}: {e}") from None
+        raise CheckpointError(f"unreadable checkpoint file {path}: {e}") from None
+
+
+def read_meta(run_dir: Path) -> dict:
+    return _read_json(run_dir, "meta.json")
 
 
 def read_config(run_dir: Path) -> dict:
-    path = checkpoint_dir(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"unreadable checkpoint config {path}: {e}") from None
+    return _read_json(run_dir, "config.json")
 
 
 def load_checkpoint(run_dir: Path, template, expect: dict):
