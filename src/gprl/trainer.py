@@ -229,7 +229,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
             iteration_start = time.perf_counter()
             state, metrics, episodes, steps = algo.iterate(state, collector)
             metrics = _scalars(metrics)
-            progress["iteration"] += 1
+            progress["iteration"] = int(state["iteration"])
             progress["env_steps"] += steps
             _check_finite(metrics, progress["iteration"], progress["env_steps"], run_dir)
             done = progress["iteration"] == total_iterations

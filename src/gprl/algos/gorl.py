@@ -127,7 +127,6 @@ class GoRL:
             )
         self.config = config
         self.spec = spec
-        self.num_envs = num_envs
         self.model = GaussianActorCritic(config.ppo, spec.obs_dim, spec.action_dim)
         if config.decoder == "flow":
             self.decoder = FlowPolicy(spec.action_dim, replace(config.flow, zero_init=False))
@@ -369,9 +368,6 @@ class GoRL:
 
     # ----- decoder fitting ---------------------------------------------------------------------
 
-    def _decoder_loss(self, params, cond, actions, key):
-        return self.decoder.loss(params, cond, actions, key)
-
     def _decoder_train_chunk_impl(self, params, opt_state, cond, actions, key):
         batch_size = min(self.config.decoder_batch_size, cond.shape[0])
 
@@ -379,7 +375,7 @@ class GoRL:
             params, opt_state = carry
             index_key, loss_key = jax.random.split(step_key)
             index = jax.random.randint(index_key, (batch_size,), 0, cond.shape[0])
-            grad_fn = jax.value_and_grad(self._decoder_loss, has_aux=True)
+            grad_fn = jax.value_and_grad(self.decoder.loss, has_aux=True)
             (loss, _), grads = grad_fn(params, cond[index], actions[index], loss_key)
             updates, opt_state = self._decoder_optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
@@ -391,7 +387,7 @@ class GoRL:
     def _decoder_val_loss_impl(self, params, cond, actions, key):
         # Average over several noise draws: a single draw makes model selection noisy.
         keys = jax.random.split(key, 4)
-        losses = jax.vmap(lambda k: self._decoder_loss(params, cond, actions, k)[0])(keys)
+        losses = jax.vmap(lambda k: self.decoder.loss(params, cond, actions, k)[0])(keys)
         return jnp.mean(losses)
 
     def fit_decoder(self, params, obs, targets, obs_norm_arrays, key):
