@@ -25,7 +25,7 @@ from gprl.algos.ppo import (
     ppo_iteration,
 )
 from gprl.collector import HostCollector
-from gprl.envs import EnvSpec
+from gprl.types import EnvSpec
 from gprl.policies import (
     DiffusionPolicy,
     DiffusionPolicyConfig,

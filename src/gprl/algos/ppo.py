@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from gprl.collector import HostCollector, Rollout
-from gprl.envs import EnvSpec
+from gprl.types import EnvSpec
 from gprl.networks import MLP
 from gprl.policies import (
     GaussianPolicyConfig,

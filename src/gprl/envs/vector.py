@@ -11,12 +11,13 @@ import difflib
 import importlib
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from gprl.types import EnvSpec, StepResult
 
 DMC_SHORT_PREFIX = "dmc:"
 DMC_PREFIX = "dm_control/"
@@ -24,32 +25,6 @@ DMC_PREFIX = "dm_control/"
 
 class EnvError(ValueError):
     """An env cannot be built or driven the way gprl needs; the one-line message says why."""
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """What an algorithm needs to know about a task, as seen through :class:`VecEnv`."""
-
-    env_id: str
-    obs_dim: int
-    action_dim: int
-    action_low: np.ndarray
-    """The env's true lower action bounds, float32 (action_dim,); policies act in [-1, 1]."""
-    action_high: np.ndarray
-    max_episode_steps: int | None
-
-
-class StepResult(NamedTuple):
-    obs: np.ndarray
-    """(N, obs_dim) float32; where an episode ended, the first observation of the next one."""
-    reward: np.ndarray
-    """(N,) float32 raw env reward."""
-    terminated: np.ndarray
-    """(N,) bool."""
-    truncated: np.ndarray
-    """(N,) bool, True only where the episode hit a time limit without terminating."""
-    final_obs: np.ndarray
-    """(N, obs_dim) float32: the last observation of the episode where it ended, else obs."""
 
 
 class _ObsFlattener:
