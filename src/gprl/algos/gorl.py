@@ -25,7 +25,6 @@ from gprl.algos.ppo import (
     ppo_iteration,
 )
 from gprl.collector import HostCollector
-from gprl.types import EnvSpec
 from gprl.policies import (
     DiffusionPolicy,
     DiffusionPolicyConfig,
@@ -36,6 +35,7 @@ from gprl.policies import (
     kl_to_standard_normal,
 )
 from gprl.rl_math import normalize, normalizer_arrays, running_stats_init, running_stats_update
+from gprl.types import EnvSpec
 
 
 def _gorl_ppo_defaults() -> PPOConfig:

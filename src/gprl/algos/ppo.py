@@ -14,7 +14,6 @@ import numpy as np
 import optax
 
 from gprl.collector import HostCollector, Rollout
-from gprl.types import EnvSpec
 from gprl.networks import MLP
 from gprl.policies import (
     GaussianPolicyConfig,
@@ -32,6 +31,7 @@ from gprl.rl_math import (
     running_stats_update,
     value_loss,
 )
+from gprl.types import EnvSpec
 
 Regularizer = Callable  # (mean, std) -> scalar penalty added to the loss
 
