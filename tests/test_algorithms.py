@@ -10,7 +10,7 @@ import pytest
 from gprl.algos import GoRL, GoRLConfig, PPOConfig
 from gprl.envs import make_env
 from gprl.envs.diagnostics import bimodal_modes, contextual_target_optimum
-from gprl.rl_math import normalize, normalizer_arrays, running_stats_init, running_stats_update
+from gprl.rl_math import normalize, running_stats_init, running_stats_update
 from gprl.trainer import RunConfig, load_run, train
 
 FAST_PPO = PPOConfig(rollout_steps=32, num_minibatches=4, learning_rate=1e-3)
@@ -48,7 +48,7 @@ def test_ppo_learns_an_observation_dependent_optimal_action(tmp_path):
     assert float(eval_rows(run_dir)[-1]["eval_return"]) > -0.03  # a = 0 earns about -0.43
     algo, state, _ = load_run(run_dir)
     contexts = np.random.default_rng(7).uniform(-1, 1, (256, 3)).astype(np.float32)
-    actions = np.asarray(algo.eval_action_fn(state)(algo.acting_params(state), contexts))
+    actions = np.asarray(algo.act_deterministic(algo.acting_params(state), contexts))
     error = np.abs(actions - contextual_target_optimum(contexts)).mean()
     assert error < 0.08
 
@@ -109,12 +109,12 @@ def test_gorl_decoder_refit_puts_mass_on_both_modes(decoder):
         algo.decoder.init(jax.random.PRNGKey(1), 2),
         contexts,
         pre_tanh,
-        normalizer_arrays(stats),
+        stats,
         jax.random.PRNGKey(2),
     )
     test_contexts = rng.uniform(-1, 1, (2000, 2)).astype(np.float32)
     prior = jax.random.normal(jax.random.PRNGKey(3), (2000, 1))
-    cond = normalize(test_contexts, normalizer_arrays(stats))
+    cond = normalize(test_contexts, stats)
     sampled = np.tanh(np.asarray(algo.decoder.sample(params, cond, prior)))[:, 0]
     distance = np.abs(sampled[:, None] - bimodal_modes(test_contexts))
     near = distance.min(axis=1) < 0.2

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,12 +79,16 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algo
 
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
     run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
-    algo, state, run = load_run(run_dir)
+    algo, _, run = load_run(run_dir)
     assert run.env == "gprl/TwoGoalPoint-v0"
-    save_checkpoint(tmp_path / "copy", state, read_meta(run_dir), {"algo": "ppo"})
-    template = algo.init_state(jax.random.PRNGKey(42))
+    template = {"algo": algo.init(jax.random.PRNGKey(42)), "key": jax.random.PRNGKey(42)}
+    state, meta = load_checkpoint(run_dir, template, {"algo": "ppo"})
+    assert int(state["algo"]["iteration"]) == meta["progress"]["iteration"] == 8
+    save_checkpoint(tmp_path / "copy", state, meta, {"algo": "ppo"})
     restored, _ = load_checkpoint(tmp_path / "copy", template, {"algo": "ppo"})
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+    leaves = jax.tree.leaves(state)
+    assert len(leaves) > 10
+    for a, b in zip(leaves, jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -118,6 +123,7 @@ def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
     _, state, _ = load_run(run_dir)
+    state = {"algo": state, "key": jax.random.PRNGKey(0)}
     before = (run_dir / "checkpoint" / "state.msgpack").read_bytes()
 
     def failing_write(path, data):
@@ -131,15 +137,14 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    real_iteration = ppo_module.ppo_iteration
+    real_update = ppo_module.PPO.update
 
-    def poisoned_after_checkpoint(state, *args, **kwargs):
-        state, info, episodes = real_iteration(state, *args, **kwargs)
-        if int(state["iteration"]) >= 10:
-            info["policy_loss"] = np.float32("nan")
-        return state, info, episodes
+    def poisoned_after_checkpoint(self, state, batch, key):
+        state, info = real_update(self, state, batch, key)
+        info["policy_loss"] = jnp.where(state["iteration"] >= 10, jnp.nan, info["policy_loss"])
+        return state, info
 
-    monkeypatch.setattr(ppo_module, "ppo_iteration", poisoned_after_checkpoint)
+    monkeypatch.setattr(ppo_module.PPO, "update", poisoned_after_checkpoint)
     run = small_run(tmp_path)
     with pytest.raises(TrainingError, match="policy_loss is nan at iteration 10"):
         train("ppo", run, FAST_PPO)

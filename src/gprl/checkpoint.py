@@ -19,9 +19,10 @@ import numpy as np
 from flax import serialization
 
 CHECKPOINT = "checkpoint"
+CONFIG_JSON = "config.json"
 _TMP = ".checkpoint.tmp"
 _OLD = ".checkpoint.old"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -45,7 +46,7 @@ def save_checkpoint(run_dir: Path, state, meta: dict, config: dict) -> Path:
     _write_synced(tmp / "state.msgpack", payload)
     meta = meta | {"format": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest()}
     _write_synced(tmp / "meta.json", json.dumps(meta, indent=2).encode())
-    _write_synced(tmp / "config.json", json.dumps(config, indent=2).encode())
+    _write_synced(tmp / CONFIG_JSON, json.dumps(config, indent=2).encode())
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -77,7 +78,7 @@ def read_meta(run_dir: Path) -> dict:
 
 
 def read_config(run_dir: Path) -> dict:
-    return _read_json(run_dir, "config.json")
+    return _read_json(run_dir, CONFIG_JSON)
 
 
 def load_checkpoint(run_dir: Path, template, expect: dict):
@@ -85,6 +86,11 @@ def load_checkpoint(run_dir: Path, template, expect: dict):
     match (e.g. algo, env_id, obs_dim). Returns (state, meta)."""
     folder = checkpoint_dir(run_dir)
     meta = read_meta(run_dir)
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {folder} has format {meta.get('format')}; this gprl reads format "
+            f"{FORMAT_VERSION} (written by gprl {meta.get('gprl_version', '?')})"
+        )
     for field, wanted in expect.items():
         if meta.get(field) != wanted:
             raise CheckpointError(

@@ -1,40 +1,48 @@
-"""Command line: `gprl train {ppo,gorl} ...` and `gprl eval RUN_DIR ...`."""
+"""Command line: `gprl train ALGO ...` (one subcommand per registered algorithm) and
+`gprl eval RUN_DIR ...`."""
 
+import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Union
 
 import tyro
 
-USAGE = """usage: gprl {train,eval} ...
-
-  gprl train ppo  --env ID --total-steps N ...   Gaussian PPO
-  gprl train gorl --env ID --total-steps N ...   GoRL (latent PPO + flow/diffusion decoder)
-  gprl eval RUN_DIR [--episodes N] [--video]     evaluate a run's checkpoint
-
-Run `gprl train ppo --help` (or gorl, eval) for every option."""
+EVAL_USAGE = "  gprl eval RUN_DIR [--episodes N] [--video]   evaluate a run's checkpoint"
 
 
-def _train_configs():
-    from gprl.algos import GoRLConfig, PPOConfig
+def _usage() -> str:
+    from gprl.algos import ALGORITHMS
+
+    lines = ["usage: gprl {train,eval} ...", ""]
+    for name, entry in ALGORITHMS.items():
+        lines.append(f"  gprl train {name:<5} --env ID --total-steps N ...   {entry.summary}")
+    lines += [
+        EVAL_USAGE,
+        "",
+        "Run `gprl train ALGO --help` (or `gprl eval --help`) for every option.",
+    ]
+    return "\n".join(lines)
+
+
+def _train_commands() -> dict[type, str]:
+    """One dataclass per algorithm: the run options plus a field named after the algorithm that
+    holds its config (so `--ppo.clip-eps`, `--gorl.decoder`, ...)."""
+    from gprl.algos import ALGORITHMS
     from gprl.trainer import RunConfig
 
-    @dataclass
-    class TrainPPO(RunConfig):
-        """Train Gaussian PPO."""
-
-        ppo: PPOConfig = field(default_factory=PPOConfig)
-
-    @dataclass
-    class TrainGoRL(RunConfig):
-        """Train GoRL: PPO on a Gaussian latent policy decoded by a flow or diffusion model.
-        Decoder data-collection steps count toward --total-steps unless
-        --gorl.no-count-collection-steps."""
-
-        gorl: GoRLConfig = field(default_factory=GoRLConfig)
-
-    return TrainPPO, TrainGoRL
+    commands = {}
+    for name, entry in ALGORITHMS.items():
+        field_name = name.replace("-", "_")
+        command = dataclasses.make_dataclass(
+            f"Train{entry.algorithm.__name__}",
+            [(field_name, entry.config, dataclasses.field(default_factory=entry.config))],
+            bases=(RunConfig,),
+        )
+        command.__doc__ = f"Train {entry.summary}."
+        commands[command] = name
+    return commands
 
 
 @dataclass
@@ -43,69 +51,67 @@ class EvalArgs:
 
     run_dir: tyro.conf.Positional[Path]
     episodes: int = 10
+    """Evaluation episodes, run in parallel."""
     video: bool = False
-    """Also render one episode to RUN_DIR/videos/eval.mp4 (needs headless MuJoCo rendering)."""
+    """Also render one episode to RUN_DIR/videos/eval.mp4 (host envs; needs headless MuJoCo
+    rendering for MuJoCo tasks)."""
     seed: int = 12345
 
 
 def _train(argv) -> None:
     from gprl.trainer import RunConfig, train
 
-    train_ppo, train_gorl = _train_configs()
-    args = tyro.cli(
-        Annotated[train_ppo, tyro.conf.subcommand("ppo")]
-        | Annotated[train_gorl, tyro.conf.subcommand("gorl")],
-        args=argv,
-        prog="gprl train",
-    )
-    algo_name, algo_config = ("ppo", args.ppo) if hasattr(args, "ppo") else ("gorl", args.gorl)
-    run = RunConfig(**{name: getattr(args, name) for name in RunConfig.__dataclass_fields__})
+    commands = _train_commands()
+    options = [Annotated[command, tyro.conf.subcommand(name)] for command, name in commands.items()]
+    args = tyro.cli(Union[tuple(options)], args=argv, prog="gprl train")  # noqa: UP007
+    algo_name = commands[type(args)]
+    algo_config = getattr(args, algo_name.replace("-", "_"))
+    run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     run_dir = train(algo_name, run, algo_config)
     _print_summary(run_dir)
 
 
 def _print_summary(run_dir: Path) -> None:
     import csv
-    import json
 
     with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("eval_return")]
-    last = rows[-1]
+        rows = list(csv.DictReader(f))
+    last_eval = [r for r in rows if r.get("eval_return")][-1]
     print(
-        f"finished: {last['env_steps']} env steps in {float(last['wall_time']):.0f} s; "
-        f"final deterministic eval return {float(last['eval_return']):.3f} "
-        f"(+- {float(last['eval_return_std']):.3f})"
+        f"finished: {rows[-1]['env_steps']} env steps in {float(rows[-1]['wall_time']):.0f} s; "
+        f"final deterministic eval return {float(last_eval['eval_return']):.3f} "
+        f"(+- {float(last_eval['eval_return_std']):.3f})"
     )
-    config = json.loads((run_dir / "config.json").read_text())
-    if config["algo"] == "gorl":
-        counted = config["algo_config"]["count_collection_steps"]
-        print(
-            "GoRL decoder data-collection steps are "
-            + ("counted in" if counted else "NOT counted in (see uncounted_env_steps)")
-            + " the env steps above"
-        )
+    uncounted = rows[-1].get("uncounted_env_steps")
+    if uncounted:
+        print(f"plus {uncounted} env steps of refit data collection not counted in the budget")
     print(f"run directory: {run_dir}  (metrics.csv, learning_curve.png, checkpoint/)")
 
 
 def _eval(argv) -> None:
+    from gprl.backends import make_evaluator, open_environments
     from gprl.envs import make_env
-    from gprl.evaluation import evaluate, record_video
+    from gprl.evaluation import record_video
     from gprl.trainer import load_run
 
     args = tyro.cli(EvalArgs, args=argv, prog="gprl eval")
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     algo, state, run = load_run(args.run_dir)
     acting = algo.acting_params(state)
-    action_fn = algo.eval_action_fn(state)
-    with make_env(run.env, args.episodes, args.seed) as env:
-        result = evaluate(action_fn, acting, env, args.seed)
+    envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed)
+    try:
+        result = make_evaluator(envs, algo.act_deterministic, args.seed).evaluate(acting)
+    finally:
+        envs.close()
     print(
         f"{run.env}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
         f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
     )
     if args.video:
-        with make_env(run.env, 1, args.seed, render=True) as env:
+        with make_env(run.env, 1, args.seed, render=True, backend="gymnasium") as env:
             path = record_video(
-                action_fn, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"
+                algo.act_deterministic, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"
             )
         print(f"video: {path}")
 
@@ -114,8 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train": _train, "eval": _eval}
     if not argv or argv[0] not in commands:
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
+        print(_usage(), file=sys.stdout if asked_for_help else sys.stderr)
+        sys.exit(0 if asked_for_help else 2)
     from gprl.checkpoint import CheckpointError
     from gprl.envs import EnvError
     from gprl.trainer import TrainingError
@@ -123,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[argv[0]](argv[1:])
     except (EnvError, CheckpointError, TrainingError, FileExistsError, ValueError) as e:
-        print(f"gprl: error: {e}", file=sys.stderr)
+        print(
+            f"gprl: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(

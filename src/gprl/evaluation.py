@@ -1,33 +1,18 @@
-"""Deterministic evaluation on separate envs, and video recording."""
+"""Deterministic evaluation on separate envs (host or device), and video recording."""
 
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from gprl.envs import EnvError, VecEnv
+from gprl.envs import EnvError
 
 DEFAULT_MAX_EPISODE_STEPS = 1000
 
 
-def evaluate(action_fn, acting, env: VecEnv, seed: int) -> dict:
-    """Run one episode in each of env.num_envs envs with a deterministic policy.
-
-    action_fn(acting, obs) -> actions in [-1, 1]. Episodes of envs without a time limit stop
-    after DEFAULT_MAX_EPISODE_STEPS.
-    """
-    max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
-    obs = env.reset(seed=seed)
-    returns = np.zeros(env.num_envs)
-    lengths = np.zeros(env.num_envs, np.int64)
-    running = np.ones(env.num_envs, bool)
-    for _ in range(max_steps):
-        step = env.step(np.asarray(action_fn(acting, obs)))
-        returns += np.where(running, step.reward, 0.0)
-        lengths += running
-        running &= ~(step.terminated | step.truncated)
-        if not running.any():
-            break
-        obs = step.obs
+def _summary(returns, lengths) -> dict:
+    returns, lengths = np.asarray(returns, np.float64), np.asarray(lengths, np.float64)
     return {
         "eval_return": float(returns.mean()),
         "eval_return_std": float(returns.std()),
@@ -35,15 +20,71 @@ def evaluate(action_fn, acting, env: VecEnv, seed: int) -> dict:
     }
 
 
-def record_video(action_fn, acting, env: VecEnv, seed: int, path: Path, fps: int = 30) -> Path:
-    """Render one deterministic episode of env 0 to an mp4 file."""
+class HostEvaluator:
+    """One episode in each of env.num_envs host envs, always from the same seed."""
+
+    def __init__(self, env, act_deterministic, seed: int):
+        self.env = env
+        self.seed = seed
+        self._action = jax.jit(act_deterministic)
+
+    def evaluate(self, acting) -> dict:
+        env = self.env
+        max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
+        obs = env.reset(seed=self.seed)
+        returns = np.zeros(env.num_envs)
+        lengths = np.zeros(env.num_envs, np.int64)
+        running = np.ones(env.num_envs, bool)
+        for _ in range(max_steps):
+            step = env.step(np.asarray(self._action(acting, obs)))
+            returns += np.where(running, step.reward, 0.0)
+            lengths += running
+            running &= ~(step.terminated | step.truncated)
+            if not running.any():
+                break
+            obs = step.obs
+        return _summary(returns, lengths)
+
+
+class DeviceEvaluator:
+    """One episode in each of env.num_envs JAX envs, the whole evaluation one compiled call."""
+
+    def __init__(self, env, act_deterministic, seed: int):
+        max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
+
+        def run(acting, key):
+            env_state, obs = env.reset(key)
+
+            def step(carry, _):
+                env_state, obs, returns, lengths, running = carry
+                env_state, result = env.step(env_state, act_deterministic(acting, obs))
+                returns = returns + jnp.where(running, result.reward, 0.0)
+                lengths = lengths + running
+                running = running & ~(result.terminated | result.truncated)
+                return (env_state, result.obs, returns, lengths, running), None
+
+            n = env.num_envs
+            init = (env_state, obs, jnp.zeros(n), jnp.zeros(n, jnp.int32), jnp.ones(n, bool))
+            carry, _ = jax.lax.scan(step, init, None, length=max_steps)
+            return carry[2], carry[3]
+
+        self._run = jax.jit(run)
+        self._key = jax.random.PRNGKey(seed)
+
+    def evaluate(self, acting) -> dict:
+        return _summary(*jax.device_get(self._run(acting, self._key)))
+
+
+def record_video(act_deterministic, acting, env, seed: int, path: Path, fps: int = 30) -> Path:
+    """Render one deterministic episode of env 0 of a host env to an mp4 file."""
     import imageio.v2 as imageio
 
+    action = jax.jit(act_deterministic)
     max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
     obs = env.reset(seed=seed)
     frames = [env.render()]
     for _ in range(max_steps):
-        step = env.step(np.asarray(action_fn(acting, obs)))
+        step = env.step(np.asarray(action(acting, obs)))
         if step.terminated[0] or step.truncated[0]:
             break
         obs = step.obs

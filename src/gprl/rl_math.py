@@ -1,8 +1,13 @@
-"""Math shared by every on-policy method: returns, advantages, PPO surrogate, normalisation."""
+"""Math shared by every on-policy method: returns, advantages, PPO surrogate, normalisation.
+
+Everything here is a pure jax function, so a whole rollout-and-update can run inside `jit`.
+"""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+NORMALIZE_EPS = 1e-8
+NORMALIZE_CLIP = 10.0
 
 
 def gae_advantages(rewards, values, dones, last_value, gamma: float, gae_lambda: float):
@@ -26,9 +31,11 @@ def gae_advantages(rewards, values, dones, last_value, gamma: float, gae_lambda:
     return advantages, advantages + values
 
 
-def ppo_policy_loss(log_prob, old_log_prob, advantages, clip_eps: float):
-    """Clipped surrogate (to minimise) and diagnostics."""
-    log_ratio = log_prob - old_log_prob
+def ppo_policy_loss(log_ratio, advantages, clip_eps):
+    """Clipped surrogate (to minimise) of a log probability ratio log pi_new - log pi_old.
+
+    Methods with other likelihoods (or likelihood surrogates) plug their own log ratio in here.
+    """
     ratio = jnp.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
@@ -55,42 +62,30 @@ def explained_variance(predictions, targets):
     return jnp.where(var > 0, 1.0 - jnp.var(targets - predictions) / var, jnp.nan)
 
 
-# Running statistics live on the host as plain numpy dicts so that they checkpoint with the rest
-# of the training state and stay fixed while a rollout is collected.
-
-
 def running_stats_init(shape) -> dict:
+    """Running mean / variance / count as float32 jax arrays (part of the training state)."""
     return {
-        "mean": np.zeros(shape, np.float64),
-        "var": np.ones(shape, np.float64),
-        "count": np.asarray(1e-4, np.float64),
+        "mean": jnp.zeros(shape, jnp.float32),
+        "var": jnp.ones(shape, jnp.float32),
+        "count": jnp.asarray(1e-4, jnp.float32),
     }
 
 
-def running_stats_update(stats: dict, batch: np.ndarray) -> dict:
+def running_stats_update(stats: dict, batch) -> dict:
     """Chan et al. parallel mean/variance update with a batch of samples along axis 0."""
-    batch = np.asarray(batch, np.float64)
+    batch = jnp.asarray(batch, jnp.float32)
     batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
     delta = batch_mean - stats["mean"]
     total = stats["count"] + batch_count
     mean = stats["mean"] + delta * batch_count / total
     m2 = stats["var"] * stats["count"] + batch_var * batch_count
     m2 = m2 + delta**2 * stats["count"] * batch_count / total
-    return {"mean": mean, "var": m2 / total, "count": np.asarray(total, np.float64)}
+    return {"mean": mean, "var": m2 / total, "count": total}
 
 
-def normalizer_arrays(stats: dict, enabled: bool = True, eps: float = 1e-8) -> dict:
-    """float32 (mean, std) to feed jitted code; identity when normalisation is disabled."""
+def normalize(x, stats: dict, enabled: bool = True):
+    """Standardise x with running statistics (clipped to +-10); the identity when disabled."""
     if not enabled:
-        return {
-            "mean": np.zeros_like(stats["mean"], np.float32),
-            "std": np.ones_like(stats["var"], np.float32),
-        }
-    return {
-        "mean": stats["mean"].astype(np.float32),
-        "std": np.sqrt(stats["var"] + eps).astype(np.float32),
-    }
-
-
-def normalize(x, arrays: dict, clip: float = 10.0):
-    return jnp.clip((x - arrays["mean"]) / arrays["std"], -clip, clip)
+        return x
+    std = jnp.sqrt(stats["var"] + NORMALIZE_EPS)
+    return jnp.clip((x - stats["mean"]) / std, -NORMALIZE_CLIP, NORMALIZE_CLIP)

@@ -16,17 +16,24 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import jax
 import numpy as np
 
 from gprl import __version__
 from gprl.algos import ALGORITHMS
-from gprl.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from gprl.backends import make_collector, make_evaluator, open_environments
+from gprl.checkpoint import (
+    CONFIG_JSON,
+    CheckpointError,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
 from gprl.configs import from_jsonable, to_jsonable
-from gprl.envs import make_env
-from gprl.evaluation import evaluate
 from gprl.logger import CURVE_PNG, MetricsLogger, plot_learning_curve
+from gprl.loops import OnPolicyLoop
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
 DEFAULT_TOTAL_STEPS = 300_000
@@ -46,7 +53,11 @@ class RunConfig:
     seed: int = 0
     """Seeds parameters, sampling and the training envs (env i gets seed + i)."""
     num_envs: int = 16
-    """Training envs stepped in lock-step on the host."""
+    """Training envs stepped together (host vector env, or vmapped on the device)."""
+    env_backend: Literal["auto", "gymnasium", "envpool", "jax"] = "auto"
+    """Where the envs run. auto: envpool for the tasks it has (Gymnasium MuJoCo, DM Control),
+    JAX for playground: ids, else Gymnasium. jax: JAX envs stepped inside jit (playground:NAME,
+    and gprl's diagnostic tasks)."""
     out: Path | None = None
     """Run directory. Default: runs/ALGO-ENV-sSEED-TIMESTAMP."""
     resume: Path | None = None
@@ -54,11 +65,12 @@ class RunConfig:
     overwrite: bool = False
     """Replace an existing run directory given by --out."""
     eval_every: int = 25_000
-    """Env steps between deterministic evaluations (0 disables; one always runs at the end)."""
+    """Env steps between deterministic evaluations (0: only the one at the end)."""
     eval_episodes: int = 10
     """Episodes per evaluation, run in parallel on separate envs with fixed seeds."""
     checkpoint_every: int = 100_000
-    """Env steps between checkpoints (one is always written at the end)."""
+    """Env steps between checkpoints (one is always written at the end). Training envs restart
+    at every checkpoint, interrupted or not, so that a resumed run is exact."""
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = False
@@ -79,9 +91,36 @@ def _eval_seed(seed: int) -> int:
     return boundary_seed(seed, 2**31 - 1)
 
 
-def _resolve_resume(algo_name: str, run: RunConfig, algo_config):
-    """Load the saved configs of --resume, rejecting a different algorithm or env."""
-    saved = read_config(run.resume)
+def _validate(run: RunConfig) -> None:
+    for name in ("total_steps", "num_envs", "eval_episodes", "checkpoint_every"):
+        if getattr(run, name) < 1:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(run, name)}"
+            )
+    if run.eval_every < 0:
+        raise ValueError(
+            f"--eval-every must be 0 (only at the end) or positive, got {run.eval_every}"
+        )
+
+
+def _saved_configs(run_dir: Path) -> dict:
+    """The configs of a run: from its checkpoint, or from its run directory when it was stopped
+    before the first checkpoint."""
+    try:
+        return read_config(run_dir)
+    except CheckpointError:
+        path = Path(run_dir) / CONFIG_JSON
+        if not path.is_file():
+            raise
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"unreadable run config {path}: {e}") from None
+
+
+def _resolve_resume(algo_name: str, run: RunConfig):
+    """Load the saved configs of --resume, rejecting a different algorithm, env or budget."""
+    saved = _saved_configs(run.resume)
     if saved.get("algo") != algo_name:
         raise CheckpointError(f"{run.resume} holds a '{saved.get('algo')}' run, not '{algo_name}'")
     saved_run = from_jsonable(RunConfig, saved["run"])
@@ -92,11 +131,10 @@ def _resolve_resume(algo_name: str, run: RunConfig, algo_config):
             f"{run.resume} has a budget of {saved_run.total_steps} env steps; the learning-rate "
             "and stage schedules depend on it, so --total-steps cannot change on resume"
         )
-    _, config_cls = ALGORITHMS[algo_name]
-    saved_run.resume = run.resume
-    saved_run.out = run.resume
-    saved_run.progress = run.progress
-    saved_run.overwrite = False
+    config_cls = ALGORITHMS[algo_name].config
+    saved_run = dataclasses.replace(
+        saved_run, resume=run.resume, out=run.resume, progress=run.progress, overwrite=False
+    )
     return saved_run, from_jsonable(config_cls, saved["algo_config"])
 
 
@@ -107,6 +145,8 @@ def _prepare_run_dir(algo_name: str, run: RunConfig) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run.out = Path("runs") / f"{algo_name}-{_slug(run.env)}-s{run.seed}-{stamp}"
     run_dir = Path(run.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is an existing file, not a run directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not run.overwrite:
             raise FileExistsError(
@@ -149,6 +189,16 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def _identity(algo_name: str, env_id: str, spec) -> dict:
+    """Checkpoint fields that must match the run that loads it."""
+    return {
+        "algo": algo_name,
+        "env_id": env_id,
+        "obs_dim": spec.obs_dim,
+        "action_dim": spec.action_dim,
+    }
+
+
 def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Path:
     """Train `algo_name` and return the run directory.
 
@@ -160,16 +210,21 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     enable_compilation_cache()
     run = dataclasses.replace(run)
     if run.resume is not None:
-        run, algo_config = _resolve_resume(algo_name, run, algo_config)
+        run, algo_config = _resolve_resume(algo_name, run)
     run.env = run.env or DEFAULT_ENV
     run.total_steps = run.total_steps or DEFAULT_TOTAL_STEPS
-    if run.num_envs < 1 or run.total_steps < 1 or run.eval_episodes < 1:
-        raise ValueError("num_envs, total_steps and eval_episodes must be positive")
+    _validate(run)
 
-    env = make_env(run.env, run.num_envs, run.seed)
-    eval_env = make_env(run.env, run.eval_episodes, run.seed)
-    algo_cls, _ = ALGORITHMS[algo_name]
-    algo = algo_cls(algo_config, env.spec, run.num_envs, run.total_steps)
+    envs = open_environments(run.env, run.env_backend, run.num_envs, run.eval_episodes, run.seed)
+    try:
+        return _train(algo_name, run, algo_config, envs, on_iteration)
+    finally:
+        envs.close()
+
+
+def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
+    algo_cls = ALGORITHMS[algo_name].algorithm
+    algo = algo_cls(algo_config, envs.spec, run.num_envs, run.total_steps)
     run_dir = _prepare_run_dir(algo_name, run)
     config_record = {
         "algo": algo_name,
@@ -177,86 +232,87 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
         "algo_config": to_jsonable(algo_config),
         "gprl_version": __version__,
     }
-    identity = {
-        "algo": algo_name,
-        "env_id": run.env,
-        "obs_dim": env.spec.obs_dim,
-        "action_dim": env.spec.action_dim,
-    }
-
-    state = algo.init_state(jax.random.PRNGKey(run.seed))
+    identity = _identity(algo_name, run.env, envs.spec)
+    init_key, key = jax.random.split(jax.random.PRNGKey(run.seed))
+    state = {"algo": algo.init(init_key), "key": key}
     progress = {
         "iteration": 0,
         "env_steps": 0,
+        "uncounted_env_steps": 0,
         "wall_time": 0.0,
         "next_eval": 0,
         "next_checkpoint": run.checkpoint_every,
     }
-    if run.resume is not None:
+    resuming = run.resume is not None and _has_checkpoint(run_dir)
+    if resuming:
         state, meta = load_checkpoint(run_dir, state, identity)
         progress = meta["progress"]
     else:
-        (run_dir / "config.json").write_text(json.dumps(config_record, indent=2))
+        for stale in (CURVE_PNG, "metrics.csv"):
+            (run_dir / stale).unlink(missing_ok=True)
+        (run_dir / CONFIG_JSON).write_text(json.dumps(config_record, indent=2))
 
     logger = MetricsLogger(
         run_dir,
-        progress["iteration"] if run.resume is not None else None,
+        progress["iteration"] if resuming else None,
         run.tensorboard,
         run.wandb_project,
         config_record,
     )
-    collector = algo.make_collector(env)
-    collector.reset(
-        seed=run.seed
-        if progress["iteration"] == 0
-        else boundary_seed(run.seed, progress["iteration"])
-    )
+    loop = OnPolicyLoop(algo, make_collector(envs, algo.act), run.num_envs)
+    evaluator = make_evaluator(envs, algo.act_deterministic, _eval_seed(run.seed))
+    iteration = progress["iteration"]
+    loop.reset(run.seed if iteration == 0 else boundary_seed(run.seed, iteration))
 
     def save():
         meta = identity | {
             "progress": progress,
-            "stage": int(state.get("stage", 0)),
+            "backend": envs.backend,
             "gprl_version": __version__,
         }
         save_checkpoint(run_dir, state, meta, config_record)
 
-    total_iterations = algo.total_iterations()
     bar = ProgressBar(run.progress, run.total_steps, f"{algo_name} {run.env}")
     started = time.perf_counter() - progress["wall_time"]
     last_eval = None
     try:
-        while progress["iteration"] < total_iterations:
+        while progress["iteration"] < algo.num_iterations:
             iteration_start = time.perf_counter()
-            state, metrics, episodes, steps = algo.iterate(state, collector)
-            metrics = _scalars(metrics)
-            progress["iteration"] = int(state["iteration"])
-            progress["env_steps"] += steps
+            try:
+                result = loop.iterate(state["algo"], state["key"])
+            except FloatingPointError as e:
+                raise TrainingError(
+                    f"{e} at iteration {progress['iteration'] + 1}; stopped without saving, the "
+                    f"last checkpoint in {run_dir} is intact"
+                ) from None
+            state = {"algo": result.state, "key": result.key}
+            metrics = _scalars(result.metrics)
+            progress["iteration"] = int(result.state["iteration"])
+            progress["env_steps"] += result.counted_steps
+            progress["uncounted_env_steps"] += result.env_steps - result.counted_steps
             _check_finite(metrics, progress["iteration"], progress["env_steps"], run_dir)
-            done = progress["iteration"] == total_iterations
+            done = progress["iteration"] == algo.num_iterations
             row = {
                 "iteration": progress["iteration"],
                 "env_steps": progress["env_steps"],
-                "train_return": float(np.mean([r for r, _ in episodes])) if episodes else math.nan,
-                "train_length": float(np.mean([n for _, n in episodes])) if episodes else math.nan,
-                "episodes": len(episodes),
+                "train_return": result.episodes.mean_return,
+                "train_length": result.episodes.mean_length,
+                "episodes": result.episodes.count,
             }
+            if progress["uncounted_env_steps"]:
+                row["uncounted_env_steps"] = progress["uncounted_env_steps"]
             if done or (run.eval_every > 0 and progress["env_steps"] >= progress["next_eval"]):
-                result = evaluate(
-                    algo.eval_action_fn(state),
-                    algo.acting_params(state),
-                    eval_env,
-                    _eval_seed(run.seed),
-                )
-                state = algo.observe_evaluation(state, result["eval_return"])
-                row |= result
-                last_eval = result["eval_return"]
+                evaluation = evaluator.evaluate(algo.acting_params(state["algo"]))
+                state["algo"] = algo.observe_evaluation(state["algo"], evaluation["eval_return"])
+                row |= evaluation
+                last_eval = evaluation["eval_return"]
                 while progress["next_eval"] <= progress["env_steps"]:
                     progress["next_eval"] += max(run.eval_every, 1)
             elapsed = time.perf_counter()
             progress["wall_time"] = elapsed - started
             row |= {
                 "wall_time": progress["wall_time"],
-                "steps_per_second": steps / max(elapsed - iteration_start, 1e-9),
+                "steps_per_second": result.env_steps / max(elapsed - iteration_start, 1e-9),
             }
             row |= metrics
             logger.log(row)
@@ -264,17 +320,23 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
                 while progress["next_checkpoint"] <= progress["env_steps"]:
                     progress["next_checkpoint"] += run.checkpoint_every
                 save()
-                collector.reset(seed=boundary_seed(run.seed, progress["iteration"]))
+                loop.reset(boundary_seed(run.seed, progress["iteration"]))
             bar.update(progress["env_steps"], last_eval)
             if on_iteration is not None:
                 on_iteration(progress["iteration"], row)
     finally:
         bar.close()
         logger.close()
-        env.close()
-        eval_env.close()
     plot_learning_curve(logger.rows, run_dir / CURVE_PNG, f"{algo_name} on {run.env}")
     return run_dir
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        read_config(run_dir)
+    except CheckpointError:
+        return False
+    return True
 
 
 class ProgressBar:
@@ -314,23 +376,19 @@ class ProgressBar:
 def load_run(run_dir: Path):
     """Rebuild the algorithm of a run directory and restore its checkpoint.
 
-    Returns (algo, state, run_config)."""
+    Returns (algo, algo_state, run_config). The envs are not kept open: the returned spec is
+    enough to act, and `gprl eval` opens its own."""
     saved = read_config(run_dir)
     algo_name = saved.get("algo")
     if algo_name not in ALGORITHMS:
         raise CheckpointError(f"{run_dir} holds an unknown algorithm '{algo_name}'")
-    algo_cls, config_cls = ALGORITHMS[algo_name]
+    algo_cls, config_cls, _ = ALGORITHMS[algo_name]
     run = from_jsonable(RunConfig, saved["run"])
-    with make_env(run.env, 1, run.seed) as env:
-        spec = env.spec
+    envs = open_environments(run.env, run.env_backend, 1, 1, run.seed)
+    envs.close()
     algo = algo_cls(
-        from_jsonable(config_cls, saved["algo_config"]), spec, run.num_envs, run.total_steps
+        from_jsonable(config_cls, saved["algo_config"]), envs.spec, run.num_envs, run.total_steps
     )
-    identity = {
-        "algo": algo_name,
-        "env_id": run.env,
-        "obs_dim": spec.obs_dim,
-        "action_dim": spec.action_dim,
-    }
-    state, _ = load_checkpoint(run_dir, algo.init_state(jax.random.PRNGKey(0)), identity)
-    return algo, state, run
+    template = {"algo": algo.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0)}
+    state, _ = load_checkpoint(run_dir, template, _identity(algo_name, run.env, envs.spec))
+    return algo, state["algo"], run

@@ -15,16 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gprl.algos.ppo import (
-    GaussianActorCritic,
-    PPOConfig,
+from gprl.algos.base import OnPolicyAlgorithm, RefitRequest
+from gprl.algos.onpolicy import (
+    advantages_and_returns,
+    annealed_learning_rate,
+    check_batch_geometry,
+    flatten_time,
     iterations_for_budget,
     make_optimizer,
-    make_ppo_update,
-    ppo_hyperparameters,
-    ppo_iteration,
+    minibatch_epochs,
+    reward_normalizer_init,
+    set_hyperparameters,
 )
-from gprl.collector import HostCollector
+from gprl.algos.ppo import GaussianActorCritic, PPOConfig, gaussian_ppo_loss
 from gprl.policies import (
     DiffusionPolicy,
     DiffusionPolicyConfig,
@@ -34,7 +37,7 @@ from gprl.policies import (
     gaussian_log_prob,
     kl_to_standard_normal,
 )
-from gprl.rl_math import normalize, normalizer_arrays, running_stats_init, running_stats_update
+from gprl.rl_math import normalize, running_stats_init, running_stats_update
 from gprl.types import EnvSpec
 
 
@@ -104,6 +107,26 @@ class GoRLConfig:
     decoder_eval_every: int = 250
     """Decoder training steps between held-out evaluations."""
 
+    def __post_init__(self):
+        if self.num_stages < 1:
+            raise ValueError(f"num_stages must be at least 1, got {self.num_stages}")
+        if len(self.stage_weights) != self.num_stages:
+            raise ValueError(
+                f"stage_weights has {len(self.stage_weights)} entries for {self.num_stages} stages"
+            )
+        if any(not w > 0 for w in self.stage_weights):
+            raise ValueError(f"stage_weights must be positive, got {self.stage_weights}")
+        positive = ("clip_eps_first_stage", "clip_eps_later_stages", "max_grad_norm_first_stage")
+        positive += ("max_grad_norm_later_stages", "collect_fraction", "decoder_train_steps")
+        positive += ("decoder_batch_size", "decoder_learning_rate", "decoder_eval_every")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.decoder_val_fraction < 1.0:
+            raise ValueError(
+                f"decoder_val_fraction must be in (0, 1), got {self.decoder_val_fraction}"
+            )
+
 
 def prior_regularizer(kind: str):
     """Penalty pulling the encoder toward the prior N(0, I); its coefficient is set per stage."""
@@ -116,121 +139,91 @@ def prior_regularizer(kind: str):
     raise ValueError(f"unknown prior_regularizer '{kind}'; use 'l2', 'kl' or 'none'")
 
 
-class GoRL:
-    name = "gorl"
-
+class GoRL(OnPolicyAlgorithm):
     def __init__(self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
-        if len(config.stage_weights) != config.num_stages:
-            raise ValueError(
-                f"stage_weights has {len(config.stage_weights)} entries for "
-                f"{config.num_stages} stages"
-            )
+        check_batch_geometry(config.ppo, num_envs)
         self.config = config
         self.spec = spec
+        self.num_envs = num_envs
         self.model = GaussianActorCritic(config.ppo, spec.obs_dim, spec.action_dim)
         if config.decoder == "flow":
             self.decoder = FlowPolicy(spec.action_dim, replace(config.flow, zero_init=False))
-        elif config.decoder == "diffusion":
-            self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion)
         else:
-            raise ValueError(f"unknown decoder '{config.decoder}'; use 'flow' or 'diffusion'")
+            self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion)
+        self.regularizer = prior_regularizer(config.prior_regularizer)
 
-        self.steps_per_iteration = config.ppo.rollout_steps * num_envs
+        self.rollout_steps = config.ppo.rollout_steps
+        steps_per_iteration = config.ppo.rollout_steps * num_envs
         refits = config.num_stages - 1
         self.collect_rollout_steps = max(1, round(config.collect_fraction * total_steps / num_envs))
-        self.collect_steps = self.collect_rollout_steps * num_envs
         encoder_budget = total_steps
         if config.count_collection_steps:
-            encoder_budget -= refits * self.collect_steps
+            encoder_budget -= refits * self.collect_rollout_steps * num_envs
         weights = np.asarray(config.stage_weights, np.float64)
-        self.stage_iterations = [
+        self.stage_iterations = tuple(
             iterations_for_budget(
                 int(encoder_budget * w / weights.sum()),
-                self.steps_per_iteration,
+                steps_per_iteration,
                 f"the encoder budget of stage {stage}",
             )
             for stage, w in enumerate(weights)
-        ]
-        self.stage_hparams = [
-            ppo_hyperparameters(
-                replace(
-                    config.ppo,
-                    clip_eps=(
-                        config.clip_eps_first_stage if stage == 0 else config.clip_eps_later_stages
-                    ),
-                    max_grad_norm=(
-                        config.max_grad_norm_first_stage
-                        if stage == 0
-                        else config.max_grad_norm_later_stages
-                    ),
-                ),
-                iterations,
-                config.prior_coef_first_stage if stage == 0 else config.prior_coef_later_stages,
-            )
-            for stage, iterations in enumerate(self.stage_iterations)
-        ]
-        self.optimizer = make_optimizer(config.ppo)
-        self._update = make_ppo_update(
-            self.model, config.ppo, self.optimizer, prior_regularizer(config.prior_regularizer)
         )
-        self._policy_step = jax.jit(self._policy_step_impl)
-        self._eval_action = jax.jit(self._eval_action_impl)
-        self._value = jax.jit(self._value_impl)
-        self._decoder_init = jax.jit(self.decoder.init, static_argnums=1)
+        self.num_iterations = sum(self.stage_iterations) + refits
+        later = config.num_stages - 1
+        self._per_stage = {
+            "clip_eps": (config.clip_eps_first_stage,) + (config.clip_eps_later_stages,) * later,
+            "max_grad_norm": (config.max_grad_norm_first_stage,)
+            + (config.max_grad_norm_later_stages,) * later,
+            "prior_coef": (config.prior_coef_first_stage,)
+            + (config.prior_coef_later_stages,) * later,
+            "iterations": self.stage_iterations,
+        }
+        self.optimizer = make_optimizer(config.ppo)
         self._decoder_optimizer = optax.adam(config.decoder_learning_rate)
         self._decoder_train_chunk = jax.jit(self._decoder_train_chunk_impl)
         self._decoder_val_loss = jax.jit(self._decoder_val_loss_impl)
 
+    def stage_value(self, name: str, stage):
+        return jnp.asarray(self._per_stage[name])[stage]
+
     # ----- state -------------------------------------------------------------------------------
 
-    def total_iterations(self) -> int:
-        return sum(self.stage_iterations) + self.config.num_stages - 1
-
     def _fresh_encoder(self, key) -> dict:
-        params = self.model.init_params(*jax.random.split(key))
+        params = self.model.init_params(key)
         return {
             "params": params,
             "opt_state": self.optimizer.init(params),
             "obs_norm": running_stats_init((self.spec.obs_dim,)),
         }
 
-    def init_state(self, key) -> dict:
-        encoder_key, decoder_key, key = jax.random.split(key, 3)
-        encoder = self._fresh_encoder(encoder_key)
-        return encoder | {
-            "key": key,
-            "return_norm": running_stats_init((1,)),
-            "iteration": np.asarray(0, np.int64),
-            "stage": np.asarray(0, np.int64),
-            "stage_iteration": np.asarray(0, np.int64),
-            "decoder": self._decoder_init(decoder_key, self.spec.obs_dim),
-            "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
-            "best": {
-                "return": np.asarray(-np.inf, np.float64),
-                "actor": encoder["params"]["actor"],
-                "obs_norm": encoder["obs_norm"],
-            },
+    def _best_so_far(self, state) -> dict:
+        return {
+            "return": jnp.asarray(-jnp.inf, jnp.float32),
+            "actor": state["params"]["actor"],
+            "obs_norm": state["obs_norm"],
         }
 
-    def make_collector(self, env) -> HostCollector:
-        cfg = self.config.ppo
-        return HostCollector(env, cfg.gamma, cfg.normalize_rewards, cfg.reward_scale)
+    def init(self, key) -> dict:
+        encoder_key, decoder_key = jax.random.split(key)
+        state = self._fresh_encoder(encoder_key) | {
+            "reward_norm": reward_normalizer_init(self.num_envs),
+            "iteration": jnp.asarray(0, jnp.int32),
+            "stage": jnp.asarray(0, jnp.int32),
+            "stage_iteration": jnp.asarray(0, jnp.int32),
+            "decoder": self.decoder.init(decoder_key, self.spec.obs_dim),
+            "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
+        }
+        return state | {"best": self._best_so_far(state)}
 
     # ----- acting ------------------------------------------------------------------------------
 
     def acting_params(self, state, actor=None, obs_norm=None) -> dict:
-        normalize_obs = self.config.ppo.normalize_observations
         return {
-            "model": {
-                "actor": state["params"]["actor"] if actor is None else actor,
-                "critic": state["params"]["critic"],
-            },
-            "obs_norm": normalizer_arrays(
-                state["obs_norm"] if obs_norm is None else obs_norm, normalize_obs
-            ),
+            "actor": state["params"]["actor"] if actor is None else actor,
+            "obs_norm": state["obs_norm"] if obs_norm is None else obs_norm,
             "decoder": state["decoder"],
-            "decoder_obs_norm": normalizer_arrays(state["decoder_obs_norm"]),
-            "decoder_active": np.asarray(state["stage"] > 0),
+            "decoder_obs_norm": state["decoder_obs_norm"],
+            "decoder_active": state["stage"] > 0,
         }
 
     def decode(self, acting, obs, latent):
@@ -242,107 +235,124 @@ class GoRL:
 
         return jax.lax.cond(acting["decoder_active"], run_decoder, lambda: latent)
 
-    def _policy_step_impl(self, acting, obs, key):
-        key, noise_key = jax.random.split(key)
-        obs_n = normalize(obs, acting["obs_norm"])
-        mean, std = self.model.distribution(acting["model"], obs_n)
-        latent = mean + std * jax.random.normal(noise_key, mean.shape)
+    def _encoder(self, acting, obs):
+        obs = normalize(obs, acting["obs_norm"], self.config.ppo.normalize_observations)
+        return self.model.distribution(acting["actor"], obs)
+
+    def act(self, acting, obs, key):
+        mean, std = self._encoder(acting, obs)
+        latent = mean + std * jax.random.normal(key, mean.shape)
         decoded = self.decode(acting, obs, latent)
         extras = {
-            "latent": latent,
+            "sample": latent,
             "log_prob": gaussian_log_prob(mean, std, latent),
-            "value": self.model.value(acting["model"], obs_n),
             "decoded": decoded,
         }
-        return jnp.tanh(decoded), extras, key
+        return jnp.tanh(decoded), extras
 
-    def _value_impl(self, acting, obs):
-        return self.model.value(acting["model"], normalize(obs, acting["obs_norm"]))
+    def act_deterministic(self, acting, obs):
+        """z = mean of the encoder, through the decoder."""
+        return jnp.tanh(self.decode(acting, obs, self._encoder(acting, obs)[0]))
 
-    def _eval_action_impl(self, acting, obs):
-        mean, _ = self.model.distribution(acting["model"], normalize(obs, acting["obs_norm"]))
-        return jnp.tanh(self.decode(acting, obs, mean))
-
-    def eval_action_fn(self, state):
-        """Deterministic policy for evaluation: z = mean of the encoder."""
-        return self._eval_action
-
-    def sample_action_fn(self, state):
-        return self._policy_step
-
-    def observe_evaluation(self, state: dict, mean_return: float) -> dict:
+    def observe_evaluation(self, state, eval_return: float) -> dict:
         # Ties go to the later policy, as in the reference.
-        if mean_return >= state["best"]["return"] - 1e-6:
-            best = {
-                "return": np.asarray(mean_return, np.float64),
-                "actor": state["params"]["actor"],
-                "obs_norm": state["obs_norm"],
-            }
+        if eval_return >= float(state["best"]["return"]) - 1e-6:
+            best = self._best_so_far(state) | {"return": jnp.asarray(eval_return, jnp.float32)}
             return state | {"best": best}
         return state
 
     # ----- training ----------------------------------------------------------------------------
 
-    def iterate(self, state: dict, collector: HostCollector):
-        """A PPO iteration of the current stage, or the refit that starts the next stage."""
-        stage = int(state["stage"])
-        if int(state["stage_iteration"]) >= self.stage_iterations[stage]:
-            return self._start_next_stage(state, collector)
-        state, info, episodes = ppo_iteration(
-            state,
-            collector,
-            self.acting_params(state),
-            self._policy_step,
-            self._value,
-            self._update,
-            self.stage_hparams[stage],
-            self.config.ppo,
-            self.spec.obs_dim,
+    def update(self, state, batch, key):
+        """A PPO update of the latent encoder with the hyperparameters of the current stage."""
+        config = self.config.ppo
+        stage = state["stage"]
+        data, reward_norm, info = advantages_and_returns(
+            batch,
+            lambda obs: self.model.value(state["params"]["critic"], obs),
+            state["obs_norm"],
+            state["reward_norm"],
+            config,
         )
-        state = state | {"stage_iteration": np.asarray(state["stage_iteration"] + 1)}
-        info["stage"] = stage
-        return state, info, episodes, self.steps_per_iteration
+        data = flatten_time(data | {k: batch.extras[k] for k in ("sample", "log_prob")})
+        learning_rate = annealed_learning_rate(
+            config, state["stage_iteration"], self.stage_value("iterations", stage)
+        )
+        opt_state = set_hyperparameters(
+            state["opt_state"],
+            learning_rate=learning_rate,
+            max_grad_norm=self.stage_value("max_grad_norm", stage),
+        )
+        clip_eps = self.stage_value("clip_eps", stage)
+        prior_coef = self.stage_value("prior_coef", stage)
 
-    def _start_next_stage(self, state: dict, collector: HostCollector):
-        cfg = self.config
+        def loss_fn(params, minibatch):
+            loss, info, (mean, std) = gaussian_ppo_loss(
+                params, minibatch, self.model, config, clip_eps
+            )
+            if self.regularizer is not None:
+                penalty = prior_coef * self.regularizer(mean, std)
+                loss, info = loss + penalty, info | {"prior_penalty": penalty}
+            return loss, info
+
+        params, opt_state, sgd_info = minibatch_epochs(
+            loss_fn, state["params"], opt_state, self.optimizer, data, key, config
+        )
+        obs_norm = state["obs_norm"]
+        if config.normalize_observations:
+            obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, self.spec.obs_dim))
+        state = state | {
+            "params": params,
+            "opt_state": opt_state,
+            "obs_norm": obs_norm,
+            "reward_norm": reward_norm,
+            "iteration": state["iteration"] + 1,
+            "stage_iteration": state["stage_iteration"] + 1,
+        }
+        metrics = info | sgd_info | {"learning_rate": learning_rate, "stage": stage}
+        return state, metrics
+
+    def refit_request(self, state) -> RefitRequest | None:
         stage = int(state["stage"])
-        use_best = cfg.collect_policy == "best" and np.isfinite(state["best"]["return"])
+        if stage == self.config.num_stages - 1:
+            return None
+        if int(state["stage_iteration"]) < self.stage_iterations[stage]:
+            return None
+        best = state["best"]
+        use_best = self.config.collect_policy == "best" and np.isfinite(float(best["return"]))
         acting = (
-            self.acting_params(state, state["best"]["actor"], state["best"]["obs_norm"])
+            self.acting_params(state, best["actor"], best["obs_norm"])
             if use_best
             else self.acting_params(state)
         )
-        key, fit_key, encoder_key = jax.random.split(state["key"], 3)
-        rollout, key, _, episodes = collector.rollout(
-            self._policy_step,
-            None,
-            acting,
-            key,
-            self.collect_rollout_steps,
-            state["return_norm"],
-        )
-        obs = rollout.obs.reshape(-1, self.spec.obs_dim)
-        targets = np.asarray(rollout.extras["decoded"]).reshape(-1, self.spec.action_dim)
+        return RefitRequest(acting, self.collect_rollout_steps, self.config.count_collection_steps)
+
+    def refit(self, state, batch, key):
+        """Fit the next stage's decoder on the collected (obs, pre-tanh action) pairs, then
+        restart the encoder at the prior."""
+        cfg = self.config
+        stage = int(state["stage"])
+        fit_key, init_key, encoder_key = jax.random.split(key, 3)
+        obs = np.asarray(batch.obs).reshape(-1, self.spec.obs_dim)
+        targets = np.asarray(batch.extras["decoded"]).reshape(-1, self.spec.action_dim)
         decoder_obs_norm = running_stats_update(running_stats_init((self.spec.obs_dim,)), obs)
-        init_key, fit_key = jax.random.split(fit_key)
         if cfg.warm_start_decoder and stage > 0:
             decoder_params = state["decoder"]
         else:
-            decoder_params = self._decoder_init(init_key, self.spec.obs_dim)
+            decoder_params = self.decoder.init(init_key, self.spec.obs_dim)
         decoder_params, fit_info = self.fit_decoder(
-            decoder_params, obs, targets, normalizer_arrays(decoder_obs_norm), fit_key
+            decoder_params, obs, targets, decoder_obs_norm, fit_key
         )
         next_stage = stage + 1
         state = state | {
-            "key": key,
             "decoder": decoder_params,
             "decoder_obs_norm": decoder_obs_norm,
-            "stage": np.asarray(next_stage, np.int64),
-            "stage_iteration": np.asarray(0, np.int64),
-            "iteration": np.asarray(state["iteration"] + 1),
+            "stage": jnp.asarray(next_stage, jnp.int32),
+            "stage_iteration": jnp.asarray(0, jnp.int32),
+            "iteration": state["iteration"] + 1,
         }
         if cfg.reset_encoder:
-            fresh = self._fresh_encoder(jax.random.fold_in(encoder_key, next_stage))
+            fresh = self._fresh_encoder(encoder_key)
             if not cfg.reset_critic:
                 fresh["params"]["critic"] = state["params"]["critic"]
                 fresh["opt_state"] = self.optimizer.init(fresh["params"])
@@ -350,21 +360,8 @@ class GoRL:
             state = state | fresh
         else:
             state = state | {"opt_state": self.optimizer.init(state["params"])}
-        state = state | {
-            "best": {
-                "return": np.asarray(-np.inf, np.float64),
-                "actor": state["params"]["actor"],
-                "obs_norm": state["obs_norm"],
-            }
-        }
-        info = fit_info | {
-            "stage": next_stage,
-            "decoder_dataset_size": len(obs),
-            "collected_from_best": float(use_best),
-        }
-        counted = self.collect_steps if cfg.count_collection_steps else 0
-        info["uncounted_env_steps"] = self.collect_steps - counted
-        return state, info, episodes, counted
+        state = state | {"best": self._best_so_far(state)}
+        return state, fit_info | {"stage": next_stage, "decoder_dataset_size": len(obs)}
 
     # ----- decoder fitting ---------------------------------------------------------------------
 
@@ -390,11 +387,12 @@ class GoRL:
         losses = jax.vmap(lambda k: self.decoder.loss(params, cond, actions, k)[0])(keys)
         return jnp.mean(losses)
 
-    def fit_decoder(self, params, obs, targets, obs_norm_arrays, key):
+    def fit_decoder(self, params, obs, targets, obs_stats, key):
         """Fit the decoder to (obs, pre-tanh action) pairs, keeping the best held-out params."""
         cfg = self.config
         # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
-        cond = np.clip((obs - obs_norm_arrays["mean"]) / obs_norm_arrays["std"], -10.0, 10.0)
+        std = np.sqrt(np.asarray(obs_stats["var"]) + 1e-8)
+        cond = np.clip((obs - np.asarray(obs_stats["mean"])) / std, -10.0, 10.0)
         split_seed, val_key, key = jax.random.split(key, 3)
         order = np.random.default_rng(np.asarray(jax.random.key_data(split_seed))).permutation(
             len(cond)

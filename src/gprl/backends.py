@@ -1,0 +1,68 @@
+"""Where a run's envs live: host vector envs (Gymnasium or envpool) or JAX envs on the device,
+with the matching collector and evaluator."""
+
+from typing import Any, NamedTuple
+
+from gprl.collectors import DeviceCollector, HostCollector
+from gprl.envs import EnvError, env_backend_for, make_env
+from gprl.evaluation import DeviceEvaluator, HostEvaluator
+from gprl.types import EnvSpec
+
+BACKENDS = ("auto", "gymnasium", "envpool", "jax")
+JAX_ONLY_PREFIX = "playground:"
+
+
+def resolve_backend(env_id: str, backend: str) -> str:
+    """The backend a run on env_id uses: 'gymnasium', 'envpool' or 'jax'."""
+    if backend not in BACKENDS:
+        raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if env_id.startswith(JAX_ONLY_PREFIX):
+        if backend not in ("auto", "jax"):
+            raise EnvError(f"{env_id} is a JAX environment; use --env-backend jax (or auto)")
+        return "jax"
+    if backend == "jax":
+        return "jax"
+    return env_backend_for(env_id, backend)
+
+
+class Environments(NamedTuple):
+    train: Any
+    evaluation: Any
+    spec: EnvSpec
+    backend: str
+
+    def close(self) -> None:
+        for env in (self.train, self.evaluation):
+            if hasattr(env, "close"):
+                env.close()
+
+
+def open_environments(
+    env_id: str, backend: str, num_envs: int, eval_episodes: int, seed: int
+) -> Environments:
+    backend = resolve_backend(env_id, backend)
+    if backend == "jax":
+        from gprl.envs.jax_envs import make_jax_env
+
+        train = make_jax_env(env_id, num_envs)
+        evaluation = make_jax_env(env_id, eval_episodes)
+    else:
+        train = make_env(env_id, num_envs, seed, backend=backend)
+        try:
+            evaluation = make_env(env_id, eval_episodes, seed, backend=backend)
+        except BaseException:
+            train.close()
+            raise
+    return Environments(train, evaluation, train.spec, backend)
+
+
+def make_collector(envs: Environments, act):
+    if envs.backend == "jax":
+        return DeviceCollector(envs.train, act)
+    return HostCollector(envs.train, act)
+
+
+def make_evaluator(envs: Environments, act_deterministic, seed: int):
+    if envs.backend == "jax":
+        return DeviceEvaluator(envs.evaluation, act_deterministic, seed)
+    return HostEvaluator(envs.evaluation, act_deterministic, seed)
