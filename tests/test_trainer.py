@@ -272,3 +272,43 @@ def test_tensorboard_sink_receives_the_csv_metrics(tmp_path):
     scalars = read_tensorboard_scalars(run_dir / "tensorboard")
     assert {"policy_loss", "eval_return", "train_return"} <= set(scalars)
     assert [step for step, _ in scalars["policy_loss"]] == [128 * i for i in range(1, 9)]
+
+
+def test_cli_rejects_nonsense_numbers_and_paths_in_one_line(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    base = ["train", "ppo", "--env", "gprl/BimodalBandit-v0", "--no-progress"]
+    for args, message in [
+        (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
+        (["--total-steps", "0"], "--total-steps must be at least 1"),
+        (["--eval-every", "-5"], "--eval-every must be 0"),
+        (["--ppo.learning-rate", "-0.001"], "learning_rate must be positive"),
+        (["--ppo.gamma", "1.5"], "gamma must be in [0, 1]"),
+        (["--out", str(a_file)], "is an existing file"),
+        (["--env-backend", "envpool"], "gprl/BimodalBandit-v0"),
+    ]:
+        result = run_cli(*base, *args, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("gprl: error:"), (args, lines)
+        assert message in lines[0], (args, lines)
+    assert a_file.read_text() == "keep me"
+
+
+def test_cli_eval_rejects_a_negative_episode_count(tmp_path):
+    run = small_run(tmp_path, total_steps=1024)
+    train("ppo", run, FAST_PPO)
+    result = run_cli("eval", str(run.out), "--episodes", "-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gprl: error: --episodes must be at least 1, got -1"
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config(tmp_path):
+    run = small_run(tmp_path, checkpoint_every=100_000, seed=3)
+    with pytest.raises(Interrupt):
+        train("ppo", run, FAST_PPO, on_iteration=interrupt_at(2))
+    assert not (run.out / "checkpoint").exists()
+    resumed = train("ppo", RunConfig(resume=run.out, progress=False), FAST_PPO)
+    reference = train("ppo", replace(run, out=tmp_path / "reference"), FAST_PPO)
+    assert metrics_without_timing(resumed) == metrics_without_timing(reference)
+    assert json.loads((resumed / "config.json").read_text())["run"]["seed"] == 3

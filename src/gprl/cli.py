@@ -28,7 +28,7 @@ def _usage() -> str:
 
 def _train_commands() -> dict[type, str]:
     """One dataclass per algorithm: the run options plus a field named after the algorithm that
-    holds its config (so `--ppo.clip-eps`, `--gorl.decoder`, ...)."""
+    holds its config (so `--ALGO.FIELD` options)."""
     from gprl.algos import ALGORITHMS
     from gprl.trainer import RunConfig
 

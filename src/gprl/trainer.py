@@ -176,10 +176,14 @@ def _scalars(metrics: dict) -> dict:
     return out
 
 
-def enable_compilation_cache() -> None:
-    """Reuse compiled updates across processes (first compiles take seconds on CPU).
+def configure_jax() -> None:
+    """Synchronous CPU dispatch and a persistent compilation cache.
 
+    The host loop makes one small jitted call per env step; dispatching it on the calling thread
+    instead of handing it to a worker thread cut a 16-env acting call from ~110 to ~67 us here.
+    The cache reuses compiled updates across processes (first compiles take seconds on CPU):
     GPRL_COMPILATION_CACHE=0 disables it; GPRL_COMPILATION_CACHE_DIR moves it."""
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     if os.environ.get("GPRL_COMPILATION_CACHE", "1") == "0":
         return
     default = Path.home() / ".cache" / "gprl" / "jax"
@@ -207,7 +211,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     """
     if algo_name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm '{algo_name}'; choose one of {sorted(ALGORITHMS)}")
-    enable_compilation_cache()
+    configure_jax()
     run = dataclasses.replace(run)
     if run.resume is not None:
         run, algo_config = _resolve_resume(algo_name, run)

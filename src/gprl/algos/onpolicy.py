@@ -82,9 +82,13 @@ def make_optimizer(config: OnPolicyConfig) -> optax.GradientTransformation:
     recompiling."""
 
     def adam_with_clipping(learning_rate, max_grad_norm):
-        return optax.chain(
-            optax.clip_by_global_norm(max_grad_norm),
-            optax.adam(learning_rate, eps=config.adam_eps),
+        # One flat vector instead of a pytree: a few large ops in place of a dozen small ones
+        # per parameter leaf, which is what the update's time goes to on CPU.
+        return optax.flatten(
+            optax.chain(
+                optax.clip_by_global_norm(max_grad_norm),
+                optax.adam(learning_rate, eps=config.adam_eps),
+            )
         )
 
     return optax.inject_hyperparams(adam_with_clipping)(
