@@ -34,6 +34,7 @@ from common import (
 )
 
 from gprl.algos import ALGORITHMS
+from gprl.backends import BACKENDS
 from gprl.checkpoint import CheckpointError, read_config, read_meta
 from gprl.configs import to_jsonable
 from gprl.envs import make_env
@@ -61,8 +62,8 @@ def budget_of(task: str, args) -> tuple[int, int]:
     return args.dmc_steps, args.dmc_eval_every
 
 
-def run_dir_of(task: str, algo: str, seed: int, steps: int) -> Path:
-    return RUNS_DIR / f"{slug(task)}-{steps}" / f"{algo}-s{seed}"
+def run_dir_of(task: str, algo: str, seed: int, steps: int, tag: str = "") -> Path:
+    return RUNS_DIR / (f"{slug(task)}-{steps}" + (f"-{tag}" if tag else "")) / f"{algo}-s{seed}"
 
 
 def default_config_json(algo_name: str) -> dict:
@@ -79,10 +80,10 @@ def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: i
         return "missing"
     if saved != default_config_json(algo_name):
         return "stale"
-    algo_cls, config_cls = ALGORITHMS[algo_name]
-    with make_env(task, 1) as env:
+    algo_cls, config_cls, _ = ALGORITHMS[algo_name]
+    with make_env(task, 1, backend="gymnasium") as env:
         algo = algo_cls(config_cls(), env.spec, num_envs, steps)
-    return "finished" if meta["progress"]["iteration"] >= algo.total_iterations() else "partial"
+    return "finished" if meta["progress"]["iteration"] >= algo.num_iterations else "partial"
 
 
 def claim(lock: Path) -> bool:
@@ -101,7 +102,7 @@ def claim(lock: Path) -> bool:
 
 
 def run_one(task: str, algo_name: str, seed: int, args) -> None:
-    run_dir = run_dir_of(task, algo_name, seed, budget_of(task, args)[0])
+    run_dir = run_dir_of(task, algo_name, seed, budget_of(task, args)[0], args.tag)
     lock = run_dir.with_name(run_dir.name + ".lock")
     if not claim(lock):
         print(f"skip {run_dir}: another process is training it", flush=True)
@@ -132,6 +133,7 @@ def train_or_resume(task: str, algo_name: str, seed: int, run_dir: Path, args) -
         print(f"train {label} -> {run_dir}", flush=True)
         run = RunConfig(
             env=task,
+            env_backend=args.env_backend,
             total_steps=steps,
             seed=seed,
             num_envs=args.num_envs,
@@ -187,13 +189,13 @@ def mode_coverage(run_dir: Path, task: str) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
     algo, state, _ = load_run(run_dir)
-    policy, acting = algo.sample_action_fn(state), algo.acting_params(state)
+    act, acting = jax.jit(algo.act), algo.acting_params(state)
     key = jax.random.PRNGKey(MODE_SEED)
     if task == "gprl/BimodalBandit-v0":
         contexts, samples = 20, 100
         rng = np.random.default_rng(MODE_SEED)
         obs = np.repeat(rng.uniform(-1.0, 1.0, (contexts, 2)), samples, axis=0).astype(np.float32)
-        action, _, _ = policy(acting, obs, key)
+        action, _ = act(acting, obs, key)
         action = np.clip(np.asarray(action)[:, 0], -1.0, 1.0)
         distance = np.abs(bimodal_modes(obs) - action[:, None])
         # Reward > 0.5 within 0.1177 of a mode (Gaussian bump of width 0.1).
@@ -206,7 +208,8 @@ def mode_coverage(run_dir: Path, task: str) -> dict:
             upper = np.zeros(env.num_envs, bool)
             running = np.ones(env.num_envs, bool)
             for _ in range(env.spec.max_episode_steps):
-                action, _, key = policy(acting, obs, key)
+                key, act_key = jax.random.split(key)
+                action, _ = act(acting, obs, act_key)
                 step = env.step(np.asarray(action))
                 ended = running & (step.terminated | step.truncated)
                 success |= ended & step.terminated
@@ -233,7 +236,7 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
             finals, aucs, walls, loads, seeds, per_seed = [], [], [], [], [], {}
             modes, eval_every, trained_by, commits = [], set(), set(), set()
             for seed in args.seeds:
-                run_dir = run_dir_of(task, algo_name, seed, steps)
+                run_dir = run_dir_of(task, algo_name, seed, steps, args.tag)
                 status = run_status(run_dir, algo_name, task, steps, args.num_envs)
                 if status == "stale":
                     print(f"left out {run_dir}: trained with another default config")
@@ -357,6 +360,13 @@ def main() -> None:
     parser.add_argument("--dmc-eval-every", type=int, default=25_000)
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--env-backend", default="auto", choices=BACKENDS)
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the run folders and result files, to keep results of another backend "
+        "or code version beside the earlier ones",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -380,10 +390,12 @@ def main() -> None:
         raise SystemExit("no finished runs match these flags")
     provenance = {"machine": machine(), "date": now(), "command": command()}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    write_csv(RESULTS_DIR / "learning.csv", per_eval)
-    write_csv(RESULTS_DIR / "learning_summary.csv", [row | provenance for row in summary])
+    stem = "learning" + (f"_{args.tag}" if args.tag else "")
+    provenance["env_backend"] = args.env_backend
+    write_csv(RESULTS_DIR / f"{stem}.csv", per_eval)
+    write_csv(RESULTS_DIR / f"{stem}_summary.csv", [row | provenance for row in summary])
     for task in dict.fromkeys(row["task"] for row in summary):
-        plot_task(task, curves, RESULTS_DIR / f"learning_{slug(task)}.png", args)
+        plot_task(task, curves, RESULTS_DIR / f"{stem}_{slug(task)}.png", args)
 
     print()
     print(
@@ -428,7 +440,7 @@ def main() -> None:
         f"machine: {provenance['machine']}; date: {provenance['date']}; "
         f"command: {provenance['command']}"
     )
-    print(f"wrote {RESULTS_DIR}/learning.csv, learning_summary.csv and learning_*.png")
+    print(f"wrote {RESULTS_DIR}/{stem}.csv, {stem}_summary.csv and {stem}_*.png")
 
 
 if __name__ == "__main__":

@@ -118,9 +118,9 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str) -> Path:
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, style, label=label, markersize=3, alpha=0.85)
-    refits = [r["env_steps"] for r in rows if isinstance(r.get("decoder_val_loss"), int | float)]
+    refits = [r["env_steps"] for r in rows if r.get("refit") == 1]
     for i, step in enumerate(refits):
-        ax.axvline(step, color="grey", linestyle=":", label="decoder refit" if i == 0 else None)
+        ax.axvline(step, color="grey", linestyle=":", label="refit" if i == 0 else None)
     ax.set_xlabel("env steps")
     ax.set_ylabel("episodic return")
     ax.set_title(title)

@@ -23,6 +23,8 @@ class IterationResult(NamedTuple):
     """Env steps taken in this iteration."""
     counted_steps: int
     """The part of env_steps that counts toward the budget."""
+    refit: bool
+    """Whether this iteration was a refit rather than an update."""
 
 
 class OnPolicyLoop:
@@ -44,7 +46,7 @@ class OnPolicyLoop:
         if request is None:
             state, key, metrics, episodes = self._train_step(state, key)
             steps = self.algo.rollout_steps * self.num_envs
-            return IterationResult(state, key, metrics, episodes, steps, steps)
+            return IterationResult(state, key, metrics, episodes, steps, steps, False)
         batch, key, episodes = self.collector.collect(request.acting, key, request.rollout_steps)
         key, refit_key = self._split(key)
         state, metrics = self.algo.refit(state, batch, refit_key)

@@ -303,6 +303,8 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
                 "train_length": result.episodes.mean_length,
                 "episodes": result.episodes.count,
             }
+            if result.refit:
+                row["refit"] = 1
             if progress["uncounted_env_steps"]:
                 row["uncounted_env_steps"] = progress["uncounted_env_steps"]
             if done or (run.eval_every > 0 and progress["env_steps"] >= progress["next_eval"]):
