@@ -1,26 +1,36 @@
-"""Training-loop throughput of PPO and GoRL next to raw env stepping, in one process.
+"""Whole-process training throughput next to raw env stepping, measured in one run.
 
-For each env the script times, interleaved over --repeats rounds (median reported):
-  raw                 VecEnv.step with uniform random actions in [-1, 1]
-  ppo                 PPO.iterate (rollout + update), default PPOConfig
-  gorl_stage0         GoRL.iterate in stage 0 (identity decoder), default GoRLConfig
-  gorl_decoder_stage  GoRL.iterate in stage 1 (the flow decoder runs at every env step)
-and once each: the decoder refit (collection + fit) and one trainer-style evaluation.
-Each measurement has its own VecEnv, so episodes run on undisturbed between rounds.
+Host section, for each env (16 envs unless --num-envs):
+  raw_envpool         envpool's own stepping, 16 envs, 2 threads, random actions (as
+                      ../shared/checks/envpool_raw.py measures it)
+  raw_gymnasium       gprl's Gymnasium backend (SyncVectorEnv + shimmy), random actions
+  raw_gprl_envpool    gprl's envpool backend (the wrapper the training loop steps), random actions
+  train_ALGO          `gprl train ALGO --env ENV --num-envs 16 --total-steps N --seed 0
+                      --no-progress`, timed from process start to exit: start-up, compilation,
+                      evaluations and checkpoints included, as a user sees it
+Profile (--profile-steps, hopper-stand): the same training in a child process with timers around
+the loop's parts, to say where the time goes.
+Device section on CPU: `gprl train ppo --env-backend jax` on Playground CheetahRun and a JAX
+diagnostic task at --device-envs envs: whole-process steps/s, time to the first iteration
+(compilation) and steady-state steps/s.
 
-Per 1k env steps: rollout (env stepping + acting), update (iterate minus rollout), acting
-overhead (rollout minus the raw env time of the same round), and env_in_loop (time inside
-VecEnv.step during the loop's own rollouts: policy actions cost the physics differently from
-random ones, so rollout minus env_in_loop is the exact cost of the policy and collector).
+    python benchmarks/throughput.py                     # everything (~15-20 min on 2 cores)
+    python benchmarks/throughput.py --sections host --envs dm_control/hopper-stand-v0
+    python benchmarks/throughput.py --resume            # skip the cells already in the CSV
 
-    python benchmarks/throughput.py [--envs Hopper-v5] [--num-envs 16] [--iterations 3]
+One invocation writes one table: without --resume the CSV is rewritten from scratch.
 """
 
 import argparse
-import statistics
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import jax
 import numpy as np
 from common import (
     RESULTS_DIR,
@@ -33,360 +43,337 @@ from common import (
     write_csv,
 )
 
-from gprl.algos import PPO, GoRL, GoRLConfig, PPOConfig
-from gprl.envs import make_env
-from gprl.evaluation import evaluate
-from gprl.rl_math import normalizer_arrays, running_stats_init
-from gprl.trainer import enable_compilation_cache
-
-DEFAULT_ENVS = ("dm_control/hopper-stand-v0", "Hopper-v5")
-TARGET_SHARE = 0.7
+CSV_PATH = RESULTS_DIR / "throughput.csv"
+PNG_PATH = RESULTS_DIR / "throughput.png"
+HOST_ENVS = ("dm_control/hopper-stand-v0", "dm_control/cheetah-run-v0", "Hopper-v5")
+DEVICE_ENVS = ("playground:CheetahRun", "gprl/TwoGoalPoint-v0")
+ALGOS = ("ppo", "gorl")
+RAW_SECONDS = 8.0
 COLUMNS = [
+    "section",
     "env",
-    "num_envs",
     "what",
-    "steps_per_second",
-    "share_of_raw",
-    "rollout_s_per_1k_steps",
-    "update_s_per_1k_steps",
-    "acting_overhead_s_per_1k_steps",
-    "env_in_loop_s_per_1k_steps",
+    "num_envs",
+    "env_steps",
     "seconds",
+    "steps_per_second",
+    "share_of_envpool_raw",
+    "first_iteration_s",
+    "steady_steps_per_second",
+    "final_eval_return",
+    "load_before",
+    "load_after",
 ]
 
 
-class TimedCollector:
-    """Passes rollouts through to the real collector and adds up the time spent in them."""
+def envpool_raw(env_id: str, num_envs: int) -> float:
+    """envpool stepping alone, as the speed check measures it (num_threads=2)."""
+    import envpool
 
-    def __init__(self, collector):
-        self.collector = collector
-        self.seconds = 0.0
+    from gprl.envs.envpool_backend import envpool_task_id
 
-    def reset(self, seed: int) -> None:
-        self.collector.reset(seed)
-
-    def rollout(self, *args, **kwargs):
-        start = time.perf_counter()
-        result = self.collector.rollout(*args, **kwargs)
-        # The stacked policy outputs are dispatched asynchronously; charge them to the rollout.
-        jax.block_until_ready(result[0])
-        self.seconds += time.perf_counter() - start
-        return result
-
-
-class TimedEnv:
-    """A VecEnv that adds up the time spent in step, so the rollout can be split exactly."""
-
-    def __init__(self, env):
-        self.env = env
-        self.seconds = 0.0
-
-    def step(self, action):
-        start = time.perf_counter()
-        result = self.env.step(action)
-        self.seconds += time.perf_counter() - start
-        return result
-
-    def __getattr__(self, name):
-        return getattr(self.env, name)
-
-
-class Loop:
-    """One algorithm's training loop (the trainer's iterate calls) on its own envs."""
-
-    def __init__(self, algo, env, seed: int):
-        self.algo = algo
-        self.env = TimedEnv(env)
-        self.collector = TimedCollector(algo.make_collector(self.env))
-        self.collector.reset(seed)
-        self.state = algo.init_state(jax.random.PRNGKey(seed))
-
-    def run(self, iterations: int) -> dict:
-        """Run `iterations` iterations; returns env steps and seconds: total, rollout, env.step."""
-        stage = int(self.state.get("stage", 0))
-        self.collector.seconds = self.env.seconds = 0.0
-        steps = 0
-        start = time.perf_counter()
-        for _ in range(iterations):
-            self.state, _, _, count = self.algo.iterate(self.state, self.collector)
-            steps += count
-        seconds = time.perf_counter() - start
-        if int(self.state.get("stage", 0)) != stage:
-            raise RuntimeError("a GoRL stage ended inside a timed block; raise its budget")
-        return {
-            "steps": steps,
-            "seconds": seconds,
-            "rollout_s": self.collector.seconds,
-            "env_s": self.env.seconds,
-        }
-
-
-def time_raw(env, actions: np.ndarray) -> tuple[int, float]:
-    start = time.perf_counter()
-    for action in actions:
-        env.step(action)
-    return actions.shape[0] * env.num_envs, time.perf_counter() - start
-
-
-def gorl_with_short_stage0(spec, num_envs: int, stage1_iterations: int) -> GoRL:
-    """Default GoRL with the smallest budget whose stage 1 lasts `stage1_iterations`.
-
-    Stage 0 is as long as stage 1 under the default stage weights, so reaching stage 1 costs
-    that many extra iterations, but the per-iteration cost is that of any default-config run.
-    """
-    config = GoRLConfig()
-    step = config.ppo.rollout_steps * num_envs
-    total = step
-    while True:
-        try:
-            algo = GoRL(config, spec, num_envs, total)
-            if algo.stage_iterations[1] >= stage1_iterations:
-                return algo
-        except ValueError:  # some stage still has no iteration at this budget
-            pass
-        total += step
-
-
-def time_refit(loop: Loop) -> dict:
-    """Drive a GoRL loop to the end of stage 0 and time the refit that starts stage 1."""
-    algo = loop.algo
-    while int(loop.state["stage_iteration"]) < algo.stage_iterations[0]:
-        loop.run(1)
-    # Compile the decoder fit for this dataset size first, so the timed refit is warm.
-    obs_dim, action_dim = algo.spec.obs_dim, algo.spec.action_dim
+    env = envpool.make_gymnasium(
+        envpool_task_id(env_id), num_envs=num_envs, batch_size=num_envs, num_threads=2, seed=0
+    )
+    env.reset()
+    dim = env.action_space.shape[0]
     rng = np.random.default_rng(0)
-    obs = rng.normal(size=(algo.collect_steps, obs_dim)).astype(np.float32)
-    targets = rng.normal(size=(algo.collect_steps, action_dim)).astype(np.float32)
-    norm = normalizer_arrays(running_stats_init((obs_dim,)))
-    start = time.perf_counter()
-    algo.fit_decoder(loop.state["decoder"], obs, targets, norm, jax.random.PRNGKey(0))
-    cold_fit = time.perf_counter() - start
-    loop.collector.seconds = 0.0
-    start = time.perf_counter()
-    loop.state, info, _, _ = algo.iterate(loop.state, loop.collector)
-    total = time.perf_counter() - start
-    if int(loop.state["stage"]) != 1:
-        raise RuntimeError("expected the refit to start GoRL stage 1")
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < RAW_SECONDS:
+        env.step(rng.uniform(-1, 1, (num_envs, dim)).astype(np.float32))
+        steps += num_envs
+    return steps / (time.perf_counter() - start)
+
+
+def gprl_raw(env_id: str, num_envs: int, backend: str) -> float:
+    from gprl.envs import make_env
+
+    with make_env(env_id, num_envs, 0, backend=backend) as env:
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-1, 1, (64, num_envs, env.spec.action_dim)).astype(np.float32)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < RAW_SECONDS:
+            env.step(actions[(steps // num_envs) % 64])
+            steps += num_envs
+        return steps / (time.perf_counter() - start)
+
+
+def whole_process(algo: str, env_id: str, num_envs: int, steps: int, *extra: str) -> dict:
+    """Run `gprl train` in a fresh process; wall time from launch to exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        args = ["gprl", "train", algo, "--env", env_id, "--num-envs", str(num_envs)]
+        args += ["--total-steps", str(steps), "--seed", "0", "--no-progress", "--out", str(out)]
+        args += list(extra)
+        start = time.time()
+        result = subprocess.run(args, capture_output=True, text=True)
+        seconds = time.time() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    done_steps = int(rows[-1]["env_steps"]) + int(rows[-1].get("uncounted_env_steps") or 0)
+    first = float(rows[0]["wall_time"])
+    later = rows[1:]
+    steady = (
+        sum(float(r["steps_per_second"]) ** -1 for r in later) / len(later)
+        if later
+        else float("nan")
+    )
+    steps_per_iteration = (int(rows[-1]["env_steps"]) - int(rows[0]["env_steps"])) / max(
+        len(later), 1
+    )
+    evals = [r for r in rows if r.get("eval_return")]
     return {
-        "collect_steps": algo.collect_steps,
-        "collect_s": loop.collector.seconds,
-        "fit_s": total - loop.collector.seconds,
-        "cold_fit_s": cold_fit,
-        "decoder_val_loss": info.get("decoder_val_loss"),
+        "env_steps": done_steps,
+        "seconds": seconds,
+        "steps_per_second": done_steps / seconds,
+        "first_iteration_s": first,
+        "steady_steps_per_second": 1.0 / steady if later else float("nan"),
+        "final_eval_return": float(evals[-1]["eval_return"]),
+        "steps_per_iteration": steps_per_iteration,
     }
 
 
-def time_evaluation(algo, state, env_id: str, episodes: int, seed: int) -> tuple[int, float]:
-    """One evaluation as the trainer runs it (deterministic policy, one episode per env)."""
-    with make_env(env_id, episodes, seed) as env:
-        action_fn, acting = algo.eval_action_fn(state), algo.acting_params(state)
-        evaluate(action_fn, acting, env, seed)  # compiles the evaluation policy
+PROFILE_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+from collections import defaultdict
+import gprl.collectors as collectors, gprl.evaluation as evaluation, gprl.loops as loops
+import gprl.trainer as trainer
+from gprl.algos import ALGORITHMS
+from gprl.envs import make_env
+
+algo_name, env_id, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+totals = defaultdict(float)
+inside_rollout = [False]
+
+def timed(owner, name, bucket, only_in_rollout=False):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        if only_in_rollout and not inside_rollout[0]:
+            return original(*args, **kwargs)
         start = time.perf_counter()
-        result = evaluate(action_fn, acting, env, seed)
-        seconds = time.perf_counter() - start
-    return round(result["eval_length"] * episodes), seconds
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[bucket] += time.perf_counter() - start
+    setattr(owner, name, wrapper)
+
+def rollout(original):
+    def wrapper(*args, **kwargs):
+        inside_rollout[0] = True
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            inside_rollout[0] = False
+            totals["rollout"] += time.perf_counter() - start
+    return wrapper
+
+with make_env(env_id, 1, 0) as probe:
+    env_class = type(probe)
+timed(env_class, "step", "env_step_in_rollout", only_in_rollout=True)
+collectors.HostCollector.collect = rollout(collectors.HostCollector.collect)
+timed(evaluation.HostEvaluator, "evaluate", "evaluation")
+timed(loops.OnPolicyLoop, "iterate", "iterations")
+timed(ALGORITHMS[algo_name].algorithm, "refit", "refit_fit")
+timed(trainer, "save_checkpoint", "checkpoint")
+config = ALGORITHMS[algo_name].config()
+run = trainer.RunConfig(env=env_id, total_steps=steps, num_envs=16, out=out, progress=False)
+loop_started = time.perf_counter()
+trainer.train(algo_name, run, config)
+totals["process"] = time.perf_counter() - started
+totals["imports"] = loop_started - started
+print(json.dumps(totals))
+"""
 
 
-def benchmark_env(env_id: str, args) -> list[dict]:
-    n, seed = args.num_envs, args.seed
-    load_before = load_average()
-    envs = {name: make_env(env_id, n, seed) for name in ("raw", "ppo", "gorl0", "gorl1")}
-    spec = envs["raw"].spec
-    timed = 1 + args.repeats * args.iterations  # one warm-up iteration, then the timed ones
-    gorl0 = GoRL(GoRLConfig(), spec, n, args.gorl_total_steps)
-    if gorl0.stage_iterations[0] < timed:
-        raise SystemExit(f"--gorl-total-steps is too small for {timed} stage-0 iterations")
-    loops = {
-        "ppo": Loop(PPO(PPOConfig(), spec, n, args.gorl_total_steps), envs["ppo"], seed),
-        "gorl_stage0": Loop(gorl0, envs["gorl0"], seed),
-        "gorl_decoder_stage": Loop(gorl_with_short_stage0(spec, n, timed), envs["gorl1"], seed),
+def profile(algo: str, env_id: str, steps: int) -> dict:
+    """Seconds spent in each part of a whole training process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [sys.executable, "-c", PROFILE_CHILD, algo, env_id, str(steps), f"{tmp}/run"]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"profile of {algo} failed:\n{result.stderr[-2000:]}")
+    totals = json.loads(result.stdout.strip().splitlines()[-1])
+    acting = totals["rollout"] - totals["env_step_in_rollout"]
+    parts = {
+        "env stepping (training rollouts)": totals["env_step_in_rollout"],
+        "acting + collector bookkeeping": acting,
+        "update": totals["iterations"] - totals["rollout"] - totals.get("refit_fit", 0.0),
+        "decoder refit fits": totals.get("refit_fit", 0.0),
+        "evaluations": totals["evaluation"],
+        "checkpoints": totals["checkpoint"],
     }
-    rng = np.random.default_rng(seed)
-    raw_steps = args.raw_steps or args.iterations * PPOConfig().rollout_steps
-
-    def random_actions(steps: int) -> np.ndarray:
-        return rng.uniform(-1.0, 1.0, (steps, n, spec.action_dim)).astype(np.float32)
-
-    print(f"[{env_id}] warming up (compilation, GoRL stage 0 -> 1 refit)", flush=True)
-    time_raw(envs["raw"], random_actions(50))
-    loops["ppo"].run(1)
-    loops["gorl_stage0"].run(1)
-    refit = time_refit(loops["gorl_decoder_stage"])
-    loops["gorl_decoder_stage"].run(1)
-
-    samples = {name: [] for name in ["raw", *loops]}
-    for round_index in range(args.repeats):
-        samples["raw"].append(time_raw(envs["raw"], random_actions(raw_steps)))
-        for name, loop in loops.items():
-            samples[name].append(loop.run(args.iterations))
-        print(f"[{env_id}] round {round_index + 1}/{args.repeats} done", flush=True)
-
-    eval_steps, eval_s = time_evaluation(
-        loops["ppo"].algo, loops["ppo"].state, env_id, args.eval_episodes, seed
-    )
-    for env in envs.values():
-        env.close()
-    load_after = load_average()
-
-    raw_sps = [steps / seconds for steps, seconds in samples["raw"]]
-    rows = [
-        {
-            "what": "raw",
-            "steps_per_second": statistics.median(raw_sps),
-            "share_of_raw": 1.0,
-            "env_in_loop_s_per_1k_steps": statistics.median(1000 / s for s in raw_sps),
-            "notes": "VecEnv.step with random actions only",
-        }
-    ]
-    for name in loops:
-        per_1k = {key: [] for key in ["sps", "share", "rollout", "update", "overhead", "env"]}
-        # Pair every loop block with the raw block of the same round, so drift cancels.
-        for block, raw in zip(samples[name], raw_sps, strict=True):
-            scale = 1000 / block["steps"]
-            per_1k["sps"].append(block["steps"] / block["seconds"])
-            per_1k["share"].append(block["steps"] / block["seconds"] / raw)
-            per_1k["rollout"].append(scale * block["rollout_s"])
-            per_1k["update"].append(scale * (block["seconds"] - block["rollout_s"]))
-            per_1k["overhead"].append(scale * block["rollout_s"] - 1000 / raw)
-            per_1k["env"].append(scale * block["env_s"])
-        median = {key: statistics.median(values) for key, values in per_1k.items()}
-        steps_per_iteration = samples[name][0]["steps"] // args.iterations
-        rows.append(
-            {
-                "what": name,
-                "steps_per_second": median["sps"],
-                "share_of_raw": median["share"],
-                "rollout_s_per_1k_steps": median["rollout"],
-                "update_s_per_1k_steps": median["update"],
-                "acting_overhead_s_per_1k_steps": median["overhead"],
-                "env_in_loop_s_per_1k_steps": median["env"],
-                "notes": f"{args.iterations} iterations x {steps_per_iteration} steps per round",
-            }
-        )
-    collect_steps, collect_s, fit_s = refit["collect_steps"], refit["collect_s"], refit["fit_s"]
-    rows.append(
-        {
-            "what": "gorl_decoder_refit",
-            "seconds": collect_s + fit_s,
-            "rollout_s_per_1k_steps": 1000 * collect_s / collect_steps,
-            "notes": f"once: {collect_steps} steps collected in {collect_s:.2f} s "
-            f"+ decoder fit {fit_s:.2f} s (first fit with compilation "
-            f"{refit['cold_fit_s']:.2f} s); budget of this GoRL "
-            f"{loops['gorl_decoder_stage'].algo.stage_iterations[0]} stage-0 iterations",
-        }
-    )
-    rows.append(
-        {
-            "what": f"eval_{args.eval_episodes}_episodes",
-            "steps_per_second": eval_steps / eval_s,
-            "seconds": eval_s,
-            "notes": f"once: one trainer evaluation = {eval_steps} env steps in {eval_s:.2f} s "
-            "(PPO at init; trainer default: every 25k steps)",
-        }
-    )
-    for row in rows:
-        row |= {"env": env_id, "num_envs": n, "load_before": load_before, "load_after": load_after}
-    return rows
+    accounted = sum(parts.values()) + totals["imports"]
+    parts["imports"] = totals["imports"]
+    parts["env set-up, compilation, logging, other"] = totals["process"] - accounted
+    return {"process_seconds": totals["process"], "parts": parts}
 
 
-def plot(rows: list[dict], path) -> None:
+def load_rows(resume: bool) -> list[dict]:
+    if not resume or not CSV_PATH.exists():
+        return []
+    with open(CSV_PATH, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot(rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = ["raw", "ppo", "gorl_stage0", "gorl_decoder_stage"]
-    envs = list(dict.fromkeys(row["env"] for row in rows))
-    width = 0.8 / len(kinds)
-    fig, ax = plt.subplots(figsize=(3.5 + 2.5 * len(envs), 4.5))
-    for k, kind in enumerate(kinds):
-        values = [next(r for r in rows if r["env"] == e and r["what"] == kind) for e in envs]
-        xs = np.arange(len(envs)) + (k - (len(kinds) - 1) / 2) * width
-        bars = ax.bar(xs, [v["steps_per_second"] for v in values], width, label=kind)
-        for bar, value in zip(bars, values, strict=True):
-            ax.annotate(
-                f"{value['share_of_raw']:.0%}",
-                (bar.get_x() + width / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
+    host = [r for r in rows if r["section"] == "host"]
+    envs = list(dict.fromkeys(r["env"] for r in host))
+    whats = list(dict.fromkeys(r["what"] for r in host))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / max(len(whats), 1)
+    for i, what in enumerate(whats):
+        values = [
+            next(
+                (float(r["steps_per_second"]) for r in host if r["env"] == e and r["what"] == what),
+                0,
             )
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set_xticks(np.arange(len(envs)), envs)
-    ax.set_ylabel("env steps per second")
-    ax.set_title(f"Training-loop throughput, {rows[0]['num_envs']} envs (label: share of raw)")
+            for e in envs
+        ]
+        ax.bar(np.arange(len(envs)) + i * width, values, width, label=what)
+    ax.set_xticks(np.arange(len(envs)) + width * (len(whats) - 1) / 2, envs, fontsize=8)
+    ax.set_ylabel("env steps / s (whole process for train_*)")
+    ax.set_title("gprl throughput, 16 envs, 2 CPU cores")
     ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(PNG_PATH, dpi=110)
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", default=list(DEFAULT_ENVS))
+    parser.add_argument("--sections", nargs="+", default=["host", "profile", "device"])
+    parser.add_argument("--envs", nargs="+", default=list(HOST_ENVS))
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS))
     parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument(
-        "--iterations", type=int, default=3, help="training iterations per timed block"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
-    parser.add_argument(
-        "--raw-steps",
-        type=int,
-        default=0,
-        help="vector steps per raw block (default: as many as a loop block)",
-    )
-    parser.add_argument(
-        "--gorl-total-steps",
-        type=int,
-        default=1_000_000,
-        help="budget given to PPO and the stage-0 GoRL (sets LR annealing only)",
-    )
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-steps", type=int, default=1_000_000)
+    parser.add_argument("--profile-steps", type=int, default=300_000)
+    parser.add_argument("--device-envs", nargs="+", type=int, default=[256, 1024])
+    parser.add_argument("--device-steps", type=int, default=2_000_000)
+    parser.add_argument("--resume", action="store_true", help="skip cells already in the CSV")
     args = parser.parse_args()
-
-    enable_compilation_cache()
-    started = now()
-    gprl_commit()  # the code imported now is the code measured
-    rows = []
-    for env_id in args.envs:
-        rows += benchmark_env(env_id, args)
+    os.chdir(Path(__file__).resolve().parents[1])
+    rows = load_rows(args.resume)
+    done = {(r["section"], r["env"], r["what"], str(r["num_envs"])) for r in rows}
     provenance = {
         "machine": machine(),
-        "date": started,
+        "date": now(),
         "command": command(),
         "gprl_commit": gprl_commit(),
     }
-    rows = [row | provenance for row in rows]
-    order = [
-        *COLUMNS,
-        "notes",
-        "load_before",
-        "load_after",
-        "machine",
-        "date",
-        "command",
-        "gprl_commit",
-    ]
-    rows = [{key: row.get(key) for key in order} for row in rows]
 
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    write_csv(RESULTS_DIR / "throughput.csv", rows)
-    plot([r for r in rows if r["share_of_raw"] is not None], RESULTS_DIR / "throughput.png")
-    print()
-    print(markdown_table(rows, [*COLUMNS, "load_before", "load_after"]))
-    print()
+    def cell(section: str, env_id: str, what: str, num_envs: int, measure) -> None:
+        if (section, env_id, what, str(num_envs)) in done:
+            print(f"skip {section} {env_id} {what} {num_envs}: in {CSV_PATH.name}", flush=True)
+            return
+        load_before = load_average()
+        print(f"{section} {env_id} {what} {num_envs} ...", flush=True)
+        result = measure()
+        if not isinstance(result, dict):
+            result = {"steps_per_second": result}
+        row = {"section": section, "env": env_id, "what": what, "num_envs": num_envs}
+        row |= result | {"load_before": load_before, "load_after": load_average()}
+        rows.append(row | provenance)
+        print(f"  {result}", flush=True)
+        write_csv(CSV_PATH, rows)
+
+    if "host" in args.sections:
+        n = args.num_envs
+        for env_id in args.envs:
+            cell("host", env_id, "raw_envpool", n, lambda e=env_id: envpool_raw(e, n))
+            cell("host", env_id, "raw_gymnasium", n, lambda e=env_id: gprl_raw(e, n, "gymnasium"))
+            cell("host", env_id, "raw_gprl_envpool", n, lambda e=env_id: gprl_raw(e, n, "envpool"))
+            for algo in args.algos:
+                cell(
+                    "host",
+                    env_id,
+                    f"train_{algo}",
+                    n,
+                    lambda a=algo, e=env_id: whole_process(a, e, n, args.train_steps),
+                )
+    if "profile" in args.sections:
+        for algo in args.algos:
+            env_id = args.envs[0]
+            key = ("profile", env_id, algo, "16")
+            if key in done:
+                continue
+            result = profile(algo, env_id, args.profile_steps)
+            for part, seconds in result["parts"].items():
+                rows.append(
+                    {
+                        "section": "profile",
+                        "env": env_id,
+                        "what": algo,
+                        "num_envs": 16,
+                        "part": part,
+                        "seconds": seconds,
+                        "share": seconds / result["process_seconds"],
+                        "env_steps": args.profile_steps,
+                        "load_after": load_average(),
+                    }
+                    | provenance
+                )
+            write_csv(CSV_PATH, rows)
+            print(f"profile {algo}: {json.dumps(result, indent=1)}", flush=True)
+    if "device" in args.sections:
+        for env_id in DEVICE_ENVS:
+            for num_envs in args.device_envs:
+                cell(
+                    "device",
+                    env_id,
+                    "train_ppo_jax",
+                    num_envs,
+                    lambda e=env_id, k=num_envs: whole_process(
+                        "ppo",
+                        e,
+                        k,
+                        args.device_steps,
+                        "--env-backend",
+                        "jax",
+                        "--ppo.rollout-steps",
+                        "64",
+                        "--ppo.num-minibatches",
+                        "16",
+                        "--eval-every",
+                        "500000",
+                    ),
+                )
+
     for row in rows:
-        print(f"- {row['env']} {row['what']}: {row['notes']}")
-    print(f"\nmachine: {provenance['machine']}; date: {started}; command: {provenance['command']}")
-    for row in rows:
-        if row["what"] in ("ppo", "gorl_stage0", "gorl_decoder_stage"):
-            verdict = "reached" if row["share_of_raw"] >= TARGET_SHARE else "NOT reached"
-            print(
-                f"target >= {TARGET_SHARE:.0%} of raw: {verdict} for {row['what']} on "
-                f"{row['env']} ({row['share_of_raw']:.1%})"
+        if row["section"] == "host" and row["what"] != "raw_envpool":
+            raw = next(
+                (
+                    float(r["steps_per_second"])
+                    for r in rows
+                    if r["env"] == row["env"] and r["what"] == "raw_envpool"
+                ),
+                None,
             )
-    print(f"wrote {RESULTS_DIR / 'throughput.csv'} and {RESULTS_DIR / 'throughput.png'}")
+            if raw:
+                row["share_of_envpool_raw"] = float(row["steps_per_second"]) / raw
+    write_csv(CSV_PATH, rows)
+    plot(rows)
+    print()
+    print(markdown_table([r for r in rows if r["section"] != "profile"], COLUMNS))
+    print()
+    print(
+        markdown_table(
+            [r for r in rows if r["section"] == "profile"],
+            ["env", "what", "part", "seconds", "share"],
+        )
+    )
+    print(f"\nmachine: {provenance['machine']}; date: {provenance['date']}")
+    print(f"command: {provenance['command']}; commit {provenance['gprl_commit']}")
+    print(f"wrote {CSV_PATH} and {PNG_PATH}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_device_run_resumes_exactly(tmp_path):
 
 
 def test_a_device_iteration_is_one_compiled_call_shared_by_every_stage():
-    envs = open_environments("gprl/BimodalBandit-v0", "jax", 8, 2, 0)
+    envs = open_environments("gprl/BimodalBandit-v0", "jax", 8, 2, 0, 1)
     algo = GoRL(FAST_GORL, envs.spec, 8, 8 * 32 * 6)
     traces = {"update": 0, "step": 0}
     real_update, real_step = algo.update, envs.train.step

@@ -1,5 +1,6 @@
 """Behaviour of gprl.envs: diagnostic tasks, VecEnv autoreset, action scaling, errors, seeding."""
 
+import sys
 from typing import ClassVar
 
 import gymnasium as gym
@@ -306,6 +307,7 @@ def test_vec_env_render_failure_is_a_one_line_env_error():
     assert "no OpenGL context" in str(excinfo.value) and "\n" not in str(excinfo.value)
 
 
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
 @pytest.mark.parametrize(
     ("env_id", "obs_dim", "action_dim", "max_episode_steps"),
     [
@@ -315,8 +317,8 @@ def test_vec_env_render_failure_is_a_one_line_env_error():
         ("dmc:finger-turn_hard", 12, 2, 1000),  # includes a scalar observation
     ],
 )
-def test_spec_dimensions(env_id, obs_dim, action_dim, max_episode_steps):
-    with make_env(env_id, num_envs=2) as env:
+def test_spec_dimensions(env_id, obs_dim, action_dim, max_episode_steps, backend):
+    with make_env(env_id, num_envs=2, backend=backend) as env:
         assert (env.spec.obs_dim, env.spec.action_dim) == (obs_dim, action_dim)
         assert env.spec.max_episode_steps == max_episode_steps
         obs = env.reset(seed=0)
@@ -327,7 +329,7 @@ def test_spec_dimensions(env_id, obs_dim, action_dim, max_episode_steps):
 
 
 def test_dict_observations_are_flattened_in_sorted_key_order():
-    with make_env("dmc:hopper-stand") as env:
+    with make_env("dmc:hopper-stand", backend="gymnasium") as env:
         assert env.spec.env_id == "dm_control/hopper-stand-v0"
         flat_obs = env.reset(seed=7)[0]
     # make_env has registered the dm_control ids with Gymnasium.
@@ -336,8 +338,9 @@ def test_dict_observations_are_flattened_in_sorted_key_order():
     np.testing.assert_array_equal(flat_obs, expected.astype(np.float32))
 
 
-def test_dm_control_time_limit_is_a_truncation_with_final_obs():
-    with make_env("dm_control/cheetah-run-v0") as env:
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_dm_control_time_limit_is_a_truncation_with_final_obs(backend):
+    with make_env("dm_control/cheetah-run-v0", backend=backend) as env:
         env.reset(seed=0)
         actions = np.zeros((1, env.spec.action_dim))
         for _ in range(env.spec.max_episode_steps - 1):
@@ -348,11 +351,12 @@ def test_dm_control_time_limit_is_a_truncation_with_final_obs():
         assert not env.step(actions).truncated[0]
 
 
-def test_same_seed_gives_identical_hopper_trajectories():
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
+def test_same_seed_gives_identical_hopper_trajectories(backend):
     actions = np.random.default_rng(0).uniform(-1, 1, (200, 2, 3))
 
     def trajectory():
-        with make_env("Hopper-v5", num_envs=2) as env:
+        with make_env("Hopper-v5", num_envs=2, backend=backend) as env:
             observations = [env.reset(seed=3)]
             rewards = []
             for action in actions:
@@ -367,6 +371,98 @@ def test_same_seed_gives_identical_hopper_trajectories():
     np.testing.assert_array_equal(first_rewards, second_rewards)
     # Env i is seeded with seed + i, so the two copies differ.
     assert not np.array_equal(first_obs[0, 0], first_obs[0, 1])
+
+
+# User envs: Gymnasium's module:EnvId form, constructors without render_mode, failures.
+
+PLUGIN_MODULE = "gprl_test_plugin_envs"
+PLUGIN_IDS = ("GprlPlugin/NoRenderMode-v0", "GprlPlugin/BrokenInit-v0", "GprlPlugin/BrokenReset-v0")
+PLUGIN_SOURCE = '''
+import gymnasium as gym
+import numpy as np
+
+
+class NoRenderModeEnv(gym.Env):
+    """Like many hand-written envs, its constructor takes no render_mode."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.ones(2, np.float32), 1.0, False, False, {}
+
+
+class BrokenInitEnv(NoRenderModeEnv):
+    def __init__(self):
+        raise FileNotFoundError("robot.xml not found\\nsearched: assets/")
+
+
+class BrokenResetEnv(NoRenderModeEnv):
+    def reset(self, *, seed=None, options=None):
+        raise RuntimeError("simulator crashed\\nstack dump follows")
+
+
+gym.register("GprlPlugin/NoRenderMode-v0", entry_point=NoRenderModeEnv)
+gym.register("GprlPlugin/BrokenInit-v0", entry_point=BrokenInitEnv)
+gym.register("GprlPlugin/BrokenReset-v0", entry_point=BrokenResetEnv)
+'''
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """A module that registers its envs when imported, not yet imported nor registered."""
+    (tmp_path / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE)
+    (tmp_path / "gprl_test_broken_plugin.py").write_text("raise ImportError('needs torch')\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, PLUGIN_MODULE, raising=False)
+    for env_id in PLUGIN_IDS:
+        monkeypatch.delitem(gym.registry, env_id, raising=False)
+    return PLUGIN_MODULE
+
+
+def test_module_colon_id_imports_the_registering_module(plugin_module):
+    env_id = f"{plugin_module}:GprlPlugin/NoRenderMode-v0"
+    with make_env(env_id, num_envs=2) as env:
+        # The full form names the env in a fresh process too.
+        assert env.spec.env_id == env_id
+        np.testing.assert_array_equal(env.step(np.zeros((2, 1))).obs, np.ones((2, 2)))
+    assert plugin_module in sys.modules
+
+
+def test_env_without_a_render_mode_argument_is_made_without_one(plugin_module):
+    with make_env(f"{plugin_module}:GprlPlugin/NoRenderMode-v0") as env:
+        assert env.render() is None
+    # Now registered, the bare id works as well.
+    with make_env("GprlPlugin/NoRenderMode-v0", num_envs=3) as env:
+        assert env.reset(seed=1).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "expected"),
+    [
+        ("GprlPlugin/BrokenInit-v0", "cannot make .*BrokenInit-v0: FileNotFoundError: robot.xml"),
+        ("GprlPlugin/BrokenReset-v0", "cannot reset .*BrokenReset-v0: RuntimeError: simulator"),
+    ],
+)
+def test_user_env_failures_are_one_line_env_errors(plugin_module, env_id, expected):
+    with pytest.raises(EnvError, match=expected) as excinfo:
+        make_env(f"{plugin_module}:{env_id}")
+    assert "\n" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [("gprl_test_no_such_module", "ModuleNotFoundError"), ("gprl_test_broken_plugin", "torch")],
+)
+def test_module_import_failures_name_the_module_in_one_line(plugin_module, module, reason):
+    with pytest.raises(EnvError, match=f"cannot import module '{module}'.*{reason}") as excinfo:
+        make_env(f"{module}:Anything-v0")
+    assert "\n" not in str(excinfo.value)
 
 
 # Errors.

@@ -36,9 +36,22 @@ class Environments(NamedTuple):
             if hasattr(env, "close"):
                 env.close()
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint must hold to restart these envs exactly where they were: nothing
+        for envs that reseed cheaply at every restart (Gymnasium, JAX), each env's episode
+        count for envpool pools, whose seeds are fixed when built."""
+        if self.backend == "jax":
+            return {}
+        return {"train": self.train.get_state(), "evaluation": self.evaluation.get_state()}
+
+    def restore_state(self, state: dict) -> None:
+        if self.backend != "jax":
+            self.train.set_state(state.get("train", {}))
+            self.evaluation.set_state(state.get("evaluation", {}))
+
 
 def open_environments(
-    env_id: str, backend: str, num_envs: int, eval_episodes: int, seed: int
+    env_id: str, backend: str, num_envs: int, eval_episodes: int, seed: int, eval_seed: int
 ) -> Environments:
     backend = resolve_backend(env_id, backend)
     if backend == "jax":
@@ -49,7 +62,7 @@ def open_environments(
     else:
         train = make_env(env_id, num_envs, seed, backend=backend)
         try:
-            evaluation = make_env(env_id, eval_episodes, seed, backend=backend)
+            evaluation = make_env(env_id, eval_episodes, eval_seed, backend=backend)
         except BaseException:
             train.close()
             raise

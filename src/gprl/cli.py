@@ -99,7 +99,7 @@ def _eval(argv) -> None:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     algo, state, run = load_run(args.run_dir)
     acting = algo.acting_params(state)
-    envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed)
+    envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed, args.seed)
     try:
         result = make_evaluator(envs, algo.act_deterministic, args.seed).evaluate(acting)
     finally:

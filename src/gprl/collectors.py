@@ -62,7 +62,7 @@ class HostCollector:
 
     def reset(self, seed: int) -> None:
         """Start fresh episodes in every env (episodes in flight are dropped, not logged)."""
-        self.obs = self.env.reset(seed=seed)
+        self.obs = self.env.restart(seed)
         self.episode_return = np.zeros(self.env.num_envs, np.float64)
         self.episode_length = np.zeros(self.env.num_envs, np.int64)
 

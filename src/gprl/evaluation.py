@@ -21,7 +21,8 @@ def _summary(returns, lengths) -> dict:
 
 
 class HostEvaluator:
-    """One episode in each of env.num_envs host envs, always from the same seed."""
+    """One episode in each of env.num_envs host envs (restarted from the same seed, or on
+    envpool from each env's next episode)."""
 
     def __init__(self, env, act_deterministic, seed: int):
         self.env = env
@@ -31,7 +32,7 @@ class HostEvaluator:
     def evaluate(self, acting) -> dict:
         env = self.env
         max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
-        obs = env.reset(seed=self.seed)
+        obs = env.restart(self.seed)
         returns = np.zeros(env.num_envs)
         lengths = np.zeros(env.num_envs, np.int64)
         running = np.ones(env.num_envs, bool)

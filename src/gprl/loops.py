@@ -51,6 +51,5 @@ class OnPolicyLoop:
         key, refit_key = self._split(key)
         state, metrics = self.algo.refit(state, batch, refit_key)
         steps = request.rollout_steps * self.num_envs
-        return IterationResult(
-            state, key, metrics, episodes, steps, steps if request.counted else 0
-        )
+        counted = steps if request.counted else 0
+        return IterationResult(state, key, metrics, episodes, steps, counted, True)

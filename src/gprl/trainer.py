@@ -37,6 +37,7 @@ from gprl.loops import OnPolicyLoop
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
 DEFAULT_TOTAL_STEPS = 300_000
+EVALUATIONS_PER_RUN = 20
 
 
 class TrainingError(RuntimeError):
@@ -64,8 +65,9 @@ class RunConfig:
     """Continue the run in this directory from its checkpoint (its saved config is used)."""
     overwrite: bool = False
     """Replace an existing run directory given by --out."""
-    eval_every: int = 25_000
-    """Env steps between deterministic evaluations (0: only the one at the end)."""
+    eval_every: int | None = None
+    """Env steps between deterministic evaluations (0: only the one at the end). Default:
+    total_steps / 20."""
     eval_episodes: int = 10
     """Episodes per evaluation, run in parallel on separate envs with fixed seeds."""
     checkpoint_every: int = 100_000
@@ -215,11 +217,15 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     run = dataclasses.replace(run)
     if run.resume is not None:
         run, algo_config = _resolve_resume(algo_name, run)
-    run.env = run.env or DEFAULT_ENV
-    run.total_steps = run.total_steps or DEFAULT_TOTAL_STEPS
+    run.env = DEFAULT_ENV if run.env is None else run.env
+    run.total_steps = DEFAULT_TOTAL_STEPS if run.total_steps is None else run.total_steps
+    if run.eval_every is None:
+        run.eval_every = max(run.total_steps // EVALUATIONS_PER_RUN, 1)
     _validate(run)
 
-    envs = open_environments(run.env, run.env_backend, run.num_envs, run.eval_episodes, run.seed)
+    envs = open_environments(
+        run.env, run.env_backend, run.num_envs, run.eval_episodes, run.seed, _eval_seed(run.seed)
+    )
     try:
         return _train(algo_name, run, algo_config, envs, on_iteration)
     finally:
@@ -251,6 +257,12 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     if resuming:
         state, meta = load_checkpoint(run_dir, state, identity)
         progress = meta["progress"]
+        if meta.get("backend") != envs.backend:
+            raise CheckpointError(
+                f"{run_dir} was trained on the {meta.get('backend')} env backend and would "
+                f"resume on {envs.backend}, which cannot continue its episodes exactly"
+            )
+        envs.restore_state(meta.get("env_state", {}))
     else:
         for stale in (CURVE_PNG, "metrics.csv"):
             (run_dir / stale).unlink(missing_ok=True)
@@ -272,6 +284,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
         meta = identity | {
             "progress": progress,
             "backend": envs.backend,
+            "env_state": envs.checkpoint_state(),
             "gprl_version": __version__,
         }
         save_checkpoint(run_dir, state, meta, config_record)
@@ -390,7 +403,7 @@ def load_run(run_dir: Path):
         raise CheckpointError(f"{run_dir} holds an unknown algorithm '{algo_name}'")
     algo_cls, config_cls, _ = ALGORITHMS[algo_name]
     run = from_jsonable(RunConfig, saved["run"])
-    envs = open_environments(run.env, run.env_backend, 1, 1, run.seed)
+    envs = open_environments(run.env, run.env_backend, 1, 1, run.seed, run.seed)
     envs.close()
     algo = algo_cls(
         from_jsonable(config_cls, saved["algo_config"]), envs.spec, run.num_envs, run.total_steps

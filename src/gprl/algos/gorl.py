@@ -107,7 +107,9 @@ class GoRLConfig:
     decoder_eval_every: int = 250
     """Decoder training steps between held-out evaluations."""
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Raise ValueError naming the first nonsensical field."""
+        self.ppo.validate()
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be at least 1, got {self.num_stages}")
         if len(self.stage_weights) != self.num_stages:
@@ -141,6 +143,7 @@ def prior_regularizer(kind: str):
 
 class GoRL(OnPolicyAlgorithm):
     def __init__(self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+        config.validate()
         check_batch_geometry(config.ppo, num_envs)
         self.config = config
         self.spec = spec

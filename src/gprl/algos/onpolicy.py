@@ -61,7 +61,8 @@ class OnPolicyConfig:
     reward_scale: float = 1.0
     """Multiply env rewards by this before any normalisation."""
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Raise ValueError naming the first nonsensical field."""
         positive = ("rollout_steps", "num_epochs", "num_minibatches", "learning_rate", "adam_eps")
         positive += ("clip_eps", "max_grad_norm", "reward_scale")
         for name in positive:

@@ -87,6 +87,7 @@ def gaussian_ppo_loss(params, minibatch, model, config: PPOConfig, clip_eps):
 
 class PPO(OnPolicyAlgorithm):
     def __init__(self, config: PPOConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+        config.validate()
         check_batch_geometry(config, num_envs)
         self.config = config
         self.spec = spec

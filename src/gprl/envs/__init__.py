@@ -5,8 +5,17 @@ Gymnasium, so they can be made like any other id.
 """
 
 from gprl.envs.diagnostics import register_diagnostic_envs
-from gprl.envs.vector import EnvError, EnvSpec, StepResult, VecEnv, make_env
+from gprl.envs.envpool_backend import EnvpoolVecEnv
+from gprl.envs.vector import EnvError, EnvSpec, StepResult, VecEnv, env_backend_for, make_env
 
 register_diagnostic_envs()
 
-__all__ = ["EnvError", "EnvSpec", "StepResult", "VecEnv", "make_env"]
+__all__ = [
+    "EnvError",
+    "EnvSpec",
+    "EnvpoolVecEnv",
+    "StepResult",
+    "VecEnv",
+    "env_backend_for",
+    "make_env",
+]

@@ -3,7 +3,8 @@
 Every algorithm in gprl sees the same interface whatever the task: a batch of float32 observation
 vectors in, a batch of actions in [-1, 1] out. This module hides the differences between
 Gymnasium tasks (Box observations, arbitrary action bounds) and DeepMind Control tasks via shimmy
-(Dict observations, time limits enforced inside dm_control).
+(Dict observations, time limits enforced inside dm_control). :func:`make_env` picks between this
+Gymnasium path and envpool (:mod:`gprl.envs.envpool_backend`), which has the same semantics.
 """
 
 import ctypes.util
@@ -11,7 +12,7 @@ import difflib
 import importlib
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -19,8 +20,13 @@ from gymnasium import spaces
 
 from gprl.types import EnvSpec, StepResult
 
+if TYPE_CHECKING:
+    from gprl.envs.envpool_backend import EnvpoolVecEnv
+
 DMC_SHORT_PREFIX = "dmc:"
 DMC_PREFIX = "dm_control/"
+EnvBackend = Literal["auto", "gymnasium", "envpool"]
+ENV_BACKENDS: tuple[str, ...] = get_args(EnvBackend)
 
 
 class EnvError(ValueError):
@@ -85,15 +91,19 @@ class VecEnv:
 
         def make_sub_env(index: int):
             # Only env 0 is ever rendered; renderers for the others would waste GL contexts.
-            render_mode = "rgb_array" if render and index == 0 else None
-            return lambda: _DiscardInfo(gym.make(env_id, render_mode=render_mode))
+            # render_mode is passed only when rendering: some envs' constructors do not take it.
+            kwargs = {"render_mode": "rgb_array"} if render and index == 0 else {}
+            return lambda: _DiscardInfo(gym.make(env_id, **kwargs))
 
-        self._envs = gym.vector.SyncVectorEnv(
-            [make_sub_env(index) for index in range(num_envs)],
-            # The vector env's buffers are copied while flattening, so its own copy is redundant.
-            copy=False,
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
+        try:
+            self._envs = gym.vector.SyncVectorEnv(
+                [make_sub_env(index) for index in range(num_envs)],
+                # Flattening copies the vector env's buffers, so its own copy is redundant.
+                copy=False,
+                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            )
+        except Exception as exc:  # user constructors raise anything
+            raise EnvError(f"cannot make {env_id}: {_first_line(exc)}") from exc
         try:
             self._flattener = _ObsFlattener(env_id, self._envs.single_observation_space)
             action_space = _check_action_space(env_id, self._envs.single_action_space)
@@ -122,8 +132,23 @@ class VecEnv:
 
     def reset(self, seed: int) -> np.ndarray:
         """Start new episodes, env i seeded with seed + i; returns (num_envs, obs_dim) float32."""
-        obs, _ = self._envs.reset(seed=int(seed))
+        try:
+            obs, _ = self._envs.reset(seed=int(seed))
+        except Exception as exc:  # user envs' reset raises anything
+            raise EnvError(f"cannot reset {self.spec.env_id}: {_first_line(exc)}") from exc
         return self._flattener.batch(obs, self.num_envs)
+
+    def restart(self, seed: int) -> np.ndarray:
+        """Start a new episode in every env: the training loop's restarts. Here the same as
+        reset(seed), which is cheap; envpool's pools continue their streams instead."""
+        return self.reset(seed)
+
+    def get_state(self) -> dict:
+        """Nothing beyond the seed of the last restart is needed to replay these envs."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        pass
 
     def step(self, action: np.ndarray) -> StepResult:
         """Step every env with normalised actions of shape (num_envs, action_dim) in [-1, 1].
@@ -166,9 +191,8 @@ class VecEnv:
         try:
             return self._envs.envs[0].render()
         except Exception as exc:  # GL backends and missing extras fail with many exception types
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise EnvError(
-                f"cannot render {self.spec.env_id} ({type(exc).__name__}: {reason}); "
+                f"cannot render {self.spec.env_id} ({_first_line(exc)}); "
                 "for MuJoCo tasks on a headless machine set MUJOCO_GL=egl (or osmesa) "
                 "before anything imports mujoco"
             ) from exc
@@ -186,23 +210,81 @@ class VecEnv:
         return f"VecEnv({self.spec.env_id!r}, num_envs={self.num_envs})"
 
 
-def make_env(env_id: str, num_envs: int = 1, seed: int = 0, *, render: bool = False) -> VecEnv:
-    """Build a :class:`VecEnv` for any registered Gymnasium id or DeepMind Control task.
+def make_env(
+    env_id: str,
+    num_envs: int = 1,
+    seed: int = 0,
+    *,
+    render: bool = False,
+    backend: EnvBackend = "auto",
+) -> "VecEnv | EnvpoolVecEnv":
+    """Build vector envs for any registered Gymnasium id or DeepMind Control task.
 
     Args:
-        env_id: a Gymnasium id (``Hopper-v5``), a DeepMind Control id
-            (``dm_control/hopper-stand-v0``) or its short form (``dmc:hopper-stand``).
+        env_id: a Gymnasium id (``Hopper-v5``), one in Gymnasium's ``module:EnvId-v0`` form
+            (``my_pkg.envs:MyEnv-v0`` imports ``my_pkg.envs`` to register it first), a DeepMind
+            Control id (``dm_control/hopper-stand-v0``) or its short form (``dmc:hopper-stand``).
         num_envs: number of copies stepped together.
-        seed: the envs are reset once with it (env i with seed + i), so the VecEnv is
+        seed: the envs are reset once with it (env i with seed + i), so the envs are
             deterministic from the start; ``reset(seed)`` starts over with another seed.
         render: make env 0 with ``render_mode="rgb_array"`` so that ``render()`` returns frames.
+        backend: ``"gymnasium"`` for a :class:`VecEnv`, ``"envpool"`` for an
+            :class:`~gprl.envs.envpool_backend.EnvpoolVecEnv` (same semantics, several times the
+            steps per second), or ``"auto"``: envpool where :func:`env_backend_for` says so.
 
     Raises:
-        EnvError: unknown id, non-continuous or unbounded action space, or num_envs < 1.
+        EnvError: unknown id or backend, a task envpool lacks under ``backend="envpool"``, an
+            env that fails to build or reset, non-continuous or unbounded action space, or
+            num_envs < 1.
     """
-    env = VecEnv(env_id, num_envs, render=render)
-    env.reset(seed)
+    if env_backend_for(env_id, backend, render=render) == "envpool":
+        from gprl.envs.envpool_backend import EnvpoolVecEnv
+
+        env = EnvpoolVecEnv(env_id, num_envs)
+    else:
+        env = VecEnv(env_id, num_envs, render=render)
+    try:
+        env.reset(seed)
+    except EnvError:
+        env.close()
+        raise
     return env
+
+
+def env_backend_for(
+    env_id: str, backend: EnvBackend = "auto", *, render: bool = False
+) -> Literal["gymnasium", "envpool"]:
+    """The backend :func:`make_env` uses for env_id: ``"gymnasium"`` or ``"envpool"``.
+
+    ``"auto"`` means envpool when it is installed, has the task (Gymnasium MuJoCo v4/v5 tasks
+    and DeepMind Control tasks) and nothing is rendered, else Gymnasium.
+
+    Raises:
+        EnvError: an unknown backend, or ``"envpool"`` for a task it cannot run or with render.
+    """
+    if backend not in ENV_BACKENDS:
+        raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(ENV_BACKENDS)}")
+    if backend == "gymnasium" or (backend == "auto" and render):
+        return "gymnasium"
+    if backend == "envpool" and render:
+        raise EnvError(f"envpool cannot render {env_id}; use backend='gymnasium' or 'auto'")
+    # envpool_backend imports this module, so it is imported here rather than at the top.
+    from gprl.envs.envpool_backend import envpool_unavailable_reason
+
+    reason = envpool_unavailable_reason(env_id)
+    if reason is None:
+        return "envpool"
+    if backend == "envpool":
+        raise EnvError(reason)
+    return "gymnasium"
+
+
+def canonical_env_id(env_id: str) -> str:
+    """env_id with the DeepMind Control short form expanded: ``dmc:hopper-stand`` becomes
+    ``dm_control/hopper-stand-v0``; any other id is returned as it is."""
+    if env_id.startswith(DMC_SHORT_PREFIX):
+        return f"{DMC_PREFIX}{env_id[len(DMC_SHORT_PREFIX) :]}-v0"
+    return env_id
 
 
 def _prefer_headless_rendering() -> None:
@@ -214,20 +296,30 @@ def _prefer_headless_rendering() -> None:
 
 
 def _resolve_env_id(env_id: str) -> str:
-    if env_id.startswith(DMC_SHORT_PREFIX):
-        env_id = f"{DMC_PREFIX}{env_id[len(DMC_SHORT_PREFIX) :]}-v0"
-    if env_id.startswith(DMC_PREFIX) or env_id not in gym.registry:
+    """The id to give gym.make, after importing whatever registers it; EnvError if unknown."""
+    env_id = canonical_env_id(env_id)
+    # Gymnasium's "module:EnvId-v0" form: importing the module registers EnvId-v0. The full
+    # form is kept, so that the spec's env_id works in a fresh process too.
+    module, _, registered_id = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a module can fail to import with any exception
+            raise EnvError(
+                f"cannot import module {module!r} for {env_id}: {_first_line(exc)}"
+            ) from exc
+    if registered_id.startswith(DMC_PREFIX) or registered_id not in gym.registry:
         # shimmy registers the dm_control/* ids on import; it is slow to import, so only do it
         # when a DeepMind Control task is asked for or an unknown id needs close matches.
         try:
             importlib.import_module("shimmy")
         except ImportError as exc:
-            if env_id.startswith(DMC_PREFIX):
+            if registered_id.startswith(DMC_PREFIX):
                 raise EnvError(f"{env_id} needs shimmy: pip install 'shimmy[dm-control]'") from exc
-    if env_id not in gym.registry:
-        matches = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    if registered_id not in gym.registry:
+        matches = difflib.get_close_matches(registered_id, list(gym.registry), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(map(repr, matches))}?" if matches else ""
-        raise EnvError(f"unknown environment id {env_id!r}{hint}")
+        raise EnvError(f"unknown environment id {registered_id!r}{hint}")
     return env_id
 
 
@@ -253,3 +345,9 @@ def _max_episode_steps(env: gym.Env) -> int | None:
     if isinstance(step_limit, float | int) and math.isfinite(step_limit):
         return round(step_limit)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's type and first message line, for one-line EnvErrors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
