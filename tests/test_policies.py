@@ -72,10 +72,27 @@ def test_flow_euler_integrates_a_constant_velocity_exactly():
     policy = FlowPolicy(1, FlowPolicyConfig(hidden=(8,), zero_init=True, num_steps=4))
     params = policy.init(jax.random.PRNGKey(0), 1)
     # Set the output bias: velocity 0.5 everywhere moves x by exactly 0.5 over t in [0, 1].
-    last = max(k for k in params["params"]["MLP_0"] if k.startswith("Dense"))
-    params["params"]["MLP_0"][last]["bias"] = jnp.array([0.5])
+    trunk = params["params"]["trunk"]
+    last = max(k for k in trunk if k.startswith("Dense"))
+    trunk[last]["bias"] = jnp.array([0.5])
     out = policy.sample(params, jnp.zeros((3, 1)), jnp.array([[0.0], [1.0], [-2.0]]))
     np.testing.assert_allclose(np.asarray(out)[:, 0], [0.5, 1.5, -1.5], rtol=1e-6)
+
+
+def test_flow_sampler_equals_euler_on_the_full_velocity_network():
+    # The sampler projects the condition and the time grid once per call; the result must be
+    # the plain Euler integration of velocity(cond, x, t), the function the loss trains.
+    policy = FlowPolicy(2, FlowPolicyConfig(num_steps=5))
+    params = policy.init(jax.random.PRNGKey(0), 3)
+    params = jax.tree.map(
+        lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(4), p.shape), params
+    )
+    cond = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    x = noise = jax.random.normal(jax.random.PRNGKey(2), (6, 2))
+    for k in range(5):
+        x = x + 0.2 * policy.velocity(params, cond, x, jnp.full((6,), k * 0.2))
+    np.testing.assert_allclose(np.asarray(policy.sample(params, cond, noise)), x, rtol=1e-5)
+    assert not np.allclose(np.asarray(x), np.asarray(noise), atol=0.1)
 
 
 def _fit(policy, cond, actions, steps=1500, lr=3e-3):

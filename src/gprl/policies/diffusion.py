@@ -6,12 +6,11 @@ map noise -> action is deterministic and can serve as a GoRL decoder.
 
 from dataclasses import dataclass
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.networks import MLP, sinusoidal_embedding
+from gprl.networks import ConditionalField
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,6 @@ def cosine_alpha_bars(num_steps: int, s: float = 0.008) -> np.ndarray:
     return np.cumprod(1 - betas).astype(np.float32)
 
 
-class EpsilonNet(nn.Module):
-    config: DiffusionPolicyConfig
-    action_dim: int
-
-    @nn.compact
-    def __call__(self, cond, x, t):
-        cfg = self.config
-        t_features = sinusoidal_embedding(t, cfg.time_embed_dim)
-        inputs = jnp.concatenate([cond, x, t_features], axis=-1)
-        return MLP(cfg.hidden, self.action_dim, cfg.activation, output_scale=0.01)(inputs)
-
-
 class DiffusionPolicy:
     kind = "diffusion"
 
@@ -61,7 +48,9 @@ class DiffusionPolicy:
             raise ValueError("DDIM num_steps cannot exceed num_train_steps")
         self.action_dim = action_dim
         self.config = config
-        self.net = EpsilonNet(config, action_dim)
+        self.net = ConditionalField(
+            config.hidden, action_dim, config.activation, config.time_embed_dim, output_scale=0.01
+        )
         self.alpha_bars = jnp.asarray(cosine_alpha_bars(config.num_train_steps))
 
     def init(self, key, cond_dim: int):
@@ -83,11 +72,16 @@ class DiffusionPolicy:
         steps = num_steps or self.config.num_steps
         indices = self._ddim_schedule(steps)
         prev_alpha_bars = jnp.concatenate([self.alpha_bars[indices[1:]], jnp.ones(1)])
+        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
+        times = jnp.asarray(indices, jnp.float32) / self.config.num_train_steps
+        time_features = self.net.apply(params, times, method=ConditionalField.time_features)
 
         def ddim_step(x, inputs):
-            index, alpha_bar_prev = inputs
+            index, alpha_bar_prev, time_feature = inputs
             alpha_bar = self.alpha_bars[index]
-            eps = self.predict_noise(params, cond, x, index)
+            eps = self.net.apply(
+                params, cond_features, x, time_feature, method=ConditionalField.from_features
+            )
             clean = (x - jnp.sqrt(1 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
             if self.config.clip_sample is not None:
                 clean = jnp.clip(clean, -self.config.clip_sample, self.config.clip_sample)
@@ -95,7 +89,9 @@ class DiffusionPolicy:
             x_prev = jnp.sqrt(alpha_bar_prev) * clean + jnp.sqrt(1 - alpha_bar_prev) * eps
             return x_prev, x_prev
 
-        action, chain = jax.lax.scan(ddim_step, noise, (jnp.asarray(indices), prev_alpha_bars))
+        action, chain = jax.lax.scan(
+            ddim_step, noise, (jnp.asarray(indices), prev_alpha_bars, time_features)
+        )
         if return_chain:
             return action, jnp.concatenate([noise[None], chain], axis=0)
         return action

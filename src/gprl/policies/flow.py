@@ -8,11 +8,10 @@ noise that the caller supplies, so latent-space methods (GoRL, DSRL, FQL) can st
 from dataclasses import dataclass
 from typing import Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import MLP, sinusoidal_embedding
+from gprl.networks import ConditionalField
 
 
 @dataclass(frozen=True)
@@ -31,19 +30,6 @@ class FlowPolicyConfig:
     """Zero the velocity head so an untrained policy is the identity map noise -> action."""
 
 
-class VelocityNet(nn.Module):
-    config: FlowPolicyConfig
-    action_dim: int
-
-    @nn.compact
-    def __call__(self, cond, x, t):
-        cfg = self.config
-        t_features = sinusoidal_embedding(t, cfg.time_embed_dim)
-        inputs = jnp.concatenate([cond, x, t_features], axis=-1)
-        output_scale = 0.0 if cfg.zero_init else 0.01
-        return MLP(cfg.hidden, self.action_dim, cfg.activation, output_scale)(inputs)
-
-
 class FlowPolicy:
     """Pure functions of (params, ...) around a velocity network."""
 
@@ -52,7 +38,13 @@ class FlowPolicy:
     def __init__(self, action_dim: int, config: FlowPolicyConfig = FlowPolicyConfig()):
         self.action_dim = action_dim
         self.config = config
-        self.net = VelocityNet(config, action_dim)
+        self.net = ConditionalField(
+            config.hidden,
+            action_dim,
+            config.activation,
+            config.time_embed_dim,
+            output_scale=0.0 if config.zero_init else 0.01,
+        )
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))
@@ -70,13 +62,18 @@ class FlowPolicy:
         """
         steps = num_steps or self.config.num_steps
         dt = 1.0 / steps
+        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
+        grid = jnp.arange(steps, dtype=jnp.float32) * dt
+        time_features = self.net.apply(params, grid, method=ConditionalField.time_features)
 
-        def euler_step(x, k):
-            t = jnp.full(x.shape[:-1], k * dt)
-            x_next = x + dt * self.velocity(params, cond, x, t)
+        def euler_step(x, time_feature):
+            velocity = self.net.apply(
+                params, cond_features, x, time_feature, method=ConditionalField.from_features
+            )
+            x_next = x + dt * velocity
             return x_next, x_next
 
-        action, chain = jax.lax.scan(euler_step, noise, jnp.arange(steps))
+        action, chain = jax.lax.scan(euler_step, noise, time_features)
         if return_chain:
             return action, jnp.concatenate([noise[None], chain], axis=0)
         return action
