@@ -38,7 +38,7 @@ from gprl.loops import OnPolicyLoop
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
 DEFAULT_TOTAL_STEPS = 300_000
 # An evaluation is 10 episodes of up to 1000 steps (~0.5 s on a DM Control task here): at 20
-# per run they took 30% of a 300k-step hopper-stand PPO run, measured (benchmarks/throughput.py).
+# per run they took 30% of a 300k-step hopper-stand run (benchmarks/throughput.py, profile).
 EVALUATIONS_PER_RUN = 10
 
 
