@@ -17,13 +17,11 @@ import optax
 
 from gprl.algos.base import OnPolicyAlgorithm, RefitRequest
 from gprl.algos.onpolicy import (
-    advantages_and_returns,
     annealed_learning_rate,
     check_batch_geometry,
-    flatten_time,
     iterations_for_budget,
     make_optimizer,
-    minibatch_epochs,
+    ppo_update,
     reward_normalizer_init,
     set_hyperparameters,
 )
@@ -270,14 +268,6 @@ class GoRL(OnPolicyAlgorithm):
         """A PPO update of the latent encoder with the hyperparameters of the current stage."""
         config = self.config.ppo
         stage = state["stage"]
-        data, reward_norm, info = advantages_and_returns(
-            batch,
-            lambda obs: self.model.value(state["params"]["critic"], obs),
-            state["obs_norm"],
-            state["reward_norm"],
-            config,
-        )
-        data = flatten_time(data | {k: batch.extras[k] for k in ("sample", "log_prob")})
         learning_rate = annealed_learning_rate(
             config, state["stage_iteration"], self.stage_value("iterations", stage)
         )
@@ -298,22 +288,20 @@ class GoRL(OnPolicyAlgorithm):
                 loss, info = loss + penalty, info | {"prior_penalty": penalty}
             return loss, info
 
-        params, opt_state, sgd_info = minibatch_epochs(
-            loss_fn, state["params"], opt_state, self.optimizer, data, key, config
+        # The decoded actions are kept for refit data only; the update needs the latents.
+        batch = batch._replace(extras={k: batch.extras[k] for k in ("sample", "log_prob")})
+        state, metrics = ppo_update(
+            state,
+            batch,
+            key,
+            loss_fn,
+            lambda obs: self.model.value(state["params"]["critic"], obs),
+            opt_state,
+            self.optimizer,
+            config,
         )
-        obs_norm = state["obs_norm"]
-        if config.normalize_observations:
-            obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, self.spec.obs_dim))
-        state = state | {
-            "params": params,
-            "opt_state": opt_state,
-            "obs_norm": obs_norm,
-            "reward_norm": reward_norm,
-            "iteration": state["iteration"] + 1,
-            "stage_iteration": state["stage_iteration"] + 1,
-        }
-        metrics = info | sgd_info | {"learning_rate": learning_rate, "stage": stage}
-        return state, metrics
+        state = state | {"stage_iteration": state["stage_iteration"] + 1}
+        return state, metrics | {"learning_rate": learning_rate, "stage": stage}
 
     def refit_request(self, state) -> RefitRequest | None:
         stage = int(state["stage"])

@@ -232,6 +232,34 @@ def minibatch_epochs(loss_fn, params, opt_state, optimizer, data: dict, key, con
     return params, opt_state, jax.tree.map(jnp.mean, infos)
 
 
+def ppo_update(state, batch: Transition, key, loss_fn, value_fn, opt_state, optimizer, config):
+    """The update every PPO-style method runs: advantages, config.num_epochs of minibatch SGD on
+    loss_fn(params, minibatch), then the observation statistics.
+
+    state holds params, obs_norm, reward_norm and iteration; the minibatches hold the
+    normalised obs, old values, advantages, returns and the rollout's extras. value_fn(obs)
+    gives the pre-update critic's values. Returns (state, metrics).
+    """
+    data, reward_norm, info = advantages_and_returns(
+        batch, value_fn, state["obs_norm"], state["reward_norm"], config
+    )
+    data = flatten_time(data | batch.extras)
+    params, opt_state, sgd_info = minibatch_epochs(
+        loss_fn, state["params"], opt_state, optimizer, data, key, config
+    )
+    obs_norm = state["obs_norm"]
+    if config.normalize_observations:
+        obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, batch.obs.shape[-1]))
+    state = state | {
+        "params": params,
+        "opt_state": opt_state,
+        "obs_norm": obs_norm,
+        "reward_norm": reward_norm,
+        "iteration": state["iteration"] + 1,
+    }
+    return state, info | sgd_info
+
+
 def flatten_time(tree):
     """(T, N, ...) leaves -> (T * N, ...)."""
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)

@@ -13,14 +13,12 @@ import jax.numpy as jnp
 from gprl.algos.base import OnPolicyAlgorithm
 from gprl.algos.onpolicy import (
     OnPolicyConfig,
-    advantages_and_returns,
     annealed_learning_rate,
     check_batch_geometry,
-    flatten_time,
     iterations_for_budget,
     make_optimizer,
-    minibatch_epochs,
     ppo_objective,
+    ppo_update,
     reward_normalizer_init,
     set_hyperparameters,
 )
@@ -31,7 +29,7 @@ from gprl.policies import (
     gaussian_entropy,
     gaussian_log_prob,
 )
-from gprl.rl_math import normalize, running_stats_init, running_stats_update
+from gprl.rl_math import normalize, running_stats_init
 from gprl.types import EnvSpec
 
 
@@ -130,16 +128,7 @@ class PPO(OnPolicyAlgorithm):
 
     def update(self, state, batch, key):
         config = self.config
-        data, reward_norm, info = advantages_and_returns(
-            batch,
-            lambda obs: self.model.value(state["params"]["critic"], obs),
-            state["obs_norm"],
-            state["reward_norm"],
-            config,
-        )
-        data = flatten_time(data | batch.extras)
         learning_rate = annealed_learning_rate(config, state["iteration"], self.num_iterations)
-        opt_state = set_hyperparameters(state["opt_state"], learning_rate=learning_rate)
 
         def loss_fn(params, minibatch):
             loss, info, _ = gaussian_ppo_loss(
@@ -147,17 +136,14 @@ class PPO(OnPolicyAlgorithm):
             )
             return loss, info
 
-        params, opt_state, sgd_info = minibatch_epochs(
-            loss_fn, state["params"], opt_state, self.optimizer, data, key, config
+        state, metrics = ppo_update(
+            state,
+            batch,
+            key,
+            loss_fn,
+            lambda obs: self.model.value(state["params"]["critic"], obs),
+            set_hyperparameters(state["opt_state"], learning_rate=learning_rate),
+            self.optimizer,
+            config,
         )
-        obs_norm = state["obs_norm"]
-        if config.normalize_observations:
-            obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, self.spec.obs_dim))
-        state = state | {
-            "params": params,
-            "opt_state": opt_state,
-            "obs_norm": obs_norm,
-            "reward_norm": reward_norm,
-            "iteration": state["iteration"] + 1,
-        }
-        return state, info | sgd_info | {"learning_rate": learning_rate}
+        return state, metrics | {"learning_rate": learning_rate}

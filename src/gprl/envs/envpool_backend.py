@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from gprl.envs.vector import (
     DMC_PREFIX,
+    ActionMapper,
     EnvError,
     _check_action_space,
     _first_line,
@@ -128,11 +129,8 @@ class EnvpoolVecEnv:
 
         self.num_envs = num_envs
         self._num_threads = min(num_envs, os.cpu_count() or 1)
-        self._action_shape = (num_envs, action_space.shape[0])
+        self._env_action = ActionMapper(env_id, action_space, num_envs)
         low, high = action_space.low, action_space.high
-        self._rescale_actions = not (np.all(low == -1.0) and np.all(high == 1.0))
-        self._action_scale = (high - low) / 2
-        self._action_offset = (high + low) / 2
         self._max_episode_steps = int(envpool_spec.config.max_episode_steps)
         self.spec = EnvSpec(
             env_id=env_id,
@@ -211,19 +209,7 @@ class EnvpoolVecEnv:
         """
         if self._pool is None:
             raise EnvError(f"call reset(seed) before step() on {self.spec.env_id}")
-        action = np.asarray(action)
-        if action.shape != self._action_shape:
-            raise EnvError(
-                f"{self.spec.env_id} expects actions of shape {self._action_shape} "
-                f"(num_envs, action_dim), got {action.shape}"
-            )
-        env_action = action.clip(-1.0, 1.0)
-        # Clipping maps infinities onto the bounds, so NaN is the only invalid value left.
-        if math.isnan(env_action.sum()):
-            raise EnvError(f"{self.spec.env_id} got NaN actions; check the policy's outputs")
-        if self._rescale_actions:
-            env_action = self._action_offset + self._action_scale * env_action
-        obs, reward, terminated, _, info = self._pool.step(env_action)
+        obs, reward, terminated, _, info = self._pool.step(self._env_action(action))
         flat_obs = self._flattener.batch(obs, self.num_envs)
         final_obs = flat_obs.copy()
         truncated = (info["elapsed_step"] >= self._max_episode_steps) & ~terminated
