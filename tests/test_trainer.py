@@ -296,6 +296,7 @@ def test_cli_rejects_nonsense_numbers_and_paths_in_one_line(tmp_path):
         (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
         (["--total-steps", "0"], "--total-steps must be at least 1"),
         (["--eval-every", "-5"], "--eval-every must be 0"),
+        (["--seed", "-1"], "--seed must be in [0, "),
         (["--ppo.learning-rate", "-0.001"], "learning_rate must be positive"),
         (["--ppo.gamma", "1.5"], "gamma must be in [0, 1]"),
         (["--out", str(a_file)], "is an existing file"),

@@ -87,8 +87,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+# Env i of a vector env gets seed + i, and envpool takes int32 seeds: keep room for the envs.
+MAX_SEED = 2**31 - 2**16
+
+
 def boundary_seed(seed: int, iteration: int) -> int:
-    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0]) % MAX_SEED
 
 
 def _eval_seed(seed: int) -> int:
@@ -101,6 +105,8 @@ def _validate(run: RunConfig) -> None:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(run, name)}"
             )
+    if not 0 <= run.seed < MAX_SEED:
+        raise ValueError(f"--seed must be in [0, {MAX_SEED}), got {run.seed}")
     if run.eval_every < 0:
         raise ValueError(
             f"--eval-every must be 0 (only at the end) or positive, got {run.eval_every}"
