@@ -80,6 +80,26 @@ def test_auto_uses_envpool_where_it_has_the_task_and_nothing_is_rendered():
         assert isinstance(env, VecEnv)
 
 
+def test_auto_keeps_tasks_whose_envpool_port_differs_on_gymnasium():
+    for task in ("finger-spin", "finger-turn_hard", "fish-swim"):
+        assert env_backend_for(f"dmc:{task}", "auto") == "gymnasium"
+        assert env_backend_for(f"dmc:{task}", "envpool") == "envpool"  # still the user's choice
+    for task in ("cheetah-run", "hopper-hop", "walker-walk"):
+        assert env_backend_for(f"dmc:{task}", "auto") == "envpool"
+
+
+def test_envpool_finger_spin_pays_no_reward_where_dm_control_does():
+    # Why finger tasks stay on Gymnasium under "auto": envpool's finger never spins the spinner
+    # past the rewarded velocity under random actions, dm_control's does.
+    rewarded = {}
+    for backend in ("gymnasium", "envpool"):
+        with make_env("dmc:finger-spin", num_envs=16, seed=0, backend=backend) as env:
+            rng = np.random.default_rng(0)
+            steps = [env.step(rng.uniform(-1, 1, (16, 2)).astype(np.float32)) for _ in range(1000)]
+            rewarded[backend] = sum(int((step.reward > 0).sum()) for step in steps)
+    assert rewarded["gymnasium"] > 5 and rewarded["envpool"] == 0
+
+
 def test_gymnasium_renders_when_auto_is_asked_to_render():
     with make_env("gprl/TwoGoalPoint-v0", render=True) as env:
         assert isinstance(env, VecEnv) and env.render() is not None

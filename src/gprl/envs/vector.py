@@ -267,8 +267,9 @@ def env_backend_for(
 ) -> Literal["gymnasium", "envpool"]:
     """The backend :func:`make_env` uses for env_id: ``"gymnasium"`` or ``"envpool"``.
 
-    ``"auto"`` means envpool when it is installed, has the task (Gymnasium MuJoCo v4/v5 tasks
-    and DeepMind Control tasks) and nothing is rendered, else Gymnasium.
+    ``"auto"`` means envpool when it is installed, has the task, its port was checked against
+    the original (Gymnasium MuJoCo v4/v5 tasks; the cheetah, hopper and walker DeepMind Control
+    domains) and nothing is rendered, else Gymnasium.
 
     Raises:
         EnvError: an unknown backend, or ``"envpool"`` for a task it cannot run or with render.
@@ -280,14 +281,14 @@ def env_backend_for(
     if backend == "envpool" and render:
         raise EnvError(f"envpool cannot render {env_id}; use backend='gymnasium' or 'auto'")
     # envpool_backend imports this module, so it is imported here rather than at the top.
-    from gprl.envs.envpool_backend import envpool_unavailable_reason
+    from gprl.envs.envpool_backend import auto_uses_envpool, envpool_unavailable_reason
 
+    if backend == "auto":
+        return "envpool" if auto_uses_envpool(env_id) else "gymnasium"
     reason = envpool_unavailable_reason(env_id)
-    if reason is None:
-        return "envpool"
-    if backend == "envpool":
+    if reason is not None:
         raise EnvError(reason)
-    return "gymnasium"
+    return "envpool"
 
 
 def canonical_env_id(env_id: str) -> str:
