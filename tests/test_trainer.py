@@ -297,6 +297,8 @@ def test_cli_rejects_nonsense_numbers_and_paths_in_one_line(tmp_path):
         (["--total-steps", "0"], "--total-steps must be at least 1"),
         (["--eval-every", "-5"], "--eval-every must be 0"),
         (["--seed", "-1"], "--seed must be in [0, "),
+        (["--env-backend", "gpu"], "invalid choice 'gpu' for argument '--env-backend'"),
+        (["--no-such-flag", "3"], "Unrecognized options: --no-such-flag"),
         (["--ppo.learning-rate", "-0.001"], "learning_rate must be positive"),
         (["--ppo.gamma", "1.5"], "gamma must be in [0, 1]"),
         (["--out", str(a_file)], "is an existing file"),

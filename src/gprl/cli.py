@@ -1,7 +1,10 @@
 """Command line: `gprl train ALGO ...` (one subcommand per registered algorithm) and
 `gprl eval RUN_DIR ...`."""
 
+import contextlib
 import dataclasses
+import io
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,29 @@ def _train_commands() -> dict[type, str]:
     return commands
 
 
+def _parse(spec, argv, prog: str):
+    """tyro.cli, with its parse errors (a multi-line box) turned into one line."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(spec, args=argv, prog=prog)
+    except SystemExit as exit_request:
+        if not exit_request.code:
+            raise
+        raise ValueError(_box_message(captured.getvalue())) from None
+
+
+def _box_message(text: str) -> str:
+    """The message inside a tyro error box: the lines between its title and its rule."""
+    lines = []
+    for line in text.splitlines()[1:]:
+        content = line.strip().strip("│").strip()
+        if not content or set(content) <= set("─╰╯"):
+            break
+        lines.append(content)
+    return re.sub(r"\s+", " ", " ".join(lines)) or "invalid arguments"
+
+
 @dataclass
 class EvalArgs:
     """Evaluate the checkpoint of a run directory with the deterministic policy."""
@@ -63,7 +89,7 @@ def _train(argv) -> None:
 
     commands = _train_commands()
     options = [Annotated[command, tyro.conf.subcommand(name)] for command, name in commands.items()]
-    args = tyro.cli(Union[tuple(options)], args=argv, prog="gprl train")  # noqa: UP007
+    args = _parse(Union[tuple(options)], argv, "gprl train")  # noqa: UP007
     algo_name = commands[type(args)]
     algo_config = getattr(args, algo_name.replace("-", "_"))
     run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
@@ -94,7 +120,7 @@ def _eval(argv) -> None:
     from gprl.evaluation import record_video
     from gprl.trainer import load_run
 
-    args = tyro.cli(EvalArgs, args=argv, prog="gprl eval")
+    args = _parse(EvalArgs, argv, "gprl eval")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     algo, state, run = load_run(args.run_dir)
