@@ -5,10 +5,11 @@ from typing import Any, NamedTuple
 
 from gprl.collectors import DeviceCollector, HostCollector
 from gprl.envs import EnvError, env_backend_for, make_env
+from gprl.envs.vector import ENV_BACKENDS
 from gprl.evaluation import DeviceEvaluator, HostEvaluator
 from gprl.types import EnvSpec
 
-BACKENDS = ("auto", "gymnasium", "envpool", "jax")
+BACKENDS = (*ENV_BACKENDS, "jax")
 JAX_ONLY_PREFIX = "playground:"
 
 

@@ -46,9 +46,8 @@ def _policy_step(act):
     return step
 
 
-def _split(key):
-    key, sub = jax.random.split(key)
-    return key, sub
+split_key = jax.jit(jax.random.split)
+"""key -> (key, subkey) as one compiled call (eager splitting dispatches several ops)."""
 
 
 class HostCollector:
@@ -57,7 +56,6 @@ class HostCollector:
     def __init__(self, env, act):
         self.env = env
         self._policy_step = jax.jit(_policy_step(act))
-        self._split = jax.jit(_split)
         self.obs = None
 
     def reset(self, seed: int) -> None:
@@ -108,7 +106,7 @@ class HostCollector:
 
         def train_step(state, key):
             batch, key, episodes = self.collect(acting_fn(state), key, num_steps)
-            key, update_key = self._split(key)
+            key, update_key = split_key(key)
             state, metrics = update(state, batch, update_key)
             return state, key, jax.device_get(metrics), episodes
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 
 from gprl.algos.base import OnPolicyAlgorithm
-from gprl.collectors import EpisodeStats
+from gprl.collectors import EpisodeStats, split_key
 
 
 class IterationResult(NamedTuple):
@@ -35,7 +35,6 @@ class OnPolicyLoop:
         self._train_step = collector.make_train_step(
             algo.acting_params, algo.update, algo.rollout_steps
         )
-        self._split = jax.jit(jax.random.split)
 
     def reset(self, seed: int) -> None:
         self.collector.reset(seed)
@@ -48,7 +47,7 @@ class OnPolicyLoop:
             steps = self.algo.rollout_steps * self.num_envs
             return IterationResult(state, key, metrics, episodes, steps, steps, False)
         batch, key, episodes = self.collector.collect(request.acting, key, request.rollout_steps)
-        key, refit_key = self._split(key)
+        key, refit_key = split_key(key)
         state, metrics = self.algo.refit(state, batch, refit_key)
         steps = request.rollout_steps * self.num_envs
         counted = steps if request.counted else 0
