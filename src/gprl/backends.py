@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 
 from gprl.collectors import DeviceCollector, HostCollector
 from gprl.envs import EnvError, env_backend_for, make_env
+from gprl.envs.envpool_backend import GROUPED_RESTARTS_UNSUPPORTED
 from gprl.envs.vector import ENV_BACKENDS
 from gprl.evaluation import DeviceEvaluator, HostEvaluator
 from gprl.types import EnvSpec
@@ -13,8 +14,9 @@ BACKENDS = (*ENV_BACKENDS, "jax")
 JAX_ONLY_PREFIX = "playground:"
 
 
-def resolve_backend(env_id: str, backend: str) -> str:
-    """The backend a run on env_id uses: 'gymnasium', 'envpool' or 'jax'."""
+def resolve_backend(env_id: str, backend: str, start_state_group: int = 1) -> str:
+    """The backend a run on env_id uses: 'gymnasium', 'envpool' or 'jax'. Envs restarted in
+    groups from one initial state (start_state_group > 1) rule envpool out."""
     if backend not in BACKENDS:
         raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if env_id.startswith(JAX_ONLY_PREFIX):
@@ -23,6 +25,10 @@ def resolve_backend(env_id: str, backend: str) -> str:
         return "jax"
     if backend == "jax":
         return "jax"
+    if start_state_group > 1:
+        if backend == "envpool":
+            raise EnvError(GROUPED_RESTARTS_UNSUPPORTED)
+        backend = "gymnasium"
     return env_backend_for(env_id, backend)
 
 
@@ -52,9 +58,15 @@ class Environments(NamedTuple):
 
 
 def open_environments(
-    env_id: str, backend: str, num_envs: int, eval_episodes: int, seed: int, eval_seed: int
+    env_id: str,
+    backend: str,
+    num_envs: int,
+    eval_episodes: int,
+    seed: int,
+    eval_seed: int,
+    start_state_group: int = 1,
 ) -> Environments:
-    backend = resolve_backend(env_id, backend)
+    backend = resolve_backend(env_id, backend, start_state_group)
     if backend == "jax":
         from gprl.envs.jax_envs import make_jax_env
 

@@ -58,9 +58,10 @@ class HostCollector:
         self._policy_step = jax.jit(_policy_step(act))
         self.obs = None
 
-    def reset(self, seed: int) -> None:
-        """Start fresh episodes in every env (episodes in flight are dropped, not logged)."""
-        self.obs = self.env.restart(seed)
+    def reset(self, seed: int, start_state_group: int = 1) -> None:
+        """Start fresh episodes in every env (episodes in flight are dropped, not logged), each
+        group of start_state_group consecutive envs from one initial state."""
+        self.obs = self.env.restart(seed, start_state_group)
         self.episode_return = np.zeros(self.env.num_envs, np.float64)
         self.episode_length = np.zeros(self.env.num_envs, np.int64)
 
@@ -119,12 +120,12 @@ class DeviceCollector:
     def __init__(self, env, act):
         self.env = env
         self._policy_step = _policy_step(act)
-        self._reset = jax.jit(self._reset_impl)
+        self._reset = jax.jit(self._reset_impl, static_argnums=1)
         self._collect = jax.jit(self.rollout, static_argnums=3)
         self.carry = None
 
-    def _reset_impl(self, key):
-        env_state, obs = self.env.reset(key)
+    def _reset_impl(self, key, start_state_group):
+        env_state, obs = self.env.reset(key, start_state_group)
         zeros = jnp.zeros(self.env.num_envs, jnp.float32)
         return {
             "env_state": env_state,
@@ -133,8 +134,8 @@ class DeviceCollector:
             "episode_length": zeros,
         }
 
-    def reset(self, seed: int) -> None:
-        self.carry = self._reset(jax.random.PRNGKey(seed))
+    def reset(self, seed: int, start_state_group: int = 1) -> None:
+        self.carry = self._reset(jax.random.PRNGKey(seed), start_state_group)
 
     def rollout(self, carry, acting, key, num_steps: int):
         """Pure: num_steps vector steps under lax.scan. Returns (carry, batch, key, stats)."""

@@ -32,12 +32,13 @@ class OnPolicyLoop:
         self.algo = algo
         self.collector = collector
         self.num_envs = num_envs
+        self.start_state_group = type(algo).start_state_group(algo.config)
         self._train_step = collector.make_train_step(
             algo.acting_params, algo.update, algo.rollout_steps
         )
 
     def reset(self, seed: int) -> None:
-        self.collector.reset(seed)
+        self.collector.reset(seed, self.start_state_group)
 
     def iterate(self, state, key) -> IterationResult:
         """One update on a fresh rollout, or the refit the algorithm asks for."""

@@ -31,15 +31,25 @@ def gae_advantages(rewards, values, dones, last_value, gamma: float, gae_lambda:
     return advantages, advantages + values
 
 
-def ppo_policy_loss(log_ratio, advantages, clip_eps):
+def ppo_policy_loss(log_ratio, advantages, clip_eps, negative_advantages="clip"):
     """Clipped surrogate (to minimise) of a log probability ratio log pi_new - log pi_old.
 
-    Methods with other likelihoods (or likelihood surrogates) plug their own log ratio in here.
+    Methods with other likelihoods (or likelihood surrogates) plug their own log ratio in here;
+    log_ratio and advantages broadcast against each other (several ratios per sample share its
+    advantage). negative_advantages="spo" replaces the clip where the advantage is negative by
+    the simple-policy-optimisation penalty A r - |A| (r - 1)^2 / (2 clip_eps), whose gradient
+    pulls the ratio back instead of vanishing at the clip edge.
     """
     ratio = jnp.exp(log_ratio)
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
-    loss = -jnp.mean(jnp.minimum(unclipped, clipped))
+    surrogate = jnp.minimum(unclipped, clipped)
+    if negative_advantages == "spo":
+        penalised = unclipped - jnp.abs(advantages) * (ratio - 1.0) ** 2 / (2.0 * clip_eps)
+        surrogate = jnp.where(advantages < 0, penalised, surrogate)
+    elif negative_advantages != "clip":
+        raise ValueError(f"negative_advantages must be 'clip' or 'spo', got {negative_advantages}")
+    loss = -jnp.mean(surrogate)
     info = {
         "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
         "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > clip_eps),

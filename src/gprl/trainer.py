@@ -232,7 +232,13 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     _validate(run)
 
     envs = open_environments(
-        run.env, run.env_backend, run.num_envs, run.eval_episodes, run.seed, _eval_seed(run.seed)
+        run.env,
+        run.env_backend,
+        run.num_envs,
+        run.eval_episodes,
+        run.seed,
+        _eval_seed(run.seed),
+        ALGORITHMS[algo_name].algorithm.start_state_group(algo_config),
     )
     try:
         return _train(algo_name, run, algo_config, envs, on_iteration)

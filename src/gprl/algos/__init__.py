@@ -2,8 +2,13 @@
 
 from typing import NamedTuple
 
+from gprl.algos.dppo import DPPO, DPPOConfig
+from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
+from gprl.algos.fpo import FPO, FPOConfig
 from gprl.algos.gorl import GoRL, GoRLConfig
+from gprl.algos.grpo import GRPO, GRPOConfig
 from gprl.algos.ppo import PPO, PPOConfig
+from gprl.algos.reinflow import ReinFlow, ReinFlowConfig
 
 
 class Registered(NamedTuple):
@@ -22,6 +27,44 @@ ALGORITHMS = {
         "data-collection steps count toward --total-steps unless "
         "--gorl.no-count-collection-steps)",
     ),
+    "fpo": Registered(
+        FPO, FPOConfig, "FPO / FPO++: PPO on a flow policy through the flow-matching loss ratio"
+    ),
+    "dppo": Registered(
+        DPPO, DPPOConfig, "DPPO: per-denoising-step PPO ratios over Gaussian Euler steps"
+    ),
+    "reinflow": Registered(
+        ReinFlow,
+        ReinFlowConfig,
+        "ReinFlow / Flow-Noise: a learned noise network makes the flow chain's likelihood exact",
+    ),
+    "flow-sde": Registered(
+        FlowSDE,
+        FlowSDEConfig,
+        "Flow-SDE: one marginal-preserving SDE step per action gives the flow an exact likelihood",
+    ),
+    "grpo": Registered(
+        GRPO,
+        GRPOConfig,
+        "GRPO (+Guard) for flow policies: critic-free, group-relative episode advantages",
+    ),
 }
 
-__all__ = ["ALGORITHMS", "PPO", "GoRL", "GoRLConfig", "PPOConfig", "Registered"]
+__all__ = [
+    "ALGORITHMS",
+    "DPPO",
+    "FPO",
+    "GRPO",
+    "PPO",
+    "DPPOConfig",
+    "FPOConfig",
+    "FlowSDE",
+    "FlowSDEConfig",
+    "GRPOConfig",
+    "GoRL",
+    "GoRLConfig",
+    "PPOConfig",
+    "Registered",
+    "ReinFlow",
+    "ReinFlowConfig",
+]

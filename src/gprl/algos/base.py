@@ -47,6 +47,12 @@ class OnPolicyAlgorithm:
         """One update on a (T, N) batch of raw transitions; returns (state, metrics)."""
         raise NotImplementedError
 
+    @classmethod
+    def start_state_group(cls, config) -> int:
+        """How many consecutive envs the loop restarts from one initial state at every rollout
+        (a critic-free method compares the episodes of such a group); 1: independent envs."""
+        return 1
+
     def refit_request(self, state) -> RefitRequest | None:
         return None
 

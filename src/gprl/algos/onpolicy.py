@@ -192,12 +192,27 @@ def advantages_and_returns(
 # ----- objective and optimisation --------------------------------------------------------------
 
 
-def ppo_objective(log_ratio, values, minibatch: dict, clip_eps, config: OnPolicyConfig):
-    """Clipped surrogate on log_ratio plus the weighted value loss, as one scalar to minimise."""
+def ppo_objective(
+    log_ratio,
+    values,
+    minibatch: dict,
+    clip_eps,
+    config: OnPolicyConfig,
+    advantage_weights=1.0,
+    negative_advantages="clip",
+):
+    """Clipped surrogate on log_ratio plus the weighted value loss, as one scalar to minimise.
+
+    log_ratio is (B,) or (B, ...) when a sample has several ratios (denoising steps, Monte Carlo
+    pairs); they share the sample's advantage, times advantage_weights (broadcast like log_ratio).
+    """
     advantages = minibatch["advantages"]
     if config.normalize_advantages:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    policy_loss, info = ppo_policy_loss(log_ratio, advantages, clip_eps)
+    advantages = advantages.reshape(advantages.shape + (1,) * (log_ratio.ndim - 1))
+    policy_loss, info = ppo_policy_loss(
+        log_ratio, advantages * advantage_weights, clip_eps, negative_advantages
+    )
     critic_loss = value_loss(
         values, minibatch["value"], minibatch["returns"], config.value_clip_eps
     )
@@ -232,18 +247,33 @@ def minibatch_epochs(loss_fn, params, opt_state, optimizer, data: dict, key, con
     return params, opt_state, jax.tree.map(jnp.mean, infos)
 
 
-def ppo_update(state, batch: Transition, key, loss_fn, value_fn, opt_state, optimizer, config):
+def ppo_update(
+    state,
+    batch: Transition,
+    key,
+    loss_fn,
+    value_fn,
+    opt_state,
+    optimizer,
+    config,
+    score_rollout=None,
+):
     """The update every PPO-style method runs: advantages, config.num_epochs of minibatch SGD on
     loss_fn(params, minibatch), then the observation statistics.
 
     state holds params, obs_norm, reward_norm and iteration; the minibatches hold the
     normalised obs, old values, advantages, returns and the rollout's extras. value_fn(obs)
-    gives the pre-update critic's values. Returns (state, metrics).
+    gives the pre-update critic's values. score_rollout(data, key) -> dict, if given, adds what
+    a method computes once under the pre-update parameters (its old log-likelihoods) to the
+    flattened (T * N, ...) data. Returns (state, metrics).
     """
     data, reward_norm, info = advantages_and_returns(
         batch, value_fn, state["obs_norm"], state["reward_norm"], config
     )
     data = flatten_time(data | batch.extras)
+    if score_rollout is not None:
+        key, score_key = jax.random.split(key)
+        data = data | score_rollout(data, score_key)
     params, opt_state, sgd_info = minibatch_epochs(
         loss_fn, state["params"], opt_state, optimizer, data, key, config
     )

@@ -42,6 +42,10 @@ from gprl.envs.vector import (
 )
 from gprl.types import EnvSpec, StepResult
 
+GROUPED_RESTARTS_UNSUPPORTED = (
+    "envpool cannot restart several envs from one initial state (its seeds are fixed when the "
+    "pool is built); use --env-backend gymnasium"
+)
 GYMNASIUM_MUJOCO_TASKS = frozenset(
     {
         "Ant",
@@ -188,9 +192,11 @@ class EnvpoolVecEnv:
         self._episodes[:] = 1
         return self._flattener.batch(obs, self.num_envs)
 
-    def restart(self, seed: int) -> np.ndarray:
+    def restart(self, seed: int, start_state_group: int = 1) -> np.ndarray:
         """Start a new episode in every env: the first call builds the pool with ``seed``, later
         ones reset it in place and ignore ``seed`` (see the module docstring)."""
+        if start_state_group != 1:
+            raise EnvError(GROUPED_RESTARTS_UNSUPPORTED)
         if self._pool is None:
             return self.reset(seed)
         return self._reset_envs(np.arange(self.num_envs))

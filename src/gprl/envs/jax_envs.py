@@ -93,9 +93,11 @@ class JaxVecEnv:
         self._action_scale = (spec.action_high - spec.action_low) / 2
         self._action_offset = (spec.action_high + spec.action_low) / 2
 
-    def reset(self, key: jax.Array) -> tuple[EnvState, jax.Array]:
-        """Start num_envs episodes; returns (env_state, obs (num_envs, obs_dim) float32)."""
-        keys, reset_keys = _split_each(jax.random.split(key, self.num_envs))
+    def reset(self, key: jax.Array, start_state_group: int = 1) -> tuple[EnvState, jax.Array]:
+        """Start num_envs episodes; returns (env_state, obs (num_envs, obs_dim) float32). Each
+        group of start_state_group consecutive envs starts from one state with one key stream."""
+        group_keys = jax.random.split(key, self.num_envs // start_state_group)
+        keys, reset_keys = _split_each(jnp.repeat(group_keys, start_state_group, axis=0))
         task_state, obs = jax.vmap(self._task.reset)(reset_keys)
         steps = jnp.zeros(self.num_envs, dtype=jnp.int32)
         return EnvState(task_state, steps, keys), obs

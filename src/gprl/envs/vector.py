@@ -163,10 +163,19 @@ class VecEnv:
             raise EnvError(f"cannot reset {self.spec.env_id}: {_first_line(exc)}") from exc
         return self._flattener.batch(obs, self.num_envs)
 
-    def restart(self, seed: int) -> np.ndarray:
+    def restart(self, seed: int, start_state_group: int = 1) -> np.ndarray:
         """Start a new episode in every env: the training loop's restarts. Here the same as
-        reset(seed), which is cheap; envpool's pools continue their streams instead."""
-        return self.reset(seed)
+        reset(seed), which is cheap; envpool's pools continue their streams instead. With
+        start_state_group G > 1, envs i and j share a seed (and so an initial state) when
+        i // G == j // G."""
+        if start_state_group == 1:
+            return self.reset(seed)
+        seeds = [int(seed) + i // start_state_group for i in range(self.num_envs)]
+        try:
+            obs, _ = self._envs.reset(seed=seeds)
+        except Exception as exc:  # user envs' reset raises anything
+            raise EnvError(f"cannot reset {self.spec.env_id}: {_first_line(exc)}") from exc
+        return self._flattener.batch(obs, self.num_envs)
 
     def get_state(self) -> dict:
         """Nothing beyond the seed of the last restart is needed to replay these envs."""

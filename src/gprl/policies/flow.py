@@ -3,6 +3,11 @@
 Convention: x_t = (1 - t) x0 + t a with x0 ~ N(0, I) at t = 0 and the action a at t = 1; the
 velocity target is a - x0. Sampling integrates dx/dt = v(s, x, t) with K Euler steps from a
 noise that the caller supplies, so latent-space methods (GoRL, DSRL, FQL) can steer it.
+
+The sampler can also make each Euler step a Gaussian transition x_{k+1} ~ N(mean_k, std_k^2)
+driven by per-step noises the caller supplies (:meth:`FlowPolicy.sample_stochastic`); a stored
+chain can then be re-scored in one batched call (:meth:`FlowPolicy.chain_velocities`), and the
+chain's exact log-likelihood is a sum of Gaussian densities (:func:`chain_log_prob`).
 """
 
 from dataclasses import dataclass
@@ -12,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gprl.networks import ConditionalField
+from gprl.policies.gaussian import LOG_2PI
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,42 @@ class FlowPolicyConfig:
     """Training times: continuous U[0, 1], or the K-step grid the sampler visits."""
     zero_init: bool = False
     """Zero the velocity head so an untrained policy is the identity map noise -> action."""
+
+
+def time_grid(num_steps: int):
+    """The K times t_k = k / K at which the Euler sampler evaluates the velocity."""
+    return jnp.arange(num_steps, dtype=jnp.float32) / num_steps
+
+
+def ode_transition(x, velocity, t, dt):
+    """The deterministic Euler step: (mean, std) with std = 0."""
+    return x + dt * velocity, jnp.zeros_like(x)
+
+
+def sde_transition(x, velocity, t, dt, noise_level):
+    """Euler-Maruyama step of the SDE with the same marginals as the flow ODE (Flow-GRPO).
+
+    With x_t = (1 - t) x0 + t a the score is -(x - t v) / (1 - t), and the diffusion
+    g(t) = noise_level * sqrt((1 - t) / t) vanishes at the data end; t is floored at dt so that
+    the first step, taken from pure noise, stays finite.
+    """
+    t = jnp.maximum(t, dt)
+    g_squared = noise_level**2 * (1.0 - t) / t
+    score = -(x - t * velocity) / (1.0 - t)
+    mean = x + dt * (velocity + 0.5 * g_squared * score)
+    return mean, jnp.broadcast_to(jnp.sqrt(g_squared * dt), x.shape)
+
+
+def chain_log_prob(chain, means, stds):
+    """Per-step log densities (K, ...) of a chain (K + 1, ..., d) under Gaussian transitions
+    N(means[k], stds[k]^2) (K, ..., d), summed over d. Deterministic steps (std 0) score 0."""
+    stochastic = stds > 0
+    safe_std = jnp.where(stochastic, stds, 1.0)
+    z = (chain[1:] - means) / safe_std
+    # The mask goes inside the sum so that a deterministic dimension adds neither a density nor
+    # a gradient (where the std is 0 the density is a point mass).
+    log_density = -0.5 * z**2 - jnp.log(safe_std) - 0.5 * LOG_2PI
+    return jnp.sum(jnp.where(stochastic, log_density, 0.0), axis=-1)
 
 
 class FlowPolicy:
@@ -63,8 +105,9 @@ class FlowPolicy:
         steps = num_steps or self.config.num_steps
         dt = 1.0 / steps
         cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
-        grid = jnp.arange(steps, dtype=jnp.float32) * dt
-        time_features = self.net.apply(params, grid, method=ConditionalField.time_features)
+        time_features = self.net.apply(
+            params, time_grid(steps), method=ConditionalField.time_features
+        )
 
         def euler_step(x, time_feature):
             velocity = self.net.apply(
@@ -77,6 +120,48 @@ class FlowPolicy:
         if return_chain:
             return action, jnp.concatenate([noise[None], chain], axis=0)
         return action
+
+    def sample_stochastic(self, params, cond, noise, step_noise, transition):
+        """Sample with Gaussian Euler steps: x_{k+1} = mean_k + std_k * step_noise[k].
+
+        transition(k, x_k, v_k, t_k) -> (mean_k, std_k) defines the step (see
+        :func:`ode_transition`, :func:`sde_transition`); step_noise has shape (K, ..., d) and
+        fixes K. Returns (action, chain) with chain (K + 1, ..., d), noise first.
+        """
+        steps = step_noise.shape[0]
+        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
+        grid = time_grid(steps)
+        time_features = self.net.apply(params, grid, method=ConditionalField.time_features)
+
+        def stochastic_step(x, inputs):
+            k, t, time_feature, eps = inputs
+            velocity = self.net.apply(
+                params, cond_features, x, time_feature, method=ConditionalField.from_features
+            )
+            mean, std = transition(k, x, velocity, t)
+            x_next = mean + std * eps
+            return x_next, x_next
+
+        inputs = (jnp.arange(steps), grid, time_features, step_noise)
+        action, chain = jax.lax.scan(stochastic_step, noise, inputs)
+        return action, jnp.concatenate([noise[None], chain], axis=0)
+
+    def chain_velocities(self, params, cond, chain):
+        """v(s, x_k, t_k) at every step of a stored chain (K + 1, ..., d) -> (K, ..., d), as one
+        batched call (re-scoring needs no sequential integration)."""
+        steps = chain.shape[0] - 1
+        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
+        time_features = self.net.apply(
+            params, time_grid(steps), method=ConditionalField.time_features
+        )
+        time_features = time_features.reshape(steps, *(1,) * (chain.ndim - 2), -1)
+        return self.net.apply(
+            params,
+            cond_features[None],
+            chain[:-1],
+            time_features,
+            method=ConditionalField.from_features,
+        )
 
     def loss(self, params, cond, actions, key):
         """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs."""

@@ -1,0 +1,59 @@
+"""DPPO: each denoising step of the sampler is a Gaussian transition, and PPO's ratio is taken per
+step, every step sharing its environment step's advantage (arXiv 2409.00588).
+
+Here the sampler is the flow policy's Euler integrator with a fixed noise std on every step, the
+flow-policy DPPO the FPO paper compares against. Only the last `fine_tuned_steps` steps enter
+the loss (the earlier ones still sample with noise), and a step k steps before the last has its
+advantage discounted by denoising_discount^k.
+"""
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+
+from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+
+
+@dataclass(frozen=True)
+class DPPOConfig(FlowOnPolicyConfig):
+    denoising_std: float = 0.05
+    """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
+    fine_tuned_steps: int | None = None
+    """Train only the last k of the K steps (DPPO's ft_denoising_steps); None trains all."""
+    denoising_discount: float = 0.99
+    """Advantage discount per denoising step before the last (DPPO's gamma_denoising)."""
+    clip_eps: float = 0.2
+    """PPO ratio clipping range, per denoising step."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.denoising_std > 0:
+            raise ValueError(f"denoising_std must be positive, got {self.denoising_std}")
+        if self.fine_tuned_steps is not None and not 1 <= self.fine_tuned_steps <= (
+            self.flow.num_steps
+        ):
+            raise ValueError(
+                f"fine_tuned_steps must be in [1, flow.num_steps={self.flow.num_steps}], got "
+                f"{self.fine_tuned_steps}"
+            )
+        if not 0 < self.denoising_discount <= 1:
+            raise ValueError(f"denoising_discount must be in (0, 1], got {self.denoising_discount}")
+
+
+class DPPO(GaussianChainOnPolicy):
+    def __init__(self, config: DPPOConfig, *args):
+        super().__init__(config, *args)
+        trained = config.fine_tuned_steps or self.num_steps
+        self.first_trained_step = self.num_steps - trained
+        steps_before_last = jnp.arange(trained - 1, -1, -1, dtype=jnp.float32)
+        self.step_weights = config.denoising_discount**steps_before_last
+
+    def transition(self, params, obs, aux, k, x, velocity, t):
+        dt = 1.0 / self.num_steps
+        return x + dt * velocity, jnp.full_like(x, self.config.denoising_std)
+
+    def policy_terms(self, params, minibatch, frozen):
+        log_probs, _ = self.step_log_probs(params, minibatch)
+        trained = slice(self.first_trained_step, None)
+        log_ratio = log_probs[:, trained] - minibatch["old_step_log_prob"][:, trained]
+        return log_ratio, self.step_weights, 0.0, {}

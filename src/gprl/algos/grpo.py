@@ -1,0 +1,169 @@
+"""GRPO for flow policies (Flow-GRPO), with GRPO-Guard's ratio normalisation as an option.
+
+Critic-free: every Euler step of the flow is the Euler-Maruyama step of its marginal-preserving
+SDE, so each denoising step has a Gaussian log-likelihood, and PPO's clip acts per step. The
+advantage of an episode is its return standardised within its group: the `group_size`
+consecutive envs, which the loop restarts from one initial state at every rollout. That makes
+groups exact for tasks whose episodes have a fixed length (one-step bandits, fixed horizons);
+where episode lengths differ, later episodes of a group start from different states and the
+group mean becomes a plain batch baseline. Steps of episodes still running when the rollout
+ends get advantage 0.
+
+GRPO-Guard: `normalize_step_ratios` centres each step's log-ratio distribution over the
+minibatch and gives every step the same spread, so the clip constrains all noise levels alike;
+`reweight_noise_levels` weights each step's surrogate by its noise variance, which evens out
+the 1 / sigma^2 scale of Gaussian log-likelihood gradients across steps.
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.algos.onpolicy import (
+    annealed_learning_rate,
+    flatten_time,
+    minibatch_epochs,
+    set_hyperparameters,
+)
+from gprl.policies.flow import sde_transition
+from gprl.rl_math import normalize, ppo_policy_loss, running_stats_update
+
+STD_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class GRPOConfig(FlowOnPolicyConfig):
+    group_size: int = 8
+    """Envs per group (G): they start every rollout from the same initial state."""
+    noise_level: float = 0.7
+    """Scale a of the SDE's diffusion g(t) = a sqrt((1 - t) / t) (Flow-GRPO's default)."""
+    clip_eps: float = 0.2
+    """PPO clip range per denoising step (Flow-GRPO uses ~1e-4 for image models; a flow policy
+    trained from scratch needs larger steps)."""
+    kl_coef: float = 0.0
+    """Weight of the KL to the reference (initial) policy's transitions; 0 disables it, as a
+    from-scratch policy has no reference worth staying near."""
+    normalize_step_ratios: bool = False
+    """GRPO-Guard: centre and equalise the spread of each step's log ratios."""
+    reweight_noise_levels: bool = False
+    """GRPO-Guard: weight each step's surrogate by its noise variance (normalised to mean 1)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2, got {self.group_size}")
+        if not self.noise_level > 0:
+            raise ValueError(f"noise_level must be positive, got {self.noise_level}")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef must be non-negative, got {self.kl_coef}")
+
+
+def group_relative_advantages(rewards, dones, group_size: int):
+    """(T, N) rewards and episode ends -> (T, N) advantages.
+
+    Episode j of env n (counted from the rollout's start) is compared with episode j of the
+    other envs of its group; every step of it gets that episode's standardised return. Unfinished
+    episodes, and groups with fewer than two finished episodes, get 0.
+    """
+    steps, num_envs = rewards.shape
+    dones = dones.astype(jnp.int32)
+    ordinal = jnp.cumsum(dones, axis=0) - dones
+    segment = (ordinal * num_envs + jnp.arange(num_envs)).ravel()
+    segments = steps * num_envs
+    returns = jax.ops.segment_sum(rewards.ravel(), segment, segments).reshape(steps, num_envs)
+    finished = jax.ops.segment_max(dones.ravel(), segment, segments).reshape(steps, num_envs) > 0
+    grouped = (steps, num_envs // group_size, group_size)
+    returns, mask = returns.reshape(grouped), finished.reshape(grouped).astype(jnp.float32)
+    count = mask.sum(-1, keepdims=True)
+    mean = (returns * mask).sum(-1, keepdims=True) / jnp.maximum(count, 1.0)
+    var = (((returns - mean) ** 2) * mask).sum(-1, keepdims=True) / jnp.maximum(count, 1.0)
+    standardised = (returns - mean) / (jnp.sqrt(var) + STD_EPS)
+    per_episode = jnp.where((mask > 0) & (count >= 2), standardised, 0.0)
+    per_episode = per_episode.reshape(steps, num_envs)
+    return jnp.take_along_axis(per_episode, ordinal, axis=0)
+
+
+class GRPO(GaussianChainOnPolicy):
+    has_critic = False
+
+    def __init__(self, config: GRPOConfig, spec, num_envs: int, total_steps: int):
+        if num_envs % config.group_size:
+            raise ValueError(
+                f"num_envs ({num_envs}) must be a multiple of grpo.group_size ({config.group_size})"
+            )
+        super().__init__(config, spec, num_envs, total_steps)
+
+    @classmethod
+    def start_state_group(cls, config: GRPOConfig) -> int:
+        return config.group_size
+
+    def init(self, key):
+        state = super().init(key)
+        if self.config.kl_coef > 0:
+            state["frozen"] = {"reference_policy": state["params"]["policy"]}
+        return state
+
+    def transition(self, params, obs, aux, k, x, velocity, t):
+        return sde_transition(x, velocity, t, 1.0 / self.num_steps, self.config.noise_level)
+
+    def loss(self, params, minibatch, clip_eps, frozen):
+        config = self.config
+        log_probs, stds = self.step_log_probs(params, minibatch)
+        log_ratio = log_probs - minibatch["old_step_log_prob"]
+        if config.normalize_step_ratios:
+            centre = jax.lax.stop_gradient(log_ratio.mean(axis=0))
+            spread = jax.lax.stop_gradient(log_ratio.std(axis=0))
+            log_ratio = (log_ratio - centre) * (spread.mean() / (spread + STD_EPS))
+        advantages = minibatch["advantages"][:, None]
+        if config.reweight_noise_levels:
+            variance = jnp.mean(stds**2, axis=(1, 2))
+            advantages = advantages * variance / variance.mean()
+        loss, info = ppo_policy_loss(log_ratio, advantages, clip_eps)
+        if config.kl_coef > 0:
+            kl = self.kl_to_reference(params, minibatch, frozen["reference_policy"])
+            loss = loss + config.kl_coef * kl
+            info = info | {"kl_to_reference": kl}
+        return loss, info | {"policy_loss": loss}
+
+    def kl_to_reference(self, params, minibatch, reference_policy):
+        """Mean per-step KL between this and the reference policy's transitions from the stored
+        states (equal stds: |mean - reference mean|^2 / (2 std^2))."""
+        _, means, stds = self.chain_transitions(params, minibatch)
+        reference_params = params | {"policy": reference_policy}
+        _, reference_means, _ = self.chain_transitions(reference_params, minibatch)
+        return jnp.mean(jnp.sum((means - reference_means) ** 2 / (2.0 * stds**2), axis=-1))
+
+    def update(self, state, batch, key):
+        config = self.config
+        learning_rate = annealed_learning_rate(config, state["iteration"], self.num_iterations)
+        dones = jnp.logical_or(batch.terminated, batch.truncated)
+        advantages = group_relative_advantages(
+            jnp.asarray(batch.reward, jnp.float32) * config.reward_scale, dones, config.group_size
+        )
+        obs = normalize(batch.obs, state["obs_norm"], config.normalize_observations)
+        data = flatten_time({"obs": obs, "advantages": advantages} | batch.extras)
+        score_key, key = jax.random.split(key)
+        data = data | self.score_rollout(state["params"], data, score_key)
+        frozen = state.get("frozen", {})
+        params, opt_state, info = minibatch_epochs(
+            lambda params, minibatch: self.loss(params, minibatch, config.clip_eps, frozen),
+            state["params"],
+            set_hyperparameters(state["opt_state"], learning_rate=learning_rate),
+            self.optimizer,
+            data,
+            key,
+            config,
+        )
+        obs_norm = state["obs_norm"]
+        if config.normalize_observations:
+            obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, batch.obs.shape[-1]))
+        state = state | {
+            "params": params,
+            "opt_state": opt_state,
+            "obs_norm": obs_norm,
+            "iteration": state["iteration"] + 1,
+        }
+        advantage_info = {"finished_share": jnp.mean(advantages != 0)}
+        return state, info | advantage_info | {"learning_rate": learning_rate}

@@ -1,0 +1,121 @@
+"""ReinFlow / Flow-Noise: a learned noise network makes every Euler step of the flow policy a
+Gaussian transition, so the likelihood of the whole chain is exact and serves as log pi in PPO,
+one ratio per environment step (arXiv 2505.22094; pi_RL's Flow-Noise).
+
+The chain log-likelihood is divided by (K + 1) x action dims, as the reference does, which keeps
+the ratio's scale independent of K and the action size; the entropy bonus is on the transitions.
+An optional W2 penalty keeps the deterministic (zero-step-noise) flow near a reference policy,
+the initial one (or, once fine-tuning exists, the pretrained one), from the same initial noise.
+"""
+
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.networks import MLP, sinusoidal_embedding
+from gprl.policies import gaussian_entropy
+
+
+@dataclass(frozen=True)
+class ReinFlowConfig(FlowOnPolicyConfig):
+    min_noise_std: float = 0.08
+    """Lower bound of the learned per-step noise std."""
+    max_noise_std: float = 0.16
+    """Upper bound of the learned per-step noise std."""
+    noise_hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths of the noise network sigma(s, t_k)."""
+    clip_eps: float = 0.01
+    """PPO clip range of the normalised chain ratio (0.01 for state-based tasks)."""
+    ent_coef: float = 0.0
+    """Weight of the transitions' entropy bonus."""
+    w2_coef: float = 0.0
+    """Weight of the W2 penalty to the reference policy (0 disables it)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.min_noise_std < self.max_noise_std:
+            raise ValueError(
+                "noise std bounds must satisfy 0 < min_noise_std < max_noise_std, got "
+                f"{self.min_noise_std} and {self.max_noise_std}"
+            )
+        for name in ("ent_coef", "w2_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+
+
+class NoiseNet(nn.Module):
+    """sigma(s, t) in [min_std, max_std]^d: a bounded log-std from an MLP on [s, embed(t)].
+
+    t is a scalar, or shaped like the chain states with a trailing axis of 1 ((K, 1, 1))."""
+
+    hidden: tuple[int, ...]
+    action_dim: int
+    min_std: float
+    max_std: float
+    time_embed_dim: int = 16
+
+    @nn.compact
+    def __call__(self, obs, t):
+        t = jnp.asarray(t)
+        t = t[..., 0] if t.ndim else t
+        batch_shape = jnp.broadcast_shapes(obs.shape[:-1], t.shape)
+        features = jnp.concatenate(
+            [
+                jnp.broadcast_to(obs, (*batch_shape, obs.shape[-1])),
+                sinusoidal_embedding(jnp.broadcast_to(t, batch_shape), self.time_embed_dim),
+            ],
+            axis=-1,
+        )
+        raw = MLP(self.hidden, self.action_dim, "tanh", output_scale=0.01)(features)
+        low, high = np.log(self.min_std), np.log(self.max_std)
+        return jnp.exp(low + (high - low) * jax.nn.sigmoid(raw))
+
+
+class ReinFlow(GaussianChainOnPolicy):
+    def __init__(self, config: ReinFlowConfig, *args):
+        super().__init__(config, *args)
+        self.noise_net = NoiseNet(
+            config.noise_hidden, self.spec.action_dim, config.min_noise_std, config.max_noise_std
+        )
+        # The initial noise x_0 ~ N(0, I) counts among the K + 1 normalised terms (its density
+        # does not depend on the parameters, so it adds nothing to the log ratio).
+        self.ratio_scale = 1.0 / ((self.num_steps + 1) * self.spec.action_dim)
+
+    def extra_params(self, key):
+        return {"noise": self.noise_net.init(key, jnp.zeros((1, self.spec.obs_dim)), 0.0)}
+
+    def init(self, key):
+        state = super().init(key)
+        if self.config.w2_coef > 0:
+            state["frozen"] = {"reference_policy": state["params"]["policy"]}
+        return state
+
+    def transition(self, params, obs, aux, k, x, velocity, t):
+        dt = 1.0 / self.num_steps
+        std = self.noise_net.apply(params["noise"], obs, t)
+        return x + dt * velocity, jnp.broadcast_to(std, x.shape)
+
+    def policy_terms(self, params, minibatch, frozen):
+        log_probs, stds = self.step_log_probs(params, minibatch)
+        old = minibatch["old_step_log_prob"]
+        log_ratio = jnp.sum(log_probs - old, axis=-1) * self.ratio_scale
+        entropy = jnp.mean(gaussian_entropy(stds))
+        extra_loss = -self.config.ent_coef * entropy
+        info = {"entropy": entropy, "noise_std": jnp.mean(stds)}
+        if self.config.w2_coef > 0:
+            w2 = self.w2_to_reference(params, minibatch, frozen["reference_policy"])
+            extra_loss = extra_loss + self.config.w2_coef * w2
+            info["w2_to_reference"] = w2
+        return log_ratio, 1.0, extra_loss, info
+
+    def w2_to_reference(self, params, minibatch, reference_policy):
+        """Mean squared distance between this and the reference flow's actions from the same
+        initial noise (the stored x_0): an upper bound on the squared W2 distance."""
+        noise = minibatch["chain"][..., 0, :]
+        action = self.policy.sample(params["policy"], minibatch["obs"], noise)
+        reference = self.policy.sample(reference_policy, minibatch["obs"], noise)
+        return jnp.mean(jnp.sum((action - reference) ** 2, axis=-1))
