@@ -12,7 +12,9 @@ from typing import Annotated, Union
 
 import tyro
 
-EVAL_USAGE = "  gprl eval RUN_DIR [--episodes N] [--video]   evaluate a run's checkpoint"
+EVAL_USAGE = (
+    "  gprl eval RUN_DIR [--episodes N] [--video] [--plot-actions]   evaluate a run's checkpoint"
+)
 
 
 def _usage() -> str:
@@ -81,7 +83,12 @@ class EvalArgs:
     video: bool = False
     """Also render one episode to RUN_DIR/videos/eval.mp4 (host envs; needs headless MuJoCo
     rendering for MuJoCo tasks)."""
+    plot_actions: bool = False
+    """Also draw the stochastic policy's actions at a few observations to
+    RUN_DIR/plots/actions.png, with the optimal modes and their coverage on the multimodal
+    diagnostic tasks (host envs)."""
     seed: int = 12345
+    """Seeds the evaluation envs, and the plot's observations and samples."""
 
 
 def _train(argv) -> None:
@@ -115,7 +122,7 @@ def _print_summary(run_dir: Path) -> None:
 
 
 def _eval(argv) -> None:
-    from gprl.backends import make_evaluator, open_environments
+    from gprl.backends import make_evaluator, open_environments, resolve_backend
     from gprl.envs import make_env
     from gprl.evaluation import record_video
     from gprl.trainer import load_run
@@ -124,6 +131,8 @@ def _eval(argv) -> None:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     algo, state, run = load_run(args.run_dir)
+    if args.plot_actions and resolve_backend(run.env, "auto") == "jax":
+        raise ValueError(f"--plot-actions draws on host envs; {run.env} is a JAX environment")
     acting = algo.acting_params(state)
     envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed, args.seed)
     try:
@@ -140,6 +149,16 @@ def _eval(argv) -> None:
                 algo.act_deterministic, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"
             )
         print(f"video: {path}")
+    if args.plot_actions:
+        from gprl.action_plots import coverage_lines, plot_actions
+
+        with make_env(run.env, 1, args.seed, backend="gymnasium") as env:
+            plot = plot_actions(
+                algo, acting, env, args.run_dir / "plots" / "actions.png", seed=args.seed
+            )
+        print(f"action plot: {plot.path}")
+        for line in coverage_lines(plot):
+            print(line)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,14 +4,19 @@ Pure numpy, registered with Gymnasium on ``import gprl.envs``:
 
 - ``gprl/BimodalBandit-v0``: two equally good actions; a Gaussian policy must pick one.
 - ``gprl/TwoGoalPoint-v0``: the same dilemma over a 25-step horizon.
+- ``gprl/FourModeBandit-v0``: four equally good 2-D actions; a Gaussian can keep only one.
 - ``gprl/ContextualTarget-v0``: the best action is a smooth function of the observation.
 - ``gprl/TruncationProbe-v0``: checks that time-limit truncation is bootstrapped, not terminal.
 
 All support ``render_mode="rgb_array"`` with a 64x64 numpy drawing, so video code can be tested
 without MuJoCo.
+
+The multimodal ones name their optimal actions per observation in :data:`OPTIMAL_MODES`, and
+:func:`mode_coverage` measures how a policy's samples spread over them.
 """
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +31,9 @@ GUIDE_COLOR = (190, 190, 190)
 MODE_OFFSET = 0.6
 MODE_CONTEXT_SHIFT = 0.1
 MODE_WIDTH = 0.1
+# Distance from a mode at which a bandit's Gaussian reward bump falls to half its height.
+MODE_HALF_REWARD_RADIUS = MODE_WIDTH * np.sqrt(2 * np.log(2))
+FOUR_MODE_OFFSET = 0.5
 
 POINT_STEP_SIZE = 0.1
 POINT_START_NOISE = 0.01
@@ -40,6 +48,11 @@ TARGET_SCALE = 0.8
 
 PROBE_HORIZON = 10
 
+# The ball of this radius around full speed towards a goal holds the first actions that head
+# less than 45 degrees off it (more towards the goal than across) at 0.71 of full speed or more,
+# and straight at it from 0.3 of full speed; the two goals' balls, 2 apart, cannot overlap.
+POINT_HEADING_RADIUS = 0.7
+
 
 def bimodal_modes(context: np.ndarray) -> np.ndarray:
     """The two optimal actions of BimodalBandit for a context (2,), or a batch (..., 2) -> (..., 2).
@@ -49,6 +62,86 @@ def bimodal_modes(context: np.ndarray) -> np.ndarray:
     """
     shift = MODE_CONTEXT_SHIFT * np.asarray(context, dtype=np.float32)[..., 0]
     return np.stack([shift - MODE_OFFSET, shift + MODE_OFFSET], axis=-1)
+
+
+def four_mode_modes(context: np.ndarray) -> np.ndarray:
+    """The four optimal actions of FourModeBandit for a context (2,), or a batch (..., 2) ->
+    (..., 4, 2): 0.1 * c + (+-0.5, +-0.5), counter-clockwise from the (+, +) quadrant.
+
+    Like BimodalBandit's, the modes move with the context, and adjacent ones stay 1.0 apart.
+    """
+    corners = FOUR_MODE_OFFSET * np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float32)
+    return MODE_CONTEXT_SHIFT * np.asarray(context, np.float32)[..., None, :] + corners
+
+
+def point_goal_headings(observation: np.ndarray) -> np.ndarray:
+    """TwoGoalPoint's two optimal headings from an observation (3,), or a batch (..., 3) ->
+    (..., 2, 2): full speed towards the +x goal and towards the -x goal.
+
+    Full speed within the action box [-1, 1]^2 is the direction scaled until its largest
+    coordinate is 1: (+-1, ~0) from the start, where the first action picks a goal.
+    """
+    position = np.asarray(observation, np.float32)[..., None, :2]
+    direction = POINT_GOALS.astype(np.float32) - position
+    return direction / np.abs(direction).max(axis=-1, keepdims=True)
+
+
+class OptimalModes(NamedTuple):
+    """The equally good optimal actions of a multimodal diagnostic."""
+
+    of: Callable[[np.ndarray], np.ndarray]
+    """Observations (..., obs_dim) -> modes (..., K, action_dim), in [-1, 1] action units."""
+    radius: float
+    """An action within this Euclidean distance of a mode counts as on it."""
+
+
+OPTIMAL_MODES: dict[str, OptimalModes] = {
+    # The bandits: within the reward's half-maximum radius (reward > 0.5).
+    "gprl/BimodalBandit-v0": OptimalModes(
+        lambda observation: bimodal_modes(observation)[..., None], MODE_HALF_REWARD_RADIUS
+    ),
+    "gprl/FourModeBandit-v0": OptimalModes(four_mode_modes, MODE_HALF_REWARD_RADIUS),
+    # The first action's heading: no single action reaches a goal, so the criterion is its
+    # direction (see POINT_HEADING_RADIUS); the starts all lie within 0.01 of the origin.
+    "gprl/TwoGoalPoint-v0": OptimalModes(point_goal_headings, POINT_HEADING_RADIUS),
+}
+"""Env id -> its optimal modes and the radius that counts a sample as on one."""
+
+
+class ModeCoverage(NamedTuple):
+    """How samples spread over K optimal modes, per observation (any leading batch shape)."""
+
+    mode_shares: np.ndarray
+    """(..., K) share of the samples on each mode (nearest mode, within the radius)."""
+    none_share: np.ndarray
+    """(...) share of the samples on no mode."""
+
+    @property
+    def minority_share(self) -> np.ndarray:
+        """(...) share of the samples on optimal modes other than the most visited one: 0 for a
+        policy that commits to one mode, (K - 1) / K for one that splits evenly over all K."""
+        return self.mode_shares.sum(-1) - self.mode_shares.max(-1)
+
+    def modes_kept(self, min_share: float) -> np.ndarray:
+        """(...) how many modes hold at least min_share of the samples."""
+        return (self.mode_shares >= min_share).sum(-1)
+
+
+def mode_coverage(actions: np.ndarray, modes: np.ndarray, radius: float) -> ModeCoverage:
+    """The share of sampled actions near each optimal mode, and near none.
+
+    Args:
+        actions: (..., S, action_dim) S samples per observation.
+        modes: (..., K, action_dim) the observations' optimal actions (see OPTIMAL_MODES).
+        radius: a sample within this distance of its nearest mode is on that mode.
+    """
+    actions = np.asarray(actions, np.float64)
+    modes = np.asarray(modes, np.float64)
+    distance = np.linalg.norm(actions[..., :, None, :] - modes[..., None, :, :], axis=-1)
+    nearest = distance.argmin(-1)
+    on_a_mode = distance.min(-1) <= radius
+    on_mode = on_a_mode[..., None] & (nearest[..., None] == np.arange(modes.shape[-2]))
+    return ModeCoverage(on_mode.mean(-2), 1.0 - on_a_mode.mean(-1))
 
 
 def contextual_target_optimum(context: np.ndarray) -> np.ndarray:
@@ -177,6 +270,49 @@ class TwoGoalPointEnv(gym.Env):
         return np.array([*self._position, time_fraction], dtype=np.float32)
 
 
+class FourModeBanditEnv(gym.Env):
+    """One-step bandit with four equally good, well-separated 2-D actions.
+
+    Observation: a context c ~ U[-1, 1]^2. Action: a in [-1, 1]^2. The optimal actions are the
+    four modes m_k = 0.1 * c + (+-0.5, +-0.5) (see :func:`four_mode_modes`) and the reward is
+    max_k exp(-||a - m_k||^2 / (2 * 0.1^2)) in [0, 1]; the episode terminates after one step.
+
+    Optimal return 1.0, earned by any policy whose actions land on the modes: a Gaussian that
+    commits to one is optimal too, so the reward never forces a policy to keep several, and
+    whether it does measures what its action distribution can express. A Gaussian mean between
+    two adjacent modes earns exp(-12.5) ~ 4e-6, one at the centre of all four exp(-25).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._context = np.zeros(2, dtype=np.float32)
+        self._last_action: np.ndarray | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._context = self.np_random.uniform(-1.0, 1.0, size=2).astype(np.float32)
+        self._last_action = None
+        return self._context.copy(), {}
+
+    def step(self, action: np.ndarray):
+        self._last_action = np.clip(action, -1.0, 1.0)
+        distance = np.linalg.norm(four_mode_modes(self._context) - self._last_action, axis=1)
+        reward = float(np.exp(-(distance.min() ** 2) / (2 * MODE_WIDTH**2)))
+        return self._context.copy(), reward, True, False, {}
+
+    def render(self) -> np.ndarray:
+        frame = _blank_frame()
+        for mode in four_mode_modes(self._context):
+            _draw_dot(frame, *mode, TARGET_COLOR)
+        if self._last_action is not None:
+            _draw_dot(frame, *self._last_action, AGENT_COLOR, radius=2)
+        return frame
+
+
 class ContextualTargetEnv(gym.Env):
     """One-step task whose optimal action depends smoothly on the observation.
 
@@ -260,11 +396,19 @@ DIAGNOSTIC_ENVS: dict[str, tuple[type[gym.Env], int | None]] = {
     "gprl/ContextualTarget-v0": (ContextualTargetEnv, None),
     "gprl/TruncationProbe-v0": (TruncationProbeEnv, PROBE_HORIZON),
 }
-"""Registered id -> (env class, time limit); one-step tasks terminate on their own."""
+"""Registered id -> (env class, time limit); one-step tasks terminate on their own. Each has a
+JAX twin in :mod:`gprl.envs.jax_envs`."""
+
+HOST_ONLY_DIAGNOSTIC_ENVS: dict[str, tuple[type[gym.Env], int | None]] = {
+    "gprl/FourModeBandit-v0": (FourModeBanditEnv, None),
+}
+"""Diagnostic tasks with no JAX twin yet: Gymnasium backend only."""
 
 
 def register_diagnostic_envs() -> None:
     """Register the diagnostic tasks with Gymnasium (idempotent)."""
-    for env_id, (env_class, max_episode_steps) in DIAGNOSTIC_ENVS.items():
+    for env_id, (env_class, max_episode_steps) in (
+        DIAGNOSTIC_ENVS | HOST_ONLY_DIAGNOSTIC_ENVS
+    ).items():
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=env_class, max_episode_steps=max_episode_steps)

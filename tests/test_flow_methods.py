@@ -1,0 +1,212 @@
+"""The on-policy flow methods: likelihood guards, the SDE step, group advantages, and learning.
+
+Guards first: a method's ratio must be exactly 1 before its first gradient step (sampling and
+re-scoring agree), its chain log-likelihood must equal the Gaussian densities computed one step
+at a time, and changing the time grid or the noise floor between sampling and re-scoring must
+break that.
+"""
+
+import csv
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+import gprl.algos.flow_onpolicy as flow_onpolicy
+import gprl.policies.flow as flow_module
+from gprl.algos import ALGORITHMS
+from gprl.algos.grpo import group_relative_advantages
+from gprl.algos.onpolicy import flatten_time
+from gprl.policies import FlowPolicyConfig
+from gprl.policies.flow import sde_transition, time_grid
+from gprl.trainer import RunConfig, train
+from gprl.types import EnvSpec, Transition
+
+FLOW_METHODS = ("fpo", "dppo", "reinflow", "flow-sde", "grpo")
+CHAIN_METHODS = ("dppo", "reinflow", "flow-sde", "grpo")
+SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), None)
+NUM_ENVS, ROLLOUT = 8, 4
+
+
+def small_config(name: str, **overrides):
+    config = ALGORITHMS[name].config()
+    return replace(
+        config,
+        flow=FlowPolicyConfig(hidden=(32, 32), num_steps=5),
+        rollout_steps=ROLLOUT,
+        num_epochs=1,
+        num_minibatches=1,
+        **overrides,
+    )
+
+
+def make_algo(name: str, **overrides):
+    return ALGORITHMS[name].algorithm(small_config(name, **overrides), SPEC, NUM_ENVS, 10_000)
+
+
+def rollout(algo, state, key):
+    """A (T, N) batch of the algorithm's own actions on random observations and rewards."""
+    obs_key, reward_key, act_key = jax.random.split(key, 3)
+    obs = jax.random.normal(obs_key, (ROLLOUT, NUM_ENVS, SPEC.obs_dim))
+    acting = algo.acting_params(state)
+    actions, extras = jax.vmap(algo.act, in_axes=(None, 0, 0))(
+        acting, obs, jax.random.split(act_key, ROLLOUT)
+    )
+    done = jnp.ones((ROLLOUT, NUM_ENVS), bool)  # one-step episodes: every env step is an episode
+    rewards = jax.random.normal(reward_key, (ROLLOUT, NUM_ENVS))
+    return Transition(obs, actions, rewards, done, ~done, obs, extras)
+
+
+@pytest.mark.parametrize("name", FLOW_METHODS)
+def test_ratio_is_one_before_the_first_gradient_step(name):
+    # One epoch of one minibatch: the only ratio the update computes is at the parameters the
+    # rollout was sampled with, so it must be 1 up to float rounding, with nothing clipped.
+    algo = make_algo(name)
+    state = algo.init(jax.random.PRNGKey(0))
+    batch = rollout(algo, state, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
+    assert abs(float(metrics["ratio_mean"]) - 1.0) < 1e-5
+    assert abs(float(metrics["approx_kl"])) < 1e-7
+    assert float(metrics["clip_fraction"]) == 0.0
+
+
+def scored_rollout(algo, state, key):
+    """The flattened data an update scores: normalised obs and the stored extras."""
+    batch = rollout(algo, state, key)
+    obs = algo.normalized(algo.acting_params(state), batch.obs)
+    return flatten_time({"obs": obs} | batch.extras)
+
+
+def independent_step_log_probs(algo, params, data):
+    """Per-step Gaussian log densities of the stored chains, recomputed one step and one sample
+    at a time with the velocity network called directly and scipy's density."""
+    chains = np.asarray(data["chain"])  # (B, K + 1, d)
+    steps = algo.num_steps
+    log_probs = np.zeros((chains.shape[0], steps))
+    for b in range(chains.shape[0]):
+        obs = data["obs"][b : b + 1]
+        aux = {name: data[name][b : b + 1] for name in algo.aux_names}
+        for k in range(steps):
+            x, t = chains[b, k][None], k / steps
+            velocity = algo.policy.velocity(params["policy"], obs, x, jnp.full((1,), t))
+            mean, std = algo.transition(params, obs, aux, k, x, velocity, t)
+            mean, std = np.asarray(mean)[0], np.asarray(std)[0]
+            if np.all(std > 0):
+                log_probs[b, k] = norm.logpdf(chains[b, k + 1], mean, std).sum()
+            else:  # a deterministic step lands exactly on its mean
+                np.testing.assert_allclose(chains[b, k + 1], mean, atol=1e-5)
+    return log_probs
+
+
+@pytest.mark.parametrize("name", CHAIN_METHODS)
+def test_chain_log_likelihood_equals_independent_gaussian_densities(name):
+    algo = make_algo(name)
+    state = algo.init(jax.random.PRNGKey(3))
+    data = scored_rollout(algo, state, jax.random.PRNGKey(4))
+    data = {k: v[:6] for k, v in data.items()}
+    batched, _ = algo.step_log_probs(state["params"], data)
+    expected = independent_step_log_probs(algo, state["params"], data)
+    np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-4, atol=1e-4)
+    if name == "flow-sde":  # exactly one stochastic step per action
+        assert ((expected != 0).sum(axis=1) == 1).all()
+
+
+def rescored_log_ratio(sampling_algo, scoring_algo, key):
+    state = sampling_algo.init(jax.random.PRNGKey(5))
+    data = scored_rollout(sampling_algo, state, key)
+    old = sampling_algo.step_log_probs(state["params"], data)[0]
+    new = scoring_algo.step_log_probs(state["params"], data)[0]
+    return np.abs(np.asarray(new - old)).max()
+
+
+def test_rescoring_on_another_time_grid_or_noise_floor_breaks_the_ratio(monkeypatch):
+    algo = make_algo("reinflow")
+    assert rescored_log_ratio(algo, algo, jax.random.PRNGKey(6)) < 1e-5
+    # A noise floor other than the sampler's: same parameters, a ratio far from 1.
+    other_floor = make_algo("reinflow", min_noise_std=0.02)
+    assert rescored_log_ratio(algo, other_floor, jax.random.PRNGKey(6)) > 0.1
+    # A time grid other than the sampler's (shifted by half a step) when re-scoring; the SDE's
+    # noise depends on t, so a grid mismatch shows at once.
+    algo = make_algo("flow-sde", sde_steps="all")
+    state = algo.init(jax.random.PRNGKey(5))
+    data = scored_rollout(algo, state, jax.random.PRNGKey(6))
+    old = algo.step_log_probs(state["params"], data)[0]
+    shifted_grid = lambda k: time_grid(k) + 0.5 / k  # noqa: E731
+    monkeypatch.setattr(flow_onpolicy, "time_grid", shifted_grid)
+    monkeypatch.setattr(flow_module, "time_grid", shifted_grid)
+    shifted = algo.step_log_probs(state["params"], data)[0]
+    assert np.abs(np.asarray(shifted - old)).max() > 0.1
+
+
+def test_sde_step_keeps_the_flow_marginals():
+    # For a point-mass target a*, the exact velocity is (a* - x) / (1 - t) and the flow's
+    # marginal at time t is N(t a*, (1 - t)^2). The SDE, with noise injected at every step,
+    # must keep those marginals (up to the Euler-Maruyama discretisation).
+    target, steps, samples = 0.6, 100, 40_000
+    dt = 1.0 / steps
+    x = jax.random.normal(jax.random.PRNGKey(0), (samples,))
+    noises = jax.random.normal(jax.random.PRNGKey(1), (steps, samples))
+    for k in range(steps // 2):
+        t = k * dt
+        velocity = (target - x) / (1.0 - t)
+        mean, std = sde_transition(x, velocity, t, dt, noise_level=0.7)
+        x = mean + std * noises[k]
+    assert float(x.mean()) == pytest.approx(0.5 * target, abs=0.02)
+    assert float(x.std()) == pytest.approx(0.5, abs=0.03)
+
+
+def test_group_relative_advantages_by_hand():
+    # 2 groups of 2 envs, 3 steps. Env 0: episodes (1) and (2, 3); env 1: (5) and (0, unfinished);
+    # env 2: (1, 1, 1 unfinished); env 3: (2) then (4, 4 unfinished).
+    rewards = jnp.array([[1.0, 5.0, 1.0, 2.0], [2.0, 0.0, 1.0, 4.0], [3.0, 0.0, 1.0, 4.0]])
+    dones = jnp.array([[1, 1, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]], bool)
+    advantages = np.asarray(group_relative_advantages(rewards, dones, group_size=2))
+    # Group (0, 1), first episodes: returns 1 and 5 -> -1 and +1. Second episodes: only env 0's
+    # finished, so nothing to compare with -> 0. Group (2, 3): env 2 never finished -> 0.
+    expected = np.array([[-1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(advantages, expected, atol=1e-6)
+
+
+def test_grouped_restarts_start_a_group_from_one_state():
+    from gprl.envs import make_env
+
+    env = make_env("gprl/ContextualTarget-v0", 6, 0, backend="gymnasium")
+    obs = env.restart(11, start_state_group=3)
+    np.testing.assert_array_equal(obs[0], obs[2])
+    np.testing.assert_array_equal(obs[3], obs[5])
+    assert not np.array_equal(obs[0], obs[3])
+    step = env.step(np.zeros((6, 2), np.float32))  # one-step episodes: resets stay in step
+    np.testing.assert_array_equal(step.obs[0], step.obs[1])
+    env.close()
+
+
+PROBE_OVERRIDES = {
+    "fpo": {"negative_advantages": "spo"},
+}
+
+
+@pytest.mark.parametrize("name", FLOW_METHODS)
+def test_method_learns_an_observation_dependent_optimal_action(name, tmp_path):
+    config = replace(
+        ALGORITHMS[name].config(),
+        rollout_steps=32,
+        num_minibatches=4,
+        learning_rate=1e-3,
+        **PROBE_OVERRIDES.get(name, {}),
+    )
+    run = RunConfig(
+        env="gprl/ContextualTarget-v0",
+        total_steps=20_000,
+        num_envs=8,
+        out=tmp_path / "run",
+        progress=False,
+        eval_every=10_000,
+        eval_episodes=64,
+    )
+    run_dir = train(name, run, config)
+    with open(run_dir / "metrics.csv", newline="") as f:
+        evals = [float(r["eval_return"]) for r in csv.DictReader(f) if r["eval_return"]]
+    assert evals[-1] > -0.04  # the best constant action earns about -0.43, the optimum 0
