@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
-from gprl.networks import MLP, sinusoidal_embedding
+from gprl.networks import MLP
 from gprl.policies import gaussian_entropy
 
 
@@ -27,7 +27,7 @@ class ReinFlowConfig(FlowOnPolicyConfig):
     max_noise_std: float = 0.16
     """Upper bound of the learned per-step noise std."""
     noise_hidden: tuple[int, ...] = (64, 64)
-    """Hidden widths of the noise network sigma(s, t_k)."""
+    """Hidden widths of the noise network sigma(s, t_k) (one output per grid step)."""
     clip_eps: float = 0.01
     """PPO clip range of the normalised chain ratio (0.01 for state-based tasks)."""
     ent_coef: float = 0.0
@@ -48,29 +48,21 @@ class ReinFlowConfig(FlowOnPolicyConfig):
 
 
 class NoiseNet(nn.Module):
-    """sigma(s, t) in [min_std, max_std]^d: a bounded log-std from an MLP on [s, embed(t)].
-
-    t is a scalar, or shaped like the chain states with a trailing axis of 1 ((K, 1, 1))."""
+    """sigma(s, t_k) in [min_std, max_std]^d for each of the K grid times at once: a bounded
+    log-std from an MLP on s with K x d outputs. The times are the sampler's fixed grid, so one
+    output per step is the same function as an MLP on [s, t_k], at one call per sample instead
+    of K when a chain is re-scored."""
 
     hidden: tuple[int, ...]
+    num_steps: int
     action_dim: int
     min_std: float
     max_std: float
-    time_embed_dim: int = 16
 
     @nn.compact
-    def __call__(self, obs, t):
-        t = jnp.asarray(t)
-        t = t[..., 0] if t.ndim else t
-        batch_shape = jnp.broadcast_shapes(obs.shape[:-1], t.shape)
-        features = jnp.concatenate(
-            [
-                jnp.broadcast_to(obs, (*batch_shape, obs.shape[-1])),
-                sinusoidal_embedding(jnp.broadcast_to(t, batch_shape), self.time_embed_dim),
-            ],
-            axis=-1,
-        )
-        raw = MLP(self.hidden, self.action_dim, "tanh", output_scale=0.01)(features)
+    def __call__(self, obs):
+        raw = MLP(self.hidden, self.num_steps * self.action_dim, "tanh", output_scale=0.01)(obs)
+        raw = raw.reshape(*obs.shape[:-1], self.num_steps, self.action_dim)
         low, high = np.log(self.min_std), np.log(self.max_std)
         return jnp.exp(low + (high - low) * jax.nn.sigmoid(raw))
 
@@ -79,14 +71,18 @@ class ReinFlow(GaussianChainOnPolicy):
     def __init__(self, config: ReinFlowConfig, *args):
         super().__init__(config, *args)
         self.noise_net = NoiseNet(
-            config.noise_hidden, self.spec.action_dim, config.min_noise_std, config.max_noise_std
+            config.noise_hidden,
+            self.num_steps,
+            self.spec.action_dim,
+            config.min_noise_std,
+            config.max_noise_std,
         )
         # The initial noise x_0 ~ N(0, I) counts among the K + 1 normalised terms (its density
         # does not depend on the parameters, so it adds nothing to the log ratio).
         self.ratio_scale = 1.0 / ((self.num_steps + 1) * self.spec.action_dim)
 
     def extra_params(self, key):
-        return {"noise": self.noise_net.init(key, jnp.zeros((1, self.spec.obs_dim)), 0.0)}
+        return {"noise": self.noise_net.init(key, jnp.zeros((1, self.spec.obs_dim)))}
 
     def init(self, key):
         state = super().init(key)
@@ -95,9 +91,10 @@ class ReinFlow(GaussianChainOnPolicy):
         return state
 
     def transition(self, params, obs, aux, k, x, velocity, t):
-        dt = 1.0 / self.num_steps
-        std = self.noise_net.apply(params["noise"], obs, t)
-        return x + dt * velocity, jnp.broadcast_to(std, x.shape)
+        stds = self.noise_net.apply(params["noise"], obs)  # (..., K, d)
+        # One step while sampling (k a scalar); every step, in order, when re-scoring.
+        std = stds[..., k, :] if jnp.ndim(k) == 0 else jnp.moveaxis(stds, -2, 0)
+        return x + velocity / self.num_steps, std
 
     def policy_terms(self, params, minibatch, frozen):
         log_probs, stds = self.step_log_probs(params, minibatch)
