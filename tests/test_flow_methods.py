@@ -183,6 +183,8 @@ def test_grouped_restarts_start_a_group_from_one_state():
     env.close()
 
 
+GRPO_SMALL = ALGORITHMS["grpo"].config(group_size=4)
+
 PROBE_OVERRIDES = {
     "fpo": {"negative_advantages": "spo"},
 }
@@ -210,3 +212,90 @@ def test_method_learns_an_observation_dependent_optimal_action(name, tmp_path):
     with open(run_dir / "metrics.csv", newline="") as f:
         evals = [float(r["eval_return"]) for r in csv.DictReader(f) if r["eval_return"]]
     assert evals[-1] > -0.04  # the best constant action earns about -0.43, the optimum 0
+
+
+@pytest.mark.parametrize("name", FLOW_METHODS)
+def test_method_learns_on_the_device_path(name, tmp_path):
+    # The same algorithm code, stepped inside jit with the JAX version of the probe task.
+    config = replace(
+        ALGORITHMS[name].config(),
+        rollout_steps=32,
+        num_minibatches=4,
+        learning_rate=1e-3,
+        **PROBE_OVERRIDES.get(name, {}),
+    )
+    run = RunConfig(
+        env="gprl/ContextualTarget-v0",
+        env_backend="jax",
+        total_steps=20_000,
+        num_envs=8,
+        out=tmp_path / "run",
+        progress=False,
+        eval_every=10_000,
+        eval_episodes=64,
+    )
+    with open(train(name, run, config) / "metrics.csv", newline="") as f:
+        evals = [float(r["eval_return"]) for r in csv.DictReader(f) if r["eval_return"]]
+    assert evals[-1] > -0.04
+
+
+RESUME_OVERRIDES = {
+    "fpo": {"ratio": "per_pair", "negative_advantages": "spo"},
+    "reinflow": {"w2_coef": 0.1},  # a reference policy in the state
+    "grpo": {"group_size": 2, "kl_coef": 0.01},  # grouped restarts at every boundary
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUME_OVERRIDES))
+def test_interrupted_flow_run_resumes_exactly(name, tmp_path):
+    config = replace(
+        ALGORITHMS[name].config(),
+        flow=FlowPolicyConfig(hidden=(32, 32), num_steps=5),
+        rollout_steps=32,
+        num_minibatches=4,
+        **RESUME_OVERRIDES[name],
+    )
+
+    def run(out, **overrides):
+        fields = dict(
+            env="gprl/TwoGoalPoint-v0",
+            total_steps=4096,
+            num_envs=4,
+            out=tmp_path / out,
+            progress=False,
+            eval_every=1024,
+            eval_episodes=4,
+            checkpoint_every=1024,
+        )
+        return RunConfig(**(fields | overrides))
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt(iteration, row):
+        if iteration == 13:
+            raise Interrupt
+
+    reference = train(name, run("reference"), config)
+    with pytest.raises(Interrupt):
+        train(name, run("interrupted"), config, on_iteration=interrupt)
+    resumed = train(name, RunConfig(resume=tmp_path / "interrupted", progress=False), config)
+
+    def rows(run_dir):
+        with open(run_dir / "metrics.csv", newline="") as f:
+            timing = ("wall_time", "steps_per_second")
+            return [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(f)]
+
+    assert rows(resumed) == rows(reference)
+
+
+def test_grpo_refuses_envpool_and_a_group_that_does_not_divide_the_envs(tmp_path):
+    from gprl.envs import EnvError
+
+    run = RunConfig(env="Hopper-v5", env_backend="envpool", total_steps=4096, num_envs=8)
+    with pytest.raises(EnvError, match="one initial state"):
+        train("grpo", replace(run, out=tmp_path / "a", progress=False), GRPO_SMALL)
+    run = replace(run, env="gprl/ContextualTarget-v0", env_backend="auto", num_envs=6)
+    with pytest.raises(ValueError, match="multiple of grpo.group_size"):
+        train("grpo", replace(run, out=tmp_path / "b", progress=False), GRPO_SMALL)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
