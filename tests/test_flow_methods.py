@@ -296,6 +296,6 @@ def test_grpo_refuses_envpool_and_a_group_that_does_not_divide_the_envs(tmp_path
     with pytest.raises(EnvError, match="one initial state"):
         train("grpo", replace(run, out=tmp_path / "a", progress=False), GRPO_SMALL)
     run = replace(run, env="gprl/ContextualTarget-v0", env_backend="auto", num_envs=6)
-    with pytest.raises(ValueError, match="multiple of grpo.group_size"):
+    with pytest.raises(ValueError, match=r"multiple of grpo\.group_size"):
         train("grpo", replace(run, out=tmp_path / "b", progress=False), GRPO_SMALL)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -16,17 +16,22 @@ EVAL_USAGE = (
     "  gprl eval RUN_DIR [--episodes N] [--video] [--plot-actions]   evaluate a run's checkpoint"
 )
 
+REPORT_USAGE = "  gprl report RUN_DIR... --out DIR   aggregate runs: tables, curves, IQM (rliable)"
+
 
 def _usage() -> str:
     from gprl.algos import ALGORITHMS
 
-    lines = ["usage: gprl {train,eval} ...", ""]
+    lines = ["usage: gprl {train,eval,report} ...", ""]
+    width = max(map(len, ALGORITHMS))
     for name, entry in ALGORITHMS.items():
-        lines.append(f"  gprl train {name:<5} --env ID --total-steps N ...   {entry.summary}")
+        lines.append(f"  gprl train {name:<{width}} --env ID --total-steps N ...   {entry.summary}")
     lines += [
         EVAL_USAGE,
+        REPORT_USAGE,
         "",
-        "Run `gprl train ALGO --help` (or `gprl eval --help`) for every option.",
+        "Run `gprl train ALGO --help` (or `gprl eval --help`, `gprl report --help`) for every "
+        "option.",
     ]
     return "\n".join(lines)
 
@@ -161,9 +166,36 @@ def _eval(argv) -> None:
             print(line)
 
 
+@dataclass
+class ReportArgs:
+    """Aggregate run directories into a benchmark report: per-task tables, learning curves with
+    confidence bands, IQM / mean / optimality gap with 95% stratified-bootstrap intervals and
+    performance profiles (rliable); writes report.md, CSVs and PNGs to --out."""
+
+    run_dirs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run directories (any algorithms, tasks and seeds)."""
+    out: Path = Path("report")
+    """Directory for report.md, runs.csv, aggregate.csv, curves.png, aggregate.png,
+    profiles.png."""
+    score_scale: float = 1.0
+    """Divide returns by this before aggregating across tasks (1000 for DM Control)."""
+    title: str = "gprl report"
+    """Heading of report.md."""
+
+
+def _report(argv) -> None:
+    from gprl.report import write_report
+
+    args = _parse(ReportArgs, argv, "gprl report")
+    if not args.run_dirs:
+        raise ValueError("give at least one run directory")
+    report = write_report(list(args.run_dirs), args.out, args.score_scale, args.title)
+    print(f"report: {report}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": _train, "eval": _eval}
+    commands = {"train": _train, "eval": _eval, "report": _report}
     if not argv or argv[0] not in commands:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         print(_usage(), file=sys.stdout if asked_for_help else sys.stderr)
