@@ -42,3 +42,29 @@ def test_algorithms_import_no_env_collector_or_loop():
                 continue
             for name in imported:
                 assert not name.startswith(ROOMS_ALGORITHMS_MUST_NOT_ENTER), f"{path.name}: {name}"
+
+
+def undocumented_fields(config_cls, prefix=""):
+    """Dotted names of config fields (nested dataclasses included) without a docstring, the text
+    `--help` shows."""
+    import dataclasses
+    import typing
+
+    from tyro._docstrings import get_field_docstring
+
+    missing = []
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        name = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(hints[field.name]):
+            missing += undocumented_fields(hints[field.name], name + ".")
+        elif not get_field_docstring(config_cls, field.name, ()):
+            missing.append(name)
+    return missing
+
+
+def test_every_algorithm_config_field_is_documented():
+    from gprl.algos import ALGORITHMS
+
+    for name, entry in ALGORITHMS.items():
+        assert undocumented_fields(entry.config) == [], name
