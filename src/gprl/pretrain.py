@@ -83,7 +83,7 @@ class PretrainConfig:
     (its mean)."""
     keep: Literal["last", "best_val"] = "last"
     """The parameters evaluated and shipped: the latest, or those with the best held-out loss
-    (GoRL's rule for its decoder). The one-step objectives' held-out loss moves with the
+    (the rule of decoder refits). The one-step objectives' held-out loss moves with the
     parameters, which makes it a poor selector for them."""
 
     def validate(self) -> None:
@@ -184,7 +184,7 @@ class ChunkPolicy:
     flat chunk from the noise, map it back to [-1, 1] actions (N, chunk_length, action_dim).
 
     acting = {"params", "obs_norm", "action_norm"}. `plan_from_noise` is the interface for
-    methods that drive the policy through its noise (DSRL, GoRL); `plan` draws the noise."""
+    methods that drive the policy through its noise (latent-space fine-tuning); `plan` draws it."""
 
     def __init__(self, policy, chunk_length: int, action_dim: int, noise_scale: float):
         self.policy = policy
@@ -459,6 +459,8 @@ def _pretrain(kind, run, config, policy_config, demos: Demonstrations, env, eval
             done = progress["iteration"] == total_iterations
             row = {"iteration": progress["iteration"], "grad_steps": progress["grad_steps"]}
             row |= info
+            if progress["iteration"] == 1:
+                row["val_loss_at_init"] = float(state["fit"]["val_loss_at_init"])
             if done or (run.eval_every > 0 and progress["grad_steps"] >= progress["next_eval"]):
                 evaluation = evaluator.evaluate(_acting(state, config.keep))
                 row |= evaluation

@@ -1,5 +1,5 @@
 """Fitting a policy to (condition, action) pairs: the one routine behind behaviour cloning
-(`gprl pretrain`) and GoRL's decoder refits.
+(`gprl pretrain`) and the decoder refits of staged RL algorithms.
 
 Any policy with `loss(params, cond, actions, key) -> (loss, info)` can be fitted. The data are
 split once into a training and a held-out part; training runs in chunks of `chunk_steps` Adam
