@@ -1,9 +1,11 @@
-"""Command line: `gprl train ALGO ...` (one subcommand per registered algorithm) and
+"""Command line: `gprl train ALGO ...` (one subcommand per registered algorithm),
+`gprl pretrain KIND ...` (one per imitation policy), `gprl collect RUN_DIR ...` and
 `gprl eval RUN_DIR ...`."""
 
 import contextlib
 import dataclasses
 import io
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -15,23 +17,29 @@ import tyro
 EVAL_USAGE = (
     "  gprl eval RUN_DIR [--episodes N] [--video] [--plot-actions]   evaluate a run's checkpoint"
 )
-
+COLLECT_USAGE = (
+    "  gprl collect RUN_DIR --episodes N --out NAME [--action-noise S]   record a Minari dataset"
+)
 REPORT_USAGE = "  gprl report RUN_DIR... --out DIR   aggregate runs: tables, curves, IQM (rliable)"
 
 
 def _usage() -> str:
     from gprl.algos import ALGORITHMS
+    from gprl.policies import POLICIES
 
-    lines = ["usage: gprl {train,eval,report} ...", ""]
+    lines = ["usage: gprl {train,pretrain,collect,eval,report} ...", ""]
     width = max(map(len, ALGORITHMS))
     for name, entry in ALGORITHMS.items():
         lines.append(f"  gprl train {name:<{width}} --env ID --total-steps N ...   {entry.summary}")
+    for kind, entry in POLICIES.items():
+        lines.append(f"  gprl pretrain {kind:<9} --dataset NAME --steps N ...   {entry.summary}")
     lines += [
+        COLLECT_USAGE,
         EVAL_USAGE,
         REPORT_USAGE,
         "",
-        "Run `gprl train ALGO --help` (or `gprl eval --help`, `gprl report --help`) for every "
-        "option.",
+        "Run `gprl train ALGO --help` (or `gprl pretrain KIND --help`, `gprl collect --help`, "
+        "`gprl eval --help`, `gprl report --help`) for every option.",
     ]
     return "\n".join(lines)
 
@@ -52,6 +60,30 @@ def _train_commands() -> dict[type, str]:
         )
         command.__doc__ = f"Train {entry.summary}."
         commands[command] = name
+    return commands
+
+
+def _pretrain_commands() -> dict[type, str]:
+    """One dataclass per policy kind: the pretrain run options and imitation settings, plus a
+    field named after the kind that holds the policy's config (so `--KIND.FIELD` options)."""
+    from gprl.policies import POLICIES
+    from gprl.pretrain import PretrainConfig, PretrainRun
+
+    commands = {}
+    for kind, entry in POLICIES.items():
+        command = dataclasses.make_dataclass(
+            f"Pretrain{entry.policy.__name__}",
+            [
+                (
+                    kind,
+                    entry.config,
+                    dataclasses.field(default_factory=lambda d=entry.default_config: d),
+                )
+            ],
+            bases=(PretrainRun, PretrainConfig),
+        )
+        command.__doc__ = f"Pretrain a policy by imitation of a Minari dataset: {entry.summary}."
+        commands[command] = kind
     return commands
 
 
@@ -109,6 +141,42 @@ def _train(argv) -> None:
     _print_summary(run_dir)
 
 
+def _pretrain(argv) -> None:
+    import csv
+
+    from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
+
+    commands = _pretrain_commands()
+    options = [Annotated[command, tyro.conf.subcommand(kind)] for command, kind in commands.items()]
+    args = _parse(Union[tuple(options)], argv, "gprl pretrain")  # noqa: UP007
+    kind = commands[type(args)]
+    run = PretrainRun(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainRun)})
+    config = PretrainConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
+    )
+    run_dir = pretrain(kind, run, config, getattr(args, kind))
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    last_eval = [r for r in rows if r.get("eval_return")][-1]
+    data_return = json.loads((run_dir / "config.json").read_text())["dataset"]["mean_return"]
+    print(
+        f"finished: {rows[-1]['grad_steps']} gradient steps in {float(rows[-1]['wall_time']):.0f} "
+        f"s; final eval return {float(last_eval['eval_return']):.3f} "
+        f"(+- {float(last_eval['eval_return_std']):.3f}), dataset mean return {data_return:.3f}"
+    )
+    print(f"run directory: {run_dir}  (metrics.csv, learning_curve.png, checkpoint/)")
+
+
+def _collect(argv) -> None:
+    from gprl.collect import CollectArgs, collect
+
+    result = collect(_parse(CollectArgs, argv, "gprl collect"))
+    print(
+        f"wrote dataset {result.dataset_id}: {result.episodes} episodes, {result.steps} steps, "
+        f"mean return {result.mean_return:.3f}  ({result.path})"
+    )
+
+
 def _print_summary(run_dir: Path) -> None:
     import csv
 
@@ -130,11 +198,21 @@ def _eval(argv) -> None:
     from gprl.backends import make_evaluator, open_environments, resolve_backend
     from gprl.envs import make_env
     from gprl.evaluation import record_video
+    from gprl.pretrain import evaluate_run, is_pretrain_run
     from gprl.trainer import load_run
 
     args = _parse(EvalArgs, argv, "gprl eval")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+    if is_pretrain_run(args.run_dir):
+        if args.video:
+            raise ValueError("--video is not supported for pretrain runs")
+        env_id, result = evaluate_run(args.run_dir, args.episodes, args.seed)
+        print(
+            f"{env_id}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
+            f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
+        )
+        return
     algo, state, run = load_run(args.run_dir)
     if args.plot_actions and resolve_backend(run.env, "auto") == "jax":
         raise ValueError(f"--plot-actions draws on host envs; {run.env} is a JAX environment")
@@ -195,7 +273,13 @@ def _report(argv) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": _train, "eval": _eval, "report": _report}
+    commands = {
+        "train": _train,
+        "pretrain": _pretrain,
+        "collect": _collect,
+        "eval": _eval,
+        "report": _report,
+    }
     if not argv or argv[0] not in commands:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         print(_usage(), file=sys.stdout if asked_for_help else sys.stderr)

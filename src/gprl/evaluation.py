@@ -20,6 +20,24 @@ def _summary(returns, lengths) -> dict:
     }
 
 
+def _host_episodes(env, seed: int, policy) -> dict:
+    """One episode in each env of a host vector env, acting with policy(obs) -> actions."""
+    max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
+    obs = env.restart(seed)
+    returns = np.zeros(env.num_envs)
+    lengths = np.zeros(env.num_envs, np.int64)
+    running = np.ones(env.num_envs, bool)
+    for _ in range(max_steps):
+        step = env.step(policy(obs))
+        returns += np.where(running, step.reward, 0.0)
+        lengths += running
+        running &= ~(step.terminated | step.truncated)
+        if not running.any():
+            break
+        obs = step.obs
+    return _summary(returns, lengths)
+
+
 class HostEvaluator:
     """One episode in each of env.num_envs host envs (restarted from the same seed, or on
     envpool from each env's next episode)."""
@@ -30,21 +48,65 @@ class HostEvaluator:
         self._action = jax.jit(act_deterministic)
 
     def evaluate(self, acting) -> dict:
-        env = self.env
-        max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
-        obs = env.restart(self.seed)
-        returns = np.zeros(env.num_envs)
-        lengths = np.zeros(env.num_envs, np.int64)
-        running = np.ones(env.num_envs, bool)
-        for _ in range(max_steps):
-            step = env.step(np.asarray(self._action(acting, obs)))
-            returns += np.where(running, step.reward, 0.0)
-            lengths += running
-            running &= ~(step.terminated | step.truncated)
-            if not running.any():
-                break
-            obs = step.obs
-        return _summary(returns, lengths)
+        return _host_episodes(
+            self.env, self.seed, lambda obs: np.asarray(self._action(acting, obs))
+        )
+
+
+class ActionQueue:
+    """Executes action chunks on a host vector env: each env runs the first `execute_steps`
+    actions of a chunk planned for it, then asks for a new one; an env whose episode ended
+    asks at once. One batched plan(obs, key) -> (num_envs, chunk_length, action_dim) call serves
+    every env that needs a chunk at a step (the others keep theirs)."""
+
+    def __init__(self, plan, num_envs: int, execute_steps: int, key):
+        self.plan = plan
+        self.execute_steps = execute_steps
+        self.key = key
+        self.chunks = None
+        self.position = np.zeros(num_envs, np.int64)
+        self.pending = np.zeros(num_envs, np.int64)
+        """Actions left to execute from each env's chunk."""
+
+    def __call__(self, obs) -> np.ndarray:
+        replan = self.pending == 0
+        if replan.any():
+            self.key, plan_key = jax.random.split(self.key)
+            chunk = np.asarray(self.plan(obs, plan_key))
+            if self.chunks is None:
+                self.chunks = chunk.copy()
+            self.chunks[replan] = chunk[replan]
+            self.position[replan] = 0
+            self.pending[replan] = self.execute_steps
+        action = self.chunks[np.arange(len(self.position)), self.position]
+        self.position += 1
+        self.pending -= 1
+        return action
+
+    def episode_ended(self, ended) -> None:
+        """The envs flagged in `ended` start a new episode: their next action is replanned."""
+        self.pending[np.asarray(ended, bool)] = 0
+
+
+class ChunkedHostEvaluator:
+    """HostEvaluator for policies that plan action chunks: plan(acting, obs, key) ->
+    (N, chunk_length, action_dim), executed through an :class:`ActionQueue`. The plans' noise
+    comes from a key fixed by the seed, so evaluations are repeatable."""
+
+    def __init__(self, env, plan, seed: int, execute_steps: int):
+        self.env = env
+        self.seed = seed
+        self.execute_steps = execute_steps
+        self._plan = jax.jit(plan)
+
+    def evaluate(self, acting) -> dict:
+        queue = ActionQueue(
+            lambda obs, key: self._plan(acting, obs, key),
+            self.env.num_envs,
+            self.execute_steps,
+            jax.random.PRNGKey(self.seed),
+        )
+        return _host_episodes(self.env, self.seed, queue)
 
 
 class DeviceEvaluator:

@@ -26,6 +26,8 @@ class MetricsLogger:
         tensorboard: bool = False,
         wandb_project: str | None = None,
         config=None,
+        leading_columns: list[str] = LEADING_COLUMNS,
+        step_column: str = "env_steps",
     ):
         self.path = Path(run_dir) / METRICS_CSV
         self.rows: list[dict] = []
@@ -36,7 +38,8 @@ class MetricsLogger:
                     for row in csv.DictReader(f)
                     if int(row["iteration"]) <= resume_iteration
                 ]
-        self.columns = list(dict.fromkeys(LEADING_COLUMNS + [k for r in self.rows for k in r]))
+        self.step_column = step_column
+        self.columns = list(dict.fromkeys(leading_columns + [k for r in self.rows for k in r]))
         self._rewrite()
         self.tensorboard = None
         if tensorboard:
@@ -74,7 +77,7 @@ class MetricsLogger:
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
-        step = int(row["env_steps"])
+        step = int(row[self.step_column])
         numeric = {k: v for k, v in row.items() if isinstance(v, int | float) and math.isfinite(v)}
         if self.tensorboard is not None:
             for key, value in numeric.items():
@@ -99,7 +102,14 @@ def _parse(value: str):
     return int(number) if number.is_integer() and "." not in value and "e" not in value else number
 
 
-def plot_learning_curve(rows: list[dict], path: Path, title: str) -> Path:
+def plot_learning_curve(
+    rows: list[dict],
+    path: Path,
+    title: str,
+    x_column: str = "env_steps",
+    reference: tuple[str, float] | None = None,
+) -> Path:
+    """Returns against x_column; reference = (label, value) adds a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,17 +121,19 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str) -> Path:
         ("eval_return", "deterministic evaluation", "o-"),
     ):
         points = [
-            (r["env_steps"], r[key])
+            (r[x_column], r[key])
             for r in rows
             if isinstance(r.get(key), int | float) and math.isfinite(r[key])
         ]
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, style, label=label, markersize=3, alpha=0.85)
-    refits = [r["env_steps"] for r in rows if r.get("refit") == 1]
+    if reference is not None:
+        ax.axhline(reference[1], color="black", linestyle="--", label=reference[0])
+    refits = [r[x_column] for r in rows if r.get("refit") == 1]
     for i, step in enumerate(refits):
         ax.axvline(step, color="grey", linestyle=":", label="refit" if i == 0 else None)
-    ax.set_xlabel("env steps")
+    ax.set_xlabel(x_column.replace("_", " "))
     ax.set_ylabel("episodic return")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -57,20 +57,33 @@ class ConditionalField(nn.Module):
     A sampler calls it K times with the same condition, so its first layer is also applied in
     parts (one kernel, sliced by input): the condition's and the time grid's projections once per
     call, then per step only x's projection and the trunk, which is what a 10-step flow or
-    diffusion policy spends its acting time on (measured on CPU)."""
+    diffusion policy spends its acting time on (measured on CPU).
+
+    With num_times > 1, t has a trailing axis of that many times (one-step policies take an
+    interval: its start and its length), each embedded separately."""
 
     hidden: Sequence[int]
     out_dim: int
     activation: str
     time_embed_dim: int
     output_scale: float
+    num_times: int = 1
+    max_period: float = 1000.0
+    """Period of the slowest time feature; the fastest turns once per unit of t * max_period /
+    (2 pi), so a smaller value makes the field smoother in t (MeanFlow differentiates it in t)."""
 
     def setup(self):
         self.first = nn.Dense(self.hidden[0], kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))
         self.trunk = MLP(self.hidden[1:], self.out_dim, self.activation, self.output_scale)
 
+    def _embed_times(self, t):
+        features = sinusoidal_embedding(t, self.time_embed_dim, self.max_period)
+        if self.num_times == 1:
+            return features
+        return features.reshape(*t.shape[:-1], -1)
+
     def __call__(self, cond, x, t):
-        t_features = sinusoidal_embedding(t, self.time_embed_dim)
+        t_features = self._embed_times(t)
         hidden = self.first(jnp.concatenate([cond, x, t_features], axis=-1))
         return self.trunk(activation_fn(self.activation)(hidden))
 
@@ -80,7 +93,8 @@ class ConditionalField(nn.Module):
             self.first.variables["params"]["kernel"],
             self.first.variables["params"]["bias"],
         )
-        embed_size = 2 * (self.time_embed_dim // 2)  # what sinusoidal_embedding returns
+        # What sinusoidal_embedding returns, per time.
+        embed_size = self.num_times * 2 * (self.time_embed_dim // 2)
         x_start = kernel.shape[0] - self.out_dim - embed_size
         t_start = kernel.shape[0] - embed_size
         return kernel[:x_start], kernel[x_start:t_start], kernel[t_start:], bias
@@ -91,7 +105,7 @@ class ConditionalField(nn.Module):
 
     def time_features(self, t):
         _, _, t_rows, _ = self._first_layer()
-        return sinusoidal_embedding(t, self.time_embed_dim) @ t_rows
+        return self._embed_times(t) @ t_rows
 
     def from_features(self, cond_features, x, time_features):
         """f from condition(cond) and time_features(t): equal to __call__(cond, x, t)."""

@@ -113,7 +113,7 @@ def _validate(run: RunConfig) -> None:
         )
 
 
-def _saved_configs(run_dir: Path) -> dict:
+def saved_configs(run_dir: Path) -> dict:
     """The configs of a run: from its checkpoint, or from its run directory when it was stopped
     before the first checkpoint."""
     try:
@@ -130,7 +130,7 @@ def _saved_configs(run_dir: Path) -> dict:
 
 def _resolve_resume(algo_name: str, run: RunConfig):
     """Load the saved configs of --resume, rejecting a different algorithm, env or budget."""
-    saved = _saved_configs(run.resume)
+    saved = saved_configs(run.resume)
     if saved.get("algo") != algo_name:
         raise CheckpointError(f"{run.resume} holds a '{saved.get('algo')}' run, not '{algo_name}'")
     saved_run = from_jsonable(RunConfig, saved["run"])
@@ -148,7 +148,7 @@ def _resolve_resume(algo_name: str, run: RunConfig):
     return saved_run, from_jsonable(config_cls, saved["algo_config"])
 
 
-def _prepare_run_dir(algo_name: str, run: RunConfig) -> Path:
+def prepare_run_dir(algo_name: str, run: RunConfig) -> Path:
     if run.resume is not None:
         return Path(run.resume)
     if run.out is None:
@@ -249,7 +249,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
 def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     algo_cls = ALGORITHMS[algo_name].algorithm
     algo = algo_cls(algo_config, envs.spec, run.num_envs, run.total_steps)
-    run_dir = _prepare_run_dir(algo_name, run)
+    run_dir = prepare_run_dir(algo_name, run)
     config_record = {
         "algo": algo_name,
         "run": to_jsonable(run),
@@ -267,7 +267,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
         "next_eval": 0,
         "next_checkpoint": run.checkpoint_every,
     }
-    resuming = run.resume is not None and _has_checkpoint(run_dir)
+    resuming = run.resume is not None and has_checkpoint(run_dir)
     if resuming:
         state, meta = load_checkpoint(run_dir, state, identity)
         progress = meta["progress"]
@@ -364,7 +364,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     return run_dir
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
+def has_checkpoint(run_dir: Path) -> bool:
     try:
         read_config(run_dir)
     except CheckpointError:

@@ -13,7 +13,6 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gprl.algos.base import OnPolicyAlgorithm, RefitRequest
 from gprl.algos.onpolicy import (
@@ -35,6 +34,7 @@ from gprl.policies import (
     gaussian_log_prob,
     kl_to_standard_normal,
 )
+from gprl.policies.imitation import FitConfig, ImitationFitter
 from gprl.rl_math import normalize, running_stats_init, running_stats_update
 from gprl.types import EnvSpec
 
@@ -180,9 +180,15 @@ class GoRL(OnPolicyAlgorithm):
             "iterations": self.stage_iterations,
         }
         self.optimizer = make_optimizer(config.ppo)
-        self._decoder_optimizer = optax.adam(config.decoder_learning_rate)
-        self._decoder_train_chunk = jax.jit(self._decoder_train_chunk_impl)
-        self._decoder_val_loss = jax.jit(self._decoder_val_loss_impl)
+        self.decoder_fitter = ImitationFitter(
+            self.decoder,
+            FitConfig(
+                batch_size=config.decoder_batch_size,
+                learning_rate=config.decoder_learning_rate,
+                val_fraction=config.decoder_val_fraction,
+                chunk_steps=config.decoder_eval_every,
+            ),
+        )
 
     def stage_value(self, name: str, stage):
         return jnp.asarray(self._per_stage[name])[stage]
@@ -356,60 +362,12 @@ class GoRL(OnPolicyAlgorithm):
 
     # ----- decoder fitting ---------------------------------------------------------------------
 
-    def _decoder_train_chunk_impl(self, params, opt_state, cond, actions, key):
-        batch_size = min(self.config.decoder_batch_size, cond.shape[0])
-
-        def train_step(carry, step_key):
-            params, opt_state = carry
-            index_key, loss_key = jax.random.split(step_key)
-            index = jax.random.randint(index_key, (batch_size,), 0, cond.shape[0])
-            grad_fn = jax.value_and_grad(self.decoder.loss, has_aux=True)
-            (loss, _), grads = grad_fn(params, cond[index], actions[index], loss_key)
-            updates, opt_state = self._decoder_optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        keys = jax.random.split(key, self.config.decoder_eval_every)
-        (params, opt_state), losses = jax.lax.scan(train_step, (params, opt_state), keys)
-        return params, opt_state, jnp.mean(losses)
-
-    def _decoder_val_loss_impl(self, params, cond, actions, key):
-        # Average over several noise draws: a single draw makes model selection noisy.
-        keys = jax.random.split(key, 4)
-        losses = jax.vmap(lambda k: self.decoder.loss(params, cond, actions, k)[0])(keys)
-        return jnp.mean(losses)
-
     def fit_decoder(self, params, obs, targets, obs_stats, key):
         """Fit the decoder to (obs, pre-tanh action) pairs, keeping the best held-out params."""
-        cfg = self.config
         # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
         std = np.sqrt(np.asarray(obs_stats["var"]) + 1e-8)
         cond = np.clip((obs - np.asarray(obs_stats["mean"])) / std, -10.0, 10.0)
-        split_seed, val_key, key = jax.random.split(key, 3)
-        order = np.random.default_rng(np.asarray(jax.random.key_data(split_seed))).permutation(
-            len(cond)
+        params, info = self.decoder_fitter.fit(
+            params, cond, targets, key, self.config.decoder_train_steps
         )
-        num_val = max(1, int(cfg.decoder_val_fraction * len(cond)))
-        val_index, train_index = order[:num_val], order[num_val:]
-        if len(train_index) == 0:
-            raise ValueError("decoder refit needs at least 2 collected samples")
-        train = (cond[train_index].astype(np.float32), targets[train_index])
-        val = (cond[val_index].astype(np.float32), targets[val_index])
-        opt_state = self._decoder_optimizer.init(params)
-        best_params, best_val = params, float(self._decoder_val_loss(params, *val, val_key))
-        initial_val = best_val
-        train_loss = float("nan")
-        chunks = max(1, cfg.decoder_train_steps // cfg.decoder_eval_every)
-        for chunk_key in jax.random.split(key, chunks):
-            params, opt_state, train_loss = self._decoder_train_chunk(
-                params, opt_state, *train, chunk_key
-            )
-            val_loss = float(self._decoder_val_loss(params, *val, val_key))
-            if not np.isfinite(val_loss):
-                raise FloatingPointError("NaN in the decoder refit loss")
-            if val_loss < best_val:
-                best_params, best_val = params, val_loss
-        return best_params, {
-            "decoder_train_loss": float(train_loss),
-            "decoder_val_loss": best_val,
-            "decoder_val_loss_at_init": initial_val,
-        }
+        return params, {f"decoder_{name}": value for name, value in info.items()}

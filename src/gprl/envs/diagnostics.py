@@ -411,4 +411,6 @@ def register_diagnostic_envs() -> None:
         DIAGNOSTIC_ENVS | HOST_ONLY_DIAGNOSTIC_ENVS
     ).items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=env_class, max_episode_steps=max_episode_steps)
+            # A "module:Class" entry point keeps the spec serialisable (Minari datasets store it).
+            entry_point = f"{env_class.__module__}:{env_class.__name__}"
+            gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)

@@ -65,3 +65,32 @@ def gaussian_entropy(std):
 def kl_to_standard_normal(mean, std):
     """KL(N(mean, std^2) || N(0, I)), summed over the last axis."""
     return jnp.sum(0.5 * (mean**2 + std**2 - 1.0) - jnp.log(std), axis=-1)
+
+
+class GaussianPolicy:
+    """A Gaussian policy as an imitation learner: fitted by maximum likelihood, sampled as
+    mean + std * noise from a noise the caller supplies (noise 0 gives the mean).
+
+    A unimodal fit averages the modes of multimodal demonstrations, which is what the
+    generative policies next to it are for."""
+
+    kind = "gaussian"
+
+    def __init__(self, action_dim: int, config: GaussianPolicyConfig = GaussianPolicyConfig()):
+        self.action_dim = action_dim
+        self.config = config
+        self.net = GaussianPolicyNet(config, action_dim)
+
+    def init(self, key, cond_dim: int):
+        return self.net.init(key, jnp.zeros((1, cond_dim)))
+
+    def sample(self, params, cond, noise, num_steps: int | None = None):
+        """mean + std * noise; num_steps is accepted for the common interface and unused."""
+        mean, std = self.net.apply(params, cond)
+        return mean + std * noise
+
+    def loss(self, params, cond, actions, key):
+        """Negative log-likelihood of the actions (key unused: the loss is deterministic)."""
+        mean, std = self.net.apply(params, cond)
+        loss = -jnp.mean(gaussian_log_prob(mean, std, actions))
+        return loss, {"gaussian_nll": loss, "mean_squared_error": jnp.mean((mean - actions) ** 2)}

@@ -1,0 +1,320 @@
+"""Demonstration datasets in the Minari format, read and written through the `minari` package.
+
+Datasets live in Minari's data path (``~/.minari/datasets``, or ``MINARI_DATASETS_PATH``) under
+ids of the form ``[namespace/]name-vN``. gprl reads any dataset with a bounded Box action space
+and Box (or Dict-of-Box) observations and turns it into flat float32 arrays, observations as gprl's
+envs produce them (Dict keys in sorted order) and actions rescaled from the dataset's action
+bounds to [-1, 1], the range every gprl policy acts in. It writes datasets with flat Box
+observations and actions in the env's own units, so other Minari users read them as they are.
+
+A write goes to a hidden folder beside the datasets and is renamed into place when complete, so
+a failed or interrupted collection leaves no dataset behind and never replaces one.
+"""
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from gymnasium import spaces
+
+from gprl.types import EnvSpec
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed, empty or does not fit the env; one line says why."""
+
+
+class Episode(NamedTuple):
+    """One recorded episode: observations (T + 1, obs_dim) with the final one, actions (T, d) in
+    the env's units, rewards, terminations and truncations (T,)."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+
+
+class Demonstrations(NamedTuple):
+    """A dataset as gprl trains on it: steps of all episodes concatenated in order."""
+
+    dataset_id: str
+    env_id: str | None
+    """The id of the env the dataset records, if it records one."""
+    obs: np.ndarray
+    """(N, obs_dim) float32, flattened as gprl's envs flatten observations."""
+    actions: np.ndarray
+    """(N, action_dim) float32 in [-1, 1] (the dataset's action bounds mapped onto it)."""
+    episode_lengths: np.ndarray
+    """(E,) steps of each episode; episodes are consecutive in obs and actions."""
+    episode_returns: np.ndarray
+    """(E,) undiscounted return of each episode."""
+    action_low: np.ndarray
+    action_high: np.ndarray
+    sha256: str
+    """Checksum of the observations and actions (a resumed run checks it is the same data)."""
+
+    @property
+    def obs_dim(self) -> int:
+        return self.obs.shape[1]
+
+    @property
+    def action_dim(self) -> int:
+        return self.actions.shape[1]
+
+
+def _minari():
+    # minari prints nothing useful for gprl's users in its warnings (missing author, ...).
+    warnings.filterwarnings("ignore", module="minari")
+    import minari
+
+    return minari
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def datasets_root() -> Path:
+    """Where Minari keeps datasets (MINARI_DATASETS_PATH, else ~/.minari/datasets)."""
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    return Path(get_dataset_path())
+
+
+def check_dataset_id(dataset_id: str) -> str:
+    """dataset_id if it is a valid Minari id with a version, else DatasetError."""
+    from minari.dataset.minari_dataset import DATASET_ID_RE
+
+    match = DATASET_ID_RE.fullmatch(dataset_id or "")
+    if match is None or match.group("version") is None:
+        raise DatasetError(
+            f"invalid dataset id {dataset_id!r}: Minari ids look like [namespace/]name-vN, "
+            "e.g. hopper/expert-v0"
+        )
+    return dataset_id
+
+
+def dataset_path(dataset_id: str) -> Path:
+    return datasets_root() / check_dataset_id(dataset_id)
+
+
+def _flat_dim(space, dataset_id: str, what: str) -> int:
+    if isinstance(space, spaces.Box):
+        return math.prod(space.shape)
+    if isinstance(space, spaces.Dict) and all(
+        isinstance(sub, spaces.Box) for sub in space.spaces.values()
+    ):
+        return sum(math.prod(sub.shape) for sub in space.spaces.values())
+    raise DatasetError(f"dataset {dataset_id} has {what} space {space}; gprl needs Box")
+
+
+def _flatten(observations, length: int) -> np.ndarray:
+    if isinstance(observations, dict):
+        parts = [np.asarray(observations[k]).reshape(length, -1) for k in sorted(observations)]
+        return np.concatenate(parts, axis=1, dtype=np.float32)
+    return np.asarray(observations, np.float32).reshape(length, -1)
+
+
+def _check_action_space(space, dataset_id: str) -> spaces.Box:
+    if not isinstance(space, spaces.Box) or not np.issubdtype(space.dtype, np.floating):
+        raise DatasetError(f"dataset {dataset_id} has action space {space}; gprl needs a float Box")
+    if len(space.shape) != 1:
+        raise DatasetError(f"dataset {dataset_id} has action space {space}; gprl needs a 1-D Box")
+    if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        raise DatasetError(
+            f"dataset {dataset_id} has an unbounded action space {space}; gprl needs bounds to "
+            "map actions onto [-1, 1]"
+        )
+    if not (space.high > space.low).all():
+        raise DatasetError(f"dataset {dataset_id} has an empty action range in {space}")
+    return space
+
+
+def load_demonstrations(dataset_id: str) -> Demonstrations:
+    """Read a Minari dataset and check its schema; DatasetError (one line) if it is missing,
+    unreadable, not Box, empty, non-finite or has actions outside its action space."""
+    path = dataset_path(dataset_id)
+    if not (path / "data").is_dir():
+        raise DatasetError(
+            f"no Minari dataset {dataset_id!r} in {datasets_root()} (MINARI_DATASETS_PATH "
+            "chooses the folder; `gprl collect` records one)"
+        )
+    minari = _minari()
+    try:
+        dataset = minari.load_dataset(dataset_id)
+        obs_space, action_space = dataset.observation_space, dataset.action_space
+        env_spec = dataset.env_spec
+    except Exception as exc:  # h5py, json and minari raise many types on corrupt files
+        raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
+    obs_dim = _flat_dim(obs_space, dataset_id, "observation")
+    action_space = _check_action_space(action_space, dataset_id)
+    action_dim = action_space.shape[0]
+
+    obs_parts, action_parts, lengths, returns = [], [], [], []
+    try:
+        for number, episode in enumerate(dataset.iterate_episodes()):
+            length = len(episode.rewards)
+            if length == 0:
+                continue
+            observations = _flatten(episode.observations, length + 1)
+            actions = np.asarray(episode.actions, np.float32).reshape(length, -1)
+            rewards = np.asarray(episode.rewards, np.float64)
+            if observations.shape[1] != obs_dim or actions.shape[1] != action_dim:
+                raise DatasetError(
+                    f"dataset {dataset_id} episode {number} has observations of size "
+                    f"{observations.shape[1]} and actions of size {actions.shape[1]}; its spaces "
+                    f"say {obs_dim} and {action_dim}"
+                )
+            for name, values in (("observations", observations), ("actions", actions)):
+                if not np.isfinite(values).all():
+                    raise DatasetError(
+                        f"dataset {dataset_id} has non-finite {name} (episode {number})"
+                    )
+            if not np.isfinite(rewards).all():
+                raise DatasetError(
+                    f"dataset {dataset_id} has non-finite rewards (episode {number})"
+                )
+            obs_parts.append(observations[:-1])
+            action_parts.append(actions)
+            lengths.append(length)
+            returns.append(rewards.sum())
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
+    if not lengths:
+        raise DatasetError(f"dataset {dataset_id} is empty (no steps)")
+
+    obs = np.concatenate(obs_parts)
+    actions = np.concatenate(action_parts)
+    low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+    # Stored actions may sit a rounding error outside their bounds; more than that is an error.
+    tolerance = 1e-4 * (high - low)
+    if (actions < low - tolerance).any() or (actions > high + tolerance).any():
+        raise DatasetError(
+            f"dataset {dataset_id} has actions outside its action space {action_space}"
+        )
+    unit_actions = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0)
+    digest = hashlib.sha256(obs.tobytes() + unit_actions.astype(np.float32).tobytes()).hexdigest()
+    return Demonstrations(
+        dataset_id=dataset_id,
+        env_id=None if env_spec is None else env_spec.id,
+        obs=obs,
+        actions=unit_actions.astype(np.float32),
+        episode_lengths=np.asarray(lengths, np.int64),
+        episode_returns=np.asarray(returns, np.float64),
+        action_low=low,
+        action_high=high,
+        sha256=digest,
+    )
+
+
+def check_fits_env(demos: Demonstrations, spec: EnvSpec) -> None:
+    """DatasetError unless the dataset's observations and actions have the env's shapes and its
+    action bounds are the env's (actions are rescaled through them)."""
+    if demos.obs_dim != spec.obs_dim:
+        raise DatasetError(
+            f"dataset {demos.dataset_id} has observations of size {demos.obs_dim}; "
+            f"{spec.env_id} has {spec.obs_dim}"
+        )
+    if demos.action_dim != spec.action_dim:
+        raise DatasetError(
+            f"dataset {demos.dataset_id} has actions of size {demos.action_dim}; "
+            f"{spec.env_id} has {spec.action_dim}"
+        )
+    if not (
+        np.allclose(demos.action_low, spec.action_low)
+        and np.allclose(demos.action_high, spec.action_high)
+    ):
+        raise DatasetError(
+            f"dataset {demos.dataset_id} has action bounds [{demos.action_low}, "
+            f"{demos.action_high}]; {spec.env_id} has [{spec.action_low}, {spec.action_high}]"
+        )
+
+
+@contextlib.contextmanager
+def _minari_root(path: Path):
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+def write_dataset(
+    dataset_id: str,
+    episodes: list[Episode],
+    spec: EnvSpec,
+    description: str,
+    algorithm_name: str,
+) -> Path:
+    """Write episodes as a Minari dataset for the env of `spec`; returns its folder.
+
+    Observations are stored flat (Box of size obs_dim), actions in the env's units. The dataset
+    is built in a hidden folder and renamed into place, so nothing is left on failure and an
+    existing dataset is never replaced (DatasetError)."""
+    final = dataset_path(dataset_id)
+    if final.exists():
+        raise DatasetError(f"dataset {dataset_id} already exists in {datasets_root()}")
+    if not episodes:
+        raise DatasetError(f"no episodes to write to {dataset_id}")
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.namespace import create_namespace, list_local_namespaces
+
+    minari = _minari()
+    observation_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
+    action_space = spaces.Box(spec.action_low, spec.action_high, (spec.action_dim,), np.float32)
+    buffers = [
+        EpisodeBuffer(
+            id=number,
+            observations=np.asarray(episode.observations, np.float32),
+            actions=np.asarray(episode.actions, np.float32),
+            rewards=np.asarray(episode.rewards, np.float64),
+            terminations=np.asarray(episode.terminations, bool),
+            truncations=np.asarray(episode.truncations, bool),
+        )
+        for number, episode in enumerate(episodes)
+    ]
+    root = datasets_root()
+    staging = Path(tempfile.mkdtemp(prefix=".gprl-writing-", dir=root))
+    try:
+        with _minari_root(staging):
+            try:
+                minari.create_dataset_from_buffers(
+                    dataset_id,
+                    buffers,
+                    env=spec.env_id,
+                    observation_space=observation_space,
+                    action_space=action_space,
+                    algorithm_name=algorithm_name,
+                    description=description,
+                )
+            except Exception as exc:  # minari, gymnasium and h5py raise many types
+                raise DatasetError(
+                    f"cannot write dataset {dataset_id}: {_first_line(exc)}"
+                ) from None
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            (staging / dataset_id).rename(final)
+        except OSError as exc:
+            raise DatasetError(f"cannot move dataset {dataset_id} into place: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    namespace = parse_dataset_id(dataset_id)[0]
+    if namespace is not None and namespace not in list_local_namespaces():
+        create_namespace(namespace)
+    return final

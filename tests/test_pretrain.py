@@ -1,0 +1,291 @@
+"""Imitation pretraining on probe tasks whose demonstrations are known: multimodality, every
+policy kind, one-step sampling, action chunks, exact resumption."""
+
+import csv
+import json
+from dataclasses import replace
+
+import jax
+import numpy as np
+import pytest
+
+from gprl.checkpoint import CheckpointError, read_meta
+from gprl.collect import CollectArgs, collect
+from gprl.datasets import DatasetError, Episode, load_demonstrations, write_dataset
+from gprl.envs import make_env
+from gprl.envs.diagnostics import (
+    POINT_GOALS,
+    bimodal_modes,
+    contextual_target_optimum,
+)
+from gprl.evaluation import ActionQueue
+from gprl.policies import POLICIES
+from gprl.pretrain import (
+    PretrainConfig,
+    PretrainRun,
+    chunk_targets,
+    evaluate_run,
+    load_pretrained,
+    pretrain,
+)
+from gprl.trainer import boundary_seed
+
+SMALL = (64, 64)
+FAST = PretrainConfig(learning_rate=1e-3, log_every=500)
+
+
+@pytest.fixture(autouse=True)
+def minari_root(tmp_path_factory, monkeypatch):
+    root = tmp_path_factory.mktemp("datasets")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+def record(env_id, dataset_id, expert, episodes, seed=0):
+    """Write `episodes` episodes of expert(obs, rng, episode_state) as a Minari dataset."""
+    rng = np.random.default_rng(seed)
+    env = make_env(env_id, 1, seed, backend="gymnasium")
+    recorded = []
+    obs = env.reset(seed)
+    for _ in range(episodes):
+        episode_state = {}
+        observations, actions, rewards, terminated, truncated = [obs[0]], [], [], [], []
+        while True:
+            action = np.clip(expert(obs[0], rng, episode_state), -1, 1).astype(np.float32)
+            step = env.step(action[None])
+            actions.append(action)
+            rewards.append(step.reward[0])
+            terminated.append(step.terminated[0])
+            truncated.append(step.truncated[0])
+            if step.terminated[0] or step.truncated[0]:
+                observations.append(step.final_obs[0])
+                break
+            observations.append(step.obs[0])
+            obs = step.obs
+        obs = step.obs
+        recorded.append(
+            Episode(
+                np.stack(observations),
+                np.stack(actions),
+                np.array(rewards),
+                np.array(terminated),
+                np.array(truncated),
+            )
+        )
+    write_dataset(dataset_id, recorded, env.spec, "scripted expert", "scripted")
+    env.close()
+    return dataset_id
+
+
+def bimodal_expert(obs, rng, _):
+    return bimodal_modes(obs)[rng.integers(2)][None] + 0.02 * rng.normal()
+
+
+def contextual_expert(obs, rng, _):
+    return contextual_target_optimum(obs) + 0.02 * rng.normal(size=2)
+
+
+def two_goal_expert(obs, rng, episode_state):
+    """Full speed toward a goal drawn once per episode."""
+    goal = episode_state.setdefault("goal", POINT_GOALS[rng.integers(2)])
+    return (goal - obs[:2]) / 0.1
+
+
+def small(kind, **overrides):
+    return replace(POLICIES[kind].default_config, **({"hidden": SMALL} | overrides))
+
+
+def run_options(tmp_path, dataset, name, **overrides):
+    fields = dict(
+        dataset=dataset,
+        steps=2000,
+        out=tmp_path / name,
+        progress=False,
+        eval_every=0,
+        eval_episodes=32,
+        checkpoint_every=1000,
+    )
+    return PretrainRun(**(fields | overrides))
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sampled_actions(run_dir, obs, num_steps=None, seed=0):
+    pretrained = load_pretrained(run_dir)
+    key = jax.random.PRNGKey(seed)
+    chunk = pretrained.policy.plan(pretrained.acting, obs, key, num_steps)
+    return np.asarray(chunk)[:, 0]
+
+
+def mode_shares(actions, contexts):
+    """(share of actions within 0.15 of a mode, share of those on the lower mode)."""
+    distance = np.abs(actions[:, :1] - bimodal_modes(contexts))
+    near = distance.min(axis=1) < 0.15
+    return near.mean(), (distance.argmin(axis=1)[near] == 0).mean()
+
+
+@pytest.fixture(scope="module")
+def bimodal_runs(tmp_path_factory):
+    """Gaussian, flow and the one-step policies fitted to demonstrations that pick either
+    optimum of BimodalBandit at random."""
+    root = tmp_path_factory.mktemp("bimodal")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root / "datasets"))
+        dataset = record("gprl/BimodalBandit-v0", "probe/bimodal-v0", bimodal_expert, 3000)
+        runs = {}
+        for kind, steps in (
+            ("gaussian", 1000),
+            ("flow", 2000),
+            ("meanflow", 6000),
+            ("shortcut", 6000),
+        ):
+            options = run_options(root, dataset, kind, steps=steps)
+            runs[kind] = pretrain(kind, options, FAST, small(kind, hidden=(128, 128)))
+    return runs
+
+
+def test_flow_bc_reproduces_both_modes_where_gaussian_bc_does_not(bimodal_runs):
+    contexts = np.random.default_rng(1).uniform(-1, 1, (2000, 2)).astype(np.float32)
+    near, lower = mode_shares(sampled_actions(bimodal_runs["flow"], contexts), contexts)
+    assert near > 0.85 and 0.3 < lower < 0.7
+    gaussian_near, _ = mode_shares(sampled_actions(bimodal_runs["gaussian"], contexts), contexts)
+    assert gaussian_near < 0.1  # its mean sits between the modes
+    assert float(rows(bimodal_runs["flow"])[-1]["eval_return"]) > 0.8
+    assert float(rows(bimodal_runs["gaussian"])[-1]["eval_return"]) < 0.1
+
+
+@pytest.mark.parametrize("kind", ["meanflow", "shortcut"])
+def test_one_step_sampling_matches_the_multi_step_policy(bimodal_runs, kind):
+    # The one-step map has to split the noise between the modes: a plain flow's single Euler
+    # step lands between them (checked below), 10 steps do not.
+    contexts = np.random.default_rng(2).uniform(-1, 1, (2000, 2)).astype(np.float32)
+    one_step = sampled_actions(bimodal_runs[kind], contexts, num_steps=1)
+    ten_steps = sampled_actions(bimodal_runs[kind], contexts, num_steps=10)
+    # Stated tolerance: a median gap of 0.15 between paired samples (the modes are 1.2 apart).
+    assert np.median(np.abs(one_step - ten_steps)) < 0.15
+    near, lower = mode_shares(one_step, contexts)
+    assert near > 0.65 and 0.3 < lower < 0.7
+    flow_one = sampled_actions(bimodal_runs["flow"], contexts, num_steps=1)
+    flow_ten = sampled_actions(bimodal_runs["flow"], contexts, num_steps=10)
+    assert np.median(np.abs(flow_one - flow_ten)) > 0.3
+
+
+@pytest.fixture(scope="module")
+def contextual_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contextual")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root))
+        record("gprl/ContextualTarget-v0", "probe/contextual-v0", contextual_expert, 2000)
+    return root
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_each_kind_reaches_low_loss_and_acts_correctly(
+    tmp_path, monkeypatch, contextual_dataset, kind
+):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
+    run_dir = pretrain(kind, run_options(tmp_path, "probe/contextual-v0", kind), FAST, small(kind))
+    logged = rows(run_dir)
+    assert float(logged[-1]["val_loss"]) < 0.5 * float(logged[0]["val_loss_at_init"])
+    # The best constant action earns about -0.46; the demonstrations about -0.001.
+    assert float(logged[-1]["eval_return"]) > -0.02
+    contexts = np.random.default_rng(3).uniform(-1, 1, (500, 3)).astype(np.float32)
+    error = np.abs(sampled_actions(run_dir, contexts) - contextual_target_optimum(contexts))
+    assert error.mean() < 0.08
+
+
+def test_chunked_flow_policy_reaches_a_goal_executing_part_of_each_chunk(tmp_path):
+    dataset = record("gprl/TwoGoalPoint-v0", "probe/two-goal-v0", two_goal_expert, 200)
+    demos = load_demonstrations(dataset)
+    config = replace(FAST, chunk_length=4, execute_steps=2)
+    options = run_options(tmp_path, dataset, "chunked", steps=4000)
+    run_dir = pretrain("flow", options, config, small("flow"))
+    assert float(rows(run_dir)[-1]["eval_return"]) > 0.95 * demos.episode_returns.mean()
+    # Collecting with it replans each env on its own as its episodes end.
+    collected = collect(CollectArgs(run_dir, "probe/two-goal-bc-v0", episodes=24, num_envs=8))
+    assert collected.mean_return > 0.95 * demos.episode_returns.mean()
+
+
+def test_action_queue_replans_every_execute_steps_and_after_an_episode_ends():
+    plans = []
+
+    def plan(obs, key):
+        plans.append(obs.copy())
+        # Chunk k of env i holds actions 100 k + 10 i + j, j = 0..3.
+        k = len(plans) - 1
+        return (100 * k + 10 * np.arange(2)[:, None] + np.arange(4)[None])[..., None]
+
+    queue = ActionQueue(plan, 2, 3, jax.random.PRNGKey(0))
+    obs = np.zeros((2, 1))
+    executed = [queue(obs)[:, 0].tolist() for _ in range(2)]
+    queue.episode_ended(np.array([False, True]))
+    executed += [queue(obs)[:, 0].tolist() for _ in range(3)]
+    # Env 0 runs actions 0, 1, 2 of chunk 0, then replans; env 1 replans after its episode.
+    assert executed == [[0, 10], [1, 11], [2, 110], [200, 111], [201, 112]]
+    assert len(plans) == 3
+
+
+def test_chunks_repeat_the_last_action_at_episode_ends():
+    actions = np.arange(5, dtype=np.float32)[:, None]
+    chunks = chunk_targets(actions, np.array([3, 2]), 3)[..., 0]
+    assert chunks.tolist() == [[0, 1, 2], [1, 2, 2], [2, 2, 2], [3, 4, 4], [4, 4, 4]]
+
+
+def test_interrupted_pretraining_resumes_exactly_and_eval_reloads_it(
+    tmp_path, contextual_dataset, monkeypatch
+):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
+    options = dict(eval_every=1000, eval_episodes=8)
+    dataset = "probe/contextual-v0"
+    reference = pretrain(
+        "flow", run_options(tmp_path, dataset, "reference", **options), FAST, small("flow")
+    )
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_three(iteration, row):
+        if iteration == 3:
+            raise Interrupt
+
+    interrupted = run_options(tmp_path, dataset, "interrupted", **options)
+    with pytest.raises(Interrupt):
+        pretrain("flow", interrupted, FAST, small("flow"), on_log=stop_at_three)
+    assert read_meta(interrupted.out)["progress"]["grad_steps"] == 1000
+    resumed = pretrain("flow", PretrainRun(resume=interrupted.out, progress=False), FAST)
+
+    def without_timing(run_dir):
+        return [
+            {k: v for k, v in r.items() if k not in ("wall_time", "steps_per_second")}
+            for r in rows(run_dir)
+        ]
+
+    assert without_timing(resumed) == without_timing(reference)
+    # The checkpoint rebuilds the policy on its own: the same evaluation as in training.
+    final = rows(reference)[-1]
+    _, result = evaluate_run(reference, 8, boundary_seed(0, 2**31 - 1))
+    assert result["eval_return"] == pytest.approx(float(final["eval_return"]), abs=1e-6)
+
+    with pytest.raises(CheckpointError, match="not 'gaussian'"):
+        pretrain("gaussian", PretrainRun(resume=interrupted.out, progress=False), FAST)
+    with pytest.raises(CheckpointError, match="--steps"):
+        pretrain("flow", PretrainRun(resume=interrupted.out, steps=5000, progress=False), FAST)
+    config = json.loads((interrupted.out / "config.json").read_text())
+    assert config["dataset"]["id"] == dataset and config["env"]["obs_dim"] == 3
+
+
+def test_resume_refuses_a_dataset_that_changed(tmp_path, monkeypatch):
+    dataset = record("gprl/ContextualTarget-v0", "probe/changing-v0", contextual_expert, 50)
+    options = run_options(tmp_path, dataset, "run", steps=500, eval_episodes=2)
+    pretrain("gaussian", options, FAST, small("gaussian"))
+    import shutil
+
+    from gprl.datasets import dataset_path
+
+    shutil.rmtree(dataset_path(dataset))
+    record("gprl/ContextualTarget-v0", dataset, contextual_expert, 50, seed=1)
+    with pytest.raises(DatasetError, match="changed since"):
+        pretrain("gaussian", PretrainRun(resume=options.out, progress=False), FAST)
