@@ -309,6 +309,12 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     try:
         while progress["iteration"] < algo.num_iterations:
             iteration_start = time.perf_counter()
+            # A refit changes the policy without a gradient step: evaluate right before and
+            # right after it, so that what it keeps of the policy shows in the metrics.
+            before_refit = None
+            if algo.refit_request(state["algo"]) is not None:
+                before_refit = evaluator.evaluate(algo.acting_params(state["algo"]))
+                state["algo"] = algo.observe_evaluation(state["algo"], before_refit["eval_return"])
             try:
                 result = loop.iterate(state["algo"], state["key"])
             except FloatingPointError as e:
@@ -332,9 +338,12 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
             }
             if result.refit:
                 row["refit"] = 1
+            if before_refit is not None:
+                row["eval_return_before_refit"] = before_refit["eval_return"]
             if progress["uncounted_env_steps"]:
                 row["uncounted_env_steps"] = progress["uncounted_env_steps"]
-            if done or (run.eval_every > 0 and progress["env_steps"] >= progress["next_eval"]):
+            due = run.eval_every > 0 and progress["env_steps"] >= progress["next_eval"]
+            if done or due or before_refit is not None:
                 evaluation = evaluator.evaluate(algo.acting_params(state["algo"]))
                 state["algo"] = algo.observe_evaluation(state["algo"], evaluation["eval_return"])
                 row |= evaluation

@@ -85,6 +85,10 @@ class GoRLConfig:
     """Re-initialise the encoder (actor, optimiser, observation normaliser) at each stage."""
     reset_critic: bool = True
     """Re-initialise the critic with the encoder (the reference resets both)."""
+    encoder_starts_at_prior: bool = True
+    """Zero the re-initialised encoder's output layer, so that a new stage starts exactly at the
+    prior (mean 0, std init_std) and the first policy after a refit is decoder(s, prior) itself;
+    otherwise its small random output (reference) shifts every latent a little."""
     warm_start_decoder: bool = False
     """Fine-tune the previous decoder instead of fitting a fresh one (reference: fresh)."""
     collect_fraction: float = 0.08
@@ -104,6 +108,13 @@ class GoRLConfig:
     """Held-out share of the collected data; the decoder with the best held-out loss is kept."""
     decoder_eval_every: int = 250
     """Decoder training steps between held-out evaluations."""
+    decoder_coupling: Literal["paired", "independent"] = "paired"
+    """What a flow decoder learns to map the prior onto. 'paired': each collected action with
+    the very prior noise that produced it (z = mean + std * eps keeps eps), so decoder(s, eps)
+    reproduces the collecting policy sample by sample and decoder(s, 0) its evaluation action;
+    'independent': the actions' distribution from fresh noise, as the reference (a refit then
+    loses part of the policy: see the README). The diffusion decoder always fits independent
+    noise."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first nonsensical field."""
@@ -137,6 +148,26 @@ def prior_regularizer(kind: str):
     if kind == "kl":
         return lambda mean, std: jnp.mean(kl_to_standard_normal(mean, std))
     raise ValueError(f"unknown prior_regularizer '{kind}'; use 'l2', 'kl' or 'none'")
+
+
+def zero_output_layer(mlp_params: dict) -> dict:
+    """A copy of an MLP policy's parameters with its last dense layer zeroed."""
+    layers = mlp_params["params"]["MLP_0"]
+    last = max(layers, key=lambda name: int(name.rsplit("_", 1)[1]))
+    zeroed = jax.tree.map(jnp.zeros_like, layers[last])
+    return {**mlp_params, "params": {**mlp_params["params"], "MLP_0": {**layers, last: zeroed}}}
+
+
+class PairedFlowLoss:
+    """The flow-matching loss on targets that carry their own noise, [noise | action] along the
+    last axis: what the imitation fitter minimises to learn a given noise -> action coupling."""
+
+    def __init__(self, flow: FlowPolicy):
+        self.flow = flow
+
+    def loss(self, params, cond, noise_and_action, key):
+        noise, action = jnp.split(noise_and_action, 2, axis=-1)
+        return self.flow.loss(params, cond, action, key, noise=noise)
 
 
 class GoRL(OnPolicyAlgorithm):
@@ -180,8 +211,9 @@ class GoRL(OnPolicyAlgorithm):
             "iterations": self.stage_iterations,
         }
         self.optimizer = make_optimizer(config.ppo)
+        self.paired_refit = config.decoder == "flow" and config.decoder_coupling == "paired"
         self.decoder_fitter = ImitationFitter(
-            self.decoder,
+            PairedFlowLoss(self.decoder) if self.paired_refit else self.decoder,
             FitConfig(
                 batch_size=config.decoder_batch_size,
                 learning_rate=config.decoder_learning_rate,
@@ -248,12 +280,14 @@ class GoRL(OnPolicyAlgorithm):
 
     def act(self, acting, obs, key):
         mean, std = self._encoder(acting, obs)
-        latent = mean + std * jax.random.normal(key, mean.shape)
+        prior_noise = jax.random.normal(key, mean.shape)
+        latent = mean + std * prior_noise
         decoded = self.decode(acting, obs, latent)
         extras = {
             "sample": latent,
             "log_prob": gaussian_log_prob(mean, std, latent),
             "decoded": decoded,
+            "prior_noise": prior_noise,
         }
         return jnp.tanh(decoded), extras
 
@@ -332,6 +366,9 @@ class GoRL(OnPolicyAlgorithm):
         fit_key, init_key, encoder_key = jax.random.split(key, 3)
         obs = np.asarray(batch.obs).reshape(-1, self.spec.obs_dim)
         targets = np.asarray(batch.extras["decoded"]).reshape(-1, self.spec.action_dim)
+        if self.paired_refit:
+            noise = np.asarray(batch.extras["prior_noise"]).reshape(-1, self.spec.action_dim)
+            targets = np.concatenate([noise, targets], axis=-1)
         decoder_obs_norm = running_stats_update(running_stats_init((self.spec.obs_dim,)), obs)
         if cfg.warm_start_decoder and stage > 0:
             decoder_params = state["decoder"]
@@ -350,6 +387,9 @@ class GoRL(OnPolicyAlgorithm):
         }
         if cfg.reset_encoder:
             fresh = self._fresh_encoder(encoder_key)
+            if cfg.encoder_starts_at_prior:
+                fresh["params"]["actor"] = zero_output_layer(fresh["params"]["actor"])
+                fresh["opt_state"] = self.optimizer.init(fresh["params"])
             if not cfg.reset_critic:
                 fresh["params"]["critic"] = state["params"]["critic"]
                 fresh["opt_state"] = self.optimizer.init(fresh["params"])

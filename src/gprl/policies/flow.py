@@ -163,10 +163,16 @@ class FlowPolicy:
             method=ConditionalField.from_features,
         )
 
-    def loss(self, params, cond, actions, key):
-        """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs."""
+    def loss(self, params, cond, actions, key, noise=None):
+        """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs.
+
+        With `noise` given, each action is paired with its own noise instead of a fresh draw:
+        the flow then learns that coupling, and sampling from a noise returns the action it was
+        paired with (the straight paths of a deterministic coupling do not cross when the map
+        noise -> action is monotone, as a Gaussian policy's reparameterisation is)."""
         noise_key, time_key = jax.random.split(key)
-        noise = jax.random.normal(noise_key, actions.shape)
+        if noise is None:
+            noise = jax.random.normal(noise_key, actions.shape)
         batch_shape = actions.shape[:-1]
         if self.config.time_sampling == "grid":
             k = jax.random.randint(time_key, batch_shape, 0, self.config.num_steps)
