@@ -144,7 +144,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module, "_write_synced", failing_write)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="the previous checkpoint is intact"):
         save_checkpoint(run_dir, state, read_meta(run_dir), {"algo": "ppo"})
     assert (run_dir / "checkpoint" / "state.msgpack").read_bytes() == before
     load_run(run_dir)

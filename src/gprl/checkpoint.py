@@ -37,16 +37,25 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(run_dir: Path, state, meta: dict, config: dict) -> Path:
+    """Write the checkpoint; CheckpointError (the previous checkpoint untouched) if the disk is
+    full or the run directory unwritable."""
     run_dir = Path(run_dir)
     tmp, old, final = run_dir / _TMP, run_dir / _OLD, run_dir / CHECKPOINT
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     payload = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(state)))
-    _write_synced(tmp / "state.msgpack", payload)
     meta = meta | {"format": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest()}
-    _write_synced(tmp / "meta.json", json.dumps(meta, indent=2).encode())
-    _write_synced(tmp / CONFIG_JSON, json.dumps(config, indent=2).encode())
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _write_synced(tmp / "state.msgpack", payload)
+        _write_synced(tmp / "meta.json", json.dumps(meta, indent=2).encode())
+        _write_synced(tmp / CONFIG_JSON, json.dumps(config, indent=2).encode())
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = "the previous checkpoint is intact" if final.exists() else "no checkpoint yet"
+        raise CheckpointError(
+            f"could not write a checkpoint in {run_dir} ({e.strerror or e}); {previous}"
+        ) from None
     if final.exists():
         if old.exists():
             shutil.rmtree(old)

@@ -286,10 +286,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if asked_for_help else 2)
     from gprl.checkpoint import CheckpointError
     from gprl.envs import EnvError
-    from gprl.trainer import TrainingError
+    from gprl.trainer import TrainingError, TrainingInterrupted
 
     try:
         commands[argv[0]](argv[1:])
+    except TrainingInterrupted as e:
+        print(f"gprl: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except (EnvError, CheckpointError, TrainingError, FileExistsError, ValueError) as e:
         print(
             f"gprl: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
@@ -298,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         print(
-            "gprl: interrupted; resume from the last checkpoint with --resume RUN_DIR",
+            "gprl: interrupted again; stopped without saving, resume from the last checkpoint "
+            "with --resume RUN_DIR",
             file=sys.stderr,
         )
         sys.exit(130)

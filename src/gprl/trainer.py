@@ -6,12 +6,15 @@ interrupted there. A resumed run therefore replays the uninterrupted one step fo
 Episodes cut at a boundary are bootstrapped like time-limit truncations and are not logged.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +47,40 @@ EVALUATIONS_PER_RUN = 10
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the last checkpoint is left intact."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While training: the first SIGINT or SIGTERM asks the loop to save a checkpoint and stop
+    after the current iteration; a second one aborts at once (KeyboardInterrupt), leaving the
+    last checkpoint as it was. Handlers are installed only in the main thread (Python allows no
+    other), and the previous ones are restored on exit."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -306,7 +343,10 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     bar = ProgressBar(run.progress, run.total_steps, f"{algo_name} {run.env}")
     started = time.perf_counter() - progress["wall_time"]
     last_eval = None
-    try:
+    with contextlib.ExitStack() as cleanup:
+        stop = cleanup.enter_context(StopSignals())
+        cleanup.callback(logger.close)
+        cleanup.callback(bar.close)
         while progress["iteration"] < algo.num_iterations:
             iteration_start = time.perf_counter()
             # A refit changes the policy without a gradient step: evaluate right before and
@@ -363,12 +403,18 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
                     progress["next_checkpoint"] += run.checkpoint_every
                 save()
                 loop.reset(boundary_seed(run.seed, progress["iteration"]))
+            elif stop.received is not None:
+                save()
+            if stop.received is not None and not done:
+                name = signal.Signals(stop.received).name
+                raise TrainingInterrupted(
+                    f"{name}: saved a checkpoint at {progress['env_steps']} env steps in "
+                    f"{run_dir}; continue with --resume {run_dir}",
+                    stop.received,
+                )
             bar.update(progress["env_steps"], last_eval)
             if on_iteration is not None:
                 on_iteration(progress["iteration"], row)
-    finally:
-        bar.close()
-        logger.close()
     plot_learning_curve(logger.rows, run_dir / CURVE_PNG, f"{algo_name} on {run.env}")
     return run_dir
 

@@ -1,0 +1,138 @@
+"""Stopping a training run from outside: SIGINT / SIGTERM save and exit, a second signal aborts,
+a full disk keeps the previous checkpoint."""
+
+import csv
+import errno
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gprl.checkpoint as checkpoint_module
+from gprl.algos import PPOConfig
+from gprl.checkpoint import CheckpointError, read_meta
+from gprl.trainer import RunConfig, load_run, train
+
+
+def start_training(out, *extra):
+    """A PPO run far longer than the test (it is stopped by a signal)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gprl.cli",
+            "train",
+            "ppo",
+            "--env",
+            "gprl/ContextualTarget-v0",
+            "--total-steps",
+            "50000000",
+            "--num-envs",
+            "4",
+            "--ppo.rollout-steps",
+            "32",
+            "--ppo.num-minibatches",
+            "4",
+            "--no-progress",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def logged_rows(out):
+    try:
+        with open(out / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def wait_for_rows(process, out, count, timeout=120):
+    deadline = time.monotonic() + timeout
+    while len(logged_rows(out)) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path, signum):
+    out = tmp_path / "run"
+    process = start_training(out)
+    wait_for_rows(process, out, 3)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum
+    assert stderr.count("\n") == 1, stderr
+    assert f"{signal.Signals(signum).name}: saved a checkpoint" in stderr
+    # The checkpoint holds exactly what the metrics logged, so nothing is lost or repeated.
+    saved = read_meta(out)["progress"]
+    assert saved["env_steps"] == int(logged_rows(out)[-1]["env_steps"])
+    load_run(out)
+    # And the run goes on from there.
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "gprl.cli", "train", "ppo", "--resume", str(out), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_rows(resumed, out, len(logged_rows(out)) + 2)
+    resumed.send_signal(signal.SIGTERM)
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 128 + signal.SIGTERM
+    assert read_meta(out)["progress"]["env_steps"] > saved["env_steps"]
+
+
+def test_a_second_signal_aborts_and_keeps_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    # Long iterations (4096 env steps each), so that both signals land in the same one.
+    process = start_training(out, "--ppo.rollout-steps", "1024", "--checkpoint-every", "4096")
+    wait_for_rows(process, out, 2)
+    saved = read_meta(out)["progress"]
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.count("\n") == 1 and "stopped without saving" in stderr, stderr
+    assert read_meta(out)["progress"]["iteration"] >= saved["iteration"]
+    load_run(out)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    real_write = checkpoint_module._write_synced
+    saves = []
+
+    def full_after_the_first_save(path, data):
+        if path.name == "state.msgpack":
+            saves.append(path)
+        if len(saves) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "_write_synced", full_after_the_first_save)
+    run = RunConfig(
+        env="gprl/ContextualTarget-v0",
+        total_steps=4096,
+        num_envs=4,
+        out=tmp_path / "run",
+        progress=False,
+        eval_every=0,
+        eval_episodes=2,
+        checkpoint_every=1024,
+    )
+    with pytest.raises(
+        CheckpointError, match=r"No space left on device.*previous checkpoint is intact"
+    ):
+        train("ppo", run, PPOConfig(rollout_steps=32, num_minibatches=4))
+    monkeypatch.undo()
+    assert read_meta(run.out)["progress"]["env_steps"] == 1024
+    assert not (run.out / ".checkpoint.tmp").exists()
+    load_run(run.out)
