@@ -165,7 +165,10 @@ def plot_throughput(rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r['env']}\n{r['num_envs']} env(s)" for r in rows]
+    labels = [
+        f"{r['env']}, {r['num_envs']} env(s)\nload {r['load_before']}-{r['load_after']}"
+        for r in rows
+    ]
     series = {
         "whole process": "steps_per_second",
         "steady (after learning starts)": "steady_steps_per_second",
@@ -208,7 +211,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000, help="learning budget per run")
     parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw the throughput PNG from its CSV"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        with open(CSV_PATH, newline="") as f:
+            plot_throughput(list(csv.DictReader(f)))
+        return
     os.chdir(Path(__file__).resolve().parents[1])
     provenance = {
         "machine": machine(),
