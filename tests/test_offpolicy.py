@@ -332,3 +332,34 @@ def test_a_compiled_update_call_runs_every_gradient_step_of_the_interval():
     assert int(state["iteration"]) == 3 and int(loop.replay.online_size) == 192
     assert np.isfinite(metrics["critic/loss"])
     assert jnp.abs(loop.replay.data.reward[:192]).min() > 0  # every stored reward is real
+
+
+def test_the_loop_prefills_an_offline_dataset_and_keeps_it_while_learning_online():
+    from gprl.backends import make_collector, open_environments
+    from gprl.loops import OffPolicyLoop
+
+    envs = open_environments("gprl/ContextualTarget-v0", "jax", 4, 2, 0, 1)
+    config = replace(FAST_SAC, learning_starts=0, offline_fraction=0.5, steps_per_iteration=64)
+    algo = SAC(config, envs.spec, 4, 256)
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (300, 3)).astype(np.float32)
+    dataset = {
+        "obs": obs,
+        "action": rng.uniform(-1, 1, (300, 2)).astype(np.float32),
+        "reward": np.full(300, 7.0, np.float32),  # no online reward is positive
+        "terminated": np.ones(300, bool),
+        "truncated": np.zeros(300, bool),
+        "next_obs": obs,
+    }
+    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act), 4, offline_data=dataset)
+    loop.reset(0)
+    state, key = algo.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
+    for _ in range(4):
+        state, key, metrics, *_ = loop.iterate(state, key)
+    replay = loop.checkpoint_state()["replay"]
+    assert int(replay.offline_size) == 300 and int(replay.online_size) == 256
+    np.testing.assert_array_equal(np.asarray(replay.data.reward[:300]), 7.0)
+    assert (np.asarray(replay.data.reward[300:]) <= 0).all()
+    # Half of every batch has reward 7 and the other half about -0.5: the critics' mean
+    # prediction sits between, far from what online data alone would give.
+    assert 2.0 < metrics["critic/q_mean"] < 5.0
