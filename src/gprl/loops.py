@@ -35,13 +35,6 @@ class IterationResult(NamedTuple):
 
 
 class OnPolicyLoop:
-    def checkpoint_state(self) -> dict:
-        """Loop-owned arrays a checkpoint must hold: none (a rollout starts afresh)."""
-        return {}
-
-    def restore(self, saved: dict) -> None:
-        pass
-
     def __init__(self, algo: OnPolicyAlgorithm, collector, num_envs: int):
         self.algo = algo
         self.collector = collector
@@ -53,6 +46,13 @@ class OnPolicyLoop:
 
     def reset(self, seed: int) -> None:
         self.collector.reset(seed, self.start_state_group)
+
+    def checkpoint_state(self) -> dict:
+        """Loop-owned arrays a checkpoint must hold: none (a rollout starts afresh)."""
+        return {}
+
+    def restore(self, saved: dict) -> None:
+        pass
 
     def iterate(self, state, key) -> IterationResult:
         """One update on a fresh rollout, or the refit the algorithm asks for."""
