@@ -101,9 +101,11 @@ class HostCollector:
         batch = Transition(obs, actions, rewards, terminated, truncated, next_obs, extras)
         return batch, key, EpisodeStats(count, return_sum, length_sum)
 
-    def make_train_step(self, acting_fn, update_fn, num_steps: int):
-        """(state, key) -> (state, key, metrics, episode stats): collect, then a jitted update."""
-        update = jax.jit(update_fn)
+    def make_train_step(self, acting_fn, update_fn, num_steps: int, donate: bool = False):
+        """(state, key) -> (state, key, metrics, episode stats): collect, then a jitted update.
+        donate: the update may write the state's arrays in place (the caller drops the old
+        state; a replay buffer is then not copied at every call)."""
+        update = jax.jit(update_fn, donate_argnums=0 if donate else ())
 
         def train_step(state, key):
             batch, key, episodes = self.collect(acting_fn(state), key, num_steps)
@@ -184,9 +186,9 @@ class DeviceCollector:
         self.carry, batch, key, stats = self._collect(self.carry, acting, key, num_steps)
         return batch, key, _episode_stats(stats)
 
-    def make_train_step(self, acting_fn, update_fn, num_steps: int):
+    def make_train_step(self, acting_fn, update_fn, num_steps: int, donate: bool = False):
         """(state, key) -> (state, key, metrics, episode stats): one compiled call that rolls out
-        and updates."""
+        and updates (donate: as for HostCollector)."""
 
         def rollout_and_update(carry, state, key):
             carry, batch, key, stats = self.rollout(carry, acting_fn(state), key, num_steps)
@@ -194,7 +196,7 @@ class DeviceCollector:
             state, metrics = update_fn(state, batch, update_key)
             return carry, state, key, metrics, stats
 
-        compiled = jax.jit(rollout_and_update)
+        compiled = jax.jit(rollout_and_update, donate_argnums=1 if donate else ())
 
         def train_step(state, key):
             self._check_reset()

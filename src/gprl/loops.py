@@ -1,17 +1,24 @@
 """Loops compose an algorithm with a collector; they know neither's insides.
 
-:class:`OnPolicyLoop` serves the host and the device path alike: the collector decides whether a
-rollout and the update it feeds run as separate calls (host envs) or as one compiled call (JAX
-envs). A staged algorithm's refits (see :class:`gprl.algos.base.RefitRequest`) run between
-iterations, outside any compiled call.
+Both loops serve the host and the device path alike: the collector decides whether a rollout
+and the update it feeds run as separate calls (host envs) or as one compiled call (JAX envs).
+
+- :class:`OnPolicyLoop`: an update per fresh rollout. A staged algorithm's refits (see
+  :class:`gprl.algos.base.RefitRequest`) run between iterations, outside any compiled call.
+- :class:`OffPolicyLoop`: short rollouts stored in a replay buffer that the loop owns (and the
+  trainer checkpoints), each followed by the gradient steps it pays for, sampled from the buffer.
 """
 
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-from gprl.algos.base import OnPolicyAlgorithm
+from gprl.algos.base import OffPolicyAlgorithm, OnPolicyAlgorithm
 from gprl.collectors import EpisodeStats, split_key
+from gprl.replay import replay_add, replay_init, replay_prefill, replay_sample
+from gprl.types import Transition
 
 
 class IterationResult(NamedTuple):
@@ -40,6 +47,13 @@ class OnPolicyLoop:
     def reset(self, seed: int) -> None:
         self.collector.reset(seed, self.start_state_group)
 
+    def checkpoint_state(self) -> dict:
+        """Loop-owned arrays a checkpoint must hold: none (a rollout starts afresh)."""
+        return {}
+
+    def restore(self, saved: dict) -> None:
+        pass
+
     def iterate(self, state, key) -> IterationResult:
         """One update on a fresh rollout, or the refit the algorithm asks for."""
         request = self.algo.refit_request(state)
@@ -53,3 +67,133 @@ class OnPolicyLoop:
         steps = request.rollout_steps * self.num_envs
         counted = steps if request.counted else 0
         return IterationResult(state, key, metrics, episodes, steps, counted, True)
+
+
+class OffPolicyLoop:
+    """Collect `update_interval` vector steps, store them, run the gradient steps they pay for;
+    `calls_per_iteration` such calls make an iteration (see
+    :class:`gprl.algos.offpolicy.OffPolicySchedule`).
+
+    Each call is one compiled update (on the device path, one compiled rollout-and-update) that
+    stores the transitions and scans over gradient steps, each on a batch sampled from the
+    buffer; the buffer is donated to it, so it is written in place. Before learning starts the
+    calls explore (`algo.explore`) and only store.
+
+    make_collector(act) builds the collector for an acting function: the loop acts through one
+    that switches between `algo.act` and `algo.explore`, so that both phases share one env.
+    offline_data (arrays as :func:`gprl.replay.replay_prefill` takes) pre-fills the buffer.
+    """
+
+    def __init__(self, algo: OffPolicyAlgorithm, make_collector, num_envs: int, offline_data=None):
+        self.algo = algo
+        self.num_envs = num_envs
+        self.schedule = algo.schedule
+        self.collector = make_collector(self._act)
+        self.replay = self._empty_replay(offline_data)
+        interval = self.schedule.update_interval
+        self._explore_call = self.collector.make_train_step(
+            self._explore_acting, self._store, interval, donate=True
+        )
+        self._train_call = self.collector.make_train_step(
+            self._policy_acting, self._store_and_update, interval, donate=True
+        )
+
+    def _empty_replay(self, offline_data):
+        key = jax.random.PRNGKey(0)
+        acting = jax.eval_shape(lambda k: self.algo.acting_params(self.algo.init(k)), key)
+        obs = jax.ShapeDtypeStruct((1, self.algo.spec.obs_dim), jnp.float32)
+        action, extras = jax.eval_shape(self.algo.act, acting, obs, key)
+        one = jax.ShapeDtypeStruct
+        example = Transition(
+            obs=one(obs.shape[1:], jnp.float32),
+            action=one(action.shape[1:], jnp.float32),
+            reward=one((), jnp.float32),
+            terminated=one((), jnp.bool_),
+            truncated=one((), jnp.bool_),
+            next_obs=one(obs.shape[1:], jnp.float32),
+            extras=jax.tree.map(lambda x: one(x.shape[1:], x.dtype), extras),
+        )
+        if offline_data is None:
+            return replay_init(example, self.schedule.buffer_capacity)
+        offline_rows = len(offline_data["reward"])
+        buffer = replay_init(example, self.schedule.buffer_capacity, offline_rows)
+        return replay_prefill(buffer, offline_data)
+
+    def _act(self, acting, obs, key):
+        return jax.lax.cond(
+            acting["explore"], self.algo.explore, self.algo.act, acting["policy"], obs, key
+        )
+
+    def _explore_acting(self, state):
+        return {"policy": self.algo.acting_params(state["algo"]), "explore": np.True_}
+
+    def _policy_acting(self, state):
+        return {"policy": self.algo.acting_params(state["algo"]), "explore": np.False_}
+
+    def _store(self, state, batch, key):
+        rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+        return state | {"replay": replay_add(state["replay"], rows)}, {}
+
+    def _store_and_update(self, state, batch, key):
+        state, _ = self._store(state, batch, key)
+        replay, schedule = state["replay"], self.schedule
+
+        def gradient_step(algo_state, step_key):
+            sample_key, update_key = jax.random.split(step_key)
+            sample = replay_sample(
+                replay, sample_key, schedule.batch_size, schedule.offline_fraction
+            )
+            return self.algo.update(algo_state, sample, update_key)
+
+        keys = jax.random.split(key, schedule.gradient_steps)
+        algo_state, metrics = jax.lax.scan(gradient_step, state["algo"], keys)
+        return state | {"algo": algo_state}, jax.tree.map(jnp.mean, metrics)
+
+    def checkpoint_state(self) -> dict:
+        """Loop-owned arrays a checkpoint must hold: the replay buffer."""
+        return {"replay": self.replay}
+
+    def restore(self, saved: dict) -> None:
+        self.replay = saved["replay"]
+
+    def reset(self, seed: int) -> None:
+        self.collector.reset(seed)
+
+    def iterate(self, state, key) -> IterationResult:
+        schedule = self.schedule
+        first_call = int(state["iteration"]) * schedule.calls_per_iteration
+        carry = _unaliased({"algo": state, "replay": self.replay})
+        updates, counts = [], np.zeros(3)
+        for call in range(first_call, first_call + schedule.calls_per_iteration):
+            step = self._explore_call if call < schedule.warmup_calls else self._train_call
+            carry, key, metrics, episodes = step(carry, key)
+            if metrics:
+                updates.append(metrics)
+            counts += (episodes.count, episodes.return_sum, episodes.length_sum)
+        self.replay = carry["replay"]
+        state = carry["algo"] | {"iteration": carry["algo"]["iteration"] + 1}
+        metrics = {k: np.mean([m[k] for m in updates]) for k in updates[0]} if updates else {}
+        steps = schedule.calls_per_iteration * schedule.update_interval * self.num_envs
+        episodes = EpisodeStats(int(counts[0]), float(counts[1]), float(counts[2]))
+        return IterationResult(state, key, metrics, episodes, steps, steps, False)
+
+
+def _unaliased(tree):
+    """tree with every array that appears twice copied: a donated call cannot take one buffer
+    as two arguments (a fresh target network is its online network's very arrays)."""
+    seen = set()
+
+    def distinct(x):
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(distinct, tree)
+
+
+def make_loop(algo, make_collector, num_envs: int):
+    """The loop an algorithm's base class asks for; make_collector(act) builds its collector."""
+    if isinstance(algo, OffPolicyAlgorithm):
+        return OffPolicyLoop(algo, make_collector, num_envs)
+    return OnPolicyLoop(algo, make_collector(algo.act), num_envs)

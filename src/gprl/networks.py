@@ -113,3 +113,28 @@ class ConditionalField(nn.Module):
         return self.trunk(
             activation_fn(self.activation)(cond_features + x @ x_rows + time_features)
         )
+
+
+class QEnsemble(nn.Module):
+    """`num` independent Q(s, a) MLPs run as one vmapped network: (num, batch) values.
+
+    Each member has its own initialisation; LayerNorm after every hidden layer (layer_norm)
+    keeps Q estimates bounded at high update-to-data ratios."""
+
+    hidden: Sequence[int]
+    num: int
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, obs, action):
+        members = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num,
+        )
+        inputs = jnp.concatenate([obs, action], axis=-1)
+        return members(self.hidden, 1, self.activation, 1.0, self.layer_norm)(inputs)[..., 0]

@@ -1,9 +1,11 @@
-"""The training loop shared by every on-policy algorithm: collect, update, evaluate, log, save.
+"""The training loop shared by every algorithm: collect, update, evaluate, log, save. The
+algorithm's base class picks the loop (on-policy or off-policy, see gprl.loops).
 
 Exact resumption: checkpoints are taken at iteration boundaries, and at every such boundary the
 training envs restart from seeds derived from (seed, iteration), whether or not the run is
 interrupted there. A resumed run therefore replays the uninterrupted one step for step.
 Episodes cut at a boundary are bootstrapped like time-limit truncations and are not logged.
+Arrays the loop owns (an off-policy loop's replay buffer) are saved with the checkpoint.
 """
 
 import contextlib
@@ -36,7 +38,7 @@ from gprl.checkpoint import (
 )
 from gprl.configs import from_jsonable, to_jsonable
 from gprl.logger import CURVE_PNG, MetricsLogger, plot_learning_curve
-from gprl.loops import OnPolicyLoop
+from gprl.loops import make_loop
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
 DEFAULT_TOTAL_STEPS = 300_000
@@ -286,6 +288,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
 def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     algo_cls = ALGORITHMS[algo_name].algorithm
     algo = algo_cls(algo_config, envs.spec, run.num_envs, run.total_steps)
+    loop = make_loop(algo, lambda act: make_collector(envs, act), run.num_envs)
     run_dir = prepare_run_dir(algo_name, run)
     config_record = {
         "algo": algo_name,
@@ -306,7 +309,9 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
     }
     resuming = run.resume is not None and has_checkpoint(run_dir)
     if resuming:
-        state, meta = load_checkpoint(run_dir, state, identity)
+        saved, meta = load_checkpoint(run_dir, state | loop.checkpoint_state(), identity)
+        loop.restore(saved)
+        state = {"algo": saved["algo"], "key": saved["key"]}
         progress = meta["progress"]
         if meta.get("backend") != envs.backend:
             raise CheckpointError(
@@ -326,7 +331,6 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
         run.wandb_project,
         config_record,
     )
-    loop = OnPolicyLoop(algo, make_collector(envs, algo.act), run.num_envs)
     evaluator = make_evaluator(envs, algo.act_deterministic, _eval_seed(run.seed))
     iteration = progress["iteration"]
     loop.reset(run.seed if iteration == 0 else boundary_seed(run.seed, iteration))
@@ -338,7 +342,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
             "env_state": envs.checkpoint_state(),
             "gprl_version": __version__,
         }
-        save_checkpoint(run_dir, state, meta, config_record)
+        save_checkpoint(run_dir, state | loop.checkpoint_state(), meta, config_record)
 
     bar = ProgressBar(run.progress, run.total_steps, f"{algo_name} {run.env}")
     started = time.perf_counter() - progress["wall_time"]

@@ -9,6 +9,7 @@ from gprl.algos.gorl import GoRL, GoRLConfig
 from gprl.algos.grpo import GRPO, GRPOConfig
 from gprl.algos.ppo import PPO, PPOConfig
 from gprl.algos.reinflow import ReinFlow, ReinFlowConfig
+from gprl.algos.sac import SAC, SACConfig
 
 
 class Registered(NamedTuple):
@@ -48,6 +49,11 @@ ALGORITHMS = {
         GRPOConfig,
         "GRPO (+Guard) for flow policies: critic-free, group-relative episode advantages",
     ),
+    "sac": Registered(
+        SAC,
+        SACConfig,
+        "Gaussian SAC (off-policy): twin critics, auto-tuned entropy temperature, replay buffer",
+    ),
 }
 
 __all__ = [
@@ -56,6 +62,7 @@ __all__ = [
     "FPO",
     "GRPO",
     "PPO",
+    "SAC",
     "DPPOConfig",
     "FPOConfig",
     "FlowSDE",
@@ -67,4 +74,5 @@ __all__ = [
     "Registered",
     "ReinFlow",
     "ReinFlowConfig",
+    "SACConfig",
 ]

@@ -1,0 +1,239 @@
+"""Off-policy benchmarks: whole-process SAC throughput, and SAC learning on MuJoCo tasks.
+
+Throughput section: `gprl train sac --env ENV --num-envs N --total-steps S --seed 0
+--no-progress` with the default SACConfig (update-to-data 1, batch 256, 256x256 networks,
+learning starts at 5,000 steps, an update call every 50 env steps), timed from launch to exit
+(start-up, compilation, evaluations and checkpoints included), plus the steady rate of the
+iterations after learning starts. Next to it, the time of one SAC gradient step measured alone
+in the same run (a compiled scan of 200 of them on a stored batch), which bounds the whole loop
+at UTD 1 whatever the collector does.
+
+Learning section: `benchmarks/learning.py --algos sac` on HalfCheetah-v5, Hopper-v5 and
+Walker2d-v5, one env per run (as CleanRL and SB3), seeds and budget from the flags; finished
+runs are skipped and unfinished ones resumed, so the grid can be completed over several
+invocations. Results: results/learning_sac*.
+
+    python benchmarks/offpolicy.py --sections throughput
+    python benchmarks/offpolicy.py --sections learning --seeds 0 --steps 100000
+    python benchmarks/offpolicy.py --sections learning --seeds 0 1 2 --steps 100000  # the rest
+"""
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    command,
+    gprl_commit,
+    load_average,
+    machine,
+    markdown_table,
+    now,
+    write_csv,
+)
+
+CSV_PATH = RESULTS_DIR / "offpolicy_throughput.csv"
+PNG_PATH = RESULTS_DIR / "offpolicy_throughput.png"
+LEARNING_TASKS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+FLOWRL_TD3 = 220.0
+"""flowrl's TD3 at UTD 1 on HalfCheetah-v5 on this kind of machine (shared/reference/anchors.md)."""
+TARGET = 3 * FLOWRL_TD3
+COLUMNS = [
+    "env",
+    "num_envs",
+    "env_steps",
+    "seconds",
+    "steps_per_second",
+    "steady_steps_per_second",
+    "gradient_step_ms",
+    "update_bound_steps_per_second",
+    "first_iteration_s",
+    "final_eval_return",
+    "load_before",
+    "load_after",
+]
+
+GRADIENT_STEP_CHILD = r"""
+import sys, time
+import jax, numpy as np
+from gprl.algos import SAC, SACConfig
+from gprl.envs import make_env
+from gprl.trainer import configure_jax
+from gprl.types import Transition
+
+configure_jax()
+env_id, steps = sys.argv[1], 200
+with make_env(env_id, 1, 0, backend="gymnasium") as env:
+    spec = env.spec
+config = SACConfig()
+sac = SAC(config, spec, 1, 1_000_000)
+rng = np.random.default_rng(0)
+b = config.batch_size
+batch = Transition(
+    obs=rng.normal(size=(b, spec.obs_dim)).astype(np.float32),
+    action=rng.uniform(-1, 1, (b, spec.action_dim)).astype(np.float32),
+    reward=rng.normal(size=b).astype(np.float32),
+    terminated=np.zeros(b, bool),
+    truncated=np.zeros(b, bool),
+    next_obs=rng.normal(size=(b, spec.obs_dim)).astype(np.float32),
+    extras={},
+)
+
+@jax.jit
+def run(state, key):
+    return jax.lax.scan(lambda s, k: sac.update(s, batch, k), state, jax.random.split(key, steps))
+
+state = sac.init(jax.random.PRNGKey(0))
+jax.block_until_ready(run(state, jax.random.PRNGKey(1)))
+best = float("inf")
+for repeat in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(run(state, jax.random.PRNGKey(repeat)))
+    best = min(best, (time.perf_counter() - start) / steps)
+print(best * 1e3)
+"""
+
+
+def gradient_step_ms(env_id: str) -> float:
+    """Best of 3: milliseconds per SAC gradient step (default config), compiled scan of 200."""
+    result = subprocess.run(
+        [sys.executable, "-c", GRADIENT_STEP_CHILD, env_id], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"gradient-step timing failed:\n{result.stderr[-2000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def whole_process(env_id: str, num_envs: int, steps: int) -> dict:
+    """`gprl train sac` in a fresh process; wall time from launch to exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        args = ["gprl", "train", "sac", "--env", env_id, "--num-envs", str(num_envs)]
+        args += ["--total-steps", str(steps), "--seed", "0", "--no-progress", "--out", str(out)]
+        start = time.time()
+        result = subprocess.run(args, capture_output=True, text=True)
+        seconds = time.time() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-2000:]}")
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    learning = [r for r in rows if r.get("critic/loss")][1:]  # after the first update's compile
+    steady = len(learning) / sum(1.0 / float(r["steps_per_second"]) for r in learning)
+    evals = [r for r in rows if r.get("eval_return")]
+    done = int(rows[-1]["env_steps"])
+    return {
+        "env_steps": done,
+        "seconds": seconds,
+        "steps_per_second": done / seconds,
+        "steady_steps_per_second": steady,
+        "first_iteration_s": float(rows[0]["wall_time"]),
+        "final_eval_return": float(evals[-1]["eval_return"]),
+    }
+
+
+def throughput(args, provenance: dict) -> None:
+    rows = []
+    for env_id in args.envs:
+        for num_envs in args.num_envs:
+            load_before = load_average()
+            print(f"throughput {env_id} {num_envs} envs ...", flush=True)
+            row = {"env": env_id, "num_envs": num_envs}
+            row |= whole_process(env_id, num_envs, args.throughput_steps)
+            step_ms = gradient_step_ms(env_id)
+            row |= {"gradient_step_ms": step_ms, "update_bound_steps_per_second": 1e3 / step_ms}
+            row |= {"load_before": load_before, "load_after": load_average()}
+            print(f"  {row}", flush=True)
+            rows.append(row | provenance)
+            write_csv(CSV_PATH, rows)
+    plot_throughput(rows)
+    print()
+    print(markdown_table(rows, COLUMNS))
+    print(f"\nflowrl TD3 (anchors.md): ~{FLOWRL_TD3:.0f} steps/s; target 3x = {TARGET:.0f}")
+
+
+def plot_throughput(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [
+        f"{r['env']}, {r['num_envs']} env(s)\nload {r['load_before']}-{r['load_after']}"
+        for r in rows
+    ]
+    series = {
+        "whole process": "steps_per_second",
+        "steady (after learning starts)": "steady_steps_per_second",
+        "bound: 1 / gradient step": "update_bound_steps_per_second",
+    }
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(series)
+    for i, (name, column) in enumerate(series.items()):
+        values = [float(r[column]) for r in rows]
+        ax.bar(np.arange(len(rows)) + i * width, values, width, label=name)
+    ax.axhline(FLOWRL_TD3, color="gray", linestyle=":", label="flowrl TD3 (anchors.md)")
+    ax.axhline(TARGET, color="red", linestyle="--", label="target: 3x flowrl TD3")
+    ax.set_xticks(np.arange(len(rows)) + width * (len(series) - 1) / 2, labels, fontsize=8)
+    ax.set_ylabel("env steps / s")
+    ax.set_title("gprl SAC, UTD 1, batch 256, 2 CPU cores")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(PNG_PATH, dpi=110)
+    plt.close(fig)
+
+
+def learning(args) -> None:
+    """The learning grid through benchmarks/learning.py (incremental, resumable)."""
+    cmd = [sys.executable, str(BENCH_DIR / "learning.py"), "--algos", "sac"]
+    cmd += ["--tasks", *args.tasks, "--seeds", *map(str, args.seeds)]
+    cmd += ["--num-envs", "1", "--dmc-steps", str(args.steps)]
+    cmd += ["--dmc-eval-every", str(args.eval_every), "--tag", "sac"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=["throughput", "learning"])
+    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5"])
+    parser.add_argument("--num-envs", nargs="+", type=int, default=[1])
+    parser.add_argument("--throughput-steps", type=int, default=50_000)
+    parser.add_argument("--tasks", nargs="+", default=list(LEARNING_TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100_000, help="learning budget per run")
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw the throughput PNG from its CSV"
+    )
+    args = parser.parse_args()
+    if args.report_only:
+        with open(CSV_PATH, newline="") as f:
+            plot_throughput(list(csv.DictReader(f)))
+        return
+    os.chdir(Path(__file__).resolve().parents[1])
+    provenance = {
+        "machine": machine(),
+        "date": now(),
+        "command": command(),
+        "gprl_commit": gprl_commit(),
+    }
+    if "throughput" in args.sections:
+        throughput(args, provenance)
+        print(f"machine: {provenance['machine']}; date: {provenance['date']}")
+        print(f"command: {provenance['command']}; commit {provenance['gprl_commit']}")
+        print(f"wrote {CSV_PATH} and {PNG_PATH}")
+    if "learning" in args.sections:
+        learning(args)
+
+
+if __name__ == "__main__":
+    main()

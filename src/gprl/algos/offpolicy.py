@@ -1,0 +1,119 @@
+"""What every off-policy method shares: the replay and update-schedule knobs, validated, and the
+schedule the off-policy loop follows; soft target updates.
+
+The loop collects `update_every` env steps, stores them in the replay buffer, then runs
+update_to_data x update_every gradient steps in one compiled call, each on a fresh batch sampled
+from the buffer. Before `learning_starts` env steps it explores (uniform
+random actions) and does not update.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity in transitions (capped at the run's budget); the oldest are
+    overwritten first. Saved in every checkpoint, so a resumed run replays the same samples."""
+    batch_size: int = 256
+    """Transitions per gradient step, sampled uniformly with replacement."""
+    learning_starts: int = 5_000
+    """Env steps of uniformly random actions before the first update (rounded up to whole
+    update calls)."""
+    update_to_data: float = 1.0
+    """Gradient steps per env step (UTD ratio)."""
+    update_every: int = 50
+    """Env steps collected between update calls (rounded down to whole vector steps, at least
+    one); the update_to_data x update_every gradient steps that follow run in one compiled call
+    (lax.scan). 50 is SpinningUp's SAC default; 1 with one env is the SB3 / CleanRL loop, an
+    update after every env step, at several times the call overhead."""
+    steps_per_iteration: int = 1_000
+    """Env steps per iteration: one row of metrics.csv (losses averaged over it); evaluations
+    and checkpoints fall between iterations. Rounded down to whole update calls."""
+    offline_fraction: float | None = None
+    """Share of each batch drawn from an offline dataset pre-filled into the buffer, the rest
+    from online data (None: uniform over all stored transitions)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first nonsensical field."""
+        for name in ("buffer_size", "batch_size", "update_every", "steps_per_iteration"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.update_to_data > 0:
+            raise ValueError(f"update_to_data must be positive, got {self.update_to_data}")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be non-negative, got {self.learning_starts}")
+        if self.offline_fraction is not None and not 0.0 <= self.offline_fraction <= 1.0:
+            raise ValueError(f"offline_fraction must be in [0, 1], got {self.offline_fraction}")
+
+
+class OffPolicySchedule(NamedTuple):
+    """The off-policy loop's geometry for one run (see :func:`off_policy_schedule`)."""
+
+    batch_size: int
+    buffer_capacity: int
+    """Online replay slots."""
+    offline_fraction: float | None
+    update_interval: int
+    """Vector steps per update call."""
+    gradient_steps: int
+    """Gradient steps per update call."""
+    calls_per_iteration: int
+    warmup_calls: int
+    """Update calls at the start of the run that explore and store without updating."""
+    num_iterations: int
+
+
+def off_policy_schedule(
+    config: OffPolicyConfig, num_envs: int, total_steps: int
+) -> OffPolicySchedule:
+    """Validate config against the run and derive the loop's schedule; ValueError on nonsense."""
+    config.validate()
+    update_interval = max(config.update_every // num_envs, 1)
+    call_steps = update_interval * num_envs
+    gradient_steps = config.update_to_data * call_steps
+    if gradient_steps < 1 or gradient_steps != int(gradient_steps):
+        raise ValueError(
+            f"update_to_data x env steps per update call = {config.update_to_data:g} x "
+            f"{call_steps} = {gradient_steps:g} gradient steps per call; it must be a whole "
+            "number of at least 1"
+        )
+    calls_per_iteration = max(config.steps_per_iteration // call_steps, 1)
+    iteration_steps = calls_per_iteration * call_steps
+    num_iterations = total_steps // iteration_steps
+    if num_iterations < 1:
+        raise ValueError(
+            f"total_steps of {total_steps} env steps is smaller than one iteration "
+            f"({iteration_steps} env steps); raise the budget"
+        )
+    warmup_calls = -(-config.learning_starts // call_steps)
+    if warmup_calls >= num_iterations * calls_per_iteration:
+        raise ValueError(
+            f"learning_starts ({config.learning_starts}) must be below total_steps "
+            f"({total_steps}, {num_iterations * iteration_steps} in whole iterations): no "
+            "update would run"
+        )
+    capacity = min(config.buffer_size, num_iterations * iteration_steps)
+    if capacity < call_steps:
+        raise ValueError(
+            f"buffer_size ({config.buffer_size}) is smaller than the {call_steps} env steps "
+            "stored at once (update_every, at least num_envs)"
+        )
+    return OffPolicySchedule(
+        batch_size=config.batch_size,
+        buffer_capacity=capacity,
+        offline_fraction=config.offline_fraction,
+        update_interval=update_interval,
+        gradient_steps=int(gradient_steps),
+        calls_per_iteration=calls_per_iteration,
+        warmup_calls=warmup_calls,
+        num_iterations=num_iterations,
+    )
+
+
+def soft_update(target, online, tau: float):
+    """Polyak averaging: target <- (1 - tau) * target + tau * online."""
+    return jax.tree.map(lambda t, o: t + tau * (o - t), target, online)

@@ -1,0 +1,142 @@
+"""A replay buffer as a pure pytree: fixed-size arrays, an insert position and a size.
+
+`replay_add` and `replay_sample` are pure and jittable, so a whole collect-store-update chunk
+compiles into one call, and the buffer is saved in checkpoints like any other state (a resumed
+run samples exactly what the uninterrupted one would have).
+
+The arrays hold two regions: an offline region at the front, filled once from a dataset by
+:func:`replay_prefill` and never overwritten, and an online region after it, a ring that the
+loop's transitions overwrite oldest first once it is full. :func:`replay_sample` draws uniformly
+over every stored transition, or a fixed share of each batch from the offline region (the rest
+from the online one) for offline-to-online training.
+"""
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from gprl.types import Transition
+
+DATASET_FIELDS = ("obs", "action", "reward", "terminated", "truncated", "next_obs")
+"""Arrays an offline dataset must provide, one row per transition; `extras` is optional."""
+
+
+@struct.dataclass
+class ReplayBuffer:
+    data: Transition
+    """Leaves (offline_capacity + online_capacity, ...): the offline rows, then the online ring."""
+    position: jax.Array
+    """int32: the online slot the next transition goes to."""
+    online_size: jax.Array
+    """int32: filled online slots (at most the online capacity)."""
+    offline_size: jax.Array
+    """int32: rows of the offline region holding dataset transitions."""
+    offline_capacity: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def capacity(self) -> int:
+        return self.data.reward.shape[0]
+
+    @property
+    def online_capacity(self) -> int:
+        return self.capacity - self.offline_capacity
+
+
+def replay_init(example: Transition, online_capacity: int, offline_capacity: int = 0):
+    """An empty buffer for transitions shaped like `example` (one transition, no batch axis;
+    arrays or jax.ShapeDtypeStruct)."""
+    if online_capacity < 1 or offline_capacity < 0:
+        raise ValueError(
+            f"replay capacities must be positive (online) and non-negative (offline), got "
+            f"{online_capacity} and {offline_capacity}"
+        )
+    rows = offline_capacity + online_capacity
+    data = jax.tree.map(lambda x: jnp.zeros((rows, *np.shape(x)), x.dtype), example)
+    zero = jnp.zeros((), jnp.int32)
+    return ReplayBuffer(data, zero, zero, zero, offline_capacity)
+
+
+def replay_add(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
+    """Store a flat (K, ...) batch of transitions in the online ring, overwriting the oldest."""
+    count = transitions.reward.shape[0]
+    if count > buffer.online_capacity:
+        # Two rows of one scatter landing in the same slot would be written in no defined order.
+        raise ValueError(
+            f"cannot add {count} transitions at once to a replay buffer with "
+            f"{buffer.online_capacity} online slots"
+        )
+    slots = (buffer.position + jnp.arange(count)) % buffer.online_capacity
+    rows = buffer.offline_capacity + slots
+    data = jax.tree.map(lambda store, new: store.at[rows].set(new), buffer.data, transitions)
+    return buffer.replace(
+        data=data,
+        position=(buffer.position + count) % buffer.online_capacity,
+        online_size=jnp.minimum(buffer.online_size + count, buffer.online_capacity),
+    )
+
+
+def replay_sample(
+    buffer: ReplayBuffer, key, batch_size: int, offline_fraction: float | None = None
+) -> Transition:
+    """batch_size transitions drawn uniformly with replacement from the stored ones.
+
+    offline_fraction None: uniform over all stored transitions, offline and online alike.
+    Otherwise round(offline_fraction * batch_size) rows come from the offline region and the
+    rest from the online ring; while one region is empty, every row comes from the other.
+    Sampling an empty buffer returns zero rows (the loop never does: it stores data first)."""
+    total = buffer.offline_size + buffer.online_size
+    if offline_fraction is None:
+        draw = jax.random.randint(key, (batch_size,), 0, jnp.maximum(total, 1))
+        rows = jnp.where(
+            draw < buffer.offline_size,
+            draw,
+            buffer.offline_capacity + draw - buffer.offline_size,
+        )
+    else:
+        offline_rows = round(offline_fraction * batch_size)
+        from_offline = jnp.arange(batch_size) < offline_rows
+        from_offline = jnp.where(buffer.online_size == 0, True, from_offline)
+        from_offline = jnp.where(buffer.offline_size == 0, False, from_offline)
+        offline_key, online_key = jax.random.split(key)
+        offline_draw = jax.random.randint(
+            offline_key, (batch_size,), 0, jnp.maximum(buffer.offline_size, 1)
+        )
+        online_draw = jax.random.randint(
+            online_key, (batch_size,), 0, jnp.maximum(buffer.online_size, 1)
+        )
+        rows = jnp.where(from_offline, offline_draw, buffer.offline_capacity + online_draw)
+    return jax.tree.map(lambda store: store[rows], buffer.data)
+
+
+def replay_prefill(buffer: ReplayBuffer, dataset: Mapping) -> ReplayBuffer:
+    """Fill the offline region from a dataset of arrays (DATASET_FIELDS, one row per transition,
+    and optionally `extras` shaped like the buffer's); the algorithm's extras default to zeros.
+    Raises ValueError naming a missing field or a wrong shape."""
+    missing = [name for name in DATASET_FIELDS if name not in dataset]
+    if missing:
+        raise ValueError(f"offline dataset lacks the fields {missing}")
+    count = len(dataset["reward"])
+    if count > buffer.offline_capacity:
+        raise ValueError(
+            f"offline dataset has {count} transitions, the buffer's offline region "
+            f"{buffer.offline_capacity}"
+        )
+    template = buffer.data
+    fields = {}
+    for name in DATASET_FIELDS:
+        array = np.asarray(dataset[name])
+        expected = (count, *getattr(template, name).shape[1:])
+        if array.shape != expected:
+            raise ValueError(
+                f"offline dataset field '{name}' has shape {array.shape}, expected {expected}"
+            )
+        fields[name] = array.astype(getattr(template, name).dtype)
+    extras = dataset.get("extras")
+    if extras is None:
+        extras = jax.tree.map(lambda x: np.zeros((count, *x.shape[1:]), x.dtype), template.extras)
+    rows = Transition(**fields, extras=extras)
+    data = jax.tree.map(lambda store, new: store.at[:count].set(new), buffer.data, rows)
+    return buffer.replace(data=data, offline_size=jnp.asarray(count, jnp.int32))
