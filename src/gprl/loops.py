@@ -54,6 +54,10 @@ class OnPolicyLoop:
     def restore(self, saved: dict) -> None:
         pass
 
+    def refit_pending(self, state) -> bool:
+        """Whether the next iteration is a refit rather than an update."""
+        return self.algo.refit_request(state) is not None
+
     def iterate(self, state, key) -> IterationResult:
         """One update on a fresh rollout, or the refit the algorithm asks for."""
         request = self.algo.refit_request(state)
@@ -158,6 +162,9 @@ class OffPolicyLoop:
 
     def reset(self, seed: int) -> None:
         self.collector.reset(seed)
+
+    def refit_pending(self, state) -> bool:
+        return False
 
     def iterate(self, state, key) -> IterationResult:
         schedule = self.schedule

@@ -356,7 +356,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
             # A refit changes the policy without a gradient step: evaluate right before and
             # right after it, so that what it keeps of the policy shows in the metrics.
             before_refit = None
-            if algo.refit_request(state["algo"]) is not None:
+            if loop.refit_pending(state["algo"]):
                 before_refit = evaluator.evaluate(algo.acting_params(state["algo"]))
                 state["algo"] = algo.observe_evaluation(state["algo"], before_refit["eval_return"])
             try:
