@@ -124,7 +124,8 @@ def mode_shares(actions, contexts):
     """(share of actions within 0.15 of a mode, share of those on the lower mode)."""
     distance = np.abs(actions[:, :1] - bimodal_modes(contexts))
     near = distance.min(axis=1) < 0.15
-    return near.mean(), (distance.argmin(axis=1)[near] == 0).mean()
+    lower = (distance.argmin(axis=1)[near] == 0).mean() if near.any() else float("nan")
+    return near.mean(), lower
 
 
 @pytest.fixture(scope="module")
