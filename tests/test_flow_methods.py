@@ -190,8 +190,10 @@ PROBE_OVERRIDES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["gymnasium", "jax"])
 @pytest.mark.parametrize("name", FLOW_METHODS)
-def test_method_learns_an_observation_dependent_optimal_action(name, tmp_path):
+def test_method_learns_an_observation_dependent_optimal_action(name, backend, tmp_path):
+    # The same algorithm code on host envs and on the device path (the JAX twin, in jit).
     config = replace(
         ALGORITHMS[name].config(),
         rollout_steps=32,
@@ -201,32 +203,7 @@ def test_method_learns_an_observation_dependent_optimal_action(name, tmp_path):
     )
     run = RunConfig(
         env="gprl/ContextualTarget-v0",
-        total_steps=20_000,
-        num_envs=8,
-        out=tmp_path / "run",
-        progress=False,
-        eval_every=10_000,
-        eval_episodes=64,
-    )
-    run_dir = train(name, run, config)
-    with open(run_dir / "metrics.csv", newline="") as f:
-        evals = [float(r["eval_return"]) for r in csv.DictReader(f) if r["eval_return"]]
-    assert evals[-1] > -0.04  # the best constant action earns about -0.43, the optimum 0
-
-
-@pytest.mark.parametrize("name", FLOW_METHODS)
-def test_method_learns_on_the_device_path(name, tmp_path):
-    # The same algorithm code, stepped inside jit with the JAX version of the probe task.
-    config = replace(
-        ALGORITHMS[name].config(),
-        rollout_steps=32,
-        num_minibatches=4,
-        learning_rate=1e-3,
-        **PROBE_OVERRIDES.get(name, {}),
-    )
-    run = RunConfig(
-        env="gprl/ContextualTarget-v0",
-        env_backend="jax",
+        env_backend=backend,
         total_steps=20_000,
         num_envs=8,
         out=tmp_path / "run",
@@ -236,7 +213,7 @@ def test_method_learns_on_the_device_path(name, tmp_path):
     )
     with open(train(name, run, config) / "metrics.csv", newline="") as f:
         evals = [float(r["eval_return"]) for r in csv.DictReader(f) if r["eval_return"]]
-    assert evals[-1] > -0.04
+    assert evals[-1] > -0.04  # the best constant action earns about -0.43, the optimum 0
 
 
 RESUME_OVERRIDES = {
