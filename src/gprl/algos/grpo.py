@@ -22,13 +22,14 @@ import jax.numpy as jnp
 
 from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
 from gprl.algos.onpolicy import (
+    advance_state,
     annealed_learning_rate,
     flatten_time,
     minibatch_epochs,
     set_hyperparameters,
 )
 from gprl.policies.flow import sde_transition
-from gprl.rl_math import normalize, ppo_policy_loss, running_stats_update
+from gprl.rl_math import normalize, ppo_policy_loss
 
 STD_EPS = 1e-8
 
@@ -156,14 +157,6 @@ class GRPO(GaussianChainOnPolicy):
             key,
             config,
         )
-        obs_norm = state["obs_norm"]
-        if config.normalize_observations:
-            obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, batch.obs.shape[-1]))
-        state = state | {
-            "params": params,
-            "opt_state": opt_state,
-            "obs_norm": obs_norm,
-            "iteration": state["iteration"] + 1,
-        }
+        state = advance_state(state, batch, params, opt_state, config)
         advantage_info = {"finished_share": jnp.mean(advantages != 0)}
         return state, info | advantage_info | {"learning_rate": learning_rate}

@@ -277,17 +277,23 @@ def ppo_update(
     params, opt_state, sgd_info = minibatch_epochs(
         loss_fn, state["params"], opt_state, optimizer, data, key, config
     )
+    state = advance_state(state, batch, params, opt_state, config) | {"reward_norm": reward_norm}
+    return state, info | sgd_info
+
+
+def advance_state(state, batch: Transition, params, opt_state, config) -> dict:
+    """The state after an update: new weights and optimiser state, the observation statistics
+    updated with the rollout (after the update, which used the ones the rollout acted with),
+    and one more iteration."""
     obs_norm = state["obs_norm"]
     if config.normalize_observations:
         obs_norm = running_stats_update(obs_norm, batch.obs.reshape(-1, batch.obs.shape[-1]))
-    state = state | {
+    return state | {
         "params": params,
         "opt_state": opt_state,
         "obs_norm": obs_norm,
-        "reward_norm": reward_norm,
         "iteration": state["iteration"] + 1,
     }
-    return state, info | sgd_info
 
 
 def flatten_time(tree):

@@ -60,6 +60,27 @@ def sde_transition(x, velocity, t, dt, noise_level):
     return mean, jnp.broadcast_to(jnp.sqrt(g_squared * dt), x.shape)
 
 
+def euler_integrate(net, params, cond, noise, time_inputs):
+    """x_{k+1} = x_k + f(cond, x_k, time_inputs[k]) / K for the K rows of time_inputs, with a
+    ConditionalField f whose condition and time projections are computed once. Returns
+    (action, chain) with chain (K, ..., d) holding x_1..x_K.
+
+    The flow's velocity takes t_k; one-step models take (t_k, 1 / K) and jump by their average
+    velocity or shortcut direction over the step."""
+    dt = 1.0 / time_inputs.shape[0]
+    cond_features = net.apply(params, cond, method=ConditionalField.condition)
+    time_features = net.apply(params, time_inputs, method=ConditionalField.time_features)
+
+    def euler_step(x, time_feature):
+        velocity = net.apply(
+            params, cond_features, x, time_feature, method=ConditionalField.from_features
+        )
+        x_next = x + dt * velocity
+        return x_next, x_next
+
+    return jax.lax.scan(euler_step, noise, time_features)
+
+
 def chain_log_prob(chain, means, stds):
     """Per-step log densities (K, ...) of a chain (K + 1, ..., d) under Gaussian transitions
     N(means[k], stds[k]^2) (K, ..., d), summed over d. Deterministic steps (std 0) score 0."""
@@ -103,20 +124,7 @@ class FlowPolicy:
         holding every intermediate x_k, noise first.
         """
         steps = num_steps or self.config.num_steps
-        dt = 1.0 / steps
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
-        time_features = self.net.apply(
-            params, time_grid(steps), method=ConditionalField.time_features
-        )
-
-        def euler_step(x, time_feature):
-            velocity = self.net.apply(
-                params, cond_features, x, time_feature, method=ConditionalField.from_features
-            )
-            x_next = x + dt * velocity
-            return x_next, x_next
-
-        action, chain = jax.lax.scan(euler_step, noise, time_features)
+        action, chain = euler_integrate(self.net, params, cond, noise, time_grid(steps))
         if return_chain:
             return action, jnp.concatenate([noise[None], chain], axis=0)
         return action

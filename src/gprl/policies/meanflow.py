@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gprl.networks import ConditionalField
-from gprl.policies.flow import time_grid
+from gprl.policies.flow import euler_integrate, time_grid
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,7 @@ class MeanFlowPolicy:
         steps = num_steps or self.config.num_steps
         starts = time_grid(steps)
         intervals = jnp.stack([starts, jnp.full_like(starts, 1.0 / steps)], axis=-1)
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
-        time_features = self.net.apply(params, intervals, method=ConditionalField.time_features)
-
-        def jump(x, time_feature):
-            u = self.net.apply(
-                params, cond_features, x, time_feature, method=ConditionalField.from_features
-            )
-            return x + u / steps, None
-
-        action, _ = jax.lax.scan(jump, noise, time_features)
-        return action
+        return euler_integrate(self.net, params, cond, noise, intervals)[0]
 
     def loss(self, params, cond, actions, key):
         noise_key, time_key, mix_key = jax.random.split(key, 3)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gprl.networks import ConditionalField
-from gprl.policies.flow import time_grid
+from gprl.policies.flow import euler_integrate, time_grid
 
 
 @dataclass(frozen=True)
@@ -68,17 +68,7 @@ class ShortcutPolicy:
         steps = num_steps or self.config.num_steps
         times = time_grid(steps)
         inputs = jnp.stack([times, jnp.full_like(times, 1.0 / steps)], axis=-1)
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
-        time_features = self.net.apply(params, inputs, method=ConditionalField.time_features)
-
-        def jump(x, time_feature):
-            s = self.net.apply(
-                params, cond_features, x, time_feature, method=ConditionalField.from_features
-            )
-            return x + s / steps, None
-
-        action, _ = jax.lax.scan(jump, noise, time_features)
-        return action
+        return euler_integrate(self.net, params, cond, noise, inputs)[0]
 
     def loss(self, params, cond, actions, key):
         cfg = self.config
