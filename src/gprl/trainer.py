@@ -120,6 +120,10 @@ class RunConfig:
     """Also write TensorBoard event files to RUN_DIR/tensorboard."""
     wandb_project: str | None = None
     """Also log to this Weights & Biases project."""
+    init: Path | None = None
+    """A `gprl pretrain` run whose policy this run starts from and fine-tunes (for the
+    algorithms that can); its env, observation size and action size must match this run's. An
+    evaluation before the first update records the starting return."""
 
 
 def _slug(text: str) -> str:
@@ -280,14 +284,48 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
         ALGORITHMS[algo_name].algorithm.start_state_group(algo_config),
     )
     try:
-        return _train(algo_name, run, algo_config, envs, on_iteration)
+        pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec)
+        return _train(algo_name, run, algo_config, envs, pretrained, on_iteration)
     finally:
         envs.close()
 
 
-def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
+def load_initial_policy(algo_name: str, init: Path | None, env_id: str, spec):
+    """The pretrained policy (gprl.pretrain.Pretrained) named by --init, checked against the
+    task, or None; refuses --init for algorithms that cannot use it and its absence for those
+    that need it."""
+    use = ALGORITHMS[algo_name].algorithm.pretrained_policy
+    if init is None:
+        if use == "required":
+            raise ValueError(
+                f"{algo_name} fine-tunes a pretrained policy: pass --init RUN_DIR, a "
+                "`gprl pretrain` run on this task"
+            )
+        return None
+    if use == "unused":
+        raise ValueError(f"{algo_name} cannot start from a pretrained policy (--init {init})")
+    from gprl.pretrain import load_pretrained  # the pretrain module builds on this one
+
+    pretrained = load_pretrained(Path(init))
+    if pretrained.env_id != env_id:
+        raise CheckpointError(f"--init {init} was pretrained on {pretrained.env_id}, not {env_id}")
+    shapes = (pretrained.obs_dim, pretrained.action_dim)
+    if shapes != (spec.obs_dim, spec.action_dim):
+        raise CheckpointError(
+            f"--init {init} has observation and action sizes {shapes}, the env has "
+            f"{(spec.obs_dim, spec.action_dim)}"
+        )
+    return pretrained
+
+
+def build_algorithm(algo_name: str, algo_config, spec, run: "RunConfig", pretrained):
     algo_cls = ALGORITHMS[algo_name].algorithm
-    algo = algo_cls(algo_config, envs.spec, run.num_envs, run.total_steps)
+    starting_point = {} if pretrained is None else {"pretrained": pretrained}
+    return algo_cls(algo_config, spec, run.num_envs, run.total_steps, **starting_point)
+
+
+def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteration) -> Path:
+    algo = build_algorithm(algo_name, algo_config, envs.spec, run, pretrained)
     loop = make_loop(algo, lambda act: make_collector(envs, act), run.num_envs)
     run_dir = prepare_run_dir(algo_name, run)
     config_record = {
@@ -332,6 +370,10 @@ def _train(algo_name, run: RunConfig, algo_config, envs, on_iteration) -> Path:
         config_record,
     )
     evaluator = make_evaluator(envs, algo.act_deterministic, _eval_seed(run.seed))
+    if pretrained is not None and not resuming:
+        starting = evaluator.evaluate(algo.acting_params(state["algo"]))
+        state["algo"] = algo.observe_evaluation(state["algo"], starting["eval_return"])
+        logger.log({"iteration": 0, "env_steps": 0} | starting)
     iteration = progress["iteration"]
     loop.reset(run.seed if iteration == 0 else boundary_seed(run.seed, iteration))
 
@@ -474,13 +516,13 @@ def load_run(run_dir: Path):
     algo_name = saved.get("algo")
     if algo_name not in ALGORITHMS:
         raise CheckpointError(f"{run_dir} holds an unknown algorithm '{algo_name}'")
-    algo_cls, config_cls, _ = ALGORITHMS[algo_name]
+    config_cls = ALGORITHMS[algo_name].config
     run = from_jsonable(RunConfig, saved["run"])
     envs = open_environments(run.env, run.env_backend, 1, 1, run.seed, run.seed)
     envs.close()
-    algo = algo_cls(
-        from_jsonable(config_cls, saved["algo_config"]), envs.spec, run.num_envs, run.total_steps
-    )
+    pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec)
+    algo_config = from_jsonable(config_cls, saved["algo_config"])
+    algo = build_algorithm(algo_name, algo_config, envs.spec, run, pretrained)
     template = {"algo": algo.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0)}
     state, _ = load_checkpoint(run_dir, template, _identity(algo_name, run.env, envs.spec))
     return algo, state["algo"], run

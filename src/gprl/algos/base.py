@@ -7,7 +7,7 @@ base class: :class:`OnPolicyAlgorithm` (an update per fresh rollout) or
 :class:`OffPolicyAlgorithm` (updates on batches sampled from a replay buffer the loop owns).
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 
@@ -29,6 +29,9 @@ class Algorithm:
 
     num_iterations: int
     spec: Any
+    pretrained_policy: Literal["unused", "optional", "required"] = "unused"
+    """Whether the algorithm can start from a `gprl pretrain` policy; if so its constructor
+    takes it as `pretrained=` (a gprl.pretrain.Pretrained, or None)."""
 
     def init(self, key) -> dict:
         """A fresh training state; state["iteration"] counts finished iterations."""
