@@ -67,7 +67,7 @@ def run_dir_of(task: str, algo: str, seed: int, steps: int, tag: str = "") -> Pa
 
 
 def default_config_json(algo_name: str) -> dict:
-    return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name][1]())))
+    return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name].default_config())))
 
 
 def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:
@@ -80,9 +80,9 @@ def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: i
         return "missing"
     if saved != default_config_json(algo_name):
         return "stale"
-    algo_cls, config_cls, _ = ALGORITHMS[algo_name]
+    entry = ALGORITHMS[algo_name]
     with make_env(task, 1, backend="gymnasium") as env:
-        algo = algo_cls(config_cls(), env.spec, num_envs, steps)
+        algo = entry.algorithm(entry.default_config(), env.spec, num_envs, steps)
     return "finished" if meta["progress"]["iteration"] >= algo.num_iterations else "partial"
 
 
@@ -153,7 +153,7 @@ def train_or_resume(task: str, algo_name: str, seed: int, run_dir: Path, args) -
         "resumed": status == "partial",
     }
     start = time.perf_counter()
-    train(algo_name, run, ALGORITHMS[algo_name][1]())
+    train(algo_name, run, ALGORITHMS[algo_name].default_config())
     info |= {"load_after": load_average(), "process_seconds": time.perf_counter() - start}
     (run_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     print(
@@ -278,7 +278,7 @@ def collect(tasks: list[str], args) -> tuple[list[dict], list[dict], dict]:
             curves[(task, algo_name)] = per_seed
             note = ""
             if algo_name == "gorl":
-                counted = ALGORITHMS["gorl"][1]().count_collection_steps
+                counted = ALGORITHMS["gorl"].default_config().count_collection_steps
                 note = (
                     "decoder data-collection steps count toward the budget"
                     if counted
@@ -426,7 +426,7 @@ def main() -> None:
         "seconds per run incl. evaluations."
     )
     if "gorl" in args.algos:
-        counted = ALGORITHMS["gorl"][1]().count_collection_steps
+        counted = ALGORITHMS["gorl"].default_config().count_collection_steps
         print(
             "GoRL's decoder data-collection steps "
             + (

@@ -66,7 +66,7 @@ def slug(text: str) -> str:
 def config_id(algo_name: str) -> str:
     """A short fingerprint of an algorithm's default config: rows measured with another one
     are stale."""
-    config = json.dumps(to_jsonable(ALGORITHMS[algo_name].config()), sort_keys=True)
+    config = json.dumps(to_jsonable(ALGORITHMS[algo_name].default_config()), sort_keys=True)
     return hashlib.sha256(config.encode()).hexdigest()[:10]
 
 
@@ -286,7 +286,8 @@ def plot_summary(rows: list[dict], args, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    methods = [name for name, entry in ALGORITHMS.items() if entry.preset is None]
+    parser.add_argument("--algos", nargs="+", default=methods, choices=list(ALGORITHMS))
     parser.add_argument(
         "--tasks", nargs="+", default=list(DEFAULT_BUDGETS), choices=list(DEFAULT_BUDGETS)
     )

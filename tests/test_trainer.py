@@ -13,7 +13,7 @@ import pytest
 
 import gprl.algos.ppo as ppo_module
 import gprl.checkpoint as checkpoint_module
-from gprl.algos import GoRLConfig, PPOConfig
+from gprl.algos import ALGORITHMS, GoRLConfig, PPOConfig
 from gprl.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from gprl.envs import EnvError
 from gprl.trainer import RunConfig, TrainingError, load_run, train
@@ -329,3 +329,27 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config
     reference = train("ppo", replace(run, out=tmp_path / "reference"), FAST_PPO)
     assert metrics_without_timing(resumed) == metrics_without_timing(reference)
     assert json.loads((resumed / "config.json").read_text())["run"]["seed"] == 3
+
+
+def test_a_named_preset_trains_with_its_own_defaults_and_resumes(tmp_path):
+    out = tmp_path / "preset"
+    common = ["--env", "gprl/BimodalBandit-v0", "--num-envs", "4", "--no-progress"]
+    short = ["--gorl-reference.ppo.rollout-steps", "32", "--gorl-reference.num-stages", "2"]
+    short += ["--gorl-reference.stage-weights", "1", "1", "--gorl-reference.decoder-train-steps"]
+    result = run_cli(
+        "train", "gorl-reference", "--total-steps", "1024", *common, *short, "50",
+        "--gorl-reference.decoder-eval-every", "25", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["algo"] == "gorl-reference"
+    assert saved["algo_config"]["ppo"]["critic_hidden"] == [256] * 5
+    assert saved["algo_config"]["decoder_coupling"] == "independent"
+    assert saved["algo_config"]["decoder_train_steps"] == 50
+    with open(out / "metrics.csv", newline="") as f:
+        refits = [row for row in csv.DictReader(f) if row["refit"]]
+    assert len(refits) == 1
+    # The plain method keeps its own defaults, and a preset's run resumes under its own name.
+    assert ALGORITHMS["gorl"].default_config().decoder_coupling == "paired"
+    result = run_cli("train", "gorl", "--resume", str(out), cwd=tmp_path)
+    assert result.returncode == 2 and "not 'gorl'" in result.stderr

@@ -55,7 +55,7 @@ def _train_commands() -> dict[type, str]:
         field_name = name.replace("-", "_")
         command = dataclasses.make_dataclass(
             f"Train{entry.algorithm.__name__}",
-            [(field_name, entry.config, dataclasses.field(default_factory=entry.config))],
+            [(field_name, entry.config, dataclasses.field(default_factory=entry.default_config))],
             bases=(RunConfig,),
         )
         command.__doc__ = f"Train {entry.summary}."

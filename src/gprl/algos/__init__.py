@@ -1,11 +1,12 @@
 """One RL method per file. ALGORITHMS is the registry the trainer and the CLI are built from."""
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from gprl.algos.dppo import DPPO, DPPOConfig
 from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
 from gprl.algos.fpo import FPO, FPOConfig
-from gprl.algos.gorl import GoRL, GoRLConfig
+from gprl.algos.gorl import GoRL, GoRLConfig, reference_gorl_config
 from gprl.algos.grpo import GRPO, GRPOConfig
 from gprl.algos.ppo import PPO, PPOConfig
 from gprl.algos.reinflow import ReinFlow, ReinFlowConfig
@@ -17,6 +18,11 @@ class Registered(NamedTuple):
     config: type
     summary: str
     """One line for `gprl --help` and the subcommand's description."""
+    preset: Callable[[], Any] | None = None
+    """Builds the defaults of a named preset of a method, when they are not its config class's."""
+
+    def default_config(self):
+        return self.config() if self.preset is None else self.preset()
 
 
 ALGORITHMS = {
@@ -27,6 +33,13 @@ ALGORITHMS = {
         "GoRL: PPO on a Gaussian latent policy decoded by a flow or diffusion model (decoder "
         "data-collection steps count toward --total-steps unless "
         "--gorl.no-count-collection-steps)",
+    ),
+    "gorl-reference": Registered(
+        GoRL,
+        GoRLConfig,
+        "GoRL with the reference code's settings (encoder, critic, refits, schedule shape), "
+        "scaled to --total-steps",
+        reference_gorl_config,
     ),
     "fpo": Registered(
         FPO, FPOConfig, "FPO / FPO++: PPO on a flow policy through the flow-matching loss ratio"

@@ -158,6 +158,26 @@ def zero_output_layer(mlp_params: dict) -> dict:
     return {**mlp_params, "params": {**mlp_params["params"], "MLP_0": {**layers, last: zeroed}}}
 
 
+def reference_gorl_config() -> GoRLConfig:
+    """The reference code's settings (bennidict23/GoRL) with its schedule's shape, scaled to the
+    run's budget: a 4 x 32 SiLU encoder with softplus scale, a 5 x 256 SiLU critic, entropy bonus
+    1e-2, encoder and critic re-initialised at every stage with a small random output, a fresh
+    decoder fitted from independent noise, collection steps not counted toward the budget."""
+    return GoRLConfig(
+        ppo=PPOConfig(
+            action_squash="tanh",
+            actor=GaussianPolicyConfig(hidden=(32,) * 4, activation="silu", std_type="softplus"),
+            critic_hidden=(256,) * 5,
+            critic_activation="silu",
+            ent_coef=1e-2,
+        ),
+        reset_critic=True,
+        encoder_starts_at_prior=False,
+        decoder_coupling="independent",
+        count_collection_steps=False,
+    )
+
+
 class PairedFlowLoss:
     """The flow-matching loss on targets that carry their own noise, [noise | action] along the
     last axis: what the imitation fitter minimises to learn a given noise -> action coupling."""

@@ -1,0 +1,269 @@
+"""BC -> RL: fine-tune a pretrained flow policy with ReinFlow, DPPO, GoRL, DSRL and FQL, next to
+SAC from scratch, on Hopper-v5 and Walker2d-v5.
+
+Per task:
+1. Medium policy: `gprl train ppo` for --medium-steps (seed 0, 16 envs).
+2. Dataset: `gprl collect` of --episodes episodes of its deterministic policy with
+   --action-noise into a Minari dataset under benchmarks/runs/finetune/datasets.
+3. Pretraining: `gprl pretrain flow` for --pretrain-steps gradient steps (seed 0).
+4. Fine-tuning, each cell one `gprl train` process (timed whole, as a user runs it), seeds
+   --seeds: reinflow / dppo / gorl with --init (--onpolicy-steps env steps, 16 envs), dsrl with
+   --init and fql with --dataset (--offpolicy-steps env steps, 1 env), sac from scratch at the
+   off-policy budget.
+"Before" is a cell's evaluation at env step 0 (the pretrained policy, or FQL's policy at the end
+of its offline phase; SAC's untrained policy), "after" its final evaluation; both are the mean of
+--eval-episodes deterministic episodes.
+
+Everything goes to benchmarks/runs/finetune/ (git-ignored): finished steps are reused and an
+interrupted cell is resumed, so the grid finishes across sessions. Results:
+benchmarks/results/finetune.csv (one row per cell), finetune_summary.csv and finetune.png.
+
+    python benchmarks/finetune.py --seeds 0          # one seed of every cell
+    python benchmarks/finetune.py --report-only
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    command,
+    gprl_commit,
+    load_average,
+    machine,
+    markdown_table,
+    now,
+    write_csv,
+)
+
+from gprl.checkpoint import CheckpointError, read_meta
+
+ROOT = BENCH_DIR / "runs" / "finetune"
+TASKS = ["Hopper-v5", "Walker2d-v5"]
+ONPOLICY = ["reinflow", "dppo", "gorl"]
+OFFPOLICY = ["dsrl", "fql", "sac"]
+METHODS = ONPOLICY + OFFPOLICY
+
+
+def slug(text: str) -> str:
+    return text.replace("/", "_").replace(":", "_").lower()
+
+
+def progress_of(run_dir: Path) -> dict | None:
+    try:
+        return read_meta(run_dir)["progress"]
+    except CheckpointError:
+        return None
+
+
+def gprl(*args: str) -> float:
+    """Run one gprl command as a user would; its wall seconds."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gprl.cli", *args], check=True)
+    return time.perf_counter() - start
+
+
+def evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [(int(float(r["env_steps"])), float(r["eval_return"])) for r in rows if r["eval_return"]]
+
+
+def prepare(task: str, args) -> tuple[str, Path, dict]:
+    """(dataset id, pretrain run dir, provenance) of a task, built if missing."""
+    root = ROOT / slug(task)
+    medium_dir = root / f"medium-ppo-{args.medium_steps}"
+    progress = progress_of(medium_dir)
+    if progress is None or progress["env_steps"] < args.medium_steps:
+        gprl(
+            "train", "ppo", "--env", task, "--total-steps", str(args.medium_steps),
+            "--out", str(medium_dir), "--overwrite", "--no-progress",
+        )  # fmt: skip
+    dataset_id = f"{slug(task)}/ppo-medium-{args.episodes}ep-v0"
+    dataset_dir = Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id
+    if not dataset_dir.exists():
+        gprl(
+            "collect", str(medium_dir), "--episodes", str(args.episodes), "--out", dataset_id,
+            "--action-noise", str(args.action_noise), "--seed", "1",
+        )  # fmt: skip
+    pretrain_dir = root / f"flow-{args.pretrain_steps}"
+    progress = progress_of(pretrain_dir)
+    if progress is None or progress["grad_steps"] < args.pretrain_steps:
+        gprl(
+            "pretrain", "flow", "--dataset", dataset_id, "--steps", str(args.pretrain_steps),
+            "--out", str(pretrain_dir), "--overwrite", "--no-progress",
+        )  # fmt: skip
+    from gprl.datasets import load_demonstrations
+
+    demos = load_demonstrations(dataset_id)
+    return (
+        dataset_id,
+        pretrain_dir,
+        {
+            "medium_eval_return": evaluations(medium_dir)[-1][1],
+            "dataset_mean_return": float(demos.episode_returns.mean()),
+            "dataset_steps": len(demos.obs),
+        },
+    )
+
+
+def cell_args(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: Path, args):
+    if method in ONPOLICY:
+        budget, extra = args.onpolicy_steps, ["--num-envs", "16", "--init", str(pretrain_dir)]
+    else:
+        budget, extra = args.offpolicy_steps, ["--num-envs", "1"]
+        if method == "dsrl":
+            extra += ["--init", str(pretrain_dir)]
+        if method == "fql":
+            extra += ["--dataset", dataset_id]
+    extra += ["--eval-every", str(budget // 10), "--eval-episodes", str(args.eval_episodes)]
+    return budget, ["--env", task, "--total-steps", str(budget), "--seed", str(seed), *extra]
+
+
+def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: Path, args):
+    run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
+    budget, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
+    progress = progress_of(run_dir)
+    info_path = run_dir / "benchmark_info.json"
+    if progress is not None and progress["env_steps"] >= budget and info_path.exists():
+        return run_dir
+    load_before = load_average()
+    if progress is not None:
+        seconds = gprl("train", method, "--resume", str(run_dir), "--no-progress")
+    else:
+        seconds = gprl(
+            "train", method, *options, "--out", str(run_dir), "--overwrite", "--no-progress"
+        )
+    info = {
+        "process_seconds": round(seconds, 1),
+        "resumed": progress is not None,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "started": now(),
+        "gprl_commit": gprl_commit(),
+    }
+    info_path.write_text(json.dumps(info, indent=2))
+    return run_dir
+
+
+def cell_row(method: str, task: str, seed: int, run_dir: Path) -> dict:
+    curve = evaluations(run_dir)
+    info = json.loads((run_dir / "benchmark_info.json").read_text())
+    before, after = curve[0][1], curve[-1][1]
+    env_steps = curve[-1][0]
+    return {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "env_steps": env_steps,
+        "return_before": round(before, 1),
+        "return_after": round(after, 1),
+        "improvement_pct": round(100 * (after - before) / abs(before), 1) if before else "",
+        "env_steps_per_second": ""
+        if info["resumed"]
+        else round(env_steps / info["process_seconds"], 1),
+        "load_before": info["load_before"],
+        "gprl_commit": info["gprl_commit"],
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    summary = []
+    for task in TASKS:
+        for method in METHODS:
+            cell = [r for r in rows if r["task"] == task and r["method"] == method]
+            if not cell:
+                continue
+            before = np.array([r["return_before"] for r in cell])
+            after = np.array([r["return_after"] for r in cell])
+            speeds = [r["env_steps_per_second"] for r in cell if r["env_steps_per_second"] != ""]
+            summary.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "seeds": len(cell),
+                    "env_steps": cell[0]["env_steps"],
+                    "return_before": f"{before.mean():.0f} ± {before.std():.0f}",
+                    "return_after": f"{after.mean():.0f} ± {after.std():.0f}",
+                    "improvement_pct": round(100 * (after.mean() / before.mean() - 1), 1),
+                    "env_steps_per_second": round(float(np.mean(speeds)), 1) if speeds else "",
+                }
+            )
+    return summary
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4), squeeze=False)
+    bars = ((-0.2, "return_before", "before"), (0.2, "return_after", "after"))
+    for ax, task in zip(axes[0], TASKS, strict=True):
+        x = np.arange(len(METHODS))
+        for offset, key, label in bars:
+            means, stds = [], []
+            for method in METHODS:
+                values = [r[key] for r in rows if r["task"] == task and r["method"] == method]
+                means.append(np.mean(values) if values else np.nan)
+                stds.append(np.std(values) if values else 0.0)
+            ax.bar(x + offset, means, 0.4, yerr=stds, label=label)
+        ax.set_xticks(x, METHODS)
+        ax.set_ylabel("return (deterministic evaluation)")
+        ax.set_title(task)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--medium-steps", type=int, default=300_000)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--action-noise", type=float, default=0.1)
+    parser.add_argument("--pretrain-steps", type=int, default=20_000)
+    parser.add_argument("--onpolicy-steps", type=int, default=200_000)
+    parser.add_argument("--offpolicy-steps", type=int, default=50_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    os.environ["MINARI_DATASETS_PATH"] = str(ROOT / "datasets")
+    gprl_commit()
+
+    rows, tasks_info = [], {}
+    for seed in args.seeds:
+        for task in args.tasks:
+            dataset_id, pretrain_dir, tasks_info[task] = prepare(task, args)
+            for method in args.methods:
+                if not args.report_only:
+                    run_cell(method, task, seed, dataset_id, pretrain_dir, args)
+    for task in args.tasks:
+        for seed in args.seeds:
+            for method in args.methods:
+                run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
+                if (run_dir / "benchmark_info.json").exists():
+                    rows.append(cell_row(method, task, seed, run_dir))
+    provenance = {"machine": machine(), "reported": now(), "command": command()}
+    write_csv(RESULTS_DIR / "finetune.csv", [row | provenance for row in rows])
+    summary = summarise(rows)
+    write_csv(RESULTS_DIR / "finetune_summary.csv", summary)
+    (RESULTS_DIR / "finetune_info.json").write_text(json.dumps(tasks_info, indent=2))
+    plot(rows, RESULTS_DIR / "finetune.png")
+    print(markdown_table(summary, list(summary[0]) if summary else []))
+
+
+if __name__ == "__main__":
+    main()
