@@ -54,11 +54,15 @@ def variants() -> dict[str, GoRLConfig]:
     ppo_encoder = replace(
         reference_encoder, ppo=PPOConfig(action_squash="tanh"), reset_critic=False
     )
+    three_stages = replace(
+        ppo_encoder, num_stages=3, stage_weights=(2.0, 1.0, 1.0), collect_fraction=0.04
+    )
     return {
         "gorl-reference-encoder": reference_encoder,
         "gorl-ppo-encoder-keep-critic": ppo_encoder,
-        "gorl-ppo-encoder-keep-critic-3-stages": replace(
-            ppo_encoder, num_stages=3, stage_weights=(2.0, 1.0, 1.0), collect_fraction=0.04
+        "gorl-ppo-encoder-keep-critic-3-stages": three_stages,
+        "gorl-ppo-encoder-keep-critic-3-stages-clip": replace(
+            three_stages, ppo=PPOConfig(action_squash="clip")
         ),
     }
 

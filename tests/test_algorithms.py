@@ -135,10 +135,11 @@ def refit_errors(coupling: str) -> tuple[float, float]:
     env = make_env("gprl/ContextualTarget-v0", 1, 0)
     algo = GoRL(fast_gorl(decoder_coupling=coupling), env.spec, 16, 100_000)
     state = algo.init(jax.random.PRNGKey(0))
-    # A stage-0 policy worth preserving: means that vary with the state across most of tanh's
-    # range, and state-dependent spreads.
+    # A stage-0 policy worth preserving: means that vary with the state across most of the
+    # action range.
     actor = jax.tree.map(lambda x: x, state["params"]["actor"])
-    head = actor["params"]["MLP_0"]["Dense_4"]
+    layers = actor["params"]["MLP_0"]
+    head = layers[max(layers, key=lambda name: int(name.rsplit("_", 1)[1]))]
     head["kernel"] = head["kernel"] * 150.0
     state = state | {"params": state["params"] | {"actor": actor}}
     acting = algo.acting_params(state)
