@@ -4,6 +4,7 @@ warm-up and the W2 penalty hold the policy, bad --init runs are refused in one l
 fine-tuning run resumes exactly."""
 
 import csv
+import functools
 import shutil
 from dataclasses import replace
 
@@ -81,6 +82,8 @@ def pretrained_runs(tmp_path_factory):
                 eval_episodes=eval_episodes,
             )
             policy_config = replace(POLICIES[kind].default_config, hidden=(64, 64))
+            if kind == "flow":  # the fine-tuners take its Euler steps too: 5 keeps them quick
+                policy_config = replace(policy_config, num_steps=5)
             return pretrain(kind, options, config, policy_config)
 
         return {
@@ -154,13 +157,19 @@ def random_rollout(algo, state, key):
     return Transition(obs, actions, rewards, done, ~done, obs, extras)
 
 
-def updated(algo, state, iterations, seed=0):
+def trainer_on_random_rollouts(algo):
+    """updates(state, iterations, seed) -> the state after that many updates on random
+    rollouts (the update and the rollout compiled once)."""
     update = jax.jit(algo.update)
-    rollout = jax.jit(lambda state, key: random_rollout(algo, state, key))
-    for i in range(iterations):
-        rollout_key, update_key = jax.random.split(jax.random.PRNGKey(seed * 1000 + i))
-        state, _ = update(state, rollout(state, rollout_key), update_key)
-    return state
+    rollout = jax.jit(functools.partial(random_rollout, algo))
+
+    def updates(state, iterations, seed=0):
+        for i in range(iterations):
+            rollout_key, update_key = jax.random.split(jax.random.PRNGKey(seed * 1000 + i))
+            state, _ = update(state, rollout(state, rollout_key), update_key)
+        return state
+
+    return updates
 
 
 def build(name, pretrained, **overrides):
@@ -173,8 +182,9 @@ def test_critic_warmup_moves_only_the_critic_and_observation_statistics_stay_fro
 ):
     pretrained = load_pretrained(pretrained_runs["flow"])
     algo = build("reinflow", pretrained, critic_warmup_iterations=2)
+    updates = trainer_on_random_rollouts(algo)
     start = algo.init(jax.random.PRNGKey(0))
-    warmed = updated(algo, start, 2)
+    warmed = updates(start, 2)
     for part in ("policy", "noise"):
         held = jax.tree.map(jnp.array_equal, warmed["params"][part], start["params"][part])
         assert jax.tree.all(held)
@@ -182,7 +192,7 @@ def test_critic_warmup_moves_only_the_critic_and_observation_statistics_stay_fro
         lambda a, b: jnp.abs(a - b).max(), warmed["params"]["critic"], start["params"]["critic"]
     )
     assert max(jax.tree.leaves(critic_change)) > 1e-3
-    trained = updated(algo, warmed, 1, seed=1)
+    trained = updates(warmed, 1, seed=1)
     policy_change = jax.tree.map(
         lambda a, b: jnp.abs(a - b).max(), trained["params"]["policy"], start["params"]["policy"]
     )
@@ -202,9 +212,9 @@ def test_w2_penalty_keeps_the_policy_near_the_pretrained_one(name, pretrained_ru
     def drift(w2_coef):
         algo = build(name, pretrained, w2_coef=w2_coef, learning_rate=3e-3)
         start = algo.init(jax.random.PRNGKey(0))
-        end = updated(algo, start, 6)
-        before = algo.act_deterministic(algo.acting_params(start), obs)
-        after = algo.act_deterministic(algo.acting_params(end), obs)
+        end = trainer_on_random_rollouts(algo)(start, 6)
+        act = jax.jit(algo.act_deterministic)
+        before, after = act(algo.acting_params(start), obs), act(algo.acting_params(end), obs)
         return float(jnp.mean(jnp.sum((after - before) ** 2, axis=-1)))
 
     free, penalised = drift(0.0), drift(10.0)
@@ -246,6 +256,12 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, capsys
         "--init: no checkpoint in": ("reinflow", PROBE, tmp_path / "missing"),
         "ppo cannot start from a pretrained policy": ("ppo", PROBE, pretrained_runs["flow"]),
     }
+    flow_option = ["--reinflow.flow.num-steps", "3"]
+    argv = ["train", "reinflow", "--env", PROBE, "--init", str(pretrained_runs["flow"])]
+    argv += ["--out", str(tmp_path / "flow-option"), *common, *flow_option]
+    assert "takes the flow policy (network and Euler steps) from the pretrain run" in cli_error(
+        capsys, argv
+    )
     for i, (message, (name, env, init)) in enumerate(cases.items()):
         out = tmp_path / f"run{i}"
         argv = ["train", name, "--env", env, "--init", str(init), "--out", str(out), *common]
@@ -299,6 +315,10 @@ def test_interrupted_fine_tuning_resumes_exactly(name, pretrained_runs, tmp_path
             return [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(f)]
 
     assert rows(resumed) == rows(reference)
+    # `gprl eval` rebuilds the fine-tuned policy: the run's last evaluation again.
+    main(["eval", str(reference), "--episodes", "8", "--seed", str(EVAL_SEED)])
+    printed = float(capsys.readouterr().out.split("return ")[1].split()[0])
+    assert printed == pytest.approx(float(rows(reference)[-1]["eval_return"]), abs=1e-3)
     # The checkpoint holds the weights, but rebuilding the networks reads the pretrain run.
     shutil.rmtree(init)
     argv = ["train", name, "--resume", str(tmp_path / "reference"), "--no-progress"]

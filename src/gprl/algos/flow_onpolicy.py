@@ -51,7 +51,8 @@ def _flow_policy_defaults() -> FlowPolicyConfig:
 @dataclass(frozen=True)
 class FlowOnPolicyConfig(OnPolicyConfig):
     flow: FlowPolicyConfig = field(default_factory=_flow_policy_defaults)
-    """The flow policy: velocity network and the number of Euler steps K."""
+    """The flow policy: velocity network and the number of Euler steps K (with --init, the
+    pretrain run's)."""
     num_epochs: int = 4
     """Passes over each rollout per update (4, as brax PPO's locomotion configs, rather than
     PPO's 10: every pass re-scores each sample K or N_mc times)."""
@@ -106,6 +107,11 @@ class FlowOnPolicy(OnPolicyAlgorithm):
         self.action_center, self.action_half_range = 0.0, 1.0
         if pretrained is not None:
             check_pretrained_flow(pretrained, type(self).__name__)
+            if config.flow != type(config)().flow:
+                raise ValueError(
+                    "--init takes the flow policy (network and Euler steps) from the pretrain "
+                    "run; drop the flow options"
+                )
             if not config.normalize_observations:
                 raise ValueError(
                     "--init needs normalize_observations: the pretrained policy reads "
