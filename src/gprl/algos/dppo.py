@@ -53,6 +53,10 @@ class DPPO(GaussianChainOnPolicy):
         super().__init__(config, *args, **kwargs)
         self.w2_coef = config.w2_coef
         trained = config.fine_tuned_steps or self.num_steps
+        if trained > self.num_steps:  # with --init, K is the pretrain run's
+            raise ValueError(
+                f"fine_tuned_steps ({trained}) exceeds the flow's {self.num_steps} Euler steps"
+            )
         self.first_trained_step = self.num_steps - trained
         steps_before_last = jnp.arange(trained - 1, -1, -1, dtype=jnp.float32)
         self.step_weights = config.denoising_discount**steps_before_last
