@@ -306,7 +306,10 @@ def load_initial_policy(algo_name: str, init: Path | None, env_id: str, spec):
         raise ValueError(f"{algo_name} cannot start from a pretrained policy (--init {init})")
     from gprl.pretrain import load_pretrained  # the pretrain module builds on this one
 
-    pretrained = load_pretrained(Path(init))
+    try:
+        pretrained = load_pretrained(Path(init))
+    except CheckpointError as e:
+        raise CheckpointError(f"--init: {e}") from None
     if pretrained.env_id != env_id:
         raise CheckpointError(f"--init {init} was pretrained on {pretrained.env_id}, not {env_id}")
     shapes = (pretrained.obs_dim, pretrained.action_dim)

@@ -23,6 +23,20 @@ class RefitRequest(NamedTuple):
     """Whether these env steps count toward the run's budget."""
 
 
+def check_pretrained_flow(pretrained, method: str) -> None:
+    """Refuse a pretrained policy a method cannot start from: it must be a flow policy of
+    single actions (gprl.pretrain.Pretrained)."""
+    if pretrained.kind != "flow":
+        raise ValueError(
+            f"{method} fine-tunes 'flow' pretrain runs; --init holds a '{pretrained.kind}' policy"
+        )
+    if pretrained.config.chunk_length != 1:
+        raise ValueError(
+            f"{method} fine-tunes policies of single actions; --init predicts chunks of "
+            f"{pretrained.config.chunk_length} (pretrain with --chunk-length 1)"
+        )
+
+
 class Algorithm:
     """What every algorithm provides; subclasses implement the methods marked
     NotImplementedError and set `num_iterations` and `spec` (the task's EnvSpec)."""

@@ -4,7 +4,8 @@ step, every step sharing its environment step's advantage (arXiv 2409.00588).
 Here the sampler is the flow policy's Euler integrator with a fixed noise std on every step, the
 flow-policy DPPO the FPO paper compares against. Only the last `fine_tuned_steps` steps enter
 the loss (the earlier ones still sample with noise), and a step k steps before the last has its
-advantage discounted by denoising_discount^k.
+advantage discounted by denoising_discount^k. As ReinFlow's, an optional W2 penalty keeps the
+deterministic flow near the pretrained policy (--init) or the initial one.
 """
 
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ class DPPOConfig(FlowOnPolicyConfig):
     """Advantage discount per denoising step before the last (DPPO's gamma_denoising)."""
     clip_eps: float = 0.2
     """PPO ratio clipping range, per denoising step."""
+    w2_coef: float = 0.0
+    """Weight of the W2 penalty to the reference policy, the pretrained one with --init (0
+    disables it)."""
 
     def validate(self) -> None:
         super().validate()
@@ -38,12 +42,21 @@ class DPPOConfig(FlowOnPolicyConfig):
             )
         if not 0 < self.denoising_discount <= 1:
             raise ValueError(f"denoising_discount must be in (0, 1], got {self.denoising_discount}")
+        if self.w2_coef < 0:
+            raise ValueError(f"w2_coef must be non-negative, got {self.w2_coef}")
 
 
 class DPPO(GaussianChainOnPolicy):
-    def __init__(self, config: DPPOConfig, *args):
-        super().__init__(config, *args)
+    pretrained_policy = "optional"
+
+    def __init__(self, config: DPPOConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.w2_coef = config.w2_coef
         trained = config.fine_tuned_steps or self.num_steps
+        if trained > self.num_steps:  # with --init, K is the pretrain run's
+            raise ValueError(
+                f"fine_tuned_steps ({trained}) exceeds the flow's {self.num_steps} Euler steps"
+            )
         self.first_trained_step = self.num_steps - trained
         steps_before_last = jnp.arange(trained - 1, -1, -1, dtype=jnp.float32)
         self.step_weights = config.denoising_discount**steps_before_last
@@ -56,4 +69,5 @@ class DPPO(GaussianChainOnPolicy):
         log_probs, _ = self.step_log_probs(params, minibatch)
         trained = slice(self.first_trained_step, None)
         log_ratio = log_probs[:, trained] - minibatch["old_step_log_prob"][:, trained]
-        return log_ratio, self.step_weights, 0.0, {}
+        penalty, info = self.reference_penalty(params, minibatch, frozen)
+        return log_ratio, self.step_weights, penalty, info

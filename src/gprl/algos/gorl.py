@@ -6,6 +6,13 @@ Stage 0 uses the identity decoder (plain latent PPO). Between stages the best po
 out, a decoder is fitted by imitation to map the prior N(0, I) onto its (pre-squash) actions,
 and the encoder restarts at the prior, so decoder(prior) reproduces the last policy and the next
 stage improves on it (arXiv 2512.02581).
+
+Fine-tuning (`--init PRETRAIN_RUN`): the pretrained flow policy is the first decoder instead of
+the identity, with its own observation statistics and action map; the encoder starts exactly
+at the prior, so the first policy, decoder(s, prior), is the pretrained policy (its evaluation,
+z = 0, is the pretrained policy acting from zero noise). Under tanh squashing this decoder
+returns atanh of the pretrained action, kept a margin inside [-1, 1]; the refits that follow
+fit fresh decoders to those pre-squash actions as usual.
 """
 
 from dataclasses import dataclass, field, replace
@@ -15,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.base import OnPolicyAlgorithm, RefitRequest
+from gprl.algos.base import OnPolicyAlgorithm, RefitRequest, check_pretrained_flow
 from gprl.algos.onpolicy import (
     annealed_learning_rate,
     check_batch_geometry,
@@ -82,8 +89,9 @@ class GoRLConfig:
     the critic still values it and is kept by default (with its observation statistics)."""
     encoder_starts_at_prior: bool = True
     """Zero the re-initialised encoder's output layer, so that a new stage starts exactly at the
-    prior (mean 0, std init_std) and the first policy after a refit is decoder(s, prior) itself;
-    otherwise its small random output (reference) shifts every latent a little."""
+    prior (mean 0, std init_std) and the first policy after a refit (or, with --init, the first
+    policy: the pretrained one) is decoder(s, prior) itself; otherwise its small random output
+    (reference) shifts every latent a little."""
     warm_start_decoder: bool = False
     """Fine-tune the previous decoder instead of fitting a fresh one (reference: fresh)."""
     collect_fraction: float = 0.04
@@ -112,9 +120,18 @@ class GoRLConfig:
     loses part of the policy: see the README). The diffusion decoder always fits independent
     noise."""
 
+    pretrained_action_margin: float = 1e-4
+    """With --init and tanh squashing: how far inside [-1, 1] the pretrained decoder's actions
+    are kept before tanh is inverted (a saturated action starts off by at most this much; refit
+    targets stay within atanh(1 - margin), 4.95 at 1e-4)."""
+
     def validate(self) -> None:
         """Raise ValueError naming the first nonsensical field."""
         self.ppo.validate()
+        if not 0.0 < self.pretrained_action_margin < 1.0:
+            raise ValueError(
+                f"pretrained_action_margin must be in (0, 1), got {self.pretrained_action_margin}"
+            )
         if self.num_stages < 1:
             raise ValueError(f"num_stages must be at least 1, got {self.num_stages}")
         if len(self.stage_weights) != self.num_stages:
@@ -191,9 +208,16 @@ class PairedFlowLoss:
 
 
 class GoRL(OnPolicyAlgorithm):
-    def __init__(self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+    pretrained_policy = "optional"
+
+    def __init__(
+        self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int, pretrained=None
+    ):
         config.validate()
         check_batch_geometry(config.ppo, num_envs)
+        if pretrained is not None:
+            check_pretrained_flow(pretrained, "GoRL")
+        self.pretrained = pretrained
         self.config = config
         self.spec = spec
         self.num_envs = num_envs
@@ -255,6 +279,11 @@ class GoRL(OnPolicyAlgorithm):
             "obs_norm": running_stats_init((self.spec.obs_dim,)),
         }
 
+    def _at_prior(self, encoder: dict) -> dict:
+        """The encoder with its output layer zeroed: exactly the prior (mean 0, std init_std)."""
+        params = encoder["params"] | {"actor": zero_output_layer(encoder["params"]["actor"])}
+        return encoder | {"params": params, "opt_state": self.optimizer.init(params)}
+
     def _best_so_far(self, state) -> dict:
         return {
             "return": jnp.asarray(-jnp.inf, jnp.float32),
@@ -264,7 +293,10 @@ class GoRL(OnPolicyAlgorithm):
 
     def init(self, key) -> dict:
         encoder_key, decoder_key = jax.random.split(key)
-        state = self._fresh_encoder(encoder_key) | {
+        encoder = self._fresh_encoder(encoder_key)
+        if self.pretrained is not None and self.config.encoder_starts_at_prior:
+            encoder = self._at_prior(encoder)
+        state = encoder | {
             "reward_norm": reward_normalizer_init(self.num_envs),
             "iteration": jnp.asarray(0, jnp.int32),
             "stage": jnp.asarray(0, jnp.int32),
@@ -272,27 +304,47 @@ class GoRL(OnPolicyAlgorithm):
             "decoder": self.decoder.init(decoder_key, self.spec.obs_dim),
             "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
         }
+        if self.pretrained is not None:
+            state["initial_decoder"] = self.pretrained.acting
         return state | {"best": self._best_so_far(state)}
 
     # ----- acting ------------------------------------------------------------------------------
 
     def acting_params(self, state, actor=None, obs_norm=None) -> dict:
-        return {
+        acting = {
             "actor": state["params"]["actor"] if actor is None else actor,
             "obs_norm": state["obs_norm"] if obs_norm is None else obs_norm,
             "decoder": state["decoder"],
             "decoder_obs_norm": state["decoder_obs_norm"],
             "decoder_active": state["stage"] > 0,
         }
+        if self.pretrained is not None:
+            acting["initial_decoder"] = state["initial_decoder"]
+        return acting
 
     def decode(self, acting, obs, latent):
-        """Pre-squash decoder output; the identity in stage 0."""
+        """Pre-squash decoder output; in stage 0 the identity, or the pretrained policy."""
 
         def run_decoder():
             cond = normalize(obs, acting["decoder_obs_norm"])
             return self.decoder.sample(acting["decoder"], cond, latent)
 
-        return jax.lax.cond(acting["decoder_active"], run_decoder, lambda: latent)
+        def first_decoder():
+            if self.pretrained is None:
+                return latent
+            return self.pretrained_decode(acting["initial_decoder"], obs, latent)
+
+        return jax.lax.cond(acting["decoder_active"], run_decoder, first_decoder)
+
+    def pretrained_decode(self, pretrained_acting, obs, latent):
+        """The pretrained policy's action from the noise `latent`, as a pre-squash value: the
+        action itself under clipping; under tanh its atanh, the action kept
+        pretrained_action_margin inside [-1, 1] so that it stays finite."""
+        action = self.pretrained.policy.plan_from_noise(pretrained_acting, obs, latent)[..., 0, :]
+        if self.config.ppo.action_squash != "tanh":
+            return action
+        bound = 1.0 - self.config.pretrained_action_margin
+        return jnp.arctanh(jnp.clip(action, -bound, bound))
 
     def _encoder(self, acting, obs):
         obs = normalize(obs, acting["obs_norm"], self.config.ppo.normalize_observations)
@@ -415,8 +467,7 @@ class GoRL(OnPolicyAlgorithm):
         if cfg.reset_encoder:
             fresh = self._fresh_encoder(encoder_key)
             if cfg.encoder_starts_at_prior:
-                fresh["params"]["actor"] = zero_output_layer(fresh["params"]["actor"])
-                fresh["opt_state"] = self.optimizer.init(fresh["params"])
+                fresh = self._at_prior(fresh)
             if not cfg.reset_critic:
                 fresh["params"]["critic"] = state["params"]["critic"]
                 fresh["opt_state"] = self.optimizer.init(fresh["params"])

@@ -59,6 +59,8 @@ class GRPOConfig(FlowOnPolicyConfig):
             raise ValueError(f"noise_level must be positive, got {self.noise_level}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be non-negative, got {self.kl_coef}")
+        if self.critic_warmup_iterations:
+            raise ValueError("grpo has no critic to warm up (critic_warmup_iterations must be 0)")
 
 
 def group_relative_advantages(rewards, dones, group_size: int):

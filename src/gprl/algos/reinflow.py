@@ -4,8 +4,8 @@ one ratio per environment step (arXiv 2505.22094; pi_RL's Flow-Noise).
 
 The chain log-likelihood is divided by (K + 1) x action dims, as the reference does, which keeps
 the ratio's scale independent of K and the action size; the entropy bonus is on the transitions.
-An optional W2 penalty keeps the deterministic (zero-step-noise) flow near a reference policy,
-the initial one (or, once fine-tuning exists, the pretrained one), from the same initial noise.
+An optional W2 penalty keeps the deterministic (zero-step-noise) flow near a reference policy
+from the same initial noise: the pretrained one when fine-tuning (--init), else the initial one.
 """
 
 from dataclasses import dataclass
@@ -33,7 +33,8 @@ class ReinFlowConfig(FlowOnPolicyConfig):
     ent_coef: float = 0.0
     """Weight of the transitions' entropy bonus."""
     w2_coef: float = 0.0
-    """Weight of the W2 penalty to the reference policy (0 disables it)."""
+    """Weight of the W2 penalty to the reference policy, the pretrained one with --init (0
+    disables it)."""
 
     def validate(self) -> None:
         super().validate()
@@ -68,8 +69,11 @@ class NoiseNet(nn.Module):
 
 
 class ReinFlow(GaussianChainOnPolicy):
-    def __init__(self, config: ReinFlowConfig, *args):
-        super().__init__(config, *args)
+    pretrained_policy = "optional"
+
+    def __init__(self, config: ReinFlowConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.w2_coef = config.w2_coef
         self.noise_net = NoiseNet(
             config.noise_hidden,
             self.num_steps,
@@ -84,12 +88,6 @@ class ReinFlow(GaussianChainOnPolicy):
     def extra_params(self, key):
         return {"noise": self.noise_net.init(key, jnp.zeros((1, self.spec.obs_dim)))}
 
-    def init(self, key):
-        state = super().init(key)
-        if self.config.w2_coef > 0:
-            state["frozen"] = {"reference_policy": state["params"]["policy"]}
-        return state
-
     def transition(self, params, obs, aux, k, x, velocity, t):
         stds = self.noise_net.apply(params["noise"], obs)  # (..., K, d)
         # One step while sampling (k a scalar); every step, in order, when re-scoring.
@@ -101,18 +99,7 @@ class ReinFlow(GaussianChainOnPolicy):
         old = minibatch["old_step_log_prob"]
         log_ratio = jnp.sum(log_probs - old, axis=-1) * self.ratio_scale
         entropy = jnp.mean(gaussian_entropy(stds))
-        extra_loss = -self.config.ent_coef * entropy
-        info = {"entropy": entropy, "noise_std": jnp.mean(stds)}
-        if self.config.w2_coef > 0:
-            w2 = self.w2_to_reference(params, minibatch, frozen["reference_policy"])
-            extra_loss = extra_loss + self.config.w2_coef * w2
-            info["w2_to_reference"] = w2
+        penalty, penalty_info = self.reference_penalty(params, minibatch, frozen)
+        extra_loss = penalty - self.config.ent_coef * entropy
+        info = {"entropy": entropy, "noise_std": jnp.mean(stds)} | penalty_info
         return log_ratio, 1.0, extra_loss, info
-
-    def w2_to_reference(self, params, minibatch, reference_policy):
-        """Mean squared distance between this and the reference flow's actions from the same
-        initial noise (the stored x_0): an upper bound on the squared W2 distance."""
-        noise = minibatch["chain"][..., 0, :]
-        action = self.policy.sample(params["policy"], minibatch["obs"], noise)
-        reference = self.policy.sample(reference_policy, minibatch["obs"], noise)
-        return jnp.mean(jnp.sum((action - reference) ** 2, axis=-1))
