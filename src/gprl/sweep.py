@@ -271,26 +271,20 @@ def _coerce(tp, value, name: str, hint: str = ""):
         if not isinstance(value, list):
             raise _bad(name, value, f"a list of {_type_name(item)}", hint)
         return tuple(_coerce(item, v, name) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp in (int, float):
-        if isinstance(value, str):
-            try:
-                value = float(value) if tp is float else int(value)
-            except ValueError:
-                raise _bad(name, value, _type_name(tp), hint) from None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if tp is float and math.isfinite(value):
-                return float(value)
-            if tp is int and float(value).is_integer():
-                return int(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Path:
-        if isinstance(value, str):
-            return Path(value)
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            value = float(value) if tp is float else int(value)
+        except ValueError:
+            raise _bad(name, value, _type_name(tp), hint) from None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is float and number and math.isfinite(value):
+        return float(value)
+    if tp is int and number and float(value).is_integer():
+        return int(value)
+    if (tp is bool and isinstance(value, bool)) or (tp is str and isinstance(value, str)):
+        return value
+    if tp is Path and isinstance(value, str):
+        return Path(value)
     raise _bad(name, value, _type_name(tp), hint)
 
 
