@@ -37,7 +37,7 @@ from gprl.checkpoint import (
     save_checkpoint,
 )
 from gprl.configs import from_jsonable, to_jsonable
-from gprl.logger import CURVE_PNG, MetricsLogger, plot_learning_curve
+from gprl.logger import CURVE_PNG, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
@@ -275,6 +275,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     if run.resume is not None:
         run, algo_config = _resolve_resume(algo_name, run)
     complete_run(run)
+    check_sinks(run.tensorboard, run.wandb_project)
 
     envs = open_environments(
         run.env,
