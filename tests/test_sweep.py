@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from gprl import cli
-from gprl.sweep import run_sweep
+from gprl.sweep import SpecError, run_sweep
+from gprl.trainer import TrainingError
 
 ray = pytest.importorskip("ray")
 
@@ -111,11 +112,9 @@ def test_running_a_finished_sweep_again_starts_no_trial(finished_sweep, monkeypa
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/metrics.csv")} == before
 
 
-def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
-    local_ray, single_runs, tmp_path
-):
-    out = tmp_path / "out"
-    spec = write_spec(tmp_path / "spec.yaml", out, seeds=[0], grid={"ppo.learning_rate": [1e-3]})
+def worker_killer(tmp_path):
+    """An on_iteration hook that SIGKILLs its worker once, right after the checkpoint at 512 env
+    steps, and logs (pid, iteration) of every iteration to iterations.log."""
     killed = tmp_path / "killed"
     log = tmp_path / "iterations.log"
 
@@ -126,16 +125,45 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
             killed.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    run_sweep(spec, on_iteration=kill_once_after_the_second_checkpoint)
-    assert killed.exists()
+    return kill_once_after_the_second_checkpoint
+
+
+def iterations_by_process(tmp_path) -> list[list[int]]:
     processes = {}
-    for line in log.read_text().splitlines():
+    for line in (tmp_path / "iterations.log").read_text().splitlines():
         pid, iteration = map(int, line.split())
         processes.setdefault(pid, []).append(iteration)
-    # The first worker died after iteration 4 (checkpoint at 512 steps); the retry went on
+    return list(processes.values())
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
+    local_ray, single_runs, tmp_path
+):
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path / "spec.yaml", out, seeds=[0], grid={"ppo.learning_rate": [1e-3]})
+    run_sweep(spec, on_iteration=worker_killer(tmp_path))
+    # The first worker died after iteration 4 (checkpoint at 512 steps); Tune's retry went on
     # from iteration 5 instead of starting over.
-    assert list(processes.values()) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert iterations_by_process(tmp_path) == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert metric_rows(cell_dir(out, 0, 1e-3)) == single_runs[0, 1e-3]
+
+
+def test_an_interrupted_sweep_needs_resume_and_continues_from_its_checkpoints(
+    local_ray, single_runs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    spec = write_spec(
+        tmp_path / "spec.yaml", out, seeds=[1], grid={"ppo.learning_rate": [3e-4]}, max_failures=0
+    )
+    hook = worker_killer(tmp_path)
+    with pytest.raises(TrainingError, match="1 of 1 trials failed"):  # no retry: stops unfinished
+        run_sweep(spec, on_iteration=hook)
+    with pytest.raises(SpecError, match="continue them with --resume"):
+        run_sweep(spec, on_iteration=hook)
+    run_sweep(spec, resume=True, on_iteration=hook)
+    assert "1 resumed from their checkpoints" in capsys.readouterr().out
+    assert iterations_by_process(tmp_path) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert metric_rows(cell_dir(out, 1, 3e-4)) == single_runs[1, 3e-4]
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ import yaml
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, checkpoint_dir, read_config, read_meta
 from gprl.configs import to_jsonable
-from gprl.trainer import RunConfig, complete_run
+from gprl.trainer import RunConfig, TrainingError, complete_run
 
 SPEC_KEYS = (
     "algorithms",
@@ -399,24 +399,30 @@ def run_sweep(
         + (f" ({finished} finished, skipped)" if finished else "")
         + (f", {len(partial)} resumed from their checkpoints" if partial else "")
     )
-    failed = _run_trials(sweep, pending, address, num_cpus, on_iteration)
+    errors = _run_trials(sweep, pending, address, num_cpus, on_iteration)
     _write_summary(sweep)
-    if failed:
-        raise SpecError(
-            f"{failed} of {len(pending)} trials failed after {sweep.max_failures} retries; their "
-            f"checkpoints are kept in {sweep.out}: fix the cause and run again with --resume"
+    if errors:
+        last_line = str(errors[0]).strip().splitlines()[-1] if str(errors[0]).strip() else ""
+        raise TrainingError(
+            f"{len(errors)} of {len(pending)} trials failed after {sweep.max_failures} retries "
+            f"(first: {last_line or type(errors[0]).__name__}); their checkpoints are kept in "
+            f"{sweep.out}: fix the cause and run again with --resume"
         )
     return sweep.out
 
 
-def _run_trials(sweep: Sweep, cells: list[Cell], address, num_cpus, on_iteration) -> int:
-    """Run the cells as Tune trials; returns how many failed."""
+def _run_trials(sweep: Sweep, cells: list[Cell], address, num_cpus, on_iteration) -> list:
+    """Run the cells as Tune trials; returns the errors of those that failed."""
     import ray
     from ray import tune
 
     if not ray.is_initialized():
         if address is not None:
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ValueError(f"cannot join the Ray cluster at {address}: {reason}") from None
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     by_name = {cell.run_dir.name: cell for cell in cells}
@@ -434,7 +440,7 @@ def _run_trials(sweep: Sweep, cells: list[Cell], address, num_cpus, on_iteration
             verbose=1,
         ),
     )
-    return len(tuner.fit().errors)
+    return tuner.fit().errors
 
 
 def _trial(config: dict, cells: dict[str, Cell], on_iteration=None) -> None:
