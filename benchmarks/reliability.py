@@ -4,15 +4,16 @@
 Three cases on probe-task budgets sized so that training, not start-up, fills most of a
 process's life: PPO, GoRL (two stages, so a decoder refit mid-run) and SAC (off-policy: the
 replay buffer is in the checkpoint), with a checkpoint every 256 env steps. A kill moment is drawn
-uniformly over the uninterrupted process's lifetime (start-up, training, evaluations and
-checkpoint writes all get hit); when a process ends before its kill, its run is finished and the
-next run of the case starts, until the case has had its share of the kills. Counted:
+uniformly over the lifetime of an uninterrupted process (the latest one of the case), so
+start-up, training, evaluations and checkpoint writes all get hit; when a process ends before its
+kill, its run is finished and the next run of the case starts, until the case has had its share
+of the kills. Counted:
   corrupt checkpoints   resumes that failed to load what a killed process left
   lost runs             runs that could not be carried to the end
   differing rows        metrics rows (timing columns aside) unlike the uninterrupted run's
-Results: benchmarks/results/reliability.csv (one row per kill), reliability_summary.csv and
-reliability.png. Work is kept in benchmarks/runs/reliability/: a re-run goes on from its event
-log and redoes nothing.
+Results: benchmarks/results/reliability.csv (one row per process launched),
+reliability_summary.csv and reliability.png. Work is kept in benchmarks/runs/reliability/: a
+re-run goes on from its event log and redoes nothing.
 
     python benchmarks/reliability.py                 # 50 kills in all: ~20 minutes
     python benchmarks/reliability.py --kills 20
@@ -114,8 +115,12 @@ def run_case(case: str, args: list[str], kills: int, seed: int) -> list[dict]:
     events = []
     if log_path.exists():
         events = [json.loads(line) for line in log_path.read_text().splitlines()]
-    _, lifetime = reference(case, args)
+    _, reference_seconds = reference(case, args)
     while True:
+        # The machine is shared and its load changes: the lifetime kills are drawn over is that
+        # of the latest uninterrupted process of the case.
+        whole = [e["seconds"] for e in events if not (e["resumed"] or e["killed"] or e["error"])]
+        lifetime = whole[-1] if whole else reference_seconds
         done_kills = sum(e["killed"] for e in events)
         run_index = max((e["run"] for e in events), default=0)
         if any(e["run"] == run_index and e["returncode"] == 0 for e in events):
@@ -193,7 +198,12 @@ def summarise(case: str, events: list[dict]) -> dict:
         + len({e["run"] for e in events} - set(finished_runs)),
         "rows_compared": len(reference_rows) * len(finished_runs),
         "differing_rows": differing,
+        "process_seconds": round(sum(e["seconds"] for e in events), 1),
+        "reference_load": json.loads((WORK_DIR / case / "reference.json").read_text())["load"],
         "kills_before_first_checkpoint": sum(e["checkpoint_env_steps"] is None for e in killed),
+        "kills_after_final_checkpoint": sum(
+            e["checkpoint_env_steps"] == int(reference_rows[-1]["env_steps"]) for e in killed
+        ),
         "kills_past_last_checkpoint": sum(
             logged_steps(reference_rows, e["rows_logged"]) > (e["checkpoint_env_steps"] or 0)
             for e in killed
@@ -255,15 +265,19 @@ def main() -> None:
     provenance = {
         "gprl_commit": commit,
         "machine": machine(),
-        "load_before": load_before,
-        "load_after": load_average(),
-        "seconds": round(time.perf_counter() - started, 1),
+        # Kills ran at the load of their time (reference_load: when the case's uninterrupted
+        # run was measured); these are the loads around this invocation.
+        "load_before_invocation": load_before,
+        "load_after_invocation": load_average(),
+        "seconds_this_invocation": round(time.perf_counter() - started, 1),
         "measured": now(),
         "command": command(),
     }
     summary = [summarise(case, events) for case, events in events_by_case.items()]
     total = {"case": "all"} | {
-        key: sum(row[key] for row in summary) for key in summary[0] if key != "case"
+        key: sum(row[key] for row in summary)
+        for key in summary[0]
+        if key not in ("case", "reference_load")
     }
     write_csv(args.out / "reliability_summary.csv", [r | provenance for r in [*summary, total]])
     write_csv(
