@@ -1,6 +1,6 @@
 """Command line: `gprl train ALGO ...` (one subcommand per registered algorithm),
-`gprl pretrain KIND ...` (one per imitation policy), `gprl collect RUN_DIR ...` and
-`gprl eval RUN_DIR ...`."""
+`gprl pretrain KIND ...` (one per imitation policy), `gprl collect RUN_DIR ...`,
+`gprl eval RUN_DIR ...`, `gprl report RUN_DIR... --out DIR` and `gprl sweep SPEC`."""
 
 import contextlib
 import dataclasses
@@ -21,13 +21,16 @@ COLLECT_USAGE = (
     "  gprl collect RUN_DIR --episodes N --out NAME [--action-noise S]   record a Minari dataset"
 )
 REPORT_USAGE = "  gprl report RUN_DIR... --out DIR   aggregate runs: tables, curves, IQM (rliable)"
+SWEEP_USAGE = (
+    "  gprl sweep SPEC [--resume] [--address ADDR]   run a grid of runs as Ray Tune trials"
+)
 
 
 def _usage() -> str:
     from gprl.algos import ALGORITHMS
     from gprl.policies import POLICIES
 
-    lines = ["usage: gprl {train,pretrain,collect,eval,report} ...", ""]
+    lines = ["usage: gprl {train,pretrain,collect,eval,report,sweep} ...", ""]
     width = max(map(len, ALGORITHMS))
     for name, entry in ALGORITHMS.items():
         lines.append(f"  gprl train {name:<{width}} --env ID --total-steps N ...   {entry.summary}")
@@ -37,9 +40,10 @@ def _usage() -> str:
         COLLECT_USAGE,
         EVAL_USAGE,
         REPORT_USAGE,
+        SWEEP_USAGE,
         "",
         "Run `gprl train ALGO --help` (or `gprl pretrain KIND --help`, `gprl collect --help`, "
-        "`gprl eval --help`, `gprl report --help`) for every option.",
+        "`gprl eval --help`, `gprl report --help`, `gprl sweep --help`) for every option.",
     ]
     return "\n".join(lines)
 
@@ -271,6 +275,33 @@ def _report(argv) -> None:
     print(f"report: {report}")
 
 
+@dataclass
+class SweepArgs:
+    """Run every cell of a sweep spec (algorithms x envs x seeds x hyperparameter grid, YAML; see
+    gprl.sweep) as a Ray Tune trial writing a gprl run directory. Finished cells are skipped;
+    a trial whose worker dies resumes from its checkpoint."""
+
+    spec: tyro.conf.Positional[Path]
+    """The sweep spec (YAML)."""
+    resume: bool = False
+    """Continue an interrupted sweep: its unfinished runs resume from their checkpoints."""
+    address: str | None = None
+    """Address of an existing Ray cluster (gprl installed on its nodes). Default: a local Ray
+    instance using every core."""
+    num_cpus: int | None = None
+    """Cores of the local Ray instance (default: all); trials take cpus_per_trial each."""
+
+
+def _sweep(argv) -> None:
+    from gprl.sweep import run_sweep
+
+    args = _parse(SweepArgs, argv, "gprl sweep")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ValueError(f"--num-cpus must be at least 1, got {args.num_cpus}")
+    out = run_sweep(args.spec, args.resume, args.address, args.num_cpus)
+    print(f"sweep: {out}  (one run directory per cell, sweep.csv)")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
@@ -279,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         "collect": _collect,
         "eval": _eval,
         "report": _report,
+        "sweep": _sweep,
     }
     if not argv or argv[0] not in commands:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")

@@ -1,11 +1,15 @@
 """Metrics sinks: CSV always, TensorBoard and Weights & Biases on request, and a learning curve."""
 
 import csv
+import importlib.util
 import math
+import secrets
 from pathlib import Path
 
 METRICS_CSV = "metrics.csv"
 CURVE_PNG = "learning_curve.png"
+# The W&B run a run directory logs to, kept so that a resumed run goes on logging to it.
+WANDB_RUN_ID = "wandb_run_id"
 LEADING_COLUMNS = [
     "iteration",
     "env_steps",
@@ -14,6 +18,14 @@ LEADING_COLUMNS = [
     "train_return",
     "eval_return",
 ]
+
+
+def check_sinks(tensorboard: bool, wandb_project: str | None) -> None:
+    """Before a run starts: ValueError if an optional sink it asks for is not installed."""
+    if tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ValueError("--tensorboard needs tensorboardX: pip install 'gprl[tensorboard]'")
+    if wandb_project and importlib.util.find_spec("wandb") is None:
+        raise ValueError("--wandb-project needs wandb: pip install 'gprl[wandb]'")
 
 
 class MetricsLogger:
@@ -41,23 +53,16 @@ class MetricsLogger:
         self.step_column = step_column
         self.columns = list(dict.fromkeys(leading_columns + [k for r in self.rows for k in r]))
         self._rewrite()
+        check_sinks(tensorboard, wandb_project)
         self.tensorboard = None
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                raise RuntimeError(
-                    "--tensorboard needs tensorboardX: pip install 'gprl[tensorboard]'"
-                ) from None
+            from tensorboardX import SummaryWriter
+
             self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         self.wandb = None
         if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise RuntimeError("--wandb needs wandb: pip install 'gprl[wandb]'") from None
-            self.wandb = wandb.init(
-                project=wandb_project, config=config, dir=str(run_dir), resume="allow"
+            self.wandb = _start_wandb(
+                Path(run_dir), wandb_project, config, resume_iteration is not None
             )
 
     def _rewrite(self):
@@ -90,6 +95,27 @@ class MetricsLogger:
             self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _start_wandb(run_dir: Path, project: str, config, resuming: bool):
+    """A W&B run (offline too: WANDB_MODE=offline); a resumed gprl run continues its own."""
+    import wandb
+
+    id_path = run_dir / WANDB_RUN_ID
+    if resuming and id_path.exists():
+        run_id = id_path.read_text().strip()
+    else:
+        run_id = secrets.token_hex(6)
+        id_path.write_text(run_id)
+    try:
+        return wandb.init(
+            project=project, config=config, dir=str(run_dir), id=run_id, resume="allow"
+        )
+    except Exception as e:  # wandb raises its own errors (no API key, network, ...)
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"W&B could not start a run ({first_line}); WANDB_MODE=offline logs locally"
+        ) from None
 
 
 def _parse(value: str):

@@ -37,7 +37,7 @@ from gprl.checkpoint import (
     save_checkpoint,
 )
 from gprl.configs import from_jsonable, to_jsonable
-from gprl.logger import CURVE_PNG, MetricsLogger, plot_learning_curve
+from gprl.logger import CURVE_PNG, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
@@ -140,6 +140,16 @@ def boundary_seed(seed: int, iteration: int) -> int:
 
 def _eval_seed(seed: int) -> int:
     return boundary_seed(seed, 2**31 - 1)
+
+
+def complete_run(run: RunConfig) -> RunConfig:
+    """Fill in the defaults that depend on other fields, in place, and reject nonsense values."""
+    run.env = DEFAULT_ENV if run.env is None else run.env
+    run.total_steps = DEFAULT_TOTAL_STEPS if run.total_steps is None else run.total_steps
+    if run.eval_every is None:
+        run.eval_every = max(run.total_steps // EVALUATIONS_PER_RUN, 1)
+    _validate(run)
+    return run
 
 
 def _validate(run: RunConfig) -> None:
@@ -268,11 +278,8 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     run = dataclasses.replace(run)
     if run.resume is not None:
         run, algo_config = _resolve_resume(algo_name, run)
-    run.env = DEFAULT_ENV if run.env is None else run.env
-    run.total_steps = DEFAULT_TOTAL_STEPS if run.total_steps is None else run.total_steps
-    if run.eval_every is None:
-        run.eval_every = max(run.total_steps // EVALUATIONS_PER_RUN, 1)
-    _validate(run)
+    complete_run(run)
+    check_sinks(run.tensorboard, run.wandb_project)
 
     envs = open_environments(
         run.env,
