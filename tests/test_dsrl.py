@@ -188,6 +188,44 @@ def test_interrupted_dsrl_run_resumes_exactly_and_stores_the_noise_it_acted_from
     assert np.abs(noise).max() <= 1.5 and noise[256:].std() > 0.1
 
 
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_dsrl_acts_through_every_policy_kind_from_the_noise_it_reports(kind):
+    # An untrained policy of each kind with random observation and action statistics: the
+    # action is pi_base(s, w) for the w kept in the extras, w stays in the box, and the
+    # starting deterministic action is pi_base(s, 0).
+    with make_env(ENV, 1, 0, backend="gymnasium") as env:
+        spec = env.spec
+    policy = POLICIES[kind].policy(2, replace(POLICIES[kind].config(), hidden=(16, 16)))
+    rng = np.random.default_rng(0)
+    acting = {
+        "params": policy.init(jax.random.PRNGKey(0), 3),
+        "obs_norm": {"mean": rng.normal(size=3), "var": rng.uniform(0.5, 2, 3), "count": 1.0},
+        "action_norm": {"center": rng.uniform(-0.2, 0.2, 2), "half_range": np.full(2, 0.5)},
+    }
+    acting = jax.tree.map(lambda x: np.asarray(x, np.float32), acting)
+    pretrained = load_pretrained_like(kind, ChunkPolicy(policy, 1, 2, 1.0), acting)
+    dsrl = DSRL(FAST_DSRL, spec, 4, 1024, pretrained=pretrained)
+    state = dsrl.init(jax.random.PRNGKey(1))
+    obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
+    # Compiled like DSRL's: DDIM's division by sqrt(alpha_bar) amplifies float differences.
+    decode = jax.jit(lambda obs, noise: pretrained.policy.plan_from_noise(acting, obs, noise))
+
+    action, extras = jax.jit(dsrl.act)(dsrl.acting_params(state), obs, jax.random.PRNGKey(2))
+    noise = np.asarray(extras["noise"])
+    assert np.abs(noise).max() <= 1.5 and noise.std() > 0.3
+    np.testing.assert_allclose(action, decode(obs, noise)[:, 0], atol=1e-4)
+    start = jax.jit(dsrl.act_deterministic)(dsrl.acting_params(state), obs)
+    np.testing.assert_allclose(start, decode(obs, np.zeros((64, 2), np.float32))[:, 0], atol=1e-4)
+    assert np.abs(np.asarray(action) - np.asarray(start)).max() > 0.01  # the noise matters
+
+
+def load_pretrained_like(kind, policy, acting):
+    """A gprl.pretrain.Pretrained for ContextualTarget without a pretrain run."""
+    from gprl.pretrain import Pretrained
+
+    return Pretrained(kind, policy, acting, PretrainConfig(), None, ENV, "gymnasium", 3, 2)
+
+
 def test_dsrl_refuses_a_policy_that_plans_action_chunks(weak_base):
     pretrained = load_pretrained(weak_base)
     chunked = pretrained._replace(policy=ChunkPolicy(FlowPolicy(4), 2, 2, 1.0))
