@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gprl.algos.dppo import DPPO, DPPOConfig
+from gprl.algos.dsrl import DSRL, DSRLConfig
 from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
 from gprl.algos.fpo import FPO, FPOConfig
 from gprl.algos.gorl import GoRL, GoRLConfig, reference_gorl_config
@@ -67,16 +68,24 @@ ALGORITHMS = {
         SACConfig,
         "Gaussian SAC (off-policy): twin critics, auto-tuned entropy temperature, replay buffer",
     ),
+    "dsrl": Registered(
+        DSRL,
+        DSRLConfig,
+        "DSRL: SAC over the input noise of a frozen pretrained policy (--init RUN_DIR), plain or "
+        "noise-aliased",
+    ),
 }
 
 __all__ = [
     "ALGORITHMS",
     "DPPO",
+    "DSRL",
     "FPO",
     "GRPO",
     "PPO",
     "SAC",
     "DPPOConfig",
+    "DSRLConfig",
     "FPOConfig",
     "FlowSDE",
     "FlowSDEConfig",

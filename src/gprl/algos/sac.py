@@ -137,18 +137,33 @@ class SAC(OffPolicyAlgorithm):
     def act_deterministic(self, acting, obs):
         return jnp.tanh(self._distribution(acting, obs)[0])
 
+    def _critic_action(self, state, obs, squashed):
+        """The critics' action input for a squashed actor sample: the action itself (a method
+        acting through a decoder of the sample maps it here)."""
+        return squashed
+
+    def _replayed_critic_action(self, batch):
+        """The critics' action input for a replayed transition."""
+        return batch.action
+
+    def _actor_value(self, state, critic, obs, squashed):
+        """The value the actor climbs for its squashed sample, under the updated critics."""
+        return self.critic.apply(critic, obs, squashed).min(0)
+
     def update(self, state, batch, key):
         config = self.config
         target_key, actor_key = jax.random.split(key)
         alpha = jnp.exp(state["log_alpha"])
 
-        next_action, next_log_prob = self._sample(state["actor"], batch.next_obs, target_key)
+        next_sample, next_log_prob = self._sample(state["actor"], batch.next_obs, target_key)
+        next_action = self._critic_action(state, batch.next_obs, next_sample)
         next_q = self.critic.apply(state["target_critic"], batch.next_obs, next_action).min(0)
         continues = 1.0 - batch.terminated.astype(jnp.float32)
         target = batch.reward + config.gamma * continues * (next_q - alpha * next_log_prob)
+        replayed_action = self._replayed_critic_action(batch)
 
         def critic_loss(critic):
-            q = self.critic.apply(critic, batch.obs, batch.action)
+            q = self.critic.apply(critic, batch.obs, replayed_action)
             loss = jnp.sum(jnp.mean((q - target) ** 2, axis=1))
             return loss, {"critic/loss": loss, "critic/q_mean": jnp.mean(q)}
 
@@ -157,8 +172,8 @@ class SAC(OffPolicyAlgorithm):
         critic = optax.apply_updates(state["critic"], updates)
 
         def actor_loss(actor):
-            action, log_prob = self._sample(actor, batch.obs, actor_key)
-            q = self.critic.apply(critic, batch.obs, action).min(0)
+            sample, log_prob = self._sample(actor, batch.obs, actor_key)
+            q = self._actor_value(state, critic, batch.obs, sample)
             loss = jnp.mean(alpha * log_prob - q)
             return loss, (log_prob, {"actor/loss": loss, "actor/entropy": -jnp.mean(log_prob)})
 
