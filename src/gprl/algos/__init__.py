@@ -5,6 +5,7 @@ from typing import NamedTuple
 from gprl.algos.dppo import DPPO, DPPOConfig
 from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
 from gprl.algos.fpo import FPO, FPOConfig
+from gprl.algos.fql import FQL, FQLConfig
 from gprl.algos.gorl import GoRL, GoRLConfig
 from gprl.algos.grpo import GRPO, GRPOConfig
 from gprl.algos.ppo import PPO, PPOConfig
@@ -54,17 +55,25 @@ ALGORITHMS = {
         SACConfig,
         "Gaussian SAC (off-policy): twin critics, auto-tuned entropy temperature, replay buffer",
     ),
+    "fql": Registered(
+        FQL,
+        FQLConfig,
+        "Flow Q-Learning (off-policy, offline and offline-to-online with --dataset): a one-step "
+        "policy distilled from a BC flow while climbing the critics",
+    ),
 }
 
 __all__ = [
     "ALGORITHMS",
     "DPPO",
     "FPO",
+    "FQL",
     "GRPO",
     "PPO",
     "SAC",
     "DPPOConfig",
     "FPOConfig",
+    "FQLConfig",
     "FlowSDE",
     "FlowSDEConfig",
     "GRPOConfig",
