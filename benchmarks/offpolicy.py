@@ -52,11 +52,11 @@ FQL_TARGET = 300.0
 THROUGHPUT_VARIANTS = {
     "sac": ("sac", [], None),
     "fql": ("fql", [], None),
-    "fql-64x64": (
+    "fql-128x128": (
         "fql",
         [
-            *("--fql.actor-hidden", "64", "64", "--fql.critic-hidden", "64", "64"),
-            *("--fql.flow.hidden", "64", "64"),
+            *("--fql.actor-hidden", "128", "128", "--fql.critic-hidden", "128", "128"),
+            *("--fql.flow.hidden", "128", "128"),
         ],
         None,
     ),
@@ -78,7 +78,7 @@ THROUGHPUT_VARIANTS = {
 }
 """variant -> (algorithm, `gprl train` options, whole-run env steps: None for --throughput-steps,
 0 for the gradient step alone). FQL's reference networks are 4 x 512 GELU; gprl's defaults are
-2 x 128 ReLU; fql-gelu is the defaults with the reference's activation. A new off-policy method
+2 x 64 ReLU; fql-gelu is the defaults with the reference's activation. A new off-policy method
 (DSRL) adds its rows here."""
 COLUMNS = [
     "variant",

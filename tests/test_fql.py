@@ -194,12 +194,14 @@ def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at):
 def test_bad_dataset_input_is_rejected_in_one_line_with_nothing_lost(tmp_path, capsys):
     dataset = mixed_dataset("probe/kept-v0", episodes=20)
     mixed_dataset("probe/elsewhere-v0", episodes=20, env="gprl/FourModeBandit-v0")
+    mixed_dataset("probe/bare-v0", episodes=20, env=None)
     before = files_digest(dataset_path(dataset))
     out = tmp_path / "run"
     base = ["train", "fql", "--total-steps", "20000", "--out", str(out), "--no-progress"]
     for args, message in [
         (["--env", "gprl/BimodalBandit-v0", "--dataset", dataset], "records " + ENV),
         (["--dataset", "probe/elsewhere-v0"], "observations of size 3; gprl/FourModeBandit"),
+        (["--dataset", "probe/bare-v0"], "records no environment; pass --env ID"),
         (["--dataset", "probe/missing-v0"], "no Minari dataset 'probe/missing-v0'"),
         (["--dataset", "no version"], "invalid dataset id"),
         (["--fql.offline-updates", "100"], "give one with --dataset"),

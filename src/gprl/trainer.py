@@ -44,7 +44,12 @@ from gprl.checkpoint import (
     save_checkpoint,
 )
 from gprl.configs import from_jsonable, to_jsonable
-from gprl.datasets import check_fits_env, check_records_env, load_demonstrations
+from gprl.datasets import (
+    DatasetError,
+    check_fits_env,
+    check_records_env,
+    load_demonstrations,
+)
 from gprl.logger import CURVE_PNG, MetricsLogger, plot_learning_curve
 from gprl.loops import make_loop
 
@@ -292,6 +297,8 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
                 "pretrain a policy on it with `gprl pretrain` instead"
             )
         demos = load_demonstrations(run.dataset)
+        if run.env is None and demos.env_id is None:
+            raise DatasetError(f"dataset {run.dataset} records no environment; pass --env ID")
         run.env = demos.env_id if run.env is None else run.env
     run.env = DEFAULT_ENV if run.env is None else run.env
     if demos is not None:

@@ -35,9 +35,10 @@ from gprl.networks import MLP, QEnsemble
 from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.types import EnvSpec
 
-DEFAULT_HIDDEN = (128, 128)
-"""Widths of all three networks: the reference's 4 x 512 GELU networks take ~20x longer per
-gradient step on 2 CPU cores (benchmarks/offpolicy.py)."""
+DEFAULT_HIDDEN = (64, 64)
+"""Widths of all three networks, sized for 300 env steps/s at update-to-data 1 on 2 CPU cores:
+2 x 128 takes ~2x and the reference's 4 x 512 GELU ~50x longer per gradient step
+(benchmarks/offpolicy.py)."""
 
 
 def _default_flow() -> FlowPolicyConfig:
@@ -50,9 +51,9 @@ class FQLConfig(OffPolicyConfig):
     """The BC flow policy (num_steps: the Euler steps of the distillation target, 10 as the
     reference; the reference's network is 4 x 512 GELU)."""
     actor_hidden: tuple[int, ...] = DEFAULT_HIDDEN
-    """Hidden widths of the one-step policy mu(s, z) (reference: 4 x 512)."""
+    """Hidden widths of the one-step policy mu(s, z) (reference: 512 512 512 512)."""
     critic_hidden: tuple[int, ...] = DEFAULT_HIDDEN
-    """Hidden widths of each critic (reference: 4 x 512)."""
+    """Hidden widths of each critic (reference: 512 512 512 512)."""
     activation: str = "relu"
     """Hidden activation of the one-step policy and the critics (tanh, relu, silu, gelu, elu).
     The reference's GELU costs 2.4x the gradient step here (a 10-step flow evaluates it ten

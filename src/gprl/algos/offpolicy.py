@@ -28,7 +28,8 @@ class OffPolicyConfig:
     """Transitions per gradient step, sampled uniformly with replacement."""
     learning_starts: int = 5_000
     """Env steps of uniformly random actions before the first update (rounded up to whole
-    update calls)."""
+    update calls); none when --dataset pre-fills the buffer (the policy acts and learns from
+    the first env step)."""
     update_to_data: float = 1.0
     """Gradient steps per env step (UTD ratio)."""
     update_every: int = 50
