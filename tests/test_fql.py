@@ -27,6 +27,7 @@ FAST_FQL = FQLConfig(
     flow=FlowPolicyConfig(hidden=SMALL, activation="gelu"),
     actor_hidden=SMALL,
     critic_hidden=SMALL,
+    activation="gelu",  # the reference's: a smoother critic for the actor to climb
     batch_size=128,
     learning_starts=64,
     update_every=16,
