@@ -37,8 +37,8 @@ from gprl.types import EnvSpec
 
 DEFAULT_HIDDEN = (64, 64)
 """Widths of all three networks, sized for 300 env steps/s at update-to-data 1 on 2 CPU cores:
-2 x 128 takes ~2x and the reference's 4 x 512 GELU ~50x longer per gradient step
-(benchmarks/offpolicy.py)."""
+2 x 128 took 2.6x and the reference's 4 x 512 GELU ~120x longer per gradient step
+(benchmarks/offpolicy.py, on a shared machine)."""
 
 
 def _default_flow() -> FlowPolicyConfig:
@@ -56,7 +56,7 @@ class FQLConfig(OffPolicyConfig):
     """Hidden widths of each critic (reference: 512 512 512 512)."""
     activation: str = "relu"
     """Hidden activation of the one-step policy and the critics (tanh, relu, silu, gelu, elu).
-    The reference's GELU costs 2.4x the gradient step here (a 10-step flow evaluates it ten
+    The reference's GELU costs 1.5-2.4x the gradient step here (a 10-step flow evaluates it ten
     times per sample)."""
     num_critics: int = 2
     """Critics in the ensemble."""
