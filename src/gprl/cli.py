@@ -192,6 +192,12 @@ def _print_summary(run_dir: Path) -> None:
         f"final deterministic eval return {float(last_eval['eval_return']):.3f} "
         f"(+- {float(last_eval['eval_return_std']):.3f})"
     )
+    offline = [r for r in rows if r.get("offline_updates") and int(r["env_steps"]) == 0]
+    if offline:
+        print(
+            f"offline phase: {offline[-1]['offline_updates']} gradient steps on the dataset; "
+            f"eval return {float(offline[-1]['eval_return']):.3f} before the first env step"
+        )
     uncounted = rows[-1].get("uncounted_env_steps")
     if uncounted:
         print(f"plus {uncounted} env steps of refit data collection not counted in the budget")

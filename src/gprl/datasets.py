@@ -56,6 +56,14 @@ class Demonstrations(NamedTuple):
     """(E,) steps of each episode; episodes are consecutive in obs and actions."""
     episode_returns: np.ndarray
     """(E,) undiscounted return of each episode."""
+    rewards: np.ndarray
+    """(N,) float32 reward of each step."""
+    terminations: np.ndarray
+    """(N,) bool: the step ended its episode in a terminal state (no bootstrap)."""
+    truncations: np.ndarray
+    """(N,) bool: the step's episode was cut (time limit), its value still bootstrapped."""
+    next_obs: np.ndarray
+    """(N, obs_dim) float32 observation after each step."""
     action_low: np.ndarray
     action_high: np.ndarray
     sha256: str
@@ -64,6 +72,18 @@ class Demonstrations(NamedTuple):
     @property
     def obs_dim(self) -> int:
         return self.obs.shape[1]
+
+    def transitions(self) -> dict:
+        """The steps as the replay buffer's offline region takes them
+        (:data:`gprl.replay.DATASET_FIELDS`)."""
+        return {
+            "obs": self.obs,
+            "action": self.actions,
+            "reward": self.rewards,
+            "terminated": self.terminations,
+            "truncated": self.truncations,
+            "next_obs": self.next_obs,
+        }
 
     @property
     def action_dim(self) -> int:
@@ -159,7 +179,8 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
     action_space = _check_action_space(action_space, dataset_id)
     action_dim = action_space.shape[0]
 
-    obs_parts, action_parts, lengths, returns = [], [], [], []
+    obs_parts, next_obs_parts, action_parts, lengths, returns = [], [], [], [], []
+    reward_parts, termination_parts, truncation_parts = [], [], []
     try:
         for number, episode in enumerate(dataset.iterate_episodes()):
             length = len(episode.rewards)
@@ -184,7 +205,11 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
                     f"dataset {dataset_id} has non-finite rewards (episode {number})"
                 )
             obs_parts.append(observations[:-1])
+            next_obs_parts.append(observations[1:])
             action_parts.append(actions)
+            reward_parts.append(rewards.astype(np.float32))
+            termination_parts.append(np.asarray(episode.terminations, bool).reshape(length))
+            truncation_parts.append(np.asarray(episode.truncations, bool).reshape(length))
             lengths.append(length)
             returns.append(rewards.sum())
     except DatasetError:
@@ -212,6 +237,10 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
         actions=unit_actions.astype(np.float32),
         episode_lengths=np.asarray(lengths, np.int64),
         episode_returns=np.asarray(returns, np.float64),
+        rewards=np.concatenate(reward_parts),
+        terminations=np.concatenate(termination_parts),
+        truncations=np.concatenate(truncation_parts),
+        next_obs=np.concatenate(next_obs_parts),
         action_low=low,
         action_high=high,
         sha256=digest,
@@ -239,6 +268,13 @@ def check_fits_env(demos: Demonstrations, spec: EnvSpec) -> None:
             f"dataset {demos.dataset_id} has action bounds [{demos.action_low}, "
             f"{demos.action_high}]; {spec.env_id} has [{spec.action_low}, {spec.action_high}]"
         )
+
+
+def check_records_env(demos: Demonstrations, env_id: str) -> None:
+    """DatasetError if the dataset records an env other than env_id: its rewards and
+    transitions would teach a critic the wrong task."""
+    if demos.env_id is not None and demos.env_id != env_id:
+        raise DatasetError(f"dataset {demos.dataset_id} records {demos.env_id}, not {env_id}")
 
 
 @contextlib.contextmanager

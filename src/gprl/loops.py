@@ -32,6 +32,8 @@ class IterationResult(NamedTuple):
     """The part of env_steps that counts toward the budget."""
     refit: bool
     """Whether this iteration was a refit rather than an update."""
+    offline_updates: int = 0
+    """Gradient steps taken on an offline dataset alone (no env step) in this iteration."""
 
 
 class OnPolicyLoop:
@@ -57,6 +59,10 @@ class OnPolicyLoop:
     def refit_pending(self, state) -> bool:
         """Whether the next iteration is a refit rather than an update."""
         return self.algo.refit_request(state) is not None
+
+    def offline_pending(self, state) -> bool:
+        """Whether the next iteration trains on an offline dataset alone."""
+        return False
 
     def iterate(self, state, key) -> IterationResult:
         """One update on a fresh rollout, or the refit the algorithm asks for."""
@@ -85,15 +91,25 @@ class OffPolicyLoop:
 
     make_collector(act) builds the collector for an acting function: the loop acts through one
     that switches between `algo.act` and `algo.explore`, so that both phases share one env.
-    offline_data (arrays as :func:`gprl.replay.replay_prefill` takes) pre-fills the buffer.
+
+    offline_data (arrays as :func:`gprl.replay.replay_prefill` takes) pre-fills the buffer. The
+    run then starts with the schedule's offline iterations, each one compiled call of gradient
+    steps on the dataset alone, and the online phase acts with the policy from its first step
+    (no exploration phase).
     """
 
     def __init__(self, algo: OffPolicyAlgorithm, make_collector, num_envs: int, offline_data=None):
         self.algo = algo
         self.num_envs = num_envs
         self.schedule = algo.schedule
+        if self.schedule.offline_iterations and offline_data is None:
+            raise ValueError(
+                "offline updates train on an offline dataset alone: give one with --dataset"
+            )
+        self.warmup_calls = 0 if offline_data is not None else self.schedule.warmup_calls
         self.collector = make_collector(self._act)
         self.replay = self._empty_replay(offline_data)
+        self._offline_call = jax.jit(self._offline_updates, donate_argnums=0)
         interval = self.schedule.update_interval
         self._explore_call = self.collector.make_train_step(
             self._explore_acting, self._store, interval, donate=True
@@ -138,8 +154,8 @@ class OffPolicyLoop:
         rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
         return state | {"replay": replay_add(state["replay"], rows)}, {}
 
-    def _store_and_update(self, state, batch, key):
-        state, _ = self._store(state, batch, key)
+    def _gradient_steps(self, state, key, count: int):
+        """count gradient steps, each on a fresh batch from the buffer; mean metrics."""
         replay, schedule = state["replay"], self.schedule
 
         def gradient_step(algo_state, step_key):
@@ -149,9 +165,18 @@ class OffPolicyLoop:
             )
             return self.algo.update(algo_state, sample, update_key)
 
-        keys = jax.random.split(key, schedule.gradient_steps)
+        keys = jax.random.split(key, count)
         algo_state, metrics = jax.lax.scan(gradient_step, state["algo"], keys)
         return state | {"algo": algo_state}, jax.tree.map(jnp.mean, metrics)
+
+    def _store_and_update(self, state, batch, key):
+        state, _ = self._store(state, batch, key)
+        return self._gradient_steps(state, key, self.schedule.gradient_steps)
+
+    def _offline_updates(self, state, key):
+        # The online ring is still empty: every batch comes from the dataset.
+        updates = self.schedule.calls_per_iteration * self.schedule.gradient_steps
+        return self._gradient_steps(state, key, updates)
 
     def checkpoint_state(self) -> dict:
         """Loop-owned arrays a checkpoint must hold: the replay buffer."""
@@ -166,13 +191,19 @@ class OffPolicyLoop:
     def refit_pending(self, state) -> bool:
         return False
 
+    def offline_pending(self, state) -> bool:
+        return int(state["iteration"]) < self.schedule.offline_iterations
+
     def iterate(self, state, key) -> IterationResult:
+        if self.offline_pending(state):
+            return self._iterate_offline(state, key)
         schedule = self.schedule
-        first_call = int(state["iteration"]) * schedule.calls_per_iteration
+        online_iteration = int(state["iteration"]) - schedule.offline_iterations
+        first_call = online_iteration * schedule.calls_per_iteration
         carry = _unaliased({"algo": state, "replay": self.replay})
         updates, counts = [], np.zeros(3)
         for call in range(first_call, first_call + schedule.calls_per_iteration):
-            step = self._explore_call if call < schedule.warmup_calls else self._train_call
+            step = self._explore_call if call < self.warmup_calls else self._train_call
             carry, key, metrics, episodes = step(carry, key)
             if metrics:
                 updates.append(metrics)
@@ -183,6 +214,17 @@ class OffPolicyLoop:
         steps = schedule.calls_per_iteration * schedule.update_interval * self.num_envs
         episodes = EpisodeStats(int(counts[0]), float(counts[1]), float(counts[2]))
         return IterationResult(state, key, metrics, episodes, steps, steps, False)
+
+    def _iterate_offline(self, state, key) -> IterationResult:
+        key, update_key = split_key(key)
+        carry = _unaliased({"algo": state, "replay": self.replay})
+        carry, metrics = self._offline_call(carry, update_key)
+        self.replay = carry["replay"]
+        state = carry["algo"] | {"iteration": carry["algo"]["iteration"] + 1}
+        updates = self.schedule.calls_per_iteration * self.schedule.gradient_steps
+        return IterationResult(
+            state, key, jax.device_get(metrics), EpisodeStats(0, 0.0, 0.0), 0, 0, False, updates
+        )
 
 
 def _unaliased(tree):
@@ -199,8 +241,11 @@ def _unaliased(tree):
     return jax.tree.map(distinct, tree)
 
 
-def make_loop(algo, make_collector, num_envs: int):
-    """The loop an algorithm's base class asks for; make_collector(act) builds its collector."""
+def make_loop(algo, make_collector, num_envs: int, offline_data=None):
+    """The loop an algorithm's base class asks for; make_collector(act) builds its collector.
+    offline_data pre-fills an off-policy loop's replay buffer (on-policy loops have none)."""
     if isinstance(algo, OffPolicyAlgorithm):
-        return OffPolicyLoop(algo, make_collector, num_envs)
+        return OffPolicyLoop(algo, make_collector, num_envs, offline_data)
+    if offline_data is not None:
+        raise ValueError("an offline dataset needs an off-policy algorithm (a replay buffer)")
     return OnPolicyLoop(algo, make_collector(algo.act), num_envs)

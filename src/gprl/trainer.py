@@ -6,6 +6,12 @@ training envs restart from seeds derived from (seed, iteration), whether or not 
 interrupted there. A resumed run therefore replays the uninterrupted one step for step.
 Episodes cut at a boundary are bootstrapped like time-limit truncations and are not logged.
 Arrays the loop owns (an off-policy loop's replay buffer) are saved with the checkpoint.
+
+An off-policy run can start from a Minari dataset (--dataset): it fills the replay buffer's
+offline region, and the algorithm's offline updates (gradient steps on the dataset alone) come
+first, logged as iterations without env steps. Their gradient steps advance the evaluation and
+checkpoint clocks like env steps, and the offline phase ends with an evaluation (the policy's
+return before any env step) and a checkpoint.
 """
 
 import contextlib
@@ -28,6 +34,7 @@ import numpy as np
 
 from gprl import __version__
 from gprl.algos import ALGORITHMS
+from gprl.algos.base import OffPolicyAlgorithm
 from gprl.backends import make_collector, make_evaluator, open_environments
 from gprl.checkpoint import (
     CONFIG_JSON,
@@ -37,6 +44,12 @@ from gprl.checkpoint import (
     save_checkpoint,
 )
 from gprl.configs import from_jsonable, to_jsonable
+from gprl.datasets import (
+    DatasetError,
+    check_fits_env,
+    check_records_env,
+    load_demonstrations,
+)
 from gprl.logger import CURVE_PNG, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
 
@@ -124,6 +137,11 @@ class RunConfig:
     """A `gprl pretrain` run whose policy this run starts from and fine-tunes (for the
     algorithms that can); its env, observation size and action size must match this run's. An
     evaluation before the first update records the starting return."""
+    dataset: str | None = None
+    """Minari dataset id (e.g. mujoco/hopper/medium-v0) whose transitions pre-fill the replay
+    buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
+    gradient steps on it alone come before the first env step. It must record --env (the
+    default env) with the env's shapes and action bounds."""
 
 
 def _slug(text: str) -> str:
@@ -189,6 +207,10 @@ def _resolve_resume(algo_name: str, run: RunConfig):
     saved_run = from_jsonable(RunConfig, saved["run"])
     if run.env is not None and run.env != saved_run.env:
         raise CheckpointError(f"{run.resume} was trained on {saved_run.env}, not {run.env}")
+    if run.dataset is not None and run.dataset != saved_run.dataset:
+        raise CheckpointError(
+            f"{run.resume} was trained with --dataset {saved_run.dataset}, not {run.dataset}"
+        )
     if run.total_steps is not None and run.total_steps != saved_run.total_steps:
         raise CheckpointError(
             f"{run.resume} has a budget of {saved_run.total_steps} env steps; the learning-rate "
@@ -256,14 +278,17 @@ def configure_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-def _identity(algo_name: str, env_id: str, spec) -> dict:
+def _identity(algo_name: str, env_id: str, spec, demos=None) -> dict:
     """Checkpoint fields that must match the run that loads it."""
-    return {
+    identity = {
         "algo": algo_name,
         "env_id": env_id,
         "obs_dim": spec.obs_dim,
         "action_dim": spec.action_dim,
     }
+    if demos is not None:
+        identity["dataset_sha256"] = demos.sha256
+    return identity
 
 
 def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Path:
@@ -278,7 +303,10 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     run = dataclasses.replace(run)
     if run.resume is not None:
         run, algo_config = _resolve_resume(algo_name, run)
+    demos = _load_dataset(algo_name, run)
     complete_run(run)
+    if demos is not None:
+        check_records_env(demos, run.env)
     check_sinks(run.tensorboard, run.wandb_project)
 
     envs = open_environments(
@@ -292,9 +320,27 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
     )
     try:
         pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec)
-        return _train(algo_name, run, algo_config, envs, pretrained, on_iteration)
+        if demos is not None:
+            check_fits_env(demos, envs.spec)
+        return _train(algo_name, run, algo_config, envs, pretrained, demos, on_iteration)
     finally:
         envs.close()
+
+
+def _load_dataset(algo_name: str, run: RunConfig):
+    """The demonstrations of --dataset (the env defaults to the one they record), or None."""
+    if run.dataset is None:
+        return None
+    if not issubclass(ALGORITHMS[algo_name].algorithm, OffPolicyAlgorithm):
+        raise ValueError(
+            f"--dataset fills a replay buffer, and '{algo_name}' is on-policy (it has none); "
+            "pretrain a policy on it with `gprl pretrain` instead"
+        )
+    demos = load_demonstrations(run.dataset)
+    if run.env is None and demos.env_id is None:
+        raise DatasetError(f"dataset {run.dataset} records no environment; pass --env ID")
+    run.env = demos.env_id if run.env is None else run.env
+    return demos
 
 
 def load_initial_policy(algo_name: str, init: Path | None, env_id: str, spec):
@@ -334,9 +380,10 @@ def build_algorithm(algo_name: str, algo_config, spec, run: "RunConfig", pretrai
     return algo_cls(algo_config, spec, run.num_envs, run.total_steps, **starting_point)
 
 
-def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteration) -> Path:
+def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, demos, on_iteration):
     algo = build_algorithm(algo_name, algo_config, envs.spec, run, pretrained)
-    loop = make_loop(algo, lambda act: make_collector(envs, act), run.num_envs)
+    offline_data = None if demos is None else demos.transitions()
+    loop = make_loop(algo, lambda act: make_collector(envs, act), run.num_envs, offline_data)
     run_dir = prepare_run_dir(algo_name, run)
     config_record = {
         "algo": algo_name,
@@ -344,23 +391,31 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteratio
         "algo_config": to_jsonable(algo_config),
         "gprl_version": __version__,
     }
-    identity = _identity(algo_name, run.env, envs.spec)
+    identity = _identity(algo_name, run.env, envs.spec, demos)
     init_key, key = jax.random.split(jax.random.PRNGKey(run.seed))
     state = {"algo": algo.init(init_key), "key": key}
     progress = {
         "iteration": 0,
         "env_steps": 0,
         "uncounted_env_steps": 0,
+        "offline_updates": 0,
         "wall_time": 0.0,
         "next_eval": 0,
         "next_checkpoint": run.checkpoint_every,
     }
     resuming = run.resume is not None and has_checkpoint(run_dir)
     if resuming:
-        saved, meta = load_checkpoint(run_dir, state | loop.checkpoint_state(), identity)
+        try:
+            saved, meta = load_checkpoint(run_dir, state | loop.checkpoint_state(), identity)
+        except CheckpointError as e:
+            if "dataset_sha256" in str(e):
+                raise CheckpointError(
+                    f"dataset {run.dataset} changed since {run_dir} started"
+                ) from None
+            raise
         loop.restore(saved)
         state = {"algo": saved["algo"], "key": saved["key"]}
-        progress = meta["progress"]
+        progress = {"offline_updates": 0} | meta["progress"]
         if meta.get("backend") != envs.backend:
             raise CheckpointError(
                 f"{run_dir} was trained on the {meta.get('backend')} env backend and would "
@@ -423,8 +478,12 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteratio
             progress["iteration"] = int(result.state["iteration"])
             progress["env_steps"] += result.counted_steps
             progress["uncounted_env_steps"] += result.env_steps - result.counted_steps
+            progress["offline_updates"] += result.offline_updates
             _check_finite(metrics, progress["iteration"], progress["env_steps"], run_dir)
             done = progress["iteration"] == algo.num_iterations
+            # Evaluations and checkpoints fall due on one clock: env steps and offline updates.
+            clock = progress["env_steps"] + progress["offline_updates"]
+            offline_done = result.offline_updates > 0 and not loop.offline_pending(result.state)
             row = {
                 "iteration": progress["iteration"],
                 "env_steps": progress["env_steps"],
@@ -438,13 +497,15 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteratio
                 row["eval_return_before_refit"] = before_refit["eval_return"]
             if progress["uncounted_env_steps"]:
                 row["uncounted_env_steps"] = progress["uncounted_env_steps"]
-            due = run.eval_every > 0 and progress["env_steps"] >= progress["next_eval"]
-            if done or due or before_refit is not None:
+            if progress["offline_updates"]:
+                row["offline_updates"] = progress["offline_updates"]
+            due = run.eval_every > 0 and clock >= progress["next_eval"]
+            if done or due or offline_done or before_refit is not None:
                 evaluation = evaluator.evaluate(algo.acting_params(state["algo"]))
                 state["algo"] = algo.observe_evaluation(state["algo"], evaluation["eval_return"])
                 row |= evaluation
                 last_eval = evaluation["eval_return"]
-                while progress["next_eval"] <= progress["env_steps"]:
+                while progress["next_eval"] <= clock:
                     progress["next_eval"] += max(run.eval_every, 1)
             elapsed = time.perf_counter()
             progress["wall_time"] = elapsed - started
@@ -454,8 +515,8 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, on_iteratio
             }
             row |= metrics
             logger.log(row)
-            if done or progress["env_steps"] >= progress["next_checkpoint"]:
-                while progress["next_checkpoint"] <= progress["env_steps"]:
+            if done or offline_done or clock >= progress["next_checkpoint"]:
+                while progress["next_checkpoint"] <= clock:
                     progress["next_checkpoint"] += run.checkpoint_every
                 save()
                 loop.reset(boundary_seed(run.seed, progress["iteration"]))

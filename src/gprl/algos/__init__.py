@@ -7,6 +7,7 @@ from gprl.algos.dppo import DPPO, DPPOConfig
 from gprl.algos.dsrl import DSRL, DSRLConfig
 from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
 from gprl.algos.fpo import FPO, FPOConfig
+from gprl.algos.fql import FQL, FQLConfig
 from gprl.algos.gorl import GoRL, GoRLConfig, reference_gorl_config
 from gprl.algos.grpo import GRPO, GRPOConfig
 from gprl.algos.ppo import PPO, PPOConfig
@@ -74,6 +75,12 @@ ALGORITHMS = {
         "DSRL: SAC over the input noise of a frozen pretrained policy (--init RUN_DIR), plain or "
         "noise-aliased",
     ),
+    "fql": Registered(
+        FQL,
+        FQLConfig,
+        "Flow Q-Learning (off-policy, offline and offline-to-online with --dataset): a one-step "
+        "policy distilled from a BC flow while climbing the critics",
+    ),
 }
 
 __all__ = [
@@ -81,12 +88,14 @@ __all__ = [
     "DPPO",
     "DSRL",
     "FPO",
+    "FQL",
     "GRPO",
     "PPO",
     "SAC",
     "DPPOConfig",
     "DSRLConfig",
     "FPOConfig",
+    "FQLConfig",
     "FlowSDE",
     "FlowSDEConfig",
     "GRPOConfig",

@@ -5,6 +5,12 @@ The loop collects `update_every` env steps, stores them in the replay buffer, th
 update_to_data x update_every gradient steps in one compiled call, each on a fresh batch sampled
 from the buffer. Before `learning_starts` env steps it explores (uniform
 random actions) and does not update.
+
+With an offline dataset pre-filled into the buffer (`gprl train ALGO --dataset ID`), the run
+starts with `offline_updates` gradient steps on the dataset alone, in iterations of as many
+gradient steps as an online iteration has, then acts with the trained policy from the first env
+step (no random exploration, as FQL's offline-to-online runs) while the same updates go on over
+the dataset and the online data together.
 """
 
 from dataclasses import dataclass
@@ -22,7 +28,8 @@ class OffPolicyConfig:
     """Transitions per gradient step, sampled uniformly with replacement."""
     learning_starts: int = 5_000
     """Env steps of uniformly random actions before the first update (rounded up to whole
-    update calls)."""
+    update calls); none when --dataset pre-fills the buffer (the policy acts and learns from
+    the first env step)."""
     update_to_data: float = 1.0
     """Gradient steps per env step (UTD ratio)."""
     update_every: int = 50
@@ -37,8 +44,16 @@ class OffPolicyConfig:
     """Share of each batch drawn from an offline dataset pre-filled into the buffer, the rest
     from online data (None: uniform over all stored transitions)."""
 
+    offline_updates: int = 0
+    """Gradient steps on the offline dataset alone (--dataset) before the first env step,
+    rounded up to whole iterations of steps_per_iteration x update_to_data gradient steps; they
+    advance the evaluation and checkpoint clocks (--eval-every, --checkpoint-every) like env
+    steps. FQL's reference runs 1,000,000."""
+
     def validate(self) -> None:
         """Raise ValueError naming the first nonsensical field."""
+        if self.offline_updates < 0:
+            raise ValueError(f"offline_updates must be non-negative, got {self.offline_updates}")
         for name in ("buffer_size", "batch_size", "update_every", "steps_per_iteration"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -63,8 +78,13 @@ class OffPolicySchedule(NamedTuple):
     """Gradient steps per update call."""
     calls_per_iteration: int
     warmup_calls: int
-    """Update calls at the start of the run that explore and store without updating."""
+    """Update calls at the start of the online phase that explore and store without updating
+    (none when the buffer holds an offline dataset)."""
+    offline_iterations: int
+    """Iterations of calls_per_iteration x gradient_steps gradient steps on the offline dataset
+    alone, before the first env step."""
     num_iterations: int
+    """Offline and online iterations."""
 
 
 def off_policy_schedule(
@@ -96,6 +116,8 @@ def off_policy_schedule(
             f"({total_steps}, {num_iterations * iteration_steps} in whole iterations): no "
             "update would run"
         )
+    iteration_updates = calls_per_iteration * int(gradient_steps)
+    offline_iterations = -(-config.offline_updates // iteration_updates)
     capacity = min(config.buffer_size, num_iterations * iteration_steps)
     if capacity < call_steps:
         raise ValueError(
@@ -110,7 +132,8 @@ def off_policy_schedule(
         gradient_steps=int(gradient_steps),
         calls_per_iteration=calls_per_iteration,
         warmup_calls=warmup_calls,
-        num_iterations=num_iterations,
+        offline_iterations=offline_iterations,
+        num_iterations=offline_iterations + num_iterations,
     )
 
 

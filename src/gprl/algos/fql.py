@@ -1,0 +1,212 @@
+"""Flow Q-Learning (Park, Li and Levine 2025, arXiv 2502.02538; reference code seohongpark/fql).
+
+Three networks learn together from replay batches, in one gradient step on the sum of their
+losses (one Adam, as the reference):
+
+- a BC flow policy (gprl.policies.flow, K Euler steps) fitted by flow matching to the buffer's
+  actions, whatever their quality;
+- a one-step policy mu(s, z), z ~ N(0, I), which is what acts: it minimises
+  alpha * ||mu(s, z) - ODE(s, z)||^2 - Q(s, mu(s, z)), staying near the BC flow's action for
+  the same noise while climbing the critic (-Q optionally divided by the batch's mean |Q|, which
+  makes alpha independent of the reward scale);
+- an ensemble of critics regressing onto r + gamma * (1 - terminated) * Q'(s', mu(s', z')),
+  Q' the mean (or min) of Polyak-averaged targets.
+
+Offline, offline-to-online and online runs use the same update; the loop decides what the
+buffer holds (see gprl.algos.offpolicy). Acting is one call of mu with fresh noise. The
+deterministic evaluation policy is mu(s, 0), the mode of the noise; the reference evaluates with
+fresh noise, as it acts.
+
+Departures from the reference networks, none of which changes the method: gprl's flow network
+embeds t sinusoidally (the reference feeds t raw), every MLP is orthogonally initialised, and
+LayerNorm sits before the activation.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gprl.algos.base import OffPolicyAlgorithm
+from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule, soft_update
+from gprl.networks import MLP, QEnsemble
+from gprl.policies import FlowPolicy, FlowPolicyConfig
+from gprl.types import EnvSpec
+
+DEFAULT_HIDDEN = (64, 64)
+"""Widths of all three networks, sized for 300 env steps/s at update-to-data 1 on 2 CPU cores:
+2 x 128 took 2.6x and the reference's 4 x 512 GELU ~120x longer per gradient step
+(benchmarks/offpolicy.py, on a shared machine)."""
+
+
+def _default_flow() -> FlowPolicyConfig:
+    return FlowPolicyConfig(hidden=DEFAULT_HIDDEN, activation="relu", num_steps=10)
+
+
+@dataclass(frozen=True)
+class FQLConfig(OffPolicyConfig):
+    flow: FlowPolicyConfig = field(default_factory=_default_flow)
+    """The BC flow policy (num_steps: the Euler steps of the distillation target, 10 as the
+    reference; the reference's network is 4 x 512 GELU)."""
+    actor_hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    """Hidden widths of the one-step policy mu(s, z) (reference: 512 512 512 512)."""
+    critic_hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    """Hidden widths of each critic (reference: 512 512 512 512)."""
+    activation: str = "relu"
+    """Hidden activation of the one-step policy and the critics (tanh, relu, silu, gelu, elu).
+    The reference's GELU costs 1.5-2.4x the gradient step here (a 10-step flow evaluates it ten
+    times per sample)."""
+    num_critics: int = 2
+    """Critics in the ensemble."""
+    critic_layer_norm: bool = True
+    """LayerNorm after each hidden layer of the critics (reference: on)."""
+    actor_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the one-step policy (reference: off)."""
+    q_aggregation: Literal["mean", "min"] = "mean"
+    """How the critics combine, in the TD target and in the actor's loss: mean (reference
+    default) or min (clipped double Q, which the reference suggests for some tasks)."""
+    learning_rate: float = 3e-4
+    """Adam step size of all three networks."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak step of the target critics after every gradient step."""
+    alpha: float = 10.0
+    """Weight of the distillation term ||mu(s, z) - ODE(s, z)||^2 against -Q: the method's one
+    per-task knob (reference values 3 to 1000 on OGBench/D4RL; 0.03 to 10 with
+    normalize_q_loss)."""
+    normalize_q_loss: bool = False
+    """Divide -Q in the actor's loss by the batch's mean |Q| (no gradient through it), so that
+    alpha does not depend on the reward scale (the reference recommends it for new tasks)."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("learning_rate", "num_critics", "alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("gamma", "tau"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.flow.num_steps < 1:
+            raise ValueError(f"flow.num_steps must be at least 1, got {self.flow.num_steps}")
+
+
+class FQL(OffPolicyAlgorithm):
+    def __init__(self, config: FQLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+        self.schedule = off_policy_schedule(config, num_envs, total_steps)
+        self.num_iterations = self.schedule.num_iterations
+        self.config = config
+        self.spec = spec
+        self.flow = FlowPolicy(spec.action_dim, config.flow)
+        self.actor = MLP(
+            config.actor_hidden,
+            spec.action_dim,
+            config.activation,
+            layer_norm=config.actor_layer_norm,
+        )
+        self.critic = QEnsemble(
+            config.critic_hidden, config.num_critics, config.activation, config.critic_layer_norm
+        )
+        self.optimizer = optax.adam(config.learning_rate)
+
+    def init(self, key) -> dict:
+        flow_key, actor_key, critic_key = jax.random.split(key, 3)
+        obs = jnp.zeros((1, self.spec.obs_dim))
+        action = jnp.zeros((1, self.spec.action_dim))
+        params = {
+            "flow": self.flow.init(flow_key, self.spec.obs_dim),
+            "actor": self.actor.init(actor_key, jnp.concatenate([obs, action], axis=-1)),
+            "critic": self.critic.init(critic_key, obs, action),
+        }
+        return {
+            "params": params,
+            "target_critic": params["critic"],
+            "opt": self.optimizer.init(params),
+            "iteration": jnp.asarray(0, jnp.int32),
+        }
+
+    def acting_params(self, state):
+        return state["params"]["actor"]
+
+    def _one_step(self, actor, obs, noise):
+        """mu(s, z), unclipped (the distillation compares raw outputs, as the reference)."""
+        return self.actor.apply(actor, jnp.concatenate([obs, noise], axis=-1))
+
+    def _sample(self, actor, obs, key):
+        noise = jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
+        return jnp.clip(self._one_step(actor, obs, noise), -1.0, 1.0)
+
+    def act(self, acting, obs, key):
+        return self._sample(acting, obs, key), {}
+
+    def act_deterministic(self, acting, obs):
+        noise = jnp.zeros((*obs.shape[:-1], self.spec.action_dim))
+        return jnp.clip(self._one_step(acting, obs, noise), -1.0, 1.0)
+
+    def _q(self, critic, obs, action):
+        q = self.critic.apply(critic, obs, action)
+        return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
+
+    def update(self, state, batch, key):
+        config = self.config
+        next_key, flow_key, noise_key = jax.random.split(key, 3)
+        params = state["params"]
+        next_action = self._sample(params["actor"], batch.next_obs, next_key)
+        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
+        continues = 1.0 - batch.terminated.astype(jnp.float32)
+        target = batch.reward + config.gamma * continues * next_q
+        noise = jax.random.normal(noise_key, batch.action.shape)
+        flow_action = jnp.clip(self.flow.sample(params["flow"], batch.obs, noise), -1.0, 1.0)
+        flow_action = jax.lax.stop_gradient(flow_action)
+        # The actor climbs the critics as they were before this step (as the reference).
+        critic_now = jax.lax.stop_gradient(params["critic"])
+
+        def critic_loss(critic):
+            q = self.critic.apply(critic, batch.obs, batch.action)
+            loss = jnp.mean((q - target) ** 2)
+            return loss, {
+                "critic/loss": loss,
+                "critic/q_mean": q.mean(),
+                "critic/q_max": q.max(),
+                "critic/q_min": q.min(),
+            }
+
+        def flow_loss(flow):
+            loss, _ = self.flow.loss(flow, batch.obs, batch.action, flow_key)
+            return loss, {"flow/loss": loss}
+
+        def actor_loss(actor):
+            action = self._one_step(actor, batch.obs, noise)
+            distill_loss = jnp.mean((action - flow_action) ** 2)
+            q = self._q(critic_now, batch.obs, jnp.clip(action, -1.0, 1.0))
+            q_loss = -q.mean()
+            if config.normalize_q_loss:
+                q_loss = q_loss / jax.lax.stop_gradient(jnp.abs(q).mean())
+            loss = config.alpha * distill_loss + q_loss
+            return loss, {
+                "actor/loss": loss,
+                "actor/distill_loss": distill_loss,
+                "actor/q_loss": q_loss,
+                "actor/q": q.mean(),
+                "actor/mse": jnp.mean((action - batch.action) ** 2),
+            }
+
+        def total_loss(params):
+            losses = [
+                critic_loss(params["critic"]),
+                flow_loss(params["flow"]),
+                actor_loss(params["actor"]),
+            ]
+            return sum(loss for loss, _ in losses), losses[0][1] | losses[1][1] | losses[2][1]
+
+        grads, info = jax.grad(total_loss, has_aux=True)(params)
+        updates, opt = self.optimizer.update(grads, state["opt"], params)
+        params = optax.apply_updates(params, updates)
+        state = state | {
+            "params": params,
+            "target_critic": soft_update(state["target_critic"], params["critic"], config.tau),
+            "opt": opt,
+        }
+        return state, info | {"critic/target_mean": target.mean()}

@@ -1,0 +1,224 @@
+"""FQL, and offline datasets fed to off-policy training: offline learning on a probe task with
+a known answer, the offline phase, exact resume across the offline -> online boundary, bad
+input."""
+
+import csv
+import hashlib
+import shutil
+from dataclasses import replace
+
+import jax
+import numpy as np
+import pytest
+
+from gprl.algos import FQLConfig, SACConfig
+from gprl.checkpoint import CheckpointError, read_meta
+from gprl.cli import main
+from gprl.datasets import Episode, dataset_path, write_dataset
+from gprl.envs.diagnostics import contextual_target_optimum
+from gprl.policies import FlowPolicyConfig
+from gprl.trainer import RunConfig, load_run, train
+from gprl.types import EnvSpec
+
+ENV = "gprl/ContextualTarget-v0"
+SPEC = EnvSpec(ENV, 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 1)
+SMALL = (64, 64)
+FAST_FQL = FQLConfig(
+    flow=FlowPolicyConfig(hidden=SMALL, activation="gelu"),
+    actor_hidden=SMALL,
+    critic_hidden=SMALL,
+    activation="gelu",  # the reference's: a smoother critic for the actor to climb
+    batch_size=128,
+    learning_starts=64,
+    update_every=16,
+    steps_per_iteration=64,
+    learning_rate=1e-3,
+    alpha=0.1,
+)
+TIMING_COLUMNS = {"wall_time", "steps_per_second"}
+
+
+@pytest.fixture(autouse=True)
+def minari_root(tmp_path, monkeypatch):
+    root = tmp_path / "datasets"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+def mixed_dataset(dataset_id: str, episodes: int = 600, seed: int = 0, env=ENV) -> str:
+    """One-step ContextualTarget episodes: half take the optimal action a*(c) (reward 0), half
+    its mirror image -a*(c) (reward -4 |a*|^2, about -1.8 on average)."""
+    rng = np.random.default_rng(seed)
+    contexts = rng.uniform(-1, 1, (episodes, 3)).astype(np.float32)
+    optimum = contextual_target_optimum(contexts)
+    actions = np.where(rng.random((episodes, 1)) < 0.5, optimum, -optimum)
+    rewards = -np.sum((actions - optimum) ** 2, axis=1)
+    recorded = [
+        Episode(
+            observations=np.stack([c, c]),
+            actions=a[None],
+            rewards=np.array([r]),
+            terminations=np.array([True]),
+            truncations=np.array([False]),
+        )
+        for c, a, r in zip(contexts, actions, rewards, strict=True)
+    ]
+    write_dataset(dataset_id, recorded, replace(SPEC, env_id=env), "mixed", "test")
+    return dataset_id
+
+
+def files_digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+def offline_run(tmp_path, name, dataset, **overrides) -> RunConfig:
+    fields = dict(
+        env=ENV,
+        dataset=dataset,
+        total_steps=128,
+        num_envs=4,
+        out=tmp_path / name,
+        progress=False,
+        eval_every=0,
+        eval_episodes=64,
+    )
+    return RunConfig(**(fields | overrides))
+
+
+def test_fql_offline_picks_the_good_actions_of_a_mixed_dataset_where_bc_averages(tmp_path):
+    dataset = mixed_dataset("probe/mixed-v0")
+    config = replace(FAST_FQL, offline_updates=2560)
+    run_dir = train("fql", offline_run(tmp_path, "fql", dataset), config)
+    rows = read_rows(run_dir)
+    offline = [r for r in rows if int(r["env_steps"]) == 0]
+    assert len(offline) == 40 and offline[-1]["offline_updates"] == "2560"
+    # The evaluation right at the end of the offline phase: FQL before any env step.
+    before_online = float(offline[-1]["eval_return"])
+    assert before_online > -0.05  # optimal 0; the bad half of the data earns about -1.8
+
+    # The BC flow trained alongside imitates all of the data: sampled from fresh noise, its
+    # actions earn far less (the dataset's actions earn about -0.9 on average).
+    algo, state, _ = load_run(run_dir)
+    contexts = np.random.default_rng(1).uniform(-1, 1, (1024, 3)).astype(np.float32)
+    noise = jax.random.normal(jax.random.PRNGKey(2), (1024, 2))
+    bc = np.clip(np.asarray(algo.flow.sample(state["params"]["flow"], contexts, noise)), -1, 1)
+    optimum = contextual_target_optimum(contexts)
+    bc_return = -np.sum((bc - optimum) ** 2, axis=1).mean()
+    assert bc_return < -0.3
+    # The one-step policy, stochastic as it acts, keeps to the good half.
+    acted = np.asarray(algo.act(algo.acting_params(state), contexts, jax.random.PRNGKey(3))[0])
+    assert -np.sum((acted - optimum) ** 2, axis=1).mean() > -0.1
+
+
+def test_offline_phase_trains_any_off_policy_algorithm_on_the_dataset_alone(tmp_path):
+    # SAC with the dataset: the offline iterations take no env step, and its critics learn the
+    # dataset's rewards (about -0.9 on average for the stored actions).
+    dataset = mixed_dataset("probe/mixed-sac-v0", episodes=300)
+    config = SACConfig(
+        actor_hidden=SMALL,
+        critic_hidden=SMALL,
+        batch_size=128,
+        update_every=16,
+        steps_per_iteration=64,
+        critic_learning_rate=1e-3,
+        learning_starts=64,
+        offline_updates=640,
+    )
+    run = offline_run(tmp_path, "sac", dataset, eval_every=320, eval_episodes=8)
+    rows = read_rows(train("sac", run, config))
+    offline = [r for r in rows if int(r["env_steps"]) == 0]
+    assert [int(r["offline_updates"]) for r in offline] == list(range(64, 641, 64))
+    assert all(r["episodes"] == "0" for r in offline)
+    # Evaluations on the one clock of updates and env steps: 320 and 640 updates (the end of
+    # the offline phase), then at the end of the run.
+    assert [int(r["offline_updates"]) for r in offline if r["eval_return"]] == [64, 320, 640]
+    assert float(offline[-1]["critic/q_mean"]) == pytest.approx(-0.9, abs=0.25)
+    online = rows[len(offline) :]
+    assert [int(r["env_steps"]) for r in online] == [64, 128]
+    assert online[-1]["eval_return"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [3, 7], ids=["offline", "online"])
+def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at):
+    # 4 offline iterations (256 updates), then 4 online ones (256 env steps); checkpoints at
+    # clock 128 (iteration 2), at the end of the offline phase (4) and at clock 384 (6): the
+    # first interruption resumes from the offline phase into the online one.
+    dataset = mixed_dataset("probe/mixed-resume-v0", episodes=200)
+    config = replace(FAST_FQL, offline_updates=256)
+
+    def run(name):
+        return offline_run(
+            tmp_path, name, dataset, total_steps=256, eval_every=192, checkpoint_every=128
+        )
+
+    def interrupt(iteration, row):
+        if iteration == stop_at:
+            raise Interrupt
+
+    reference = train("fql", run("reference"), config)
+    with pytest.raises(Interrupt):
+        train("fql", run("interrupted"), config, on_iteration=interrupt)
+    interrupted = tmp_path / "interrupted"
+    assert read_meta(interrupted)["progress"]["iteration"] == {3: 2, 7: 6}[stop_at]
+    resumed = train("fql", RunConfig(resume=interrupted, progress=False), config)
+    reference_rows = without_timing(read_rows(reference))
+    assert without_timing(read_rows(resumed)) == reference_rows
+    assert len(reference_rows) == 8 and reference_rows[-1]["actor/loss"]
+    assert [r["env_steps"] for r in reference_rows] == ["0"] * 4 + ["64", "128", "192", "256"]
+
+    # The checkpoint holds the dataset's checksum: a run does not go on with other data.
+    kept = files_digest(reference)
+    shutil.rmtree(dataset_path(dataset))
+    mixed_dataset(dataset, episodes=200, seed=1)
+    with pytest.raises(CheckpointError, match=f"dataset {dataset} changed since"):
+        train("fql", RunConfig(resume=reference, progress=False), config)
+    assert files_digest(reference) == kept
+
+
+def test_bad_dataset_input_is_rejected_in_one_line_with_nothing_lost(tmp_path, capsys):
+    dataset = mixed_dataset("probe/kept-v0", episodes=20)
+    mixed_dataset("probe/elsewhere-v0", episodes=20, env="gprl/FourModeBandit-v0")
+    mixed_dataset("probe/bare-v0", episodes=20, env=None)
+    before = files_digest(dataset_path(dataset))
+    out = tmp_path / "run"
+    base = ["train", "fql", "--total-steps", "20000", "--out", str(out), "--no-progress"]
+    for args, message in [
+        (["--env", "gprl/BimodalBandit-v0", "--dataset", dataset], "records " + ENV),
+        (["--dataset", "probe/elsewhere-v0"], "observations of size 3; gprl/FourModeBandit"),
+        (["--dataset", "probe/bare-v0"], "records no environment; pass --env ID"),
+        (["--dataset", "probe/missing-v0"], "no Minari dataset 'probe/missing-v0'"),
+        (["--dataset", "no version"], "invalid dataset id"),
+        (["--fql.offline-updates", "100"], "give one with --dataset"),
+        (["--dataset", dataset, "--fql.offline-updates", "-5"], "offline_updates must be"),
+        (["--dataset", dataset, "--fql.alpha", "-1"], "alpha must be positive, got -1.0"),
+        (["--dataset", dataset, "--fql.flow.num-steps", "0"], "flow.num_steps must be at least"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + args)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2, (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("gprl: error:"), (args, lines)
+        assert message in lines[0], (args, lines)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ppo", "--dataset", dataset, "--out", str(out), "--no-progress"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "'ppo' is on-policy" in lines[0]
+    assert not out.exists()
+    assert files_digest(dataset_path(dataset)) == before
