@@ -10,12 +10,16 @@ Per task:
    --seeds: reinflow / dppo / gorl with --init (--onpolicy-steps env steps, 16 envs), dsrl with
    --init and fql with --dataset (--offpolicy-steps env steps, 1 env), sac from scratch at the
    off-policy budget.
-"Before" is a cell's evaluation at env step 0 (the pretrained policy, or FQL's policy at the end
-of its offline phase; SAC's untrained policy), "after" its final evaluation; both are the mean of
+"Before" is a cell's last evaluation at env step 0 (the pretrained policy, or FQL's policy at the
+end of its --offline-updates gradient steps on the dataset; SAC's first evaluation), "after" its
+final evaluation; both are the mean of
 --eval-episodes deterministic episodes.
 
 Everything goes to benchmarks/runs/finetune/ (git-ignored): finished steps are reused and an
-interrupted cell is resumed, so the grid finishes across sessions. Results:
+interrupted cell is resumed, so the grid finishes across sessions. The same cells as Ray Tune
+sweeps (`gprl sweep`, on a cluster too): --write-sweeps writes one spec per task and method group
+to benchmarks/sweeps/finetune/ once steps 1-3 are done, with the paths of their dataset and
+pretrain run. Results:
 benchmarks/results/finetune.csv (one row per cell), finetune_summary.csv and finetune.png.
 
     python benchmarks/finetune.py --seeds 0          # one seed of every cell
@@ -51,6 +55,9 @@ TASKS = ["Hopper-v5", "Walker2d-v5"]
 ONPOLICY = ["reinflow", "dppo", "gorl"]
 OFFPOLICY = ["dsrl", "fql", "sac"]
 METHODS = ONPOLICY + OFFPOLICY
+DONE_FILE = "benchmark_info.json"
+"""Written when a run of this script finishes (a budget is rounded down to whole iterations, so
+a finished run may hold fewer env steps than asked for)."""
 
 
 def slug(text: str) -> str:
@@ -81,12 +88,12 @@ def prepare(task: str, args) -> tuple[str, Path, dict]:
     """(dataset id, pretrain run dir, provenance) of a task, built if missing."""
     root = ROOT / slug(task)
     medium_dir = root / f"medium-ppo-{args.medium_steps}"
-    progress = progress_of(medium_dir)
-    if progress is None or progress["env_steps"] < args.medium_steps:
+    if not (medium_dir / DONE_FILE).exists():
         gprl(
             "train", "ppo", "--env", task, "--total-steps", str(args.medium_steps),
             "--out", str(medium_dir), "--overwrite", "--no-progress",
         )  # fmt: skip
+        (medium_dir / DONE_FILE).write_text(now())
     dataset_id = f"{slug(task)}/ppo-medium-{args.episodes}ep-v0"
     dataset_dir = Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id
     if not dataset_dir.exists():
@@ -123,17 +130,57 @@ def cell_args(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: 
         if method == "dsrl":
             extra += ["--init", str(pretrain_dir)]
         if method == "fql":
-            extra += ["--dataset", dataset_id]
+            extra += ["--dataset", dataset_id, "--fql.offline-updates", str(args.offline_updates)]
     extra += ["--eval-every", str(budget // 10), "--eval-episodes", str(args.eval_episodes)]
     return budget, ["--env", task, "--total-steps", str(budget), "--seed", str(seed), *extra]
 
 
+def write_sweeps(task: str, dataset_id: str, pretrain_dir: Path, args) -> list[Path]:
+    """Sweep specs of a task's cells: the on-policy fine-tuners together, the off-policy
+    methods one spec each (their run options differ)."""
+    import yaml
+
+    out_dir = BENCH_DIR / "sweeps" / "finetune"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = {"onpolicy": ONPOLICY, **{method: [method] for method in OFFPOLICY}}
+    written = []
+    for group, methods in groups.items():
+        budget, options = cell_args(methods[0], task, 0, dataset_id, pretrain_dir, args)
+        settings = {}
+        for flag, value in zip(options[::2], options[1::2], strict=True):
+            name = flag.removeprefix("--").replace("-", "_")
+            if name not in ("env", "total_steps", "seed"):
+                settings[name] = int(value) if value.isdigit() else value
+        if "init" in settings:
+            settings["init"] = str(Path(settings["init"]).relative_to(BENCH_DIR.parent))
+        offline = settings.pop("fql.offline_updates", None)
+        spec = {
+            "algorithms": methods,
+            "envs": [task],
+            "seeds": list(args.seeds),
+            "total_steps": budget,
+            "out": f"benchmarks/runs/sweep-finetune/{slug(task)}",
+            "settings": settings | ({"fql.offline_updates": offline} if offline else {}),
+        }
+        path = out_dir / f"{slug(task)}-{group}.yaml"
+        header = (
+            f"# BC -> RL on {task} (benchmarks/finetune.py --write-sweeps): {', '.join(methods)}.\n"
+            "# Needs MINARI_DATASETS_PATH=benchmarks/runs/finetune/datasets for --dataset and\n"
+            "# the pretrain run of benchmarks/finetune.py; run from the repository root:\n"
+            "#   MINARI_DATASETS_PATH=benchmarks/runs/finetune/datasets gprl sweep "
+            f"{path.relative_to(BENCH_DIR.parent)}\n"
+        )
+        path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+        written.append(path)
+    return written
+
+
 def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: Path, args):
     run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
-    budget, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
+    _, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
     progress = progress_of(run_dir)
-    info_path = run_dir / "benchmark_info.json"
-    if progress is not None and progress["env_steps"] >= budget and info_path.exists():
+    info_path = run_dir / DONE_FILE
+    if info_path.exists():
         return run_dir
     load_before = load_average()
     if progress is not None:
@@ -156,8 +203,11 @@ def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: P
 
 def cell_row(method: str, task: str, seed: int, run_dir: Path) -> dict:
     curve = evaluations(run_dir)
-    info = json.loads((run_dir / "benchmark_info.json").read_text())
-    before, after = curve[0][1], curve[-1][1]
+    info = json.loads((run_dir / DONE_FILE).read_text())
+    # The last evaluation before the first env step: the pretrained policy, or FQL's at the end
+    # of its offline phase; SAC from scratch has none, so its first evaluation.
+    at_start = [value for steps, value in curve if steps == 0]
+    before, after = (at_start[-1] if at_start else curve[0][1]), curve[-1][1]
     env_steps = curve[-1][0]
     return {
         "task": task,
@@ -237,8 +287,12 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=20_000)
     parser.add_argument("--onpolicy-steps", type=int, default=200_000)
     parser.add_argument("--offpolicy-steps", type=int, default=50_000)
+    parser.add_argument("--offline-updates", type=int, default=50_000)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--write-sweeps", action="store_true", help="write sweep specs, train nothing"
+    )
     args = parser.parse_args()
     os.environ["MINARI_DATASETS_PATH"] = str(ROOT / "datasets")
     gprl_commit()
@@ -247,14 +301,19 @@ def main() -> None:
     for seed in args.seeds:
         for task in args.tasks:
             dataset_id, pretrain_dir, tasks_info[task] = prepare(task, args)
+            if args.write_sweeps:
+                print(*write_sweeps(task, dataset_id, pretrain_dir, args), sep="\n")
+                continue
             for method in args.methods:
                 if not args.report_only:
                     run_cell(method, task, seed, dataset_id, pretrain_dir, args)
+    if args.write_sweeps:
+        return
     for task in args.tasks:
         for seed in args.seeds:
             for method in args.methods:
                 run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
-                if (run_dir / "benchmark_info.json").exists():
+                if (run_dir / DONE_FILE).exists():
                     rows.append(cell_row(method, task, seed, run_dir))
     provenance = {"machine": machine(), "reported": now(), "command": command()}
     write_csv(RESULTS_DIR / "finetune.csv", [row | provenance for row in rows])
