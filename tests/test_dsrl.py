@@ -147,7 +147,7 @@ def without_timing(rows):
 def test_interrupted_dsrl_run_resumes_exactly_and_stores_the_noise_it_acted_from(
     tmp_path, weak_base
 ):
-    config = replace(FAST_DSRL, noise_critic_every=3)
+    config = replace(FAST_DSRL, variant="noise_aliased", noise_critic_every=3)
 
     def run(name):
         return dsrl_run(weak_base, tmp_path / name, total_steps=768, checkpoint_every=384)
