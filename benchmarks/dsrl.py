@@ -7,7 +7,7 @@
    steps), --pretrain-steps gradient steps.
 3. Per variant: `gprl train dsrl --env ENV --init BASE --num-envs 1 --total-steps N
    --dsrl.variant V --seed 0 --no-progress` with the default DSRLConfig (UTD 1, batch 256,
-   3 x 128 networks, learning starts at 8,000 steps, an update call every 50 env steps), timed
+   learning starts at 8,000 steps, an update call every 50 env steps), timed
    from launch to exit (start-up, compilation, evaluations and checkpoints included); the steady
    rate of the iterations after learning starts; and one DSRL gradient step measured alone (a
    compiled scan of 200 on a random batch), which bounds the loop at UTD 1.
