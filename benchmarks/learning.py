@@ -36,7 +36,7 @@ from common import (
 from gprl.algos import ALGORITHMS
 from gprl.backends import BACKENDS
 from gprl.checkpoint import CheckpointError, read_config, read_meta
-from gprl.configs import to_jsonable
+from gprl.configs import from_jsonable, to_jsonable
 from gprl.envs import make_env
 from gprl.envs.diagnostics import bimodal_modes
 from gprl.trainer import RunConfig, load_run, train
@@ -70,6 +70,13 @@ def default_config_json(algo_name: str) -> dict:
     return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name].default_config())))
 
 
+def completed_config_json(algo_name: str, saved: dict) -> dict:
+    """A saved config with the fields added to the config class since it was saved, at their
+    defaults (a new option that keeps the old behaviour by default does not make a run stale)."""
+    config = from_jsonable(ALGORITHMS[algo_name].config, saved)
+    return json.loads(json.dumps(to_jsonable(config)))
+
+
 def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:
     """'finished', 'partial' (a checkpoint to resume from), 'missing', or 'stale' (trained with
     another default config than gprl's current one, so not comparable any more)."""
@@ -78,7 +85,7 @@ def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: i
         saved = read_config(run_dir)["algo_config"]
     except CheckpointError:
         return "missing"
-    if saved != default_config_json(algo_name):
+    if completed_config_json(algo_name, saved) != default_config_json(algo_name):
         return "stale"
     entry = ALGORITHMS[algo_name]
     with make_env(task, 1, backend="gymnasium") as env:
