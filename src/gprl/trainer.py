@@ -37,6 +37,7 @@ from gprl.algos import ALGORITHMS
 from gprl.algos.base import OffPolicyAlgorithm
 from gprl.backends import make_collector, make_evaluator, open_environments
 from gprl.checkpoint import (
+    CHECKPOINT,
     CONFIG_JSON,
     CheckpointError,
     load_checkpoint,
@@ -58,6 +59,8 @@ DEFAULT_TOTAL_STEPS = 300_000
 # An evaluation is 10 episodes of up to 1000 steps (~0.5 s on a DM Control task here): at 20
 # per run they took 30% of a 300k-step hopper-stand run (benchmarks/throughput.py, profile).
 EVALUATIONS_PER_RUN = 10
+INITIAL_POLICY_DIR = "initial_policy"
+"""The run directory's copy of its --init run (checkpoint and config)."""
 
 
 class TrainingError(RuntimeError):
@@ -136,7 +139,8 @@ class RunConfig:
     init: Path | None = None
     """A `gprl pretrain` run whose policy this run starts from and fine-tunes (for the
     algorithms that can); its env, observation size and action size must match this run's. An
-    evaluation before the first update records the starting return."""
+    evaluation before the first update records the starting return. Its checkpoint is copied
+    into RUN_DIR/initial_policy, so resuming or evaluating never needs it again."""
     dataset: str | None = None
     """Minari dataset id (e.g. mujoco/hopper/medium-v0) whose transitions pre-fill the replay
     buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
@@ -319,7 +323,7 @@ def train(algo_name: str, run: RunConfig, algo_config, on_iteration=None) -> Pat
         ALGORITHMS[algo_name].algorithm.start_state_group(algo_config),
     )
     try:
-        pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec)
+        pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec, run.resume)
         if demos is not None:
             check_fits_env(demos, envs.spec)
         return _train(algo_name, run, algo_config, envs, pretrained, demos, on_iteration)
@@ -343,10 +347,23 @@ def _load_dataset(algo_name: str, run: RunConfig):
     return demos
 
 
-def load_initial_policy(algo_name: str, init: Path | None, env_id: str, spec):
+def keep_initial_policy(init: Path, run_dir: Path) -> None:
+    """Copy the --init run's checkpoint into the run directory, so that resuming and evaluating
+    the run never need the pretrain run again."""
+    kept = run_dir / INITIAL_POLICY_DIR
+    if (kept / CHECKPOINT).is_dir():
+        return
+    shutil.copytree(init / CHECKPOINT, kept / CHECKPOINT, dirs_exist_ok=True)
+    if (init / CONFIG_JSON).is_file():
+        shutil.copy2(init / CONFIG_JSON, kept / CONFIG_JSON)
+
+
+def load_initial_policy(
+    algo_name: str, init: Path | None, env_id: str, spec, run_dir: Path | None = None
+):
     """The pretrained policy (gprl.pretrain.Pretrained) named by --init, checked against the
     task, or None; refuses --init for algorithms that cannot use it and its absence for those
-    that need it."""
+    that need it. A run directory's own copy of it (RUN_DIR/initial_policy) comes first."""
     use = ALGORITHMS[algo_name].algorithm.pretrained_policy
     if init is None:
         if use == "required":
@@ -359,8 +376,10 @@ def load_initial_policy(algo_name: str, init: Path | None, env_id: str, spec):
         raise ValueError(f"{algo_name} cannot start from a pretrained policy (--init {init})")
     from gprl.pretrain import load_pretrained  # the pretrain module builds on this one
 
+    kept = None if run_dir is None else Path(run_dir) / INITIAL_POLICY_DIR
+    source = kept if kept is not None and (kept / CHECKPOINT).is_dir() else Path(init)
     try:
-        pretrained = load_pretrained(Path(init))
+        pretrained = load_pretrained(source)
     except CheckpointError as e:
         raise CheckpointError(f"--init: {e}") from None
     if pretrained.env_id != env_id:
@@ -426,6 +445,8 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, demos, on_i
         for stale in (CURVE_PNG, "metrics.csv"):
             (run_dir / stale).unlink(missing_ok=True)
         (run_dir / CONFIG_JSON).write_text(json.dumps(config_record, indent=2))
+        if pretrained is not None:
+            keep_initial_policy(Path(run.init), run_dir)
 
     logger = MetricsLogger(
         run_dir,
@@ -591,7 +612,7 @@ def load_run(run_dir: Path):
     run = from_jsonable(RunConfig, saved["run"])
     envs = open_environments(run.env, run.env_backend, 1, 1, run.seed, run.seed)
     envs.close()
-    pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec)
+    pretrained = load_initial_policy(algo_name, run.init, run.env, envs.spec, run_dir)
     algo_config = from_jsonable(config_cls, saved["algo_config"])
     algo = build_algorithm(algo_name, algo_config, envs.spec, run, pretrained)
     template = {"algo": algo.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0)}
