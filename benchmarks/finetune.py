@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -178,9 +179,14 @@ def write_sweeps(task: str, dataset_id: str, pretrain_dir: Path, args) -> list[P
     return written
 
 
+def train_command(method: str, options: list[str], run_dir: Path) -> list[str]:
+    return ["train", method, *options, "--out", str(run_dir), "--overwrite", "--no-progress"]
+
+
 def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: Path, args):
     run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
     _, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
+    train = train_command(method, options, run_dir)
     progress = progress_of(run_dir)
     info_path = run_dir / DONE_FILE
     if info_path.exists():
@@ -189,9 +195,7 @@ def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: P
     if progress is not None:
         seconds = gprl("train", method, "--resume", str(run_dir), "--no-progress")
     else:
-        seconds = gprl(
-            "train", method, *options, "--out", str(run_dir), "--overwrite", "--no-progress"
-        )
+        seconds = gprl(*train)
     info = {
         "process_seconds": round(seconds, 1),
         "resumed": progress is not None,
@@ -199,12 +203,15 @@ def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: P
         "load_after": load_average(),
         "started": now(),
         "gprl_commit": gprl_commit(),
+        "train_command": shlex.join(["gprl", *train]),
     }
     info_path.write_text(json.dumps(info, indent=2))
     return run_dir
 
 
-def cell_row(method: str, task: str, seed: int, run_dir: Path) -> dict:
+def cell_row(method: str, task: str, seed: int, run_dir: Path, rebuilt_train: list[str]) -> dict:
+    """`rebuilt_train`: the cell's `gprl train` arguments from this invocation's options, for
+    cells run before their command was recorded."""
     curve = evaluations(run_dir)
     info = json.loads((run_dir / DONE_FILE).read_text())
     # The last evaluation before the first env step: the pretrained policy, or FQL's at the end
@@ -225,6 +232,7 @@ def cell_row(method: str, task: str, seed: int, run_dir: Path) -> dict:
         else round(env_steps / info["process_seconds"], 1),
         "load_before": info["load_before"],
         "gprl_commit": info["gprl_commit"],
+        "train_command": info.get("train_command", shlex.join(["gprl", *rebuilt_train])),
     }
 
 
@@ -303,10 +311,11 @@ def main() -> None:
     os.environ["MINARI_DATASETS_PATH"] = str(ROOT / "datasets")
     gprl_commit()
 
-    rows, tasks_info = [], {}
+    rows, tasks_info, prepared = [], {}, {}
     for seed in args.seeds:
         for task in args.tasks:
             dataset_id, pretrain_dir, tasks_info[task] = prepare(task, args)
+            prepared[task] = dataset_id, pretrain_dir
             if args.write_sweeps:
                 print(*write_sweeps(task, dataset_id, pretrain_dir, args), sep="\n")
                 continue
@@ -320,7 +329,9 @@ def main() -> None:
             for method in args.methods:
                 run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
                 if (run_dir / DONE_FILE).exists():
-                    rows.append(cell_row(method, task, seed, run_dir))
+                    _, options = cell_args(method, task, seed, *prepared[task], args)
+                    train = train_command(method, options, run_dir)
+                    rows.append(cell_row(method, task, seed, run_dir, train))
     provenance = {"machine": machine(), "reported": now(), "command": command()}
     write_csv(RESULTS_DIR / "finetune.csv", [row | provenance for row in rows])
     summary = summarise(rows)
