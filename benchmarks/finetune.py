@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -179,13 +180,30 @@ def write_sweeps(task: str, dataset_id: str, pretrain_dir: Path, args) -> list[P
     return written
 
 
+DEFAULT_BUDGETS = {"onpolicy": 200_000, "offpolicy": 50_000}
+CELL_NAME = re.compile(r"(?P<method>[a-z]+)(?:-(?P<budget>\d+)k)?-s(?P<seed>\d+)")
+
+
+def default_budget(method: str) -> int:
+    return DEFAULT_BUDGETS["onpolicy" if method in ONPOLICY else "offpolicy"]
+
+
+def cell_dir(method: str, task: str, seed: int, budget: int) -> Path:
+    """A cell at its method's default budget is METHOD-sSEED; at another budget
+    METHOD-<budget/1000>k-sSEED, so longer runs sit next to the grid instead of replacing it."""
+    name = f"{method}-s{seed}"
+    if budget != default_budget(method):
+        name = f"{method}-{budget // 1000}k-s{seed}"
+    return ROOT / slug(task) / "cells" / name
+
+
 def train_command(method: str, options: list[str], run_dir: Path) -> list[str]:
     return ["train", method, *options, "--out", str(run_dir), "--overwrite", "--no-progress"]
 
 
 def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: Path, args):
-    run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
-    _, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
+    budget, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
+    run_dir = cell_dir(method, task, seed, budget)
     train = train_command(method, options, run_dir)
     progress = progress_of(run_dir)
     info_path = run_dir / DONE_FILE
@@ -209,9 +227,12 @@ def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: P
     return run_dir
 
 
-def cell_row(method: str, task: str, seed: int, run_dir: Path, rebuilt_train: list[str]) -> dict:
-    """`rebuilt_train`: the cell's `gprl train` arguments from this invocation's options, for
-    cells run before their command was recorded."""
+def cell_row(task: str, run_dir: Path, prepared: tuple[str, Path], args) -> dict:
+    """One finished cell; its `gprl train` command is rebuilt from the default options for cells
+    run before commands were recorded (all at the default budget)."""
+    name = CELL_NAME.fullmatch(run_dir.name)
+    method, seed = name["method"], int(name["seed"])
+    budget = int(name["budget"]) * 1000 if name["budget"] else default_budget(method)
     curve = evaluations(run_dir)
     info = json.loads((run_dir / DONE_FILE).read_text())
     # The last evaluation before the first env step: the pretrained policy, or FQL's at the end
@@ -223,6 +244,7 @@ def cell_row(method: str, task: str, seed: int, run_dir: Path, rebuilt_train: li
         "task": task,
         "method": method,
         "seed": seed,
+        "budget": budget,
         "env_steps": env_steps,
         "return_before": round(before, 1),
         "return_after": round(after, 1),
@@ -232,17 +254,35 @@ def cell_row(method: str, task: str, seed: int, run_dir: Path, rebuilt_train: li
         else round(env_steps / info["process_seconds"], 1),
         "load_before": info["load_before"],
         "gprl_commit": info["gprl_commit"],
-        "train_command": info.get("train_command", shlex.join(["gprl", *rebuilt_train])),
+        "train_command": info.get("train_command")
+        or rebuilt_command(method, task, seed, run_dir, prepared, args),
     }
+
+
+def rebuilt_command(method, task, seed, run_dir, prepared, args) -> str:
+    _, options = cell_args(method, task, seed, *prepared, args)
+    return shlex.join(["gprl", *train_command(method, options, run_dir)])
+
+
+def variants(rows: list[dict], task: str) -> list[tuple[str, int]]:
+    """(method, budget) pairs of a task in METHODS order, shorter budgets first."""
+    pairs = {(r["method"], r["budget"]) for r in rows if r["task"] == task}
+    return sorted(pairs, key=lambda pair: (METHODS.index(pair[0]), pair[1]))
+
+
+def variant_label(method: str, budget: int) -> str:
+    return method if budget == default_budget(method) else f"{method} {budget // 1000}k"
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     summary = []
     for task in TASKS:
-        for method in METHODS:
-            cell = [r for r in rows if r["task"] == task and r["method"] == method]
-            if not cell:
-                continue
+        for method, budget in variants(rows, task):
+            cell = [
+                r
+                for r in rows
+                if r["task"] == task and r["method"] == method and r["budget"] == budget
+            ]
             before = np.array([r["return_before"] for r in cell])
             after = np.array([r["return_after"] for r in cell])
             speeds = [r["env_steps_per_second"] for r in cell if r["env_steps_per_second"] != ""]
@@ -250,6 +290,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                 {
                     "task": task,
                     "method": method,
+                    "budget": budget,
                     "seeds": len(cell),
                     "env_steps": cell[0]["env_steps"],
                     "return_before": f"{before.mean():.0f} ± {before.std():.0f}",
@@ -270,15 +311,20 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4), squeeze=False)
     bars = ((-0.2, "return_before", "before"), (0.2, "return_after", "after"))
     for ax, task in zip(axes[0], TASKS, strict=True):
-        x = np.arange(len(METHODS))
+        cells = variants(rows, task)
+        x = np.arange(len(cells))
         for offset, key, label in bars:
             means, stds = [], []
-            for method in METHODS:
-                values = [r[key] for r in rows if r["task"] == task and r["method"] == method]
-                means.append(np.mean(values) if values else np.nan)
-                stds.append(np.std(values) if values else 0.0)
+            for method, budget in cells:
+                values = [
+                    r[key]
+                    for r in rows
+                    if r["task"] == task and r["method"] == method and r["budget"] == budget
+                ]
+                means.append(np.mean(values))
+                stds.append(np.std(values))
             ax.bar(x + offset, means, 0.4, yerr=stds, label=label)
-        ax.set_xticks(x, METHODS)
+        ax.set_xticks(x, [variant_label(*cell) for cell in cells], rotation=20)
         ax.set_ylabel("return (deterministic evaluation)")
         ax.set_title(task)
         ax.legend()
@@ -324,14 +370,16 @@ def main() -> None:
                     run_cell(method, task, seed, dataset_id, pretrain_dir, args)
     if args.write_sweeps:
         return
-    for task in args.tasks:
-        for seed in args.seeds:
-            for method in args.methods:
-                run_dir = ROOT / slug(task) / "cells" / f"{method}-s{seed}"
-                if (run_dir / DONE_FILE).exists():
-                    _, options = cell_args(method, task, seed, *prepared[task], args)
-                    train = train_command(method, options, run_dir)
-                    rows.append(cell_row(method, task, seed, run_dir, train))
+    # Every finished cell of the tasks, whatever this invocation ran: the results files always
+    # hold the whole grid, longer-budget cells included.
+    for task in TASKS:
+        finished = list((ROOT / slug(task) / "cells").glob(f"*/{DONE_FILE}"))
+        if finished and task not in prepared:
+            dataset_id, pretrain_dir, tasks_info[task] = prepare(task, args)
+            prepared[task] = dataset_id, pretrain_dir
+        for info_path in finished:
+            rows.append(cell_row(task, info_path.parent, prepared[task], args))
+    rows.sort(key=lambda r: (r["task"], METHODS.index(r["method"]), r["budget"], r["seed"]))
     provenance = {"machine": machine(), "reported": now(), "command": command()}
     write_csv(RESULTS_DIR / "finetune.csv", [row | provenance for row in rows])
     summary = summarise(rows)
