@@ -39,10 +39,12 @@ DMC_MAX_RETURN = 1000.0
 
 
 def finished_cells(args) -> list[tuple[str, str, int, Path]]:
+    """Every finished cell of the grid, not only those this invocation trained: the results
+    files always describe the whole grid so far."""
     cells = []
     for task in TASKS:
-        for algo in args.algos:
-            for seed in args.seeds:
+        for algo in ALGOS:
+            for seed in sorted(set(args.seeds) | {0, 1, 2}):
                 run_dir = run_dir_of(task, algo, seed, args.dmc_steps, TAG)
                 if run_status(run_dir, algo, task, args.dmc_steps, args.num_envs) == "finished":
                     cells.append((task, algo, seed, run_dir))
