@@ -270,6 +270,10 @@ def variants(rows: list[dict], task: str) -> list[tuple[str, int]]:
     return sorted(pairs, key=lambda pair: (METHODS.index(pair[0]), pair[1]))
 
 
+def rows_of(rows: list[dict], task: str, method: str, budget: int) -> list[dict]:
+    return [r for r in rows if (r["task"], r["method"], r["budget"]) == (task, method, budget)]
+
+
 def variant_label(method: str, budget: int) -> str:
     return method if budget == default_budget(method) else f"{method} {budget // 1000}k"
 
@@ -278,11 +282,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     summary = []
     for task in TASKS:
         for method, budget in variants(rows, task):
-            cell = [
-                r
-                for r in rows
-                if r["task"] == task and r["method"] == method and r["budget"] == budget
-            ]
+            cell = rows_of(rows, task, method, budget)
             before = np.array([r["return_before"] for r in cell])
             after = np.array([r["return_after"] for r in cell])
             speeds = [r["env_steps_per_second"] for r in cell if r["env_steps_per_second"] != ""]
@@ -316,11 +316,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for offset, key, label in bars:
             means, stds = [], []
             for method, budget in cells:
-                values = [
-                    r[key]
-                    for r in rows
-                    if r["task"] == task and r["method"] == method and r["budget"] == budget
-                ]
+                values = [r[key] for r in rows_of(rows, task, method, budget)]
                 means.append(np.mean(values))
                 stds.append(np.std(values))
             ax.bar(x + offset, means, 0.4, yerr=stds, label=label)
@@ -342,8 +338,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--action-noise", type=float, default=0.1)
     parser.add_argument("--pretrain-steps", type=int, default=20_000)
-    parser.add_argument("--onpolicy-steps", type=int, default=200_000)
-    parser.add_argument("--offpolicy-steps", type=int, default=50_000)
+    parser.add_argument("--onpolicy-steps", type=int, default=DEFAULT_BUDGETS["onpolicy"])
+    parser.add_argument("--offpolicy-steps", type=int, default=DEFAULT_BUDGETS["offpolicy"])
     parser.add_argument("--offline-updates", type=int, default=50_000)
     # FQL's alpha is per task in the reference (3 to 30000); on Hopper-v5 seed 0, alpha 10 (its
     # default) reached 290 offline and 333 online, alpha 100 520 and then above 1000.
