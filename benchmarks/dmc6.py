@@ -34,6 +34,7 @@ TASKS = [
     "dm_control/walker-walk-v0",
 ]
 ALGOS = ["ppo", "gorl", "fpo", "dppo", "reinflow"]
+SEEDS = [0, 1, 2]
 TAG = "dmc6"
 DMC_MAX_RETURN = 1000.0
 
@@ -44,7 +45,7 @@ def finished_cells(args) -> list[tuple[str, str, int, Path]]:
     cells = []
     for task in TASKS:
         for algo in ALGOS:
-            for seed in sorted(set(args.seeds) | {0, 1, 2}):
+            for seed in sorted(set(args.seeds) | set(SEEDS)):
                 run_dir = run_dir_of(task, algo, seed, args.dmc_steps, TAG)
                 if run_status(run_dir, algo, task, args.dmc_steps, args.num_envs) == "finished":
                     cells.append((task, algo, seed, run_dir))
@@ -90,7 +91,7 @@ def write_results(cells, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algos", nargs="+", default=ALGOS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     parser.add_argument("--steps", dest="dmc_steps", type=int, default=1_000_000)
     parser.add_argument("--eval-every", dest="dmc_eval_every", type=int, default=50_000)
     parser.add_argument("--num-envs", type=int, default=16)
