@@ -231,15 +231,7 @@ def test_w2_penalty_keeps_the_policy_near_the_pretrained_one(name, pretrained_ru
 # ----- bad input ---------------------------------------------------------------------------------
 
 
-def cli_error(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and "\n" not in err and "Traceback" not in err
-    return err
-
-
-def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, capsys):
+def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, cli_error):
     common = ["--num-envs", "8", "--total-steps", "512", "--no-progress"]
     not_pretrain = train(
         "ppo",
@@ -265,13 +257,12 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, capsys
     flow_option = ["--reinflow.flow.num-steps", "3"]
     argv = ["train", "reinflow", "--env", PROBE, "--init", str(pretrained_runs["flow"])]
     argv += ["--out", str(tmp_path / "flow-option"), *common, *flow_option]
-    assert "takes the flow policy (network and Euler steps) from the pretrain run" in cli_error(
-        capsys, argv
-    )
+    message = "takes the flow policy (network and Euler steps) from the pretrain run"
+    assert message in cli_error(argv)
     for i, (message, (name, env, init)) in enumerate(cases.items()):
         out = tmp_path / f"run{i}"
         argv = ["train", name, "--env", env, "--init", str(init), "--out", str(out), *common]
-        assert message in cli_error(capsys, argv)
+        assert message in cli_error(argv)
         assert not out.exists()
 
 

@@ -276,7 +276,7 @@ def run_cli(*args, cwd):
     )
 
 
-def test_cli_trains_sac_and_rejects_nonsense_in_one_line(tmp_path):
+def test_cli_trains_sac_and_rejects_nonsense_in_one_line(tmp_path, cli_error):
     out = tmp_path / "cli-run"
     result = run_cli(
         *("train", "sac", "--env", "gprl/ContextualTarget-v0", "--total-steps", "512"),
@@ -297,11 +297,7 @@ def test_cli_trains_sac_and_rejects_nonsense_in_one_line(tmp_path):
         (["--sac.update-to-data", "0.3"], "gradient steps per call; it must be a whole number"),
         (["--sac.tau", "2"], "tau must be in [0, 1], got 2.0"),
     ]:
-        result = run_cli(*base, *args, "--out", str(tmp_path / "bad"), cwd=tmp_path)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2, (args, result.stderr)
-        assert len(lines) == 1 and lines[0].startswith("gprl: error:"), (args, lines)
-        assert message in lines[0], (args, lines)
+        assert message in cli_error([*base, *args, "--out", str(tmp_path / "bad")]), args
     assert not (tmp_path / "bad").exists()
 
 
