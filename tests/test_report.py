@@ -56,7 +56,14 @@ def test_report_numbers_match_a_hand_computation(tmp_path):
     assert float(rows["perfect"]["iqm"]) == pytest.approx(1.0)
     assert float(rows["perfect"]["optimality_gap"]) == pytest.approx(0.0)
     assert float(rows["slow"]["steps_per_second"]) == pytest.approx(1000.0)  # 2000 steps in 2 s
+    # On one task the per-task IQM is the aggregate one, with the same stratified bootstrap.
+    tasks = {r["algo"]: r for r in read_csv(tmp_path / "out" / "tasks.csv")}
+    for name in ("iqm", "iqm_low", "iqm_high"):
+        assert float(tasks["slow"][name]) == pytest.approx(float(rows["slow"][name]))
+    assert float(tasks["slow"]["mean_return"]) == pytest.approx(np.mean(finals))
+    assert tasks["perfect"]["runs"] == "4"
     text = report.read_text()
+    assert "| 0.250 [" in text
     assert f"{np.mean(finals):.3g} ± {np.std(finals):.2g} (n=4)" in text
     for name in ("curves.png", "aggregate.png", "profiles.png", "runs.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0

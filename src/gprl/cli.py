@@ -263,7 +263,7 @@ class ReportArgs:
     run_dirs: tyro.conf.Positional[tuple[Path, ...]]
     """Run directories (any algorithms, tasks and seeds)."""
     out: Path = Path("report")
-    """Directory for report.md, runs.csv, aggregate.csv, curves.png, aggregate.png,
+    """Directory for report.md, runs.csv, tasks.csv, aggregate.csv, curves.png, aggregate.png,
     profiles.png."""
     score_scale: float = 1.0
     """Divide returns by this before aggregating across tasks (1000 for DM Control)."""

@@ -113,6 +113,32 @@ def interval_estimates(matrices: dict, seed: int = 0):
     )
 
 
+def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
+    """{(algo, task): (iqm, low, high)} of the normalised final scores of every seed of that
+    pair, with the bootstrap interval over those seeds."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    np.random.seed(seed)
+    estimates = {}
+    for algo, task in sorted({(r.algo, r.env) for r in runs}):
+        scores = np.array(
+            [[r.final_eval_return / score_scale] for r in runs if r.algo == algo and r.env == task]
+        )  # (seeds, 1 task)
+        point, interval = rly.get_interval_estimates(
+            {algo: scores},
+            lambda s: np.array([metrics.aggregate_iqm(s)]),
+            reps=BOOTSTRAP_REPS,
+            confidence_interval_size=CONFIDENCE,
+        )
+        estimates[(algo, task)] = (
+            float(point[algo][0]),
+            float(interval[algo][0, 0]),
+            float(interval[algo][1, 0]),
+        )
+    return estimates
+
+
 def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
     """{(algo, task): (steps, iqm, low, high)} on a shared grid of evaluation steps: each run's
     curve is interpolated onto the grid, and the IQM over seeds with its bootstrap interval is
@@ -142,7 +168,7 @@ def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
 def write_report(
     run_dirs: list[Path], out: Path, score_scale: float = 1.0, title: str = "gprl report"
 ) -> Path:
-    """Aggregate run_dirs into out/: report.md, runs.csv, aggregate.csv, curves.png,
+    """Aggregate run_dirs into out/: report.md, runs.csv, tasks.csv, aggregate.csv, curves.png,
     aggregate.png, profiles.png. Returns the markdown report's path."""
     if not score_scale > 0:
         raise ValueError(f"score_scale must be positive, got {score_scale}")
@@ -153,6 +179,8 @@ def write_report(
     matrices, tasks, notes = score_matrices(runs, score_scale)
     point, interval = interval_estimates(matrices) if matrices else ({}, {})
     _write_runs_csv(runs, out / "runs.csv")
+    task_rows = _task_rows(task_estimates(runs, score_scale), runs)
+    _write_csv(out / "tasks.csv", task_rows)
     aggregate_rows = _aggregate_rows(matrices, point, interval, runs)
     _write_csv(out / "aggregate.csv", aggregate_rows)
     _plot_curves(curve_estimates(runs, score_scale), tasks, out / "curves.png", score_scale)
@@ -161,7 +189,7 @@ def write_report(
         _plot_profiles(matrices, out / "profiles.png")
     report = out / "report.md"
     report.write_text(
-        _markdown(title, runs, tasks, aggregate_rows, notes, score_scale, bool(matrices))
+        _markdown(title, runs, tasks, task_rows, aggregate_rows, notes, score_scale, bool(matrices))
     )
     return report
 
@@ -193,6 +221,25 @@ def _write_runs_csv(runs: list[RunSummary], path: Path) -> None:
     _write_csv(path, rows)
 
 
+def _task_rows(estimates: dict, runs: list[RunSummary]) -> list[dict]:
+    rows = []
+    for (algo, task), (iqm, low, high) in estimates.items():
+        returns = [r.final_eval_return for r in runs if r.algo == algo and r.env == task]
+        rows.append(
+            {
+                "algo": algo,
+                "env": task,
+                "runs": len(returns),
+                "iqm": iqm,
+                "iqm_low": low,
+                "iqm_high": high,
+                "mean_return": float(np.mean(returns)),
+                "std_return": float(np.std(returns)),
+            }
+        )
+    return rows
+
+
 def _aggregate_rows(matrices, point, interval, runs) -> list[dict]:
     rows = []
     for algo, scores in matrices.items():
@@ -207,21 +254,17 @@ def _aggregate_rows(matrices, point, interval, runs) -> list[dict]:
     return rows
 
 
-def _per_task_table(runs, tasks) -> list[str]:
-    algos = sorted({r.algo for r in runs})
+def _per_task_table(task_rows, tasks, cell) -> list[str]:
+    algos = sorted({row["algo"] for row in task_rows})
+    by_pair = {(row["algo"], row["env"]): row for row in task_rows}
     lines = ["| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
     for task in tasks:
-        cells = []
-        for algo in algos:
-            values = [r.final_eval_return for r in runs if r.algo == algo and r.env == task]
-            cells.append(
-                f"{np.mean(values):.3g} ± {np.std(values):.2g} (n={len(values)})" if values else ""
-            )
+        cells = [cell(by_pair[algo, task]) if (algo, task) in by_pair else "" for algo in algos]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _markdown(title, runs, tasks, aggregate_rows, notes, score_scale, aggregated) -> str:
+def _markdown(title, runs, tasks, task_rows, aggregate_rows, notes, score_scale, aggregated):
     lines = [f"# {title}", ""]
     lines += [
         f"{len(runs)} runs, {len({r.algo for r in runs})} algorithms, {len(tasks)} tasks. Scores "
@@ -229,9 +272,21 @@ def _markdown(title, runs, tasks, aggregate_rows, notes, score_scale, aggregated
         f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({BOOTSTRAP_REPS} "
         "resamples, rliable).",
         "",
+        f"## Score per task: IQM over seeds [95% CI] (return / {score_scale:g})",
+        "",
+        *_per_task_table(
+            task_rows,
+            tasks,
+            lambda row: f"{row['iqm']:.3f} [{row['iqm_low']:.3f}, {row['iqm_high']:.3f}]",
+        ),
+        "",
         "## Final return per task (mean ± std over seeds)",
         "",
-        *_per_task_table(runs, tasks),
+        *_per_task_table(
+            task_rows,
+            tasks,
+            lambda row: f"{row['mean_return']:.3g} ± {row['std_return']:.2g} (n={row['runs']})",
+        ),
         "",
     ]
     if aggregated:
@@ -258,7 +313,11 @@ def _markdown(title, runs, tasks, aggregate_rows, notes, score_scale, aggregated
         lines.append(f"- {algo}: {note}")
     lines += ["", "## Learning curves (IQM over seeds, 95% bootstrap band)", ""]
     lines += ["![curves](curves.png)"]
-    lines += ["", "Per-run numbers: `runs.csv`; aggregates: `aggregate.csv`.", ""]
+    lines += [
+        "",
+        "Per-run numbers: `runs.csv`; per task: `tasks.csv`; aggregates: `aggregate.csv`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
