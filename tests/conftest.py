@@ -22,3 +22,9 @@ def cli_error(capsys):
         return err
 
     return refused
+
+
+def pytest_collection_modifyitems(items):
+    # An xdist group runs whole on one worker: collected last (test_sweep.py sorts late), it would
+    # start after the other worker ran out of work and leave it idle to the end.
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
