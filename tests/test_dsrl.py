@@ -21,6 +21,9 @@ from gprl.replay import replay_init
 from gprl.trainer import RunConfig, load_run, train
 from gprl.types import Transition
 
+# One worker runs this module, so its costly module fixture (weak_base) is built once.
+pytestmark = pytest.mark.xdist_group("weak_base")
+
 ENV = "gprl/ContextualTarget-v0"
 FAST_DSRL = DSRLConfig(
     actor_hidden=(64, 64),
