@@ -13,7 +13,7 @@ import pytest
 import gprl.checkpoint as checkpoint_module
 from gprl.algos import PPOConfig
 from gprl.checkpoint import CheckpointError, read_meta
-from gprl.trainer import RunConfig, load_run, train
+from gprl.trainer import RunConfig, StopSignals, load_run, train
 
 
 def start_training(out, *extra):
@@ -136,3 +136,20 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     assert read_meta(run.out)["progress"]["env_steps"] == 1024
     assert not (run.out / ".checkpoint.tmp").exists()
     load_run(run.out)
+
+
+def test_a_second_signal_dropped_by_a_finaliser_still_aborts_without_a_traceback(capsys):
+    class SignalsWhenCollected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    with StopSignals() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received == signal.SIGINT and not stop.aborted
+        # Delivered in a finaliser, where Python drops the KeyboardInterrupt it raises; JAX's
+        # garbage-collection callback is such a place in a real run.
+        SignalsWhenCollected()
+        assert stop.aborted
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_aborted()
+    assert capsys.readouterr().err == ""

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -83,22 +84,40 @@ class StopSignals:
 
     def __init__(self):
         self.received = None
+        self.aborted = False
         self._previous = {}
+        self._previous_unraisablehook = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous_unraisablehook = sys.unraisablehook
+            sys.unraisablehook = self._drop_aborts
         return self
 
     def _handle(self, signum, frame):
         if self.received is not None:
+            self.aborted = True
             raise KeyboardInterrupt
         self.received = signum
+
+    def raise_if_aborted(self):
+        """Python drops an exception raised in a finaliser or a garbage-collection callback
+        (JAX runs one), so a second signal delivered there has not stopped anything yet."""
+        if self.aborted:
+            raise KeyboardInterrupt
+
+    def _drop_aborts(self, unraisable):
+        # That dropped abort would otherwise print a traceback before the one-line message.
+        if not (self.aborted and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._previous_unraisablehook(unraisable)
 
     def __exit__(self, *exc_info):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._previous_unraisablehook is not None:
+            sys.unraisablehook = self._previous_unraisablehook
 
 
 @dataclass
@@ -535,6 +554,7 @@ def _train(algo_name, run: RunConfig, algo_config, envs, pretrained, demos, on_i
                 "steps_per_second": result.env_steps / max(elapsed - iteration_start, 1e-9),
             }
             row |= metrics
+            stop.raise_if_aborted()
             logger.log(row)
             if done or offline_done or clock >= progress["next_checkpoint"]:
                 while progress["next_checkpoint"] <= clock:
