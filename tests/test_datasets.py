@@ -181,16 +181,12 @@ BAD_DATASETS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_DATASETS))
-def test_bad_datasets_are_rejected_in_one_line_with_nothing_written(tmp_path, capsys, case):
+def test_bad_datasets_are_rejected_in_one_line_with_nothing_written(tmp_path, cli_error, case):
     make, message = BAD_DATASETS[case]
     name = make(f"bad/{case}-v0")
     out = tmp_path / "run"
     argv = ["pretrain", "flow", "--dataset", name, "--env", "gprl/ContextualTarget-v0"]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--steps", "500", "--out", str(out), "--no-progress"])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gprl: error:") and message in lines[0], lines
+    assert message in cli_error([*argv, "--steps", "500", "--out", str(out), "--no-progress"])
     assert not out.exists()
 
 
@@ -202,7 +198,7 @@ def test_a_dataset_without_an_env_needs_env(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_pretrain_rejects_nonsense_numbers_in_one_line(tmp_path, capsys):
+def test_pretrain_rejects_nonsense_numbers_in_one_line(tmp_path, cli_error):
     good_contextual("ok/contextual-v0")
     base = ["pretrain", "flow", "--dataset", "ok/contextual-v0", "--out", str(tmp_path / "r")]
     for args, message in [
@@ -213,19 +209,13 @@ def test_pretrain_rejects_nonsense_numbers_in_one_line(tmp_path, capsys):
         (["--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
         (["--noise-scale", "-1"], "--noise-scale must be a non-negative number"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(base + args)
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], (args, lines)
+        assert message in cli_error(base + args), args
     for args, message in [
         (["--out", "x/y-v0", "--episodes", "0"], "--episodes must be at least 1"),
         (["--out", "x/y-v0", "--action-noise", "nan"], "--action-noise must be a non-negative"),
         (["--out", "no-version"], "invalid dataset id"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["collect", str(tmp_path), *args])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], (args, lines)
+        assert message in cli_error(["collect", str(tmp_path), *args]), args
     assert not (tmp_path / "r").exists()
 
 

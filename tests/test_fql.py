@@ -13,7 +13,6 @@ import pytest
 
 from gprl.algos import FQLConfig, SACConfig
 from gprl.checkpoint import CheckpointError, read_meta
-from gprl.cli import main
 from gprl.datasets import Episode, dataset_path, write_dataset
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import FlowPolicyConfig
@@ -192,7 +191,7 @@ def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at):
     assert files_digest(reference) == kept
 
 
-def test_bad_dataset_input_is_rejected_in_one_line_with_nothing_lost(tmp_path, capsys):
+def test_bad_dataset_input_is_rejected_in_one_line_with_nothing_lost(tmp_path, cli_error):
     dataset = mixed_dataset("probe/kept-v0", episodes=20)
     mixed_dataset("probe/elsewhere-v0", episodes=20, env="gprl/FourModeBandit-v0")
     mixed_dataset("probe/bare-v0", episodes=20, env=None)
@@ -210,15 +209,8 @@ def test_bad_dataset_input_is_rejected_in_one_line_with_nothing_lost(tmp_path, c
         (["--dataset", dataset, "--fql.alpha", "-1"], "alpha must be positive, got -1.0"),
         (["--dataset", dataset, "--fql.flow.num-steps", "0"], "flow.num_steps must be at least"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(base + args)
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert exit_info.value.code == 2, (args, lines)
-        assert len(lines) == 1 and lines[0].startswith("gprl: error:"), (args, lines)
-        assert message in lines[0], (args, lines)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "ppo", "--dataset", dataset, "--out", str(out), "--no-progress"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1 and "'ppo' is on-policy" in lines[0]
+        assert message in cli_error(base + args), args
+    refused = cli_error(["train", "ppo", "--dataset", dataset, "--out", str(out), "--no-progress"])
+    assert "'ppo' is on-policy" in refused
     assert not out.exists()
     assert files_digest(dataset_path(dataset)) == before

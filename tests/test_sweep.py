@@ -180,15 +180,10 @@ def test_an_interrupted_sweep_needs_resume_and_continues_from_its_checkpoints(
     ],
 )
 def test_a_bad_spec_is_rejected_in_one_line_before_any_trial(
-    tmp_path, monkeypatch, capsys, changes, message
+    tmp_path, monkeypatch, cli_error, changes, message
 ):
     monkeypatch.setattr("ray.init", lambda *a, **k: pytest.fail("Ray was started"))
     out = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", out, **changes)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["sweep", str(spec)])
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert stderr.startswith("gprl: error: ") and stderr.count("\n") == 1, stderr
-    assert message in stderr
+    assert message in cli_error(["sweep", str(spec)])
     assert not out.exists()
