@@ -116,27 +116,17 @@ def interval_estimates(matrices: dict, seed: int = 0):
 def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
     """{(algo, task): (iqm, low, high)} of the normalised final scores of every seed of that
     pair, with the bootstrap interval over those seeds."""
-    from rliable import library as rly
-    from rliable import metrics
-
-    np.random.seed(seed)
-    estimates = {}
-    for algo, task in sorted({(r.algo, r.env) for r in runs}):
-        scores = np.array(
+    columns = {
+        (algo, task): np.array(
             [[r.final_eval_return / score_scale] for r in runs if r.algo == algo and r.env == task]
         )  # (seeds, 1 task)
-        point, interval = rly.get_interval_estimates(
-            {algo: scores},
-            lambda s: np.array([metrics.aggregate_iqm(s)]),
-            reps=BOOTSTRAP_REPS,
-            confidence_interval_size=CONFIDENCE,
-        )
-        estimates[(algo, task)] = (
-            float(point[algo][0]),
-            float(interval[algo][0, 0]),
-            float(interval[algo][1, 0]),
-        )
-    return estimates
+        for algo, task in sorted({(r.algo, r.env) for r in runs})
+    }
+    point, interval = interval_estimates(columns, seed)
+    return {
+        pair: (float(point[pair][0]), float(interval[pair][0, 0]), float(interval[pair][1, 0]))
+        for pair in columns
+    }
 
 
 def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
