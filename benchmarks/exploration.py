@@ -62,9 +62,8 @@ def main():
         for algo_name in args.algos:
             for seed in args.seeds:
                 run_dir = run_dir_of(task, algo_name, seed, args.dmc_steps, TAG)
-                if run_status(run_dir, algo_name, task, args.dmc_steps, args.num_envs) != (
-                    "finished"
-                ):
+                status = run_status(run_dir, algo_name, task, args.dmc_steps, args.num_envs)
+                if status != "finished":
                     continue
                 algo, trained, _ = load_run(run_dir)
                 initial = algo.init(jax.random.PRNGKey(seed))
