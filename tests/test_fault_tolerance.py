@@ -13,7 +13,8 @@ import pytest
 import gprl.checkpoint as checkpoint_module
 from gprl.algos import PPOConfig
 from gprl.checkpoint import CheckpointError, read_meta
-from gprl.trainer import RunConfig, StopSignals, load_run, train
+from gprl.signals import StopSignals
+from gprl.trainer import RunConfig, load_run, train
 
 
 def start_training(out, *extra):

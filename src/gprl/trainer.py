@@ -22,8 +22,6 @@ import os
 import re
 import shutil
 import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +52,7 @@ from gprl.datasets import (
 )
 from gprl.logger import CURVE_PNG, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
+from gprl.signals import StopSignals, TrainingInterrupted
 
 DEFAULT_ENV = "gprl/TwoGoalPoint-v0"
 DEFAULT_TOTAL_STEPS = 300_000
@@ -66,58 +65,6 @@ INITIAL_POLICY_DIR = "initial_policy"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the last checkpoint is left intact."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped training after a checkpoint was saved."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class StopSignals:
-    """While training: the first SIGINT or SIGTERM asks the loop to save a checkpoint and stop
-    after the current iteration; a second one aborts at once (KeyboardInterrupt), leaving the
-    last checkpoint as it was. Handlers are installed only in the main thread (Python allows no
-    other), and the previous ones are restored on exit."""
-
-    def __init__(self):
-        self.received = None
-        self.aborted = False
-        self._previous = {}
-        self._previous_unraisablehook = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-            self._previous_unraisablehook = sys.unraisablehook
-            sys.unraisablehook = self._drop_aborts
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            self.aborted = True
-            raise KeyboardInterrupt
-        self.received = signum
-
-    def raise_if_aborted(self):
-        """Python drops an exception raised in a finaliser or a garbage-collection callback
-        (JAX runs one), so a second signal delivered there has not stopped anything yet."""
-        if self.aborted:
-            raise KeyboardInterrupt
-
-    def _drop_aborts(self, unraisable):
-        # That dropped abort would otherwise print a traceback before the one-line message.
-        if not (self.aborted and isinstance(unraisable.exc_value, KeyboardInterrupt)):
-            self._previous_unraisablehook(unraisable)
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        if self._previous_unraisablehook is not None:
-            sys.unraisablehook = self._previous_unraisablehook
 
 
 @dataclass
