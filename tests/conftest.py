@@ -1,4 +1,6 @@
+import csv
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,74 @@ def pytest_collection_modifyitems(items):
     # An xdist group runs whole on one worker: collected last (test_sweep.py sorts late), it would
     # start after the other worker ran out of work and leave it idle to the end.
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
+class Interrupted(Exception):
+    """Raised from a run's progress callback: the run stops there as a crash would."""
+
+
+TIMING_COLUMNS = ("wall_time", "steps_per_second")
+
+
+def rows_without_timing(run_dir: Path) -> list[dict[str, str]]:
+    """A run's metrics rows without the columns that differ between identical runs."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f)]
+
+
+@dataclass(frozen=True)
+class ResumedRun:
+    reference: Path
+    """The uninterrupted run's directory."""
+    resumed: Path
+    """The interrupted run's directory, after resuming it to the end."""
+    rows: list[dict[str, str]]
+    """The metrics rows (without timing) both runs wrote."""
+
+
+class ResumeCheck:
+    """Train a run uninterrupted (out: RUN.out-uninterrupted); train it again at RUN.out,
+    interrupted from its progress callback at `stop_at`; call before_resume(RUN.out) (to check
+    or disturb the checkpoint); resume; assert both runs wrote the same metrics rows."""
+
+    def train(self, algo, run, config, stop_at, before_resume=None) -> ResumedRun:
+        from gprl.trainer import RunConfig, train
+
+        def start(run, hook=None):
+            return train(algo, run, config, on_iteration=hook)
+
+        resume = RunConfig(resume=run.out, progress=False)
+        return self._compare(start, run, resume, stop_at, before_resume)
+
+    def pretrain(self, kind, run, config, policy_config, stop_at, before_resume=None):
+        from gprl.pretrain import PretrainRun, pretrain
+
+        def start(run, hook=None):
+            if run.resume is not None:
+                return pretrain(kind, run, config, on_log=hook)
+            return pretrain(kind, run, config, policy_config, on_log=hook)
+
+        resume = PretrainRun(resume=run.out, progress=False)
+        return self._compare(start, run, resume, stop_at, before_resume)
+
+    @staticmethod
+    def _compare(start, run, resume, stop_at, before_resume) -> ResumedRun:
+        def interrupt(iteration, row):
+            if iteration == stop_at:
+                raise Interrupted
+
+        reference = start(replace(run, out=run.out.with_name(f"{run.out.name}-uninterrupted")))
+        with pytest.raises(Interrupted):
+            start(run, interrupt)
+        if before_resume is not None:
+            before_resume(run.out)
+        resumed = start(resume)
+        rows = rows_without_timing(reference)
+        assert rows_without_timing(resumed) == rows
+        return ResumedRun(reference, resumed, rows)
+
+
+@pytest.fixture
+def resume_check() -> ResumeCheck:
+    """Interrupt a run, resume it, and compare it with the uninterrupted run (see ResumeCheck)."""
+    return ResumeCheck()

@@ -1,18 +1,24 @@
 """Learning tests on probe environments where the right answer is known."""
 
 import csv
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gprl.algos import GoRL, GoRLConfig, PPOConfig
+from gprl.algos import ALGORITHMS, GoRL, GoRLConfig, PPOConfig
+from gprl.algos.base import OnPolicyAlgorithm
 from gprl.envs import make_env
 from gprl.envs.diagnostics import bimodal_modes, contextual_target_optimum
+from gprl.networks import CustomNetworks
+from gprl.policies import FlowPolicy, FlowPolicyConfig
+from gprl.pretrained import ChunkPolicy, PretrainConfig, Pretrained
 from gprl.rl_math import normalize, running_stats_init, running_stats_update
 from gprl.trainer import RunConfig, load_run, train
-from gprl.types import Transition
+from gprl.types import EnvSpec, Transition
 
 FAST_PPO = PPOConfig(rollout_steps=32, num_minibatches=4, learning_rate=1e-3)
 
@@ -155,7 +161,7 @@ def refit_errors(coupling: str) -> tuple[float, float]:
         contexts,
         jax.tree.map(lambda *xs: np.stack(xs), *[extras for _, extras in steps]),
     )
-    refitted, _ = algo.refit(state, batch, jax.random.PRNGKey(1))
+    refitted, _ = algo.end_stage(state, batch, jax.random.PRNGKey(1))
     held_out = np.random.default_rng(1).uniform(-1, 1, (512, 3)).astype(np.float32)
     after = algo.acting_params(refitted)
     deterministic = np.abs(
@@ -174,3 +180,131 @@ def test_paired_refit_reproduces_the_policy_sample_by_sample():
     independent_deterministic, independent_stochastic = refit_errors("independent")
     assert independent_stochastic > 3 * stochastic
     assert independent_deterministic > deterministic
+
+
+# ----- the algorithm contract, over every registered method ----------------------------------
+
+CONTRACT_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), None)
+CONTRACT_ENVS, CONTRACT_STEPS = 8, 100_000
+NETWORKS_USED = {
+    "ppo": {"actor", "critic"},
+    "gorl": {"actor", "critic", "velocity"},
+    "gorl-reference": {"actor", "critic", "velocity"},
+    "fpo": {"velocity", "critic"},
+    "dppo": {"velocity", "critic"},
+    "reinflow": {"velocity", "critic"},
+    "flow-sde": {"velocity", "critic"},
+    "grpo": {"velocity"},
+    "sac": {"actor", "critic"},
+    "dsrl": {"actor", "critic"},
+    "fql": {"velocity", "critic"},
+}
+
+
+def random_pretrained_flow() -> Pretrained:
+    """An untrained flow of single actions whose action map reaches far outside [-1, 1]."""
+    flow_config = FlowPolicyConfig(hidden=(16,), num_steps=2)
+    flow = FlowPolicy(CONTRACT_SPEC.action_dim, flow_config)
+    acting = {
+        "params": flow.init(jax.random.PRNGKey(0), CONTRACT_SPEC.obs_dim),
+        "obs_norm": running_stats_init((CONTRACT_SPEC.obs_dim,)),
+        "action_norm": {"center": np.full(2, 0.5), "half_range": np.full(2, 4.0)},
+    }
+    return Pretrained(
+        "flow", ChunkPolicy(flow, 1, 2, 1.0), acting, PretrainConfig(), flow_config, "probe",
+        "gymnasium", CONTRACT_SPEC.obs_dim, CONTRACT_SPEC.action_dim,
+    )  # fmt: skip
+
+
+def contract_algo(name: str, config=None, **optional):
+    entry = ALGORITHMS[name]
+    config = entry.default_config() if config is None else config
+    if entry.algorithm.pretrained_policy == "required":
+        optional["pretrained"] = random_pretrained_flow()
+    return entry.algorithm(config, CONTRACT_SPEC, CONTRACT_ENVS, CONTRACT_STEPS, **optional)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_acts_in_the_unit_box(name):
+    algo = contract_algo(name)
+    acting = jax.jit(lambda key: algo.acting_params(algo.init(key)))(jax.random.PRNGKey(0))
+    # Large observations push untrained networks' outputs (and Gaussian samples) past 1.
+    obs = 5.0 * jax.random.normal(jax.random.PRNGKey(1), (256, CONTRACT_SPEC.obs_dim))
+    actions, _ = jax.jit(algo.act)(acting, obs, jax.random.PRNGKey(2))
+    deterministic = jax.jit(algo.act_deterministic)(acting, obs)
+    for a in (actions, deterministic):
+        assert a.shape == (256, 2) and float(jnp.abs(a).max()) <= 1.0, name
+
+
+def nested_fields(config, prefix=""):
+    """(dotted name, replace(value) -> config) of every field of a nested dataclass config."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if is_dataclass(value):
+            for name, setter in nested_fields(value):
+                yield (
+                    f"{prefix}{field.name}.{name}",
+                    lambda v, f=field.name, s=setter: replace(config, **{f: s(v)}),
+                )
+        else:
+            yield f"{prefix}{field.name}", lambda v, f=field.name: replace(config, **{f: v})
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_refuses_a_learning_rate_that_is_not_finite(name):
+    config = ALGORITHMS[name].default_config()
+    rates = [(path, setter) for path, setter in nested_fields(config) if "learning_rate" in path]
+    assert rates
+    for path, setter in rates:
+        for bad in (float("inf"), float("nan"), -1e-3):
+            field_name = path.rsplit(".", 1)[-1]
+            with pytest.raises(ValueError, match=f"{field_name} must be a finite positive number"):
+                contract_algo(name, setter(bad))
+
+
+ON_POLICY = sorted(n for n in ALGORITHMS if issubclass(ALGORITHMS[n].algorithm, OnPolicyAlgorithm))
+
+
+@pytest.mark.parametrize("name", ON_POLICY)
+def test_every_on_policy_algorithm_refuses_minibatches_that_do_not_divide_the_batch(name):
+    config = ALGORITHMS[name].default_config()
+    setter = dict(nested_fields(config))
+    key = "ppo.num_minibatches" if "ppo.num_minibatches" in setter else "num_minibatches"
+    with pytest.raises(ValueError, match=r"num_minibatches \(3\) must divide the batch size"):
+        contract_algo(name, setter[key](3))
+    contract_algo(name, setter[key](4))  # 128 x 8 = 1024 splits into 4
+
+
+def test_the_cli_refuses_an_infinite_learning_rate(cli_error, tmp_path):
+    base = ["train", "ppo", "--env", "gprl/ContextualTarget-v0", "--total-steps", "4096"]
+    out = ["--out", str(tmp_path / "run")]
+    assert "learning_rate must be a finite positive number, got inf" in cli_error(
+        [*base, "--ppo.learning-rate", "inf", *out]
+    )
+    assert "num_minibatches (3) must divide" in cli_error(
+        [*base, "--ppo.num-minibatches", "3", *out]
+    )
+    assert not (tmp_path / "run").exists()
+
+
+class UserTorso(nn.Module):
+    """A user's torso for any role: features from whatever inputs it is called with."""
+
+    @nn.compact
+    def __call__(self, *inputs):
+        inputs = [x if x.ndim == inputs[0].ndim else x[..., None] for x in inputs]
+        return nn.tanh(nn.Dense(8)(jnp.concatenate(inputs, axis=-1)))
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("role", ["actor", "critic", "velocity"])
+def test_every_algorithm_uses_or_refuses_each_custom_network(name, role):
+    networks = CustomNetworks(**{role: UserTorso()})
+    if role not in NETWORKS_USED[name]:
+        with pytest.raises(ValueError, match=f"has no {role} network to replace"):
+            contract_algo(name, networks=networks)
+        return
+    algo = contract_algo(name, networks=networks)
+    state = jax.eval_shape(algo.init, jax.random.PRNGKey(0))
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(state)]
+    assert any("'torso'" in path for path in paths), name

@@ -56,35 +56,24 @@ def test_jax_and_host_versions_of_a_task_learn_the_same_optimum(tmp_path, backen
     assert np.abs(actions - contextual_target_optimum(contexts)).mean() < 0.08
 
 
-def test_device_run_resumes_exactly(tmp_path):
-    def run(name, **overrides):
-        return RunConfig(
-            env="gprl/TwoGoalPoint-v0",
-            env_backend="jax",
-            total_steps=4096,
-            num_envs=4,
-            out=tmp_path / name,
-            progress=False,
-            eval_every=1024,
-            eval_episodes=4,
-            checkpoint_every=1024,
-            **overrides,
-        )
+def test_device_run_resumes_exactly(tmp_path, resume_check):
+    run = RunConfig(
+        env="gprl/TwoGoalPoint-v0",
+        env_backend="jax",
+        total_steps=4096,
+        num_envs=4,
+        out=tmp_path / "interrupted",
+        progress=False,
+        eval_every=1024,
+        eval_episodes=4,
+        checkpoint_every=1024,
+    )
 
-    class Interrupt(Exception):
-        pass
+    def checkpointed_before_the_stop(run_dir):
+        assert 0 < read_meta(run_dir)["progress"]["iteration"] < 20
 
-    def interrupt(iteration, row):
-        if iteration == 20:
-            raise Interrupt
-
-    reference = train("gorl", run("reference"), FAST_GORL)
-    with pytest.raises(Interrupt):
-        train("gorl", run("interrupted"), FAST_GORL, on_iteration=interrupt)
-    assert 0 < read_meta(tmp_path / "interrupted")["progress"]["iteration"] < 20
-    resumed = train("gorl", RunConfig(resume=tmp_path / "interrupted", progress=False), FAST_GORL)
-    assert rows_without_timing(resumed) == rows_without_timing(reference)
-    assert any(r["decoder_val_loss"] for r in rows_without_timing(reference))
+    rows = resume_check.train("gorl", run, FAST_GORL, 20, checkpointed_before_the_stop).rows
+    assert any(r["decoder_val_loss"] for r in rows)
 
 
 def test_a_device_iteration_is_one_compiled_call_shared_by_every_stage():

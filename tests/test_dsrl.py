@@ -37,7 +37,6 @@ FAST_DSRL = DSRLConfig(
     alpha_learning_rate=1e-3,
 )
 EVAL_EPISODES = 32
-TIMING_COLUMNS = {"wall_time", "steps_per_second"}
 
 
 def uniform_action_episodes(count: int, seed: int) -> list[Episode]:
@@ -139,34 +138,17 @@ def test_first_evaluation_is_the_base_policy_at_noise_zero(tmp_path, weak_base):
     assert pretrain_return < -0.4
 
 
-class Interrupt(Exception):
-    pass
-
-
-def without_timing(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
-
-
 def test_interrupted_dsrl_run_resumes_exactly_and_stores_the_noise_it_acted_from(
-    tmp_path, weak_base
+    tmp_path, weak_base, resume_check
 ):
     config = replace(FAST_DSRL, variant="noise_aliased", noise_critic_every=3)
+    run = dsrl_run(weak_base, tmp_path / "interrupted", total_steps=768, checkpoint_every=384)
 
-    def run(name):
-        return dsrl_run(weak_base, tmp_path / name, total_steps=768, checkpoint_every=384)
+    def checkpointed_at_384_steps(run_dir):
+        assert read_meta(run_dir)["progress"]["iteration"] == 3
 
-    def interrupt(iteration, row):
-        if iteration == 5:
-            raise Interrupt
-
-    reference = train("dsrl", run("reference"), config)
-    with pytest.raises(Interrupt):
-        train("dsrl", run("interrupted"), config, on_iteration=interrupt)
-    interrupted = tmp_path / "interrupted"
-    assert read_meta(interrupted)["progress"]["iteration"] == 3  # the checkpoint at 384 steps
-    resumed = train("dsrl", RunConfig(resume=interrupted, progress=False), config)
-    reference_rows = without_timing(read_rows(reference))
-    assert without_timing(read_rows(resumed)) == reference_rows
+    checked = resume_check.train("dsrl", run, config, 5, checkpointed_at_384_steps)
+    reference_rows, resumed = checked.rows, checked.resumed
     assert len(reference_rows) == 7 and reference_rows[-1]["noise_critic/loss"]
 
     # Every stored action is the base policy's action for the stored noise, explored (the

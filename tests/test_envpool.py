@@ -7,7 +7,7 @@ import envpool
 import numpy as np
 import pytest
 
-from gprl.envs import EnvError, EnvpoolVecEnv, VecEnv, env_backend_for, make_env
+from gprl.envs import EnvError, EnvpoolVecEnv, VecEnv, make_env, probe_spec, resolve_env
 from gprl.envs.envpool_backend import envpool_task_id
 
 GORL_TASKS = [
@@ -66,12 +66,12 @@ def assert_means_agree(first, second, what):
 
 def test_auto_uses_envpool_where_it_has_the_task_and_nothing_is_rendered():
     for env_id in ("dmc:hopper-stand", "dm_control/hopper-stand-v0", "Hopper-v5"):
-        assert env_backend_for(env_id, "auto") == "envpool"
-        assert env_backend_for(env_id, "auto", render=True) == "gymnasium"
-        assert env_backend_for(env_id, "gymnasium") == "gymnasium"
-    assert env_backend_for("gprl/TwoGoalPoint-v0", "auto") == "gymnasium"
+        assert resolve_env(env_id, "auto").backend == "envpool"
+        assert resolve_env(env_id, "auto", render=True).backend == "gymnasium"
+        assert resolve_env(env_id, "gymnasium").backend == "gymnasium"
+    assert resolve_env("gprl/TwoGoalPoint-v0", "auto").backend == "gymnasium"
     # A task envpool lacks goes to Gymnasium, which names it (with close matches) if unknown.
-    assert env_backend_for("dmc:cheetah-run_backwards", "auto") == "gymnasium"
+    assert resolve_env("dmc:cheetah-run_backwards", "auto").backend == "gymnasium"
 
     with make_env("dmc:hopper-stand", num_envs=2) as env:
         assert isinstance(env, EnvpoolVecEnv)
@@ -82,10 +82,10 @@ def test_auto_uses_envpool_where_it_has_the_task_and_nothing_is_rendered():
 
 def test_auto_keeps_tasks_whose_envpool_port_differs_on_gymnasium():
     for task in ("finger-spin", "finger-turn_hard", "fish-swim"):
-        assert env_backend_for(f"dmc:{task}", "auto") == "gymnasium"
-        assert env_backend_for(f"dmc:{task}", "envpool") == "envpool"  # still the user's choice
+        assert resolve_env(f"dmc:{task}", "auto").backend == "gymnasium"
+        assert resolve_env(f"dmc:{task}", "envpool").backend == "envpool"  # still the user's choice
     for task in ("cheetah-run", "hopper-hop", "walker-walk"):
-        assert env_backend_for(f"dmc:{task}", "auto") == "envpool"
+        assert resolve_env(f"dmc:{task}", "auto").backend == "envpool"
 
 
 def test_envpool_finger_spin_pays_no_reward_where_dm_control_does():
@@ -256,6 +256,25 @@ def test_fixed_policy_scores_and_observes_the_same_on_both_backends_of_hopper_v5
     # clipped velocities make them heavy-tailed, 5-70% apart between seeds.)
     pooled_std = np.sqrt((gym_obs.var(0) + pool_obs.var(0)) / 2)
     np.testing.assert_array_less(np.abs(gym_obs.mean(0) - pool_obs.mean(0)), 0.15 * pooled_std)
+
+
+def test_both_host_backends_shape_clip_and_refuse_actions_alike():
+    # Both backends build on gprl.envs.common: the same spec from the same task, an action past
+    # the bounds steps exactly as the bound does, and bad actions get the same message.
+    assert probe_spec("Hopper-v5", "gymnasium") == probe_spec("Hopper-v5", "envpool")
+    messages = {}
+    for backend in ("gymnasium", "envpool"):
+        with make_env("Hopper-v5", num_envs=2, seed=3, backend=backend) as env:
+            beyond = [env.step(np.full((2, 3), 5.0)).obs for _ in range(3)]
+            env.reset(seed=3)
+            at_bound = [env.step(np.ones((2, 3))).obs for _ in range(3)]
+            np.testing.assert_array_equal(beyond, at_bound)
+            messages[backend] = []
+            for bad in (np.zeros((3, 3)), np.full((2, 3), np.nan)):
+                with pytest.raises(EnvError) as error:
+                    env.step(bad)
+                messages[backend].append(str(error.value))
+    assert messages["gymnasium"] == messages["envpool"]
 
 
 # Episode ends, autoreset and seeding.

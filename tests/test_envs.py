@@ -1,14 +1,18 @@
-"""Behaviour of gprl.envs: diagnostic tasks, VecEnv autoreset, action scaling, errors, seeding."""
+"""Behaviour of gprl.envs: diagnostic tasks, VecEnv autoreset, action scaling, errors, seeding,
+and envs from gymnasium.Env instances, factories and JAX task objects."""
 
+import json
 import sys
 from typing import ClassVar
 
 import gymnasium as gym
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
-from gprl.envs import EnvError, make_env
+from gprl.envs import EnvError, can_reopen, env_source_name, make_env, probe_spec
 from gprl.envs.diagnostics import (
     POINT_GOAL_BONUS,
     POINT_HORIZON,
@@ -17,6 +21,7 @@ from gprl.envs.diagnostics import (
     bimodal_modes,
     contextual_target_optimum,
 )
+from gprl.types import EnvSpec
 
 # Actions that reached the test envs below, in the env's own units (after VecEnv's rescaling).
 RECEIVED_ACTIONS: list[np.ndarray] = []
@@ -499,3 +504,203 @@ def test_bad_actions_are_rejected():
         nan_actions[1, 0] = np.nan
         with pytest.raises(EnvError, match="NaN"):
             env.step(nan_actions)
+
+
+# Env sources: gymnasium.Env instances, factories and JAX task objects, and the spec records.
+
+GOAL = 5.0
+
+
+class Accumulator(gym.Env):
+    """Observes (in float64) the running total of the actions it received, in its own units
+    [0, 4]; rewards each action as received, so the rescaling shows; terminates at GOAL."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float64)
+    action_space = gym.spaces.Box(0.0, 4.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.total = 0.0
+        return np.zeros(1), {}
+
+    def step(self, action):
+        self.total += float(action[0])
+        return np.array([self.total]), float(action[0]), self.total >= GOAL, False, {}
+
+
+class JaxAccumulator:
+    """Accumulator as a JAX task object, declaring its sizes and time limit."""
+
+    obs_dim = 1
+    action_low = (0.0,)
+    action_high = (4.0,)
+    max_episode_steps = 3
+
+    def reset(self, key):
+        return jnp.zeros(()), jnp.zeros(1)
+
+    def step(self, total, action):
+        total = total + action[0]
+        return total, total[None], action[0], total >= GOAL
+
+
+def make_accumulator():
+    return gym.wrappers.TimeLimit(Accumulator(), max_episode_steps=3)
+
+
+SOURCES = {
+    "instance": make_accumulator,
+    "factory": lambda: make_accumulator,
+    "jax task": JaxAccumulator,
+}
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+def test_instances_factories_and_jax_tasks_train_and_evaluate_like_ids(kind):
+    from gprl.backends import make_collector, make_evaluator, open_environments
+
+    envs = open_environments(SOURCES[kind](), "auto", 2, 3, seed=0, eval_seed=1)
+    assert envs.backend == ("jax" if kind == "jax task" else "gymnasium")
+    assert (envs.spec.obs_dim, envs.spec.action_dim, envs.spec.max_episode_steps) == (1, 1, 3)
+
+    # Env 0 acts -0.5 (1 in its own units): truncated at the time limit, 3 steps. Env 1 acts
+    # 0.5 (3): terminated on its second step, and the same step starts the next episode.
+    def act(acting, obs, key):
+        return jnp.broadcast_to(acting, obs.shape), {}
+
+    collector = make_collector(envs, act)
+    collector.reset(0)
+    train_step = collector.make_train_step(
+        lambda state: state[0], lambda state, batch, key: ((state[0], batch), {}), 4
+    )
+    state, key = (jnp.array([[-0.5], [0.5]]), None), jax.random.key(0)
+    state, key, *_ = train_step(state, key)
+    batch = jax.tree.map(np.asarray, state[1])
+    assert batch.obs.dtype == batch.next_obs.dtype == np.float32
+    np.testing.assert_array_equal(batch.reward, [[1, 3], [1, 3], [1, 3], [1, 3]])
+    np.testing.assert_array_equal(batch.terminated.T, [[0, 0, 0, 0], [0, 1, 0, 1]])
+    np.testing.assert_array_equal(batch.truncated.T, [[0, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch.next_obs[..., 0].T, [[1, 2, 3, 1], [3, 6, 3, 6]])
+    np.testing.assert_array_equal(batch.obs[..., 0].T, [[0, 1, 2, 0], [0, 3, 0, 3]])
+
+    evaluator = make_evaluator(envs, lambda acting, obs: jnp.full(obs.shape, 0.5), seed=1)
+    result = evaluator.evaluate(None)
+    assert (result["eval_return"], result["eval_length"]) == (6.0, 2.0)
+    # Evaluating ran envs of its own (copies of an instance): env 0's episode goes on.
+    state, *_ = train_step(state, key)
+    np.testing.assert_array_equal(state[1].next_obs[:, 0, 0], [2, 3, 1, 2])
+    envs.close()
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+def test_probe_spec_is_the_spec_of_the_opened_envs(kind):
+    from gprl.backends import open_environments
+
+    source = SOURCES[kind]()
+    probed = probe_spec(source)
+    envs = open_environments(source, "auto", 2, 1, 0, 1)
+    assert probed == envs.spec and probed.env_id.startswith("python:")
+    envs.close()
+    assert probe_spec("dmc:cartpole-swingup", "gymnasium") == make_env("dmc:cartpole-swingup").spec
+
+
+def test_probe_spec_inspects_an_instance_without_stepping_or_closing_it():
+    instance = make_accumulator()
+    instance.reset()
+    instance.step(np.array([2.0], np.float32))
+    assert probe_spec(instance).max_episode_steps == 3
+    assert instance.step(np.array([2.0], np.float32))[0][0] == 4.0  # the episode went on
+
+
+def test_an_instance_seeds_and_steps_like_the_id_it_was_made_from():
+    actions = np.random.default_rng(0).uniform(-1.5, 1.5, (5, 3, 1))
+    rollouts = []
+    for source in ("Pendulum-v1", gym.make("Pendulum-v1"), lambda: gym.make("Pendulum-v1")):
+        with make_env(source, num_envs=3, seed=5) as env:
+            assert env.spec.env_id == "Pendulum-v1"
+            rollouts.append([env.reset(seed=5)] + [env.step(a).obs for a in actions])
+    np.testing.assert_array_equal(rollouts[0], rollouts[1])
+    np.testing.assert_array_equal(rollouts[0], rollouts[2])
+
+
+class Uncopyable(Accumulator):
+    def __deepcopy__(self, memo):
+        raise TypeError("cannot pickle '_thread.lock' object\nmore detail")
+
+
+def test_an_instance_that_cannot_be_copied_asks_for_a_factory_in_one_line():
+    with make_env(Uncopyable(), num_envs=1) as env:  # one env needs no copy
+        assert env.step(np.ones((1, 1))).reward[0] == 4.0
+    with pytest.raises(EnvError, match=r"cannot copy .*Uncopyable.*TypeError.*factory") as error:
+        make_env(Uncopyable(), num_envs=2)
+    assert "\n" not in str(error.value)
+    with make_env(Uncopyable, num_envs=2) as env:  # the class itself is a factory
+        assert env.num_envs == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "backend", "expected"),
+    [
+        (lambda: gym.make("CartPole-v1"), "auto", r"continuous \(Box\).*Discrete\(2\)"),
+        (gym.make("CartPole-v1"), "auto", r"continuous \(Box\).*Discrete\(2\)"),
+        (lambda: "Pendulum-v1", "auto", "must return a gymnasium.Env, not str"),
+        (Accumulator(), "envpool", "gymnasium.Env, which runs on backend 'gymnasium'"),
+        (JaxAccumulator(), "gymnasium", "JAX task, which runs on backend 'jax'"),
+        (gym.make_vec("Pendulum-v1", 2), "auto", "vectorises envs itself"),
+        (3, "auto", "an env must be an id, a gymnasium.Env"),
+        ("python:my_module.MyEnv", "auto", "names a Python env object.*pass the object"),
+    ],
+)
+def test_unusable_sources_are_refused_in_one_line(source, backend, expected):
+    with pytest.raises(EnvError, match=expected) as error:
+        make_env(source, backend=backend)
+    assert "\n" not in str(error.value)
+
+
+def test_source_names_say_whether_a_run_can_open_its_env_again():
+    reopenable = {
+        "dmc:hopper-stand": "dm_control/hopper-stand-v0",
+        gym.make("Pendulum-v1"): "Pendulum-v1",
+        gym.make("Pendulum-v1", render_mode="rgb_array"): "Pendulum-v1",
+    }
+    for source, name in reopenable.items():
+        assert env_source_name(source) == name and can_reopen(name)
+    pendulum = "python:gymnasium.envs.classic_control.pendulum.PendulumEnv"
+    changed = [
+        gym.make("Pendulum-v1", g=3.0),
+        gym.wrappers.ClipReward(gym.make("Pendulum-v1"), -1.0, 1.0),
+        PendulumEnv(),
+    ]
+    for source in changed:
+        assert env_source_name(source) == pendulum and not can_reopen(pendulum)
+    assert env_source_name(make_accumulator).endswith(".make_accumulator")
+    assert env_source_name(JaxAccumulator()).endswith(".JaxAccumulator")
+    assert not can_reopen(env_source_name(make_accumulator))
+
+
+def test_env_spec_records_round_trip_through_json_exactly():
+    spec = make_env("gprl_test/AsymmetricProbe-v0").spec
+    spec = EnvSpec(**{**vars(spec), "action_low": np.array([0.1, -3.3], np.float32)})
+    restored = EnvSpec.from_record(json.loads(json.dumps(spec.to_record())))
+    assert restored == spec
+    assert restored.action_low.dtype == np.float32
+    np.testing.assert_array_equal(restored.action_low, spec.action_low)
+    assert restored != EnvSpec(**{**vars(spec), "max_episode_steps": 7})
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"obs_dim": "3"}, "obs_dim and action_dim"),
+        ({"action_low": [0.0]}, "action_low must be a list of action_dim numbers"),
+        ({"max_episode_steps": 0}, "max_episode_steps"),
+        ({"env_id": None}, "env_id"),
+    ],
+)
+def test_malformed_env_spec_records_are_refused_in_one_line(change, problem):
+    record = {**make_env("gprl_test/AsymmetricProbe-v0").spec.to_record(), **change}
+    with pytest.raises(ValueError, match=problem) as error:
+        EnvSpec.from_record(record)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="missing obs_dim"):
+        EnvSpec.from_record({key: value for key, value in record.items() if key != "obs_dim"})

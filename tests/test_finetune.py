@@ -278,47 +278,33 @@ RESUME_OVERRIDES = {
 
 
 @pytest.mark.parametrize("name", sorted(RESUME_OVERRIDES))
-def test_interrupted_fine_tuning_resumes_exactly(name, pretrained_runs, tmp_path, capsys):
+def test_interrupted_fine_tuning_resumes_exactly(
+    name, pretrained_runs, tmp_path, capsys, resume_check
+):
     init = tmp_path / "pretrained"
     shutil.copytree(pretrained_runs["flow"], init)
     config = small_config(name, **RESUME_OVERRIDES[name])
+    run = RunConfig(
+        env=PROBE,
+        env_backend="gymnasium",
+        total_steps=2560,
+        num_envs=4,
+        out=tmp_path / "interrupted",
+        progress=False,
+        eval_every=512,
+        eval_episodes=8,
+        checkpoint_every=512,
+        init=init,
+    )
 
-    def run(out):
-        return RunConfig(
-            env=PROBE,
-            env_backend="gymnasium",
-            total_steps=2560,
-            num_envs=4,
-            out=tmp_path / out,
-            progress=False,
-            eval_every=512,
-            eval_episodes=8,
-            checkpoint_every=512,
-            init=init,
-        )
+    def remove_the_pretrain_run(run_dir):
+        # A run keeps its own copy of the pretrained policy: it resumes without the pretrain run.
+        shutil.rmtree(init)
 
-    class Interrupt(Exception):
-        pass
-
-    def interrupt(iteration, row):
-        if iteration == 9:
-            raise Interrupt
-
-    reference = train(name, run("reference"), config)
-    with pytest.raises(Interrupt):
-        train(name, run("interrupted"), config, on_iteration=interrupt)
-    # A run keeps its own copy of the pretrained policy: it resumes without the pretrain run.
-    shutil.rmtree(init)
-    resumed = train(name, RunConfig(resume=tmp_path / "interrupted", progress=False), config)
-
-    def rows(run_dir):
-        with open(run_dir / "metrics.csv", newline="") as f:
-            timing = ("wall_time", "steps_per_second")
-            return [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(f)]
-
-    assert rows(resumed) == rows(reference)
+    checked = resume_check.train(name, run, config, 9, remove_the_pretrain_run)
+    reference = checked.reference
     # `gprl eval` rebuilds the fine-tuned policy: the run's last evaluation again.
     main(["eval", str(reference), "--episodes", "8", "--seed", str(EVAL_SEED)])
     printed = float(capsys.readouterr().out.split("return ")[1].split()[0])
-    assert printed == pytest.approx(float(rows(reference)[-1]["eval_return"]), abs=1e-3)
+    assert printed == pytest.approx(float(checked.rows[-1]["eval_return"]), abs=1e-3)
     assert (reference / "initial_policy" / "checkpoint").is_dir()

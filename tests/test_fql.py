@@ -34,7 +34,6 @@ FAST_FQL = FQLConfig(
     learning_rate=1e-3,
     alpha=0.1,
 )
-TIMING_COLUMNS = {"wall_time", "steps_per_second"}
 
 
 @pytest.fixture(autouse=True)
@@ -77,10 +76,6 @@ def files_digest(folder):
 def read_rows(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def without_timing(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
 def offline_run(tmp_path, name, dataset, **overrides) -> RunConfig:
@@ -150,35 +145,22 @@ def test_offline_phase_trains_any_off_policy_algorithm_on_the_dataset_alone(tmp_
     assert online[-1]["eval_return"]
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("stop_at", [3, 7], ids=["offline", "online"])
-def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at):
+def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at, resume_check):
     # 4 offline iterations (256 updates), then 4 online ones (256 env steps); checkpoints at
     # clock 128 (iteration 2), at the end of the offline phase (4) and at clock 384 (6): the
     # first interruption resumes from the offline phase into the online one.
     dataset = mixed_dataset("probe/mixed-resume-v0", episodes=200)
     config = replace(FAST_FQL, offline_updates=256)
+    run = offline_run(
+        tmp_path, "interrupted", dataset, total_steps=256, eval_every=192, checkpoint_every=128
+    )
 
-    def run(name):
-        return offline_run(
-            tmp_path, name, dataset, total_steps=256, eval_every=192, checkpoint_every=128
-        )
+    def checkpointed_at_the_last_checkpoint(run_dir):
+        assert read_meta(run_dir)["progress"]["iteration"] == {3: 2, 7: 6}[stop_at]
 
-    def interrupt(iteration, row):
-        if iteration == stop_at:
-            raise Interrupt
-
-    reference = train("fql", run("reference"), config)
-    with pytest.raises(Interrupt):
-        train("fql", run("interrupted"), config, on_iteration=interrupt)
-    interrupted = tmp_path / "interrupted"
-    assert read_meta(interrupted)["progress"]["iteration"] == {3: 2, 7: 6}[stop_at]
-    resumed = train("fql", RunConfig(resume=interrupted, progress=False), config)
-    reference_rows = without_timing(read_rows(reference))
-    assert without_timing(read_rows(resumed)) == reference_rows
+    checked = resume_check.train("fql", run, config, stop_at, checkpointed_at_the_last_checkpoint)
+    reference, reference_rows = checked.reference, checked.rows
     assert len(reference_rows) == 8 and reference_rows[-1]["actor/loss"]
     assert [r["env_steps"] for r in reference_rows] == ["0"] * 4 + ["64", "128", "192", "256"]
 

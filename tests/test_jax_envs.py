@@ -232,6 +232,50 @@ def test_bad_ids_and_sizes_raise_one_line_env_errors():
         make_jax_env("gprl/TruncationProbe-v0", 2, max_episode_steps=0)
 
 
+class DeclaredTask:
+    """A user's JAX task declaring its sizes: its obs is the action it received, and episodes
+    end only at the time limit."""
+
+    obs_dim = 2
+    action_low = (0.0, -2.0)
+    action_high = (4.0, 2.0)
+    max_episode_steps = 2
+
+    def reset(self, key):
+        return (), jax.random.uniform(key, (2,))
+
+    def step(self, state, action):
+        return (), action, jnp.float32(1.0), jnp.array(False)
+
+
+def test_a_task_object_runs_as_its_declarations_say():
+    env = make_jax_env(DeclaredTask(), 3)
+    assert env.spec.env_id.endswith(".DeclaredTask")
+    assert (env.spec.obs_dim, env.spec.action_dim, env.spec.max_episode_steps) == (2, 2, 2)
+    actions = jnp.broadcast_to(jnp.array([0.5, -1.0]), (2, 3, 2))
+    result = rollout(env, jax.random.key(0), actions)
+    np.testing.assert_allclose(result.final_obs, np.broadcast_to([3.0, -2.0], (2, 3, 2)))
+    np.testing.assert_array_equal(result.truncated.any(axis=1), [False, True])
+
+
+@pytest.mark.parametrize(
+    ("declarations", "problem"),
+    [
+        ({"obs_dim": None}, "must declare obs_dim as a positive int, got None"),
+        ({"obs_dim": 3}, r"shapes .*\(2,\).* where obs_dim=3"),
+        ({"action_low": (0.0,)}, "action_low <= action_high of one length"),
+        ({"action_high": (4.0, np.inf)}, "action_high as a 1-D sequence of finite floats"),
+        ({"max_episode_steps": 2.5}, "max_episode_steps as a positive int or None"),
+        ({"step": lambda self, state, action: 1 / 0}, "cannot trace .*ZeroDivisionError"),
+    ],
+)
+def test_a_malformed_task_object_is_refused_in_one_line(declarations, problem):
+    task = type("MalformedTask", (DeclaredTask,), declarations)()
+    with pytest.raises(EnvError, match=problem) as error:
+        make_jax_env(task, 2)
+    assert "\n" not in str(error.value)
+
+
 def test_missing_playground_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco_playground", None)  # makes the import fail
     with pytest.raises(EnvError, match=r"pip install 'gprl\[playground\]'") as error:

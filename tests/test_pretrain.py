@@ -242,35 +242,19 @@ def test_chunks_repeat_the_last_action_at_episode_ends():
 
 
 def test_interrupted_pretraining_resumes_exactly_and_eval_reloads_it(
-    tmp_path, contextual_dataset, monkeypatch
+    tmp_path, contextual_dataset, monkeypatch, resume_check
 ):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
-    options = dict(eval_every=1000, eval_episodes=8)
     dataset = "probe/contextual-v0"
-    reference = pretrain(
-        "flow", run_options(tmp_path, dataset, "reference", **options), FAST, small("flow")
+    interrupted = run_options(tmp_path, dataset, "interrupted", eval_every=1000, eval_episodes=8)
+
+    def checkpointed_at_1000_steps(run_dir):
+        assert read_meta(run_dir)["progress"]["grad_steps"] == 1000
+
+    checked = resume_check.pretrain(
+        "flow", interrupted, FAST, small("flow"), 3, checkpointed_at_1000_steps
     )
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_three(iteration, row):
-        if iteration == 3:
-            raise Interrupt
-
-    interrupted = run_options(tmp_path, dataset, "interrupted", **options)
-    with pytest.raises(Interrupt):
-        pretrain("flow", interrupted, FAST, small("flow"), on_log=stop_at_three)
-    assert read_meta(interrupted.out)["progress"]["grad_steps"] == 1000
-    resumed = pretrain("flow", PretrainRun(resume=interrupted.out, progress=False), FAST)
-
-    def without_timing(run_dir):
-        return [
-            {k: v for k, v in r.items() if k not in ("wall_time", "steps_per_second")}
-            for r in rows(run_dir)
-        ]
-
-    assert without_timing(resumed) == without_timing(reference)
+    reference = checked.reference
     # The checkpoint rebuilds the policy on its own: the same evaluation as in training.
     final = rows(reference)[-1]
     _, result = evaluate_run(reference, 8, boundary_seed(0, 2**31 - 1))

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from gprl.algos import PPOConfig
-from gprl.report import read_run, write_report
+from gprl.checkpoint import CheckpointError
+from gprl.report import read_run, read_runs, write_report
 from gprl.trainer import RunConfig, train
 
 
-def fake_run(root, algo, env, seed, returns, wall_time=2.0):
-    """A run directory as gprl writes one: config.json and metrics.csv with evaluations at
-    1000, 2000, ... env steps."""
-    run_dir = root / f"{algo}-{env}-{seed}"
+def fake_run(root, algo, env, seed, returns, wall_time=2.0, name=None, algo_config=(), **run):
+    """A run directory as gprl writes one: config.json (algo_config and run options as given)
+    and metrics.csv with evaluations at 1000, 2000, ... env steps."""
+    run_dir = root / (name or f"{algo}-{env}-{seed}")
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({"algo": algo, "run": {"env": env, "seed": seed}})
-    )
+    config = {"algo": algo, "run": {"env": env, "seed": seed, **run}}
+    (run_dir / "config.json").write_text(json.dumps(config | {"algo_config": dict(algo_config)}))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["env_steps", "wall_time", "eval_return"])
         writer.writeheader()
@@ -92,6 +92,13 @@ def test_report_reads_a_real_run_directory(tmp_path):
     evaluations = [r for r in read_csv(run_dir / "metrics.csv") if r["eval_return"]]
     assert summary.final_eval_return == pytest.approx(float(evaluations[-1]["eval_return"]))
     assert (summary.algo, summary.env, summary.seed) == ("ppo", "gprl/ContextualTarget-v0", 0)
+    # The checkpoint's configs are the run's truth (resume and eval use them): a config.json
+    # edited by hand is refused, not read.
+    config = json.loads((run_dir / "config.json").read_text())
+    config["run"]["seed"] = 7
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="differs from the config saved with the checkpoint"):
+        read_run(run_dir)
 
 
 def test_report_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
@@ -111,3 +118,88 @@ def test_report_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "is not a gprl run directory" in done.stderr
+
+
+def test_runs_pool_by_configuration_and_say_what_was_pooled(tmp_path, capsys):
+    # Seed 0 of PPO at two learning rates is two configurations of one seed each, not n=2;
+    # a run differing only in options that do not change learning (out, progress) pools.
+    low = fake_run(tmp_path, "ppo", "x", 0, [1.0], name="low0", algo_config={"learning_rate": 1e-4})
+    high = fake_run(tmp_path, "ppo", "x", 0, [3.0], name="hi0", algo_config={"learning_rate": 3e-4})
+    low1 = fake_run(
+        tmp_path, "ppo", "x", 1, [2.0], name="low1", algo_config={"learning_rate": 1e-4},
+        out="elsewhere", progress=False,
+    )  # fmt: skip
+    sac = fake_run(tmp_path, "sac", "x", 0, [5.0])
+    report = write_report([low, high, low1, sac], tmp_path / "out")
+    tasks = {r["algo"]: r for r in read_csv(tmp_path / "out" / "tasks.csv")}
+    assert set(tasks) == {"ppo [learning_rate=0.0001]", "ppo [learning_rate=0.0003]", "sac"}
+    assert tasks["ppo [learning_rate=0.0001]"]["runs"] == "2"
+    assert float(tasks["ppo [learning_rate=0.0001]"]["mean_return"]) == pytest.approx(1.5)
+    assert tasks["ppo [learning_rate=0.0003]"]["runs"] == "1"
+    groups = {r["run_dir"]: r["group"] for r in read_csv(tmp_path / "out" / "runs.csv")}
+    assert groups[str(low1)] == groups[str(low)] != groups[str(high)]
+    pooled = "ppo [learning_rate=0.0001] on x: seeds 0, 1 from low0, low1"
+    printed = capsys.readouterr().out
+    assert f"pooled (run directories in {tmp_path}):" in printed and pooled in printed
+    assert f"Run directories are in `{tmp_path}`" in report.read_text()
+    assert pooled in report.read_text()
+
+
+def test_task_inputs_split_a_group_only_where_one_task_has_several(tmp_path):
+    # Fine-tuning on two tasks starts from each task's own base: one configuration. Two bases
+    # on one task are two configurations.
+    dirs = [fake_run(tmp_path, "dppo", "x", s, [1.0], init=f"bases/x{s // 2}") for s in range(4)]
+    dirs += [fake_run(tmp_path, "dppo", "y", s, [1.0], init="bases/y") for s in range(2)]
+    runs, _ = read_runs(dirs[4:] + dirs[:2])
+    assert {r.group for r in runs} == {"dppo"}
+    runs, _ = read_runs(dirs)
+    assert {r.group for r in runs if r.env == "x"} == {
+        "dppo [init=bases/x0]",
+        "dppo [init=bases/x1]",
+    }
+
+
+def test_one_directory_given_twice_counts_once(tmp_path, monkeypatch):
+    run = fake_run(tmp_path, "a", "x", 0, [1.0])
+    other = fake_run(tmp_path, "a", "x", 1, [3.0])
+    monkeypatch.chdir(tmp_path)
+    report = write_report([run, run.relative_to(tmp_path), other, run / "."], tmp_path / "out")
+    assert [r["runs"] for r in read_csv(tmp_path / "out" / "tasks.csv")] == ["2"]
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 2
+    assert f"{run} was given 3 times" in report.read_text()
+
+
+def test_one_seed_twice_in_a_configuration_is_refused_naming_both(tmp_path):
+    first = fake_run(tmp_path, "a", "x", 0, [1.0], name="first")
+    again = fake_run(tmp_path, "a", "x", 0, [1.0], name="again")
+    with pytest.raises(ValueError, match="both seed 0 of a on x") as refused:
+        write_report([first, again], tmp_path / "out")
+    assert str(first) in str(refused.value) and str(again) in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_pretrain_run_is_skipped_with_its_reason(tmp_path, capsys):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(
+        json.dumps({"pretrain": "flow", "run": {"env": "x", "seed": 0}, "gprl_version": "0"})
+    )
+    (base / "metrics.csv").write_text("updates,wall_time,eval_return\n100,1.0,5.0\n")
+    run = fake_run(tmp_path, "a", "x", 0, [1.0])
+    report = write_report([base, run], tmp_path / "out")
+    assert len(read_csv(tmp_path / "out" / "runs.csv")) == 1
+    assert f"skipped {base} is a gprl pretrain run" in report.read_text()
+    assert f"skipped {base} is a gprl pretrain run" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"no training runs to report: skipped .* pretrain run"):
+        write_report([base], tmp_path / "out2")
+
+
+def test_optimality_gap_is_omitted_for_scores_outside_zero_one(tmp_path, capsys):
+    dirs = [fake_run(tmp_path, "a", "x", s, [-1200.0, -1114.0 + s]) for s in range(3)]
+    report = write_report(dirs, tmp_path / "out")
+    row = read_csv(tmp_path / "out" / "aggregate.csv")[0]
+    assert row["optimality_gap"] == row["optimality_gap_low"] == "" != row["iqm"]
+    text = report.read_text()
+    assert "optimality gap omitted: scores range over [-1.11e+03, -1.11e+03]" in text
+    assert "| omitted |" in text
+    assert "optimality gap omitted" in capsys.readouterr().out

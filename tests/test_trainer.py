@@ -25,7 +25,6 @@ FAST_GORL = replace(
     stage_weights=(1.0, 1.0),
     decoder_train_steps=500,
 )
-TIMING_COLUMNS = {"wall_time", "steps_per_second"}
 
 
 def small_run(tmp_path, name="run", **overrides) -> RunConfig:
@@ -42,53 +41,32 @@ def small_run(tmp_path, name="run", **overrides) -> RunConfig:
     return RunConfig(**(fields | overrides))
 
 
-def metrics_without_timing(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [
-            {k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)
-        ]
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_at(iteration):
-    def hook(i, row):
-        if i == iteration:
-            raise Interrupt
-
-    return hook
-
-
 @pytest.mark.parametrize(
     ("algo", "config", "stop_at"),
     [("ppo", FAST_PPO, 13), ("gorl", FAST_GORL, 12), ("gorl", FAST_GORL, 20)],
     ids=["ppo", "gorl-stage0", "gorl-stage1"],
 )
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algo, config, stop_at):
-    reference = train(algo, small_run(tmp_path, "reference"), config)
-    interrupted = small_run(tmp_path, "interrupted")
-    with pytest.raises(Interrupt):
-        train(algo, interrupted, config, on_iteration=interrupt_at(stop_at))
-    checkpointed_at = read_meta(interrupted.out)["progress"]["iteration"]
-    assert 0 < checkpointed_at < stop_at
-    resumed = train(algo, RunConfig(resume=interrupted.out, progress=False), config)
-    assert metrics_without_timing(resumed) == metrics_without_timing(reference)
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
+    tmp_path, resume_check, algo, config, stop_at
+):
+    def checkpointed_before_the_stop(run_dir):
+        assert 0 < read_meta(run_dir)["progress"]["iteration"] < stop_at
+
+    run = small_run(tmp_path, "interrupted")
+    resume_check.train(algo, run, config, stop_at, checkpointed_before_the_stop)
 
 
-def test_interrupted_envpool_run_resumes_exactly(tmp_path):
+def test_interrupted_envpool_run_resumes_exactly(tmp_path, resume_check):
     # Hopper-v5 falls often under an untrained policy, so the pool resets envs on its own many
     # times between checkpoints: resuming must put every env back at the same episode.
     run = small_run(tmp_path, "interrupted", env="Hopper-v5", env_backend="envpool")
-    reference = train("ppo", replace(run, out=tmp_path / "reference"), FAST_PPO)
-    with pytest.raises(Interrupt):
-        train("ppo", run, FAST_PPO, on_iteration=interrupt_at(13))
-    meta = read_meta(run.out)
-    assert meta["backend"] == "envpool"
-    assert sum(meta["env_state"]["train"]["episodes"]) > 2 * run.num_envs
-    resumed = train("ppo", RunConfig(resume=run.out, progress=False), FAST_PPO)
-    assert metrics_without_timing(resumed) == metrics_without_timing(reference)
+
+    def envs_reset_many_times(run_dir):
+        meta = read_meta(run_dir)
+        assert meta["backend"] == "envpool"
+        assert sum(meta["env_state"]["train"]["episodes"]) > 2 * run.num_envs
+
+    resume_check.train("ppo", run, FAST_PPO, 13, envs_reset_many_times)
 
 
 def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
@@ -322,14 +300,14 @@ def test_cli_eval_rejects_a_negative_episode_count(tmp_path):
     assert result.stderr.strip() == "gprl: error: --episodes must be at least 1, got -1"
 
 
-def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config(tmp_path):
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config(
+    tmp_path, resume_check
+):
+    def no_checkpoint(run_dir):
+        assert not (run_dir / "checkpoint").exists()
+
     run = small_run(tmp_path, checkpoint_every=100_000, seed=3)
-    with pytest.raises(Interrupt):
-        train("ppo", run, FAST_PPO, on_iteration=interrupt_at(2))
-    assert not (run.out / "checkpoint").exists()
-    resumed = train("ppo", RunConfig(resume=run.out, progress=False), FAST_PPO)
-    reference = train("ppo", replace(run, out=tmp_path / "reference"), FAST_PPO)
-    assert metrics_without_timing(resumed) == metrics_without_timing(reference)
+    resumed = resume_check.train("ppo", run, FAST_PPO, 2, no_checkpoint).resumed
     assert json.loads((resumed / "config.json").read_text())["run"]["seed"] == 3
 
 

@@ -4,32 +4,18 @@ with the matching collector and evaluator."""
 from typing import Any, NamedTuple
 
 from gprl.collectors import DeviceCollector, HostCollector
-from gprl.envs import EnvError, env_backend_for, make_env
-from gprl.envs.envpool_backend import GROUPED_RESTARTS_UNSUPPORTED
-from gprl.envs.vector import ENV_BACKENDS
+from gprl.envs import EnvSource, open_resolved, resolve_env
+from gprl.envs import probe_spec as probe_spec  # the run's spec before its envs are built
+from gprl.envs.sources import BACKENDS as BACKENDS
 from gprl.evaluation import DeviceEvaluator, HostEvaluator
 from gprl.types import EnvSpec
 
-BACKENDS = (*ENV_BACKENDS, "jax")
-JAX_ONLY_PREFIX = "playground:"
 
-
-def resolve_backend(env_id: str, backend: str, start_state_group: int = 1) -> str:
-    """The backend a run on env_id uses: 'gymnasium', 'envpool' or 'jax'. Envs restarted in
-    groups from one initial state (start_state_group > 1) rule envpool out."""
-    if backend not in BACKENDS:
-        raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if env_id.startswith(JAX_ONLY_PREFIX):
-        if backend not in ("auto", "jax"):
-            raise EnvError(f"{env_id} is a JAX environment; use --env-backend jax (or auto)")
-        return "jax"
-    if backend == "jax":
-        return "jax"
-    if start_state_group > 1:
-        if backend == "envpool":
-            raise EnvError(GROUPED_RESTARTS_UNSUPPORTED)
-        backend = "gymnasium"
-    return env_backend_for(env_id, backend)
+def resolve_backend(env: EnvSource, backend: str, start_state_group: int = 1) -> str:
+    """The backend a run on env uses: 'gymnasium', 'envpool' or 'jax', as decided by
+    :func:`gprl.envs.resolve_env`. Envs restarted in groups from one initial state
+    (start_state_group > 1) rule envpool out."""
+    return resolve_env(env, backend, start_state_group).backend
 
 
 class Environments(NamedTuple):
@@ -58,7 +44,7 @@ class Environments(NamedTuple):
 
 
 def open_environments(
-    env_id: str,
+    env: EnvSource,
     backend: str,
     num_envs: int,
     eval_episodes: int,
@@ -66,20 +52,17 @@ def open_environments(
     eval_seed: int,
     start_state_group: int = 1,
 ) -> Environments:
-    backend = resolve_backend(env_id, backend, start_state_group)
-    if backend == "jax":
-        from gprl.envs.jax_envs import make_jax_env
-
-        train = make_jax_env(env_id, num_envs)
-        evaluation = make_jax_env(env_id, eval_episodes)
-    else:
-        train = make_env(env_id, num_envs, seed, backend=backend)
-        try:
-            evaluation = make_env(env_id, eval_episodes, eval_seed, backend=backend)
-        except BaseException:
+    """Training and evaluation envs for a run on env: an id, a gymnasium.Env instance (used in
+    the training envs; every other env is a deep copy of it), a factory or a JAX task object."""
+    resolved = resolve_env(env, backend, start_state_group)
+    train = open_resolved(resolved, num_envs, seed)
+    try:
+        evaluation = open_resolved(resolved.for_another_set(), eval_episodes, eval_seed)
+    except BaseException:
+        if hasattr(train, "close"):
             train.close()
-            raise
-    return Environments(train, evaluation, train.spec, backend)
+        raise
+    return Environments(train, evaluation, train.spec, resolved.backend)
 
 
 def make_collector(envs: Environments, act):

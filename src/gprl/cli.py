@@ -104,13 +104,15 @@ def _parse(spec, argv, prog: str):
 
 
 def _box_message(text: str) -> str:
-    """The message inside a tyro error box: the lines between its title and its rule."""
+    """The message inside a tyro error box: its first paragraph after the title. (The box has
+    borders on a terminal, and only rules under the title and between paragraphs elsewhere.)"""
     lines = []
     for line in text.splitlines()[1:]:
         content = line.strip().strip("│").strip()
-        if not content or set(content) <= set("─╰╯"):
+        if content and not set(content) <= set("─-╰╯"):
+            lines.append(content)
+        elif lines:
             break
-        lines.append(content)
     return re.sub(r"\s+", " ", " ".join(lines)) or "invalid arguments"
 
 
@@ -205,53 +207,88 @@ def _print_summary(run_dir: Path) -> None:
 
 
 def _eval(argv) -> None:
-    from gprl.backends import make_evaluator, open_environments, resolve_backend
-    from gprl.envs import make_env
-    from gprl.evaluation import record_video
-    from gprl.pretrain import evaluate_run, is_pretrain_run
-    from gprl.trainer import load_run
+    from gprl.pretrain import is_pretrain_run
 
     args = _parse(EvalArgs, argv, "gprl eval")
     if args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
-    if is_pretrain_run(args.run_dir):
-        if args.video:
-            raise ValueError("--video is not supported for pretrain runs")
-        env_id, result = evaluate_run(args.run_dir, args.episodes, args.seed)
-        print(
-            f"{env_id}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
-            f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
-        )
-        return
+    evaluate = _eval_pretrain_run if is_pretrain_run(args.run_dir) else _eval_train_run
+    env_id, result, sampler, acting = evaluate(args)
+    print(
+        f"{env_id}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
+        f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
+    )
+    if args.plot_actions:
+        _plot_actions(env_id, sampler, acting, args)
+
+
+def _check_plot_backend(args: EvalArgs, env_id: str) -> None:
+    from gprl.backends import resolve_backend
+
+    if args.plot_actions and resolve_backend(env_id, "auto") == "jax":
+        raise ValueError(f"--plot-actions draws on host envs; {env_id} is a JAX environment")
+
+
+def _eval_train_run(args: EvalArgs):
+    """Evaluate (and film) a `gprl train` run: (env id, result, its algorithm, acting params)."""
+    from gprl.backends import make_evaluator, open_environments
+    from gprl.envs import make_env
+    from gprl.evaluation import record_video
+    from gprl.trainer import load_run
+
     algo, state, run = load_run(args.run_dir)
-    if args.plot_actions and resolve_backend(run.env, "auto") == "jax":
-        raise ValueError(f"--plot-actions draws on host envs; {run.env} is a JAX environment")
+    _check_plot_backend(args, run.env)
     acting = algo.acting_params(state)
     envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed, args.seed)
     try:
         result = make_evaluator(envs, algo.act_deterministic, args.seed).evaluate(acting)
     finally:
         envs.close()
-    print(
-        f"{run.env}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
-        f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
-    )
     if args.video:
         with make_env(run.env, 1, args.seed, render=True, backend="gymnasium") as env:
             path = record_video(
                 algo.act_deterministic, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"
             )
         print(f"video: {path}")
-    if args.plot_actions:
-        from gprl.action_plots import coverage_lines, plot_actions
+    return run.env, result, algo, acting
 
-        with make_env(run.env, 1, args.seed, backend="gymnasium") as env:
-            plot = plot_actions(
-                algo, acting, env, args.run_dir / "plots" / "actions.png", seed=args.seed
-            )
-        print(f"action plot: {plot.path}")
-        for line in coverage_lines(plot):
-            print(line)
+
+class _PretrainedSampler:
+    """A pretrain run's stochastic policy as the action plot samples an algorithm's `act`: the
+    first action of a chunk planned from unit noise (as `gprl collect --policy stochastic`)."""
+
+    def __init__(self, pretrained):
+        self._policy = pretrained.policy
+        self._policy.noise_scale = 1.0
+
+    def act(self, acting, obs, key):
+        return self._policy.plan(acting, obs, key)[..., 0, :], {}
+
+
+def _eval_pretrain_run(args: EvalArgs):
+    from gprl.pretrain import evaluate_run, load_pretrained
+
+    if args.video:
+        raise ValueError("--video is not supported for pretrain runs")
+    env_id, result = evaluate_run(args.run_dir, args.episodes, args.seed)
+    if not args.plot_actions:
+        return env_id, result, None, None
+    # Pretraining refuses JAX envs, so a pretrain run can always be drawn on host envs.
+    pretrained = load_pretrained(args.run_dir)
+    return env_id, result, _PretrainedSampler(pretrained), pretrained.acting
+
+
+def _plot_actions(env_id: str, sampler, acting, args: EvalArgs) -> None:
+    from gprl.action_plots import coverage_lines, plot_actions
+    from gprl.envs import make_env
+
+    with make_env(env_id, 1, args.seed, backend="gymnasium") as env:
+        plot = plot_actions(
+            sampler, acting, env, args.run_dir / "plots" / "actions.png", seed=args.seed
+        )
+    print(f"action plot: {plot.path}")
+    for line in coverage_lines(plot):
+        print(line)
 
 
 @dataclass
@@ -308,6 +345,14 @@ def _sweep(argv) -> None:
     print(f"sweep: {out}  (one run directory per cell, sweep.csv)")
 
 
+ABORTED = {
+    "train": "stopped without saving, resume from the last checkpoint with --resume RUN_DIR",
+    "pretrain": "stopped without saving, resume from the last checkpoint with --resume RUN_DIR",
+    "collect": "stopped without writing a dataset",
+}
+"""What a second signal (or a first one before a command handles signals) leaves behind."""
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
@@ -322,28 +367,46 @@ def main(argv: list[str] | None = None) -> None:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         print(_usage(), file=sys.stdout if asked_for_help else sys.stderr)
         sys.exit(0 if asked_for_help else 2)
-    from gprl.checkpoint import CheckpointError
-    from gprl.envs import EnvError
-    from gprl.trainer import TrainingError, TrainingInterrupted
-
     try:
         commands[argv[0]](argv[1:])
-    except TrainingInterrupted as e:
-        print(f"gprl: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except (EnvError, CheckpointError, TrainingError, FileExistsError, ValueError) as e:
-        print(
-            f"gprl: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(
-            "gprl: interrupted again; stopped without saving, resume from the last checkpoint "
-            "with --resume RUN_DIR",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    except (Exception, KeyboardInterrupt) as error:
+        message, exit_code = _failure(argv[0], error)
+        print(f"gprl: {message}", file=sys.stderr)
+        sys.exit(exit_code)
+
+
+def _failure(command: str, error: BaseException) -> tuple[str, int]:
+    """The one line and exit status for a command that stopped on `error`; re-raises errors
+    that are bugs (their traceback is what a bug report needs)."""
+    from gprl.signals import SecondSignal, TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        return str(error), error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        again = "interrupted again" if isinstance(error, SecondSignal) else "interrupted"
+        return f"{again}; {ABORTED.get(command, 'stopped')}", 130
+    if isinstance(error, (OSError, ValueError, *_user_errors())):
+        return f"error: {_first_line(error)}", 2
+    raise error
+
+
+def _user_errors() -> tuple[type, ...]:
+    """Errors gprl raises for bad input or a run it cannot go on with (their modules import JAX,
+    so they are looked up only once a command failed)."""
+    from gprl.checkpoint import CheckpointError
+    from gprl.envs import EnvError
+    from gprl.trainer import TrainingError
+
+    return EnvError, CheckpointError, TrainingError
+
+
+def _first_line(error: BaseException) -> str:
+    # An OSError names its path, not the operation: "/proc/x: No such file or directory".
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        target = f"{error.filename} -> {error.filename2}" if error.filename2 else error.filename
+        return f"{target}: {error.strerror}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ clipped to it. Expert (S = 0), medium (an earlier or smaller run) and noisy or m
 
 Episodes are spread over the envs in a fixed order (env i records episodes i, i + E, ...), so
 short episodes are not favoured and the dataset depends only on the run and the seed.
+
+A first SIGINT or SIGTERM stops recording and writes the episodes finished so far as the dataset
+(none: no dataset), then exits with 128 + the signal; a second one aborts and writes nothing.
 """
 
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -24,9 +28,17 @@ import jax
 import numpy as np
 import tyro
 
-from gprl.datasets import DatasetError, Episode, check_dataset_id, dataset_path, write_dataset
+from gprl.datasets import (
+    DatasetError,
+    Episode,
+    check_dataset_id,
+    check_datasets_writable,
+    dataset_path,
+    write_dataset,
+)
 from gprl.envs import make_env
 from gprl.evaluation import ActionQueue
+from gprl.signals import StopSignals, TrainingInterrupted
 
 HOST_BACKENDS = ("auto", "gymnasium", "envpool")
 
@@ -130,30 +142,52 @@ class _RunActor:
 
 def collect(args: CollectArgs) -> Collected:
     """Run the policy of args.run_dir and write args.episodes episodes as a Minari dataset.
-    Bad arguments, an existing dataset id or an unusable run fail before any env is stepped;
-    nothing is written unless every episode was recorded."""
+    Bad arguments, an existing dataset id, an unwritable dataset folder or an unusable run fail
+    before any env is stepped. A first SIGINT / SIGTERM writes the episodes finished so far and
+    raises TrainingInterrupted; a second raises KeyboardInterrupt and writes nothing."""
     args.validate()
     if dataset_path(check_dataset_id(args.out)).exists():
         raise DatasetError(f"dataset {args.out} already exists; choose another --out")
+    check_datasets_writable()
     policy_key, noise_seed = jax.random.split(jax.random.PRNGKey(args.seed))
     num_envs = min(args.num_envs, args.episodes)
-    actor = _RunActor(args.run_dir, args.policy == "stochastic", num_envs, policy_key)
-    env = make_env(actor.env_id, num_envs, args.seed, backend=actor.backend)
-    try:
-        episodes = _record(env, actor, args.episodes, args.action_noise, args.seed, noise_seed)
-    finally:
-        env.close()
-    description = (
-        f"{args.episodes} episodes of {actor.description} from {args.run_dir}, "
-        f"{args.policy} policy, action noise {args.action_noise}, seed {args.seed}"
-    )
-    path = write_dataset(args.out, episodes, env.spec, description, actor.description)
+    with StopSignals() as stop:
+        actor = _RunActor(args.run_dir, args.policy == "stochastic", num_envs, policy_key)
+        env = make_env(actor.env_id, num_envs, args.seed, backend=actor.backend)
+        try:
+            episodes = _record(env, actor, args, noise_seed, stop)
+        finally:
+            env.close()
+        if stop.received is not None and not episodes:
+            raise TrainingInterrupted(
+                f"{_signal_name(stop.received)}: stopped before an episode finished; "
+                "wrote no dataset",
+                stop.received,
+            )
+        description = (
+            f"{len(episodes)} episodes of {actor.description} from {args.run_dir}, "
+            f"{args.policy} policy, action noise {args.action_noise}, seed {args.seed}"
+        )
+        stop.raise_if_aborted()
+        path = write_dataset(args.out, episodes, env.spec, description, actor.description)
+    if stop.received is not None:
+        raise TrainingInterrupted(
+            f"{_signal_name(stop.received)}: stopped after {len(episodes)} of {args.episodes} "
+            f"episodes and wrote them as dataset {args.out} ({path})",
+            stop.received,
+        )
     returns = [float(np.sum(e.rewards)) for e in episodes]
     steps = sum(len(e.rewards) for e in episodes)
     return Collected(args.out, path, len(episodes), steps, float(np.mean(returns)))
 
 
-def _record(env, actor: _RunActor, num_episodes: int, action_noise: float, seed: int, noise_seed):
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _record(env, actor: _RunActor, args: CollectArgs, noise_seed, stop: StopSignals):
+    """The episodes recorded, in dataset order; all args.episodes unless a signal stopped it."""
+    num_episodes, action_noise = args.episodes, args.action_noise
     spec = env.spec
     n = env.num_envs
     quota = np.array([len(range(i, num_episodes, n)) for i in range(n)])
@@ -168,8 +202,9 @@ def _record(env, actor: _RunActor, num_episodes: int, action_noise: float, seed:
         return {"obs": [], "actions": [], "rewards": [], "terminated": [], "truncated": []}
 
     current = [fresh() for _ in range(n)]
-    obs = env.reset(seed)
-    while any(len(finished[i]) < quota[i] for i in range(n)):
+    obs = env.reset(args.seed)
+    while stop.received is None and any(len(finished[i]) < quota[i] for i in range(n)):
+        stop.raise_if_aborted()
         action = np.asarray(actor(obs), np.float32)
         if action_noise > 0:
             action = action + action_noise * rng.standard_normal(action.shape).astype(np.float32)
@@ -200,4 +235,5 @@ def _record(env, actor: _RunActor, num_episodes: int, action_noise: float, seed:
         actor.episode_ended(ended)
         obs = step.obs
     # Env i's k-th episode is episode i + k * n of the dataset.
-    return [finished[number % n][number // n] for number in range(num_episodes)]
+    numbers = [i + k * n for i in range(n) for k in range(len(finished[i]))]
+    return [finished[number % n][number // n] for number in sorted(numbers)]

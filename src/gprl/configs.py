@@ -1,9 +1,52 @@
-"""Dataclass configs to and from JSON (nested dataclasses, tuples, optionals, literals)."""
+"""Dataclass configs to and from JSON (nested dataclasses, tuples, optionals, literals), and
+`Count`, the command-line type of step counts."""
 
 import dataclasses
 import types
 import typing
 from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+
+def parse_count(text: str) -> int:
+    """A whole number written as an int ("100000", "100_000") or in float notation ("1e5",
+    "2.5e5"); ValueError (one line) for anything else."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number such as 100000 or 1e5, got {text!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"expected a whole number such as 100000 or 1e5, got {text!r}")
+    return int(value)
+
+
+def _count_spec(optional: bool):
+    def parse(args: list[str]):
+        return None if optional and args[0] == "None" else parse_count(args[0])
+
+    def is_count(value) -> bool:
+        return (optional and value is None) or (type(value) is int)
+
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="{None}|INT" if optional else "INT",
+        instance_from_str=parse,
+        is_instance=is_count,
+        str_from_instance=lambda value: [str(value)],
+    )
+
+
+Count = Annotated[int, _count_spec(optional=False)]
+"""An int option that also takes whole numbers in float notation (`--total-steps 1e5`)."""
+CountOrNone = Annotated[int | None, _count_spec(optional=True)]
+"""Count or None. (`Count | None` would work too, but tyro's message for a bad value then says
+only that no type matched, not why.)"""
 
 
 def to_jsonable(obj):

@@ -104,10 +104,32 @@ def _first_line(exc: BaseException) -> str:
 
 
 def datasets_root() -> Path:
-    """Where Minari keeps datasets (MINARI_DATASETS_PATH, else ~/.minari/datasets)."""
+    """Where Minari keeps datasets (MINARI_DATASETS_PATH, else ~/.minari/datasets), created if
+    missing; DatasetError (one line) if it cannot be."""
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    return Path(get_dataset_path())
+    try:
+        return Path(get_dataset_path())
+    except OSError as exc:
+        raise DatasetError(f"cannot use the dataset folder: {_os_reason(exc)}") from None
+
+
+def check_datasets_writable() -> Path:
+    """The dataset folder, once a dataset could be written there (DatasetError otherwise): a
+    collection checks it before recording rather than failing after."""
+    root = datasets_root()
+    try:
+        tempfile.TemporaryDirectory(prefix=".gprl-check-", dir=root).cleanup()
+    except OSError as exc:
+        raise DatasetError(f"cannot write datasets: {_os_reason(exc, root)}") from None
+    return root
+
+
+def _os_reason(exc: OSError, folder: Path | None = None) -> str:
+    # Names the folder and where its path came from: the user may not know Minari's default.
+    setting = "MINARI_DATASETS_PATH" if "MINARI_DATASETS_PATH" in os.environ else "Minari default"
+    where = folder or exc.filename
+    return f"{where}: {exc.strerror or _first_line(exc)} ({setting})"
 
 
 def check_dataset_id(dataset_id: str) -> str:
@@ -307,13 +329,34 @@ def write_dataset(
         raise DatasetError(f"dataset {dataset_id} already exists in {datasets_root()}")
     if not episodes:
         raise DatasetError(f"no episodes to write to {dataset_id}")
-    from minari.data_collector.episode_buffer import EpisodeBuffer
     from minari.dataset.minari_dataset import parse_dataset_id
     from minari.namespace import create_namespace, list_local_namespaces
 
-    minari = _minari()
-    observation_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
-    action_space = spaces.Box(spec.action_low, spec.action_high, (spec.action_dim,), np.float32)
+    try:
+        root = datasets_root()
+        staging = Path(tempfile.mkdtemp(prefix=".gprl-writing-", dir=root))
+    except OSError as exc:
+        raise DatasetError(f"cannot write dataset {dataset_id}: {_os_reason(exc, root)}") from None
+    try:
+        with _minari_root(staging):
+            _create(dataset_id, episodes, spec, description, algorithm_name)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            (staging / dataset_id).rename(final)
+        except OSError as exc:
+            raise DatasetError(f"cannot move dataset {dataset_id} into place: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    namespace = parse_dataset_id(dataset_id)[0]
+    if namespace is not None and namespace not in list_local_namespaces():
+        create_namespace(namespace)
+    return final
+
+
+def _create(dataset_id, episodes, spec: EnvSpec, description: str, algorithm_name: str) -> None:
+    """minari.create_dataset_from_buffers, its errors in one line."""
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
     buffers = [
         EpisodeBuffer(
             id=number,
@@ -325,32 +368,17 @@ def write_dataset(
         )
         for number, episode in enumerate(episodes)
     ]
-    root = datasets_root()
-    staging = Path(tempfile.mkdtemp(prefix=".gprl-writing-", dir=root))
     try:
-        with _minari_root(staging):
-            try:
-                minari.create_dataset_from_buffers(
-                    dataset_id,
-                    buffers,
-                    env=spec.env_id,
-                    observation_space=observation_space,
-                    action_space=action_space,
-                    algorithm_name=algorithm_name,
-                    description=description,
-                )
-            except Exception as exc:  # minari, gymnasium and h5py raise many types
-                raise DatasetError(
-                    f"cannot write dataset {dataset_id}: {_first_line(exc)}"
-                ) from None
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            (staging / dataset_id).rename(final)
-        except OSError as exc:
-            raise DatasetError(f"cannot move dataset {dataset_id} into place: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    namespace = parse_dataset_id(dataset_id)[0]
-    if namespace is not None and namespace not in list_local_namespaces():
-        create_namespace(namespace)
-    return final
+        _minari().create_dataset_from_buffers(
+            dataset_id,
+            buffers,
+            env=spec.env_id,
+            observation_space=spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32),
+            action_space=spaces.Box(
+                spec.action_low, spec.action_high, (spec.action_dim,), np.float32
+            ),
+            algorithm_name=algorithm_name,
+            description=description,
+        )
+    except Exception as exc:  # minari, gymnasium and h5py raise many types
+        raise DatasetError(f"cannot write dataset {dataset_id}: {_first_line(exc)}") from None

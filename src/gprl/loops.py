@@ -3,10 +3,12 @@
 Both loops serve the host and the device path alike: the collector decides whether a rollout
 and the update it feeds run as separate calls (host envs) or as one compiled call (JAX envs).
 
-- :class:`OnPolicyLoop`: an update per fresh rollout. A staged algorithm's refits (see
-  :class:`gprl.algos.base.RefitRequest`) run between iterations, outside any compiled call.
+- :class:`OnPolicyLoop`: an update per fresh rollout.
 - :class:`OffPolicyLoop`: short rollouts stored in a replay buffer that the loop owns (and the
   trainer checkpoints), each followed by the gradient steps it pays for, sampled from the buffer.
+
+Both expose the same interface to the run loop: reset, iterate, checkpoint_state, restore,
+at_stage_boundary and offline_pending.
 """
 
 from typing import NamedTuple
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.base import OffPolicyAlgorithm, OnPolicyAlgorithm
+from gprl.algos.base import Algorithm, OffPolicyAlgorithm, OnPolicyAlgorithm
 from gprl.collectors import EpisodeStats, split_key
 from gprl.replay import replay_add, replay_init, replay_prefill, replay_sample
 from gprl.types import Transition
@@ -30,24 +32,27 @@ class IterationResult(NamedTuple):
     """Env steps taken in this iteration."""
     counted_steps: int
     """The part of env_steps that counts toward the budget."""
-    refit: bool
-    """Whether this iteration was a refit rather than an update."""
+    ended_stage: bool
+    """Whether this iteration ended a stage (see Algorithm.end_stage) rather than updating."""
     offline_updates: int = 0
     """Gradient steps taken on an offline dataset alone (no env step) in this iteration."""
 
 
 class OnPolicyLoop:
+    """An update per fresh rollout. At the algorithm's stage boundaries (see
+    :class:`gprl.algos.base.StageBoundary`) an iteration collects the data the algorithm asks for
+    and ends the stage instead, outside any compiled call."""
+
     def __init__(self, algo: OnPolicyAlgorithm, collector, num_envs: int):
         self.algo = algo
         self.collector = collector
         self.num_envs = num_envs
-        self.start_state_group = type(algo).start_state_group(algo.config)
         self._train_step = collector.make_train_step(
             algo.acting_params, algo.update, algo.rollout_steps
         )
 
     def reset(self, seed: int) -> None:
-        self.collector.reset(seed, self.start_state_group)
+        self.collector.reset(seed, self.algo.start_state_group)
 
     def checkpoint_state(self) -> dict:
         """Loop-owned arrays a checkpoint must hold: none (a rollout starts afresh)."""
@@ -56,26 +61,29 @@ class OnPolicyLoop:
     def restore(self, saved: dict) -> None:
         pass
 
-    def refit_pending(self, state) -> bool:
-        """Whether the next iteration is a refit rather than an update."""
-        return self.algo.refit_request(state) is not None
+    def at_stage_boundary(self, state) -> bool:
+        """Whether the next iteration ends a stage rather than updating."""
+        return self.algo.stage_boundary(state) is not None
 
     def offline_pending(self, state) -> bool:
         """Whether the next iteration trains on an offline dataset alone."""
         return False
 
     def iterate(self, state, key) -> IterationResult:
-        """One update on a fresh rollout, or the refit the algorithm asks for."""
-        request = self.algo.refit_request(state)
-        if request is None:
-            state, key, metrics, episodes = self._train_step(state, key)
-            steps = self.algo.rollout_steps * self.num_envs
-            return IterationResult(state, key, metrics, episodes, steps, steps, False)
-        batch, key, episodes = self.collector.collect(request.acting, key, request.rollout_steps)
-        key, refit_key = split_key(key)
-        state, metrics = self.algo.refit(state, batch, refit_key)
-        steps = request.rollout_steps * self.num_envs
-        counted = steps if request.counted else 0
+        """One update on a fresh rollout, or the end of a stage."""
+        boundary = self.algo.stage_boundary(state)
+        if boundary is not None:
+            return self._end_stage(boundary, state, key)
+        state, key, metrics, episodes = self._train_step(state, key)
+        steps = self.algo.rollout_steps * self.num_envs
+        return IterationResult(state, key, metrics, episodes, steps, steps, False)
+
+    def _end_stage(self, boundary, state, key) -> IterationResult:
+        batch, key, episodes = self.collector.collect(boundary.acting, key, boundary.rollout_steps)
+        key, stage_key = split_key(key)
+        state, metrics = self.algo.end_stage(state, batch, stage_key)
+        steps = boundary.rollout_steps * self.num_envs
+        counted = steps if boundary.counted else 0
         return IterationResult(state, key, metrics, episodes, steps, counted, True)
 
 
@@ -87,7 +95,8 @@ class OffPolicyLoop:
     Each call is one compiled update (on the device path, one compiled rollout-and-update) that
     stores the transitions and scans over gradient steps, each on a batch sampled from the
     buffer; the buffer is donated to it, so it is written in place. Before learning starts the
-    calls explore (`algo.explore`) and only store.
+    calls explore (`algo.explore`) and only store. Stage boundaries are not run here: an
+    algorithm that has them is refused.
 
     make_collector(act) builds the collector for an acting function: the loop acts through one
     that switches between `algo.act` and `algo.explore`, so that both phases share one env.
@@ -101,11 +110,16 @@ class OffPolicyLoop:
     def __init__(self, algo: OffPolicyAlgorithm, make_collector, num_envs: int, offline_data=None):
         self.algo = algo
         self.num_envs = num_envs
+        if type(algo).stage_boundary is not Algorithm.stage_boundary:
+            raise ValueError(f"{type(algo).__name__}: the off-policy loop runs no stage boundaries")
         self.schedule = algo.schedule
         if self.schedule.offline_iterations and offline_data is None:
             raise ValueError(
                 "offline updates train on an offline dataset alone: give one with --dataset"
             )
+        if offline_data is None:
+            self.schedule.check_warmup_fits()
+        # A pre-filled buffer has data to learn from at once: no warm-up.
         self.warmup_calls = 0 if offline_data is not None else self.schedule.warmup_calls
         self.collector = make_collector(self._act)
         self.replay = self._empty_replay(offline_data)
@@ -188,10 +202,12 @@ class OffPolicyLoop:
     def reset(self, seed: int) -> None:
         self.collector.reset(seed)
 
-    def refit_pending(self, state) -> bool:
+    def at_stage_boundary(self, state) -> bool:
+        """Never (see the class docstring)."""
         return False
 
     def offline_pending(self, state) -> bool:
+        """Whether the next iteration trains on an offline dataset alone."""
         return int(state["iteration"]) < self.schedule.offline_iterations
 
     def iterate(self, state, key) -> IterationResult:

@@ -1,6 +1,37 @@
-"""Network building blocks shared by every policy and critic."""
+"""Network building blocks shared by every policy and critic, and the protocol for your own.
 
+Your own networks
+-----------------
+Any flax ``nn.Module`` can stand in for gprl's MLPs as a *torso*: it maps its inputs to a feature
+vector of any width, and gprl adds the output layer, whose size and initial scale are gprl's
+business (a zero-initialised velocity head makes an untrained flow the identity map, a small-gain
+policy head starts a Gaussian policy near its prior). Write the torso without that last layer,
+with no subclassing of gprl's networks. What each torso is called with (``...`` is any batch
+shape, the same for every argument):
+
+- actor torso, ``torso(obs)``: obs (..., obs_dim). gprl's head gives the Gaussian mean (and, for
+  the 'softplus' std_type, the scale).
+- critic torso, what the critic is a function of: ``torso(obs)`` for a state value V(s), and
+  ``torso(obs, action)`` with two arguments for a Q-value Q(s, a) (concatenate them, or not, as
+  you like). A torso meant for both can take ``action=None``. The head is one unit; a Q-ensemble
+  builds one torso per member.
+- velocity / denoising torso, ``torso(cond, x, t)``: cond (..., cond_dim) the observation the
+  policy acts on, x (..., action_dim) the current sample, t (...) the time of each sample: the
+  flow time in [0, 1] (noise at 0, action at 1) or the diffusion step as a fraction of the
+  training steps (0 clean). One-step policies (MeanFlow, shortcut) pass t as (..., 2): an
+  interval's start and its length.
+
+Pass torsos to the policies (``FlowPolicy(action_dim, config, velocity_torso=MyTorso())``,
+``GaussianPolicy(..., actor_torso=...)``) or bundled as :class:`CustomNetworks`; a torso replaces
+the MLP widths and activation of the config, every other field still applies. The samplers call
+a custom velocity torso whole at every integration step; gprl's own :class:`ConditionalField`
+computes its condition and time projections once per sample instead (see
+:func:`field_on_grid`).
+"""
+
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -13,6 +44,55 @@ def activation_fn(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def check_mlp_shape(
+    owner: str, hidden: Sequence[int], activation: str, allow_empty: bool = False
+) -> None:
+    """Refuse, in one line naming `owner`, widths and activations no MLP can be built from."""
+    if not hidden and not allow_empty:
+        raise ValueError(f"{owner}: hidden needs at least one layer width")
+    if any(not isinstance(width, int) or width < 1 for width in hidden):
+        raise ValueError(f"{owner}: hidden widths must be positive integers, got {tuple(hidden)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{owner}: unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}"
+        )
+
+
+def output_kernel_init(scale: float):
+    """Orthogonal with gain `scale`, or zeros for scale 0 (an output that starts at exactly 0)."""
+    if scale == 0.0:
+        return nn.initializers.zeros
+    return nn.initializers.orthogonal(scale)
+
+
+@dataclass(frozen=True)
+class CustomNetworks:
+    """A user's own torsos (see this module's docstring); None keeps gprl's MLP for that part."""
+
+    actor: nn.Module | None = None
+    """Torso of the Gaussian actor, called as torso(obs)."""
+    critic: nn.Module | None = None
+    """Torso of the critic, called as torso(obs) (state value) or torso(obs, action) (Q)."""
+    velocity: nn.Module | None = None
+    """Torso of the velocity / denoising network of a flow or diffusion policy, torso(cond, x,
+    t)."""
+
+
+class TorsoHead(nn.Module):
+    """A user's torso followed by gprl's output layer: Dense(out_dim) with gain output_scale."""
+
+    torso: nn.Module
+    out_dim: int
+    output_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, *inputs):
+        features = self.torso(*inputs)
+        return nn.Dense(
+            self.out_dim, kernel_init=output_kernel_init(self.output_scale), name="head"
+        )(features)
 
 
 class MLP(nn.Module):
@@ -36,11 +116,16 @@ class MLP(nn.Module):
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = act(x)
-        if self.output_scale == 0.0:
-            kernel_init = nn.initializers.zeros
-        else:
-            kernel_init = nn.initializers.orthogonal(self.output_scale)
-        return nn.Dense(self.out_dim, kernel_init=kernel_init)(x)
+        return nn.Dense(self.out_dim, kernel_init=output_kernel_init(self.output_scale))(x)
+
+
+def value_network(
+    hidden: Sequence[int], activation: str, torso: nn.Module | None = None
+) -> nn.Module:
+    """A one-output critic: gprl's MLP of `hidden` widths, or `torso` followed by gprl's head."""
+    if torso is None:
+        return MLP(hidden, 1, activation)
+    return TorsoHead(torso, 1)
 
 
 def sinusoidal_embedding(t, dim: int, max_period: float = 1000.0):
@@ -115,6 +200,36 @@ class ConditionalField(nn.Module):
         )
 
 
+def field_on_grid(net: nn.Module, params, cond, times):
+    """Prepare a field net(cond, x, t) for many evaluations at one condition and a grid of times
+    (K, ...): returns (step_inputs, evaluate) with evaluate(x, step_inputs[k]) equal to net(cond,
+    x, times[k]) at every sample of x. step_inputs keeps the grid's leading axis, and an input
+    with size-1 axes between that axis and its last broadcasts against x like times would.
+
+    gprl's ConditionalField projects the condition and the times here, once, leaving per step
+    only x's projection and the trunk (the sampler's fast path); any other network, a user's
+    torso with its head, is called whole on (cond, x, t) at every step."""
+    if isinstance(net, ConditionalField):
+        cond_features = net.apply(params, cond, method=ConditionalField.condition)
+        time_features = net.apply(params, times, method=ConditionalField.time_features)
+
+        def evaluate_projected(x, time_feature):
+            return net.apply(
+                params, cond_features, x, time_feature, method=ConditionalField.from_features
+            )
+
+        return time_features, evaluate_projected
+
+    time_shape = times.shape[1:]
+
+    def evaluate_whole(x, t):
+        batch_shape = x.shape[:-1]
+        batch_cond = jnp.broadcast_to(cond, (*batch_shape, cond.shape[-1]))
+        return net.apply(params, batch_cond, x, jnp.broadcast_to(t, (*batch_shape, *time_shape)))
+
+    return times, evaluate_whole
+
+
 class QEnsemble(nn.Module):
     """`num` independent Q(s, a) MLPs run as one vmapped network: (num, batch) values.
 
@@ -125,16 +240,23 @@ class QEnsemble(nn.Module):
     num: int
     activation: str = "relu"
     layer_norm: bool = False
+    torso: nn.Module | None = None
+    """A user's Q torso, called as torso(obs, action); replaces the MLP (hidden, activation and
+    layer_norm then go unused). Each member gets its own copy."""
 
     @nn.compact
     def __call__(self, obs, action):
-        members = nn.vmap(
-            MLP,
+        vmap_members = functools.partial(
+            nn.vmap,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=None,
             out_axes=0,
             axis_size=self.num,
         )
-        inputs = jnp.concatenate([obs, action], axis=-1)
-        return members(self.hidden, 1, self.activation, 1.0, self.layer_norm)(inputs)[..., 0]
+        if self.torso is not None:
+            # An unparented copy, so that each member owns its torso's parameters.
+            members = vmap_members(TorsoHead)(self.torso.clone(parent=None), 1)
+            return members(obs, action)[..., 0]
+        members = vmap_members(MLP)(self.hidden, 1, self.activation, 1.0, self.layer_norm)
+        return members(jnp.concatenate([obs, action], axis=-1))[..., 0]

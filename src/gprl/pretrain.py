@@ -23,95 +23,56 @@ Runs are resumed exactly from their checkpoint (`--resume RUN_DIR`), with the ru
 
 import dataclasses
 import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gprl import __version__
 from gprl.backends import resolve_backend
 from gprl.checkpoint import CONFIG_JSON, CheckpointError, load_checkpoint, save_checkpoint
 from gprl.collectors import split_key
-from gprl.configs import from_jsonable, to_jsonable
+from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, Demonstrations, check_fits_env, load_demonstrations
 from gprl.envs import EnvError, make_env
 from gprl.evaluation import ChunkedHostEvaluator
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, plot_learning_curve
 from gprl.policies import POLICIES
-from gprl.policies.imitation import FitConfig, ImitationFitter
-from gprl.rl_math import normalize, running_stats_init, running_stats_update
-from gprl.trainer import (
-    ProgressBar,
-    TrainingError,
-    boundary_seed,
-    configure_jax,
-    has_checkpoint,
-    prepare_run_dir,
-    saved_configs,
+from gprl.pretrained import (
+    ChunkPolicy,
+    PretrainConfig,
+    Pretrained,
+    acting_params,
+    action_normalizer,
+    build_policy,
+    chunk_targets,
+    evaluate_run,
+    is_pretrain_run,
+    load_pretrained,
+    state_template,
 )
+from gprl.rl_math import running_stats_init, running_stats_update
+from gprl.rundir import RunDirectory, default_run_dir, has_checkpoint, saved_configs
+from gprl.runloop import Schedule, Step, configure_jax, run_job, start_progress
+from gprl.seeding import eval_seed
 
 DEFAULT_STEPS = 20_000
 EVALUATIONS_PER_RUN = 10
 LOG_COLUMNS = ["iteration", "grad_steps", "wall_time", "steps_per_second", "train_loss"]
-MIN_ACTION_HALF_RANGE = 1e-3
-"""Floor of the action scale, so that a dimension constant in the data stays finite."""
 
 
-@dataclass
-class PretrainConfig:
-    chunk_length: int = 1
-    """Actions predicted per observation (Ta); 1: no chunking."""
-    execute_steps: int = 1
-    """Actions of each chunk executed before planning again (Te <= Ta)."""
-    batch_size: int = 256
-    """Minibatch size of the imitation loss."""
-    learning_rate: float = 1e-3
-    """Adam step size. Flow BC on Hopper-v5 (benchmarks/pretrain.py, 20k steps) returned 889 at
-    3e-4 and 2302 at 1e-3 (10 episodes; the data's 2931)."""
-    val_fraction: float = 0.05
-    """Share of the dataset's steps held out to measure the loss on unseen data."""
-    log_every: int = 500
-    """Gradient steps per compiled training call; the held-out loss and a metrics row follow
-    each (--steps, --eval-every and --checkpoint-every count in these units)."""
-    noise_scale: float | None = None
-    """Scale of the noise the policy acts from (evaluation, `gprl eval`, `gprl collect`). None:
-    1 for the generative policies (they sample the learned distribution) and 0 for the Gaussian
-    (its mean)."""
-    keep: Literal["last", "best_val"] = "last"
-    """The parameters evaluated and shipped: the latest, or those with the best held-out loss
-    (the rule of decoder refits). The one-step objectives' held-out loss moves with the
-    parameters, which makes it a poor selector for them."""
-
-    def validate(self) -> None:
-        for name in ("chunk_length", "execute_steps", "batch_size", "learning_rate", "log_every"):
-            if not getattr(self, name) > 0:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
-                )
-        if self.execute_steps > self.chunk_length:
-            raise ValueError(
-                f"--execute-steps ({self.execute_steps}) cannot exceed --chunk-length "
-                f"({self.chunk_length})"
-            )
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.noise_scale is not None and not (
-            math.isfinite(self.noise_scale) and self.noise_scale >= 0
-        ):
-            raise ValueError(f"--noise-scale must be a non-negative number, got {self.noise_scale}")
-
-    def fit_config(self) -> FitConfig:
-        return FitConfig(
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            val_fraction=self.val_fraction,
-            chunk_steps=self.log_every,
-        )
+__all__ = [
+    "ChunkPolicy",
+    "PretrainConfig",
+    "PretrainRun",
+    "Pretrained",
+    "evaluate_run",
+    "is_pretrain_run",
+    "load_pretrained",
+    "pretrain",
+]
 
 
 @dataclass
@@ -121,7 +82,7 @@ class PretrainRun:
     Required unless --resume."""
     env: str | None = None
     """Env to evaluate in. Default: the env the dataset records."""
-    steps: int | None = None
+    steps: CountOrNone = None
     """Gradient steps, a multiple of --log-every. Default: 20000, or the run's with --resume."""
     seed: int = 0
     """Seeds the parameters, the held-out split, minibatches and the policy's noise."""
@@ -133,11 +94,11 @@ class PretrainRun:
     """Continue the run in this directory from its checkpoint (its saved config is used)."""
     overwrite: bool = False
     """Replace an existing run directory given by --out."""
-    eval_every: int | None = None
+    eval_every: CountOrNone = None
     """Gradient steps between evaluations in the env (0: only at the end). Default: steps / 10."""
     eval_episodes: int = 10
     """Episodes per evaluation, run in parallel with fixed seeds."""
-    checkpoint_every: int = 5_000
+    checkpoint_every: Count = 5_000
     """Gradient steps between checkpoints (one is always written at the end)."""
     progress: bool = True
     """Show a progress bar."""
@@ -158,144 +119,6 @@ class PretrainRun:
             )
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must be in [0, 2^31), got {self.seed}")
-
-
-# ----- the acting policy -------------------------------------------------------------------------
-
-
-def action_normalizer(actions: np.ndarray) -> dict:
-    """Per-dimension centre and half range of the data's actions (maps them onto [-1, 1])."""
-    low, high = actions.min(axis=0), actions.max(axis=0)
-    return {
-        "center": jnp.asarray((high + low) / 2, jnp.float32),
-        "half_range": jnp.asarray(np.maximum((high - low) / 2, MIN_ACTION_HALF_RANGE), jnp.float32),
-    }
-
-
-def chunk_targets(actions: np.ndarray, episode_lengths: np.ndarray, chunk_length: int):
-    """(N, chunk_length, d): the actions from each step on, the episode's last action repeated
-    past its end (chunks never cross into the next episode)."""
-    ends = np.repeat(np.cumsum(episode_lengths), episode_lengths)
-    index = np.arange(len(actions))[:, None] + np.arange(chunk_length)[None]
-    return actions[np.minimum(index, ends[:, None] - 1)]
-
-
-class ChunkPolicy:
-    """A policy of gprl.policies wrapped to act in an env: normalise the observation, sample a
-    flat chunk from the noise, map it back to [-1, 1] actions (N, chunk_length, action_dim).
-
-    acting = {"params", "obs_norm", "action_norm"}. `plan_from_noise` is the interface for
-    methods that drive the policy through its noise (latent-space fine-tuning); `plan` draws it."""
-
-    def __init__(self, policy, chunk_length: int, action_dim: int, noise_scale: float):
-        self.policy = policy
-        self.chunk_length = chunk_length
-        self.action_dim = action_dim
-        self.noise_scale = noise_scale
-        self.noise_dim = chunk_length * action_dim
-
-    def plan_from_noise(self, acting, obs, noise, num_steps: int | None = None):
-        cond = normalize(obs, acting["obs_norm"])
-        flat = self.policy.sample(acting["params"], cond, noise, num_steps=num_steps)
-        chunk = flat.reshape(*flat.shape[:-1], self.chunk_length, self.action_dim)
-        norm = acting["action_norm"]
-        return jnp.clip(norm["center"] + norm["half_range"] * chunk, -1.0, 1.0)
-
-    def plan(self, acting, obs, key, num_steps: int | None = None):
-        noise = self.noise_scale * jax.random.normal(key, (*obs.shape[:-1], self.noise_dim))
-        return self.plan_from_noise(acting, obs, noise, num_steps)
-
-
-def default_noise_scale(kind: str, config: PretrainConfig) -> float:
-    if config.noise_scale is not None:
-        return config.noise_scale
-    return 0.0 if kind == "gaussian" else 1.0
-
-
-class Pretrained(NamedTuple):
-    """A pretrain run rebuilt from its directory: what a fine-tuner starts from."""
-
-    kind: str
-    policy: ChunkPolicy
-    acting: dict
-    """{"params", "obs_norm", "action_norm"} of the kept parameters."""
-    config: PretrainConfig
-    policy_config: Any
-    env_id: str
-    env_backend: str
-    obs_dim: int
-    action_dim: int
-
-
-def _acting(state: dict, keep: str) -> dict:
-    params = state["fit"]["params"] if keep == "last" else state["fit"]["best_params"]
-    return {"params": params, "obs_norm": state["obs_norm"], "action_norm": state["action_norm"]}
-
-
-def _build(kind: str, config: PretrainConfig, policy_config, obs_dim: int, action_dim: int):
-    policy = POLICIES[kind].policy(config.chunk_length * action_dim, policy_config)
-    chunk_policy = ChunkPolicy(
-        policy, config.chunk_length, action_dim, default_noise_scale(kind, config)
-    )
-    return chunk_policy, ImitationFitter(policy, config.fit_config())
-
-
-def _state_template(chunk_policy: ChunkPolicy, fitter, obs_dim: int) -> dict:
-    params = chunk_policy.policy.init(jax.random.PRNGKey(0), obs_dim)
-    return {
-        "fit": fitter.init(params, None),
-        "key": jax.random.PRNGKey(0),
-        "obs_norm": running_stats_init((obs_dim,)),
-        "action_norm": {
-            "center": jnp.zeros(chunk_policy.action_dim),
-            "half_range": jnp.ones(chunk_policy.action_dim),
-        },
-    }
-
-
-def is_pretrain_run(run_dir: Path) -> bool:
-    try:
-        return "pretrain" in saved_configs(run_dir)
-    except CheckpointError:
-        return False
-
-
-def load_pretrained(run_dir: Path) -> Pretrained:
-    """Rebuild the policy of a pretrain run from its checkpoint (config, weights, statistics)."""
-    saved = saved_configs(run_dir)
-    kind = saved.get("pretrain")
-    if kind not in POLICIES:
-        raise CheckpointError(f"{run_dir} is not a pretrain run")
-    config = from_jsonable(PretrainConfig, saved["pretrain_config"])
-    policy_config = from_jsonable(POLICIES[kind].config, saved["policy_config"])
-    env = saved["env"]
-    chunk_policy, fitter = _build(kind, config, policy_config, env["obs_dim"], env["action_dim"])
-    template = _state_template(chunk_policy, fitter, env["obs_dim"])
-    state, _ = load_checkpoint(run_dir, template, {"pretrain": kind, "env_id": env["id"]})
-    return Pretrained(
-        kind=kind,
-        policy=chunk_policy,
-        acting=_acting(state, config.keep),
-        config=config,
-        policy_config=policy_config,
-        env_id=env["id"],
-        env_backend=saved["run"]["env_backend"],
-        obs_dim=env["obs_dim"],
-        action_dim=env["action_dim"],
-    )
-
-
-def evaluate_run(run_dir: Path, episodes: int, seed: int) -> tuple[str, dict]:
-    """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel."""
-    pretrained = load_pretrained(run_dir)
-    env = make_env(pretrained.env_id, episodes, seed, backend=pretrained.env_backend)
-    try:
-        evaluator = ChunkedHostEvaluator(
-            env, pretrained.policy.plan, seed, pretrained.config.execute_steps
-        )
-        return pretrained.env_id, evaluator.evaluate(pretrained.acting)
-    finally:
-        env.close()
 
 
 # ----- training ----------------------------------------------------------------------------------
@@ -323,9 +146,9 @@ def pretrain(
 ) -> Path:
     """Fit a `kind` policy to run.dataset by behaviour cloning; returns the run directory.
 
-    Everything that can be wrong with the input (dataset, env, numbers) is checked before the
-    run directory is touched. on_log(iteration, row) is called after each metrics row (tests
-    interrupt a run by raising from it)."""
+    Everything that can be wrong with the input (dataset, env, numbers, the policy's config) is
+    checked before the run directory is touched. on_log(iteration, row) is called after each
+    metrics row (tests interrupt a run by raising from it)."""
     if kind not in POLICIES:
         raise ValueError(f"unknown policy kind '{kind}'; choose one of {sorted(POLICIES)}")
     configure_jax()
@@ -347,149 +170,165 @@ def pretrain(
     if resolve_backend(env_id, run.env_backend) == "jax":
         raise EnvError(f"{env_id} is a JAX environment; pretraining evaluates on host envs")
     run.env = env_id
-    eval_seed = boundary_seed(run.seed, 2**31 - 1)
-    env = make_env(env_id, run.eval_episodes, eval_seed, backend=run.env_backend)
+    job = PretrainJob(kind, run, config, policy_config, demos)
     try:
-        check_fits_env(demos, env.spec)
-        return _pretrain(kind, run, config, policy_config, demos, env, eval_seed, on_log)
+        return job.run(on_log)
     finally:
-        env.close()
+        job.env.close()
 
 
-def _pretrain(kind, run, config, policy_config, demos: Demonstrations, env, eval_seed, on_log):
-    obs_dim, action_dim = demos.obs_dim, demos.action_dim
-    chunk_policy, fitter = _build(kind, config, policy_config, obs_dim, action_dim)
-    obs_norm = running_stats_update(running_stats_init((obs_dim,)), demos.obs)
-    action_norm = action_normalizer(demos.actions)
-    # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
-    obs_std = np.sqrt(np.asarray(obs_norm["var"]) + 1e-8)
-    cond = np.clip((demos.obs - np.asarray(obs_norm["mean"])) / obs_std, -10.0, 10.0)
-    chunks = chunk_targets(demos.actions, demos.episode_lengths, config.chunk_length)
-    targets = (chunks - np.asarray(action_norm["center"])) / np.asarray(action_norm["half_range"])
-    targets = targets.reshape(len(targets), -1).astype(np.float32)
+class PretrainJob:
+    """Behaviour cloning as a job of the run loop: an iteration is `log_every` gradient steps
+    (one compiled call), the clock counts gradient steps."""
 
-    run_dir = prepare_run_dir(f"pretrain-{kind}", run)
-    data_return = float(demos.episode_returns.mean())
-    record = {
-        "pretrain": kind,
-        "run": to_jsonable(run),
-        "pretrain_config": to_jsonable(config),
-        "policy_config": to_jsonable(policy_config),
-        "dataset": {
-            "id": demos.dataset_id,
-            "sha256": demos.sha256,
-            "episodes": len(demos.episode_lengths),
-            "steps": len(demos.obs),
-            "mean_return": data_return,
-        },
-        "env": {"id": env.spec.env_id, "obs_dim": obs_dim, "action_dim": action_dim},
-        "gprl_version": __version__,
-    }
-    identity = {
-        "pretrain": kind,
-        "env_id": env.spec.env_id,
-        "obs_dim": obs_dim,
-        "action_dim": action_dim,
-        "dataset_sha256": demos.sha256,
-    }
-    init_key, data_key, key = jax.random.split(jax.random.PRNGKey(run.seed), 3)
-    split, key = fitter.split(cond, targets, data_key)
-    progress = {
-        "iteration": 0,
-        "grad_steps": 0,
-        "wall_time": 0.0,
-        "next_eval": run.eval_every if run.eval_every > 0 else run.steps,
-        "next_checkpoint": run.checkpoint_every,
-    }
-    resuming = run.resume is not None and has_checkpoint(run_dir)
-    if resuming:
-        template = _state_template(chunk_policy, fitter, obs_dim)
-        try:
-            state, meta = load_checkpoint(run_dir, template, identity)
-        except CheckpointError as e:
-            if "dataset_sha256" in str(e):
-                raise DatasetError(
-                    f"dataset {demos.dataset_id} changed since {run_dir} started"
-                ) from None
-            raise
-        progress = meta["progress"]
-    else:
-        params = chunk_policy.policy.init(init_key, obs_dim)
-        state = {
-            "fit": fitter.init(params, split),
+    clock_name = "grad_steps"
+
+    def __init__(self, kind, run: PretrainRun, config, policy_config, demos: Demonstrations):
+        self.kind, self.run_config, self.config, self.demos = kind, run, config, demos
+        obs_dim = demos.obs_dim
+        # Builds (and so validates) the policy before anything is written.
+        self.chunk_policy, self.fitter = build_policy(
+            kind, config, policy_config, obs_dim, demos.action_dim
+        )
+        self.eval_seed = eval_seed(run.seed)
+        self.env = make_env(run.env, run.eval_episodes, self.eval_seed, backend=run.env_backend)
+        check_fits_env(demos, self.env.spec)
+        self.record = {
+            "pretrain": kind,
+            "run": to_jsonable(run),
+            "pretrain_config": to_jsonable(config),
+            "policy_config": to_jsonable(policy_config),
+            "dataset": {
+                "id": demos.dataset_id,
+                "sha256": demos.sha256,
+                "episodes": len(demos.episode_lengths),
+                "steps": len(demos.obs),
+                "mean_return": float(demos.episode_returns.mean()),
+            },
+            "env": {"id": run.env, "obs_dim": obs_dim, "action_dim": demos.action_dim},
+            "env_spec": self.env.spec.to_record(),
+            "gprl_version": __version__,
+        }
+        self.identity = {
+            "pretrain": kind,
+            "env_id": run.env,
+            "obs_dim": obs_dim,
+            "action_dim": demos.action_dim,
+            "dataset_sha256": demos.sha256,
+        }
+        self.evaluator = ChunkedHostEvaluator(
+            self.env, self.chunk_policy.plan, self.eval_seed, config.execute_steps
+        )
+        self.total_iterations = run.steps // config.log_every
+
+    # ----- the run loop's interface -----------------------------------------------------------
+
+    def clock(self, progress: dict) -> int:
+        return progress["grad_steps"]
+
+    def finished(self, progress: dict) -> bool:
+        return progress["iteration"] >= self.total_iterations
+
+    def iterate(self, progress: dict) -> Step:
+        key, chunk_key = split_key(self.state["key"])
+        fit, info = self.fitter.step(self.state["fit"], self.split, chunk_key)
+        self.state = self.state | {"fit": fit, "key": key}
+        progress["iteration"] += 1
+        progress["grad_steps"] += self.config.log_every
+        row = {"iteration": progress["iteration"], "grad_steps": progress["grad_steps"]}
+        row |= {k: float(v) for k, v in info.items()}
+        if progress["iteration"] == 1:
+            row["val_loss_at_init"] = float(self.state["fit"]["val_loss_at_init"])
+        return Step(row, {}, self.config.log_every)
+
+    def evaluate(self) -> dict:
+        return self.evaluator.evaluate(acting_params(self.state, self.config.keep))
+
+    def save(self, progress: dict) -> None:
+        meta = self.identity | {"progress": progress, "gprl_version": __version__}
+        save_checkpoint(self.run_dir.path, self.state, meta, self.record)
+
+    def after_checkpoint(self, progress: dict) -> None:
+        pass
+
+    # ----- setting up and running ---------------------------------------------------------------
+
+    def run(self, on_log) -> Path:
+        run = self.run_config
+        resuming = run.resume is not None and has_checkpoint(run.resume)
+        if run.resume is not None:
+            self.run_dir = RunDirectory(Path(run.resume))
+        else:
+            out = run.out or default_run_dir(f"pretrain-{self.kind}", run.env, run.seed)
+            self.run_dir = RunDirectory.create(out, run.overwrite)
+        with self.run_dir:
+            progress = self._restore() if resuming else self._start()
+            logger = MetricsLogger(
+                self.run_dir.path,
+                progress["iteration"] if resuming else None,
+                leading_columns=LOG_COLUMNS,
+                step_column="grad_steps",
+            )
+            description = f"pretrain {self.kind} {run.dataset}"
+            schedule = Schedule(
+                run.steps, run.eval_every, run.checkpoint_every, description, run.progress
+            )
+            run_job(self, schedule, progress, self.run_dir, logger, on_log)
+        plot_learning_curve(
+            logger.rows,
+            self.run_dir.path / CURVE_PNG,
+            f"pretrain {self.kind} on {self.demos.dataset_id}",
+            x_column="grad_steps",
+            reference=("dataset mean return", self.record["dataset"]["mean_return"]),
+        )
+        return self.run_dir.path
+
+    def _targets(self):
+        """(standardised observations, normalised flat chunks, obs statistics, action scale)."""
+        demos, config = self.demos, self.config
+        obs_norm = running_stats_update(running_stats_init((demos.obs_dim,)), demos.obs)
+        action_norm = action_normalizer(demos.actions)
+        # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
+        obs_std = np.sqrt(np.asarray(obs_norm["var"]) + 1e-8)
+        cond = np.clip((demos.obs - np.asarray(obs_norm["mean"])) / obs_std, -10.0, 10.0)
+        chunks = chunk_targets(demos.actions, demos.episode_lengths, config.chunk_length)
+        center, half_range = (
+            np.asarray(action_norm["center"]),
+            np.asarray(action_norm["half_range"]),
+        )
+        targets = ((chunks - center) / half_range).reshape(len(chunks), -1).astype(np.float32)
+        return cond, targets, obs_norm, action_norm
+
+    def _start(self) -> dict:
+        cond, targets, obs_norm, action_norm = self._targets()
+        init_key, data_key, key = jax.random.split(jax.random.PRNGKey(self.run_config.seed), 3)
+        self.split, key = self.fitter.split(cond, targets, data_key)
+        params = self.chunk_policy.policy.init(init_key, self.demos.obs_dim)
+        self.state = {
+            "fit": self.fitter.init(params, self.split),
             "key": key,
             "obs_norm": obs_norm,
             "action_norm": action_norm,
         }
+        run_dir = self.run_dir.path
         for stale in (CURVE_PNG, METRICS_CSV):
             (run_dir / stale).unlink(missing_ok=True)
-        (run_dir / CONFIG_JSON).write_text(json.dumps(record, indent=2))
+        (run_dir / CONFIG_JSON).write_text(json.dumps(self.record, indent=2))
+        run = self.run_config
+        first_eval = run.eval_every if run.eval_every > 0 else run.steps
+        return start_progress({"grad_steps": 0}, first_eval, run.checkpoint_every)
 
-    logger = MetricsLogger(
-        run_dir,
-        progress["iteration"] if resuming else None,
-        leading_columns=LOG_COLUMNS,
-        step_column="grad_steps",
-    )
-    evaluator = ChunkedHostEvaluator(env, chunk_policy.plan, eval_seed, config.execute_steps)
-    total_iterations = run.steps // config.log_every
-
-    def save():
-        meta = identity | {"progress": progress, "gprl_version": __version__}
-        save_checkpoint(run_dir, state, meta, record)
-
-    bar = ProgressBar(run.progress, run.steps, f"pretrain {kind} {run.dataset}")
-    started = time.perf_counter() - progress["wall_time"]
-    last_eval = None
-    try:
-        while progress["iteration"] < total_iterations:
-            iteration_start = time.perf_counter()
-            key, chunk_key = split_key(state["key"])
-            try:
-                fit, info = fitter.step(state["fit"], split, chunk_key)
-                if not math.isfinite(info["train_loss"]):
-                    raise FloatingPointError("NaN in the imitation loss")
-            except FloatingPointError as e:
-                raise TrainingError(
-                    f"{e} at gradient step {progress['grad_steps'] + config.log_every}; stopped "
-                    f"without saving, the last checkpoint in {run_dir} is intact"
+    def _restore(self) -> dict:
+        cond, targets, _, _ = self._targets()
+        _, data_key, _ = jax.random.split(jax.random.PRNGKey(self.run_config.seed), 3)
+        self.split, _ = self.fitter.split(cond, targets, data_key)
+        template = state_template(self.chunk_policy, self.fitter, self.demos.obs_dim)
+        try:
+            self.state, meta = load_checkpoint(self.run_dir.path, template, self.identity)
+        except CheckpointError as e:
+            if "dataset_sha256" in str(e):
+                raise DatasetError(
+                    f"dataset {self.demos.dataset_id} changed since {self.run_dir.path} started"
                 ) from None
-            state = state | {"fit": fit, "key": key}
-            progress["iteration"] += 1
-            progress["grad_steps"] += config.log_every
-            done = progress["iteration"] == total_iterations
-            row = {"iteration": progress["iteration"], "grad_steps": progress["grad_steps"]}
-            row |= info
-            if progress["iteration"] == 1:
-                row["val_loss_at_init"] = float(state["fit"]["val_loss_at_init"])
-            if done or (run.eval_every > 0 and progress["grad_steps"] >= progress["next_eval"]):
-                evaluation = evaluator.evaluate(_acting(state, config.keep))
-                row |= evaluation
-                last_eval = evaluation["eval_return"]
-                while progress["next_eval"] <= progress["grad_steps"]:
-                    progress["next_eval"] += max(run.eval_every, 1)
-            elapsed = time.perf_counter()
-            progress["wall_time"] = elapsed - started
-            row |= {
-                "wall_time": progress["wall_time"],
-                "steps_per_second": config.log_every / max(elapsed - iteration_start, 1e-9),
-            }
-            logger.log(row)
-            if done or progress["grad_steps"] >= progress["next_checkpoint"]:
-                while progress["next_checkpoint"] <= progress["grad_steps"]:
-                    progress["next_checkpoint"] += run.checkpoint_every
-                save()
-            bar.update(progress["grad_steps"], last_eval)
-            if on_log is not None:
-                on_log(progress["iteration"], row)
-    finally:
-        bar.close()
-        logger.close()
-    plot_learning_curve(
-        logger.rows,
-        run_dir / CURVE_PNG,
-        f"pretrain {kind} on {demos.dataset_id}",
-        x_column="grad_steps",
-        reference=("dataset mean return", data_return),
-    )
-    return run_dir
+            raise
+        return meta["progress"]

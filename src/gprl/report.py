@@ -4,20 +4,54 @@ computed with `rliable` (Agarwal et al., 2021).
 
 Scores are final deterministic evaluation returns divided by `score_scale` (1000 for the DM
 Control suite), so tasks on one scale aggregate; every statistic is rliable's.
+
+Runs pool by configuration, not by algorithm name. A group is one algorithm with one algorithm
+config and one set of run options (all but `UNPOOLED_OPTIONS`, which do not change what a run
+learns, and the env, which is the task); its runs are that configuration's seeds on each task.
+A group is named by its algorithm where the algorithm has one configuration, else by the fields
+that tell its configurations apart ("ppo [learning_rate=0.0001]"). `init` and `dataset` name a
+task's own pretrained policy or dataset, so they differ across the tasks of one configuration;
+they split a group only where one task holds several. What was pooled is printed and written to
+report.md. The configs read are those saved with the checkpoint, which resume and eval use; a
+config.json edited by hand since is refused.
+
+A directory given twice (under any paths) counts once. Two runs of one configuration with one
+seed on one task are one sample, not two seeds: the report refuses them in one line naming both,
+so the user chooses. `gprl pretrain` runs are skipped with the reason stated: they have no
+env-step evaluations to aggregate.
+
+rliable's optimality gap assumes normalised scores, 1 at the optimum (scores above it count as
+1) and 0 at a floor. When a score lies outside [0, 1] (negative returns, or a score_scale below
+the best return), a gap would be a number without a meaning: it is omitted, the reason is stated
+in report.md and on stdout, and its aggregate.csv cells are left empty.
 """
 
 import csv
+import dataclasses
 import json
+import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from gprl.checkpoint import CONFIG_JSON
+from gprl.checkpoint import CHECKPOINT, CONFIG_JSON
+from gprl.rundir import saved_configs
 
 CURVE_POINTS = 25
 BOOTSTRAP_REPS = 2000
 CONFIDENCE = 0.95
+UNPOOLED_OPTIONS = frozenset(
+    {"env", "seed", "out", "resume", "progress", "overwrite", "tensorboard", "wandb_project"}
+)
+"""Run options that runs of one group may differ in (the env is the task axis instead)."""
+TASK_INPUTS = ("init", "dataset")
+"""Run options naming a task's own pretrained policy or dataset."""
+
+
+class SkippedRun(ValueError):
+    """A directory that is a gprl run but not one a report aggregates (a pretrain run)."""
 
 
 @dataclass(frozen=True)
@@ -31,17 +65,63 @@ class RunSummary:
     steps_per_second: float
     curve: np.ndarray
     """(n, 2): env steps and deterministic evaluation return at each evaluation."""
+    settings: tuple = ()
+    """Sorted (field, JSON value) pairs of the algorithm config and the run options that shape
+    what the run learns, except the task inputs."""
+    task_inputs: tuple = ()
+    """(field, JSON value) pairs of `TASK_INPUTS`."""
+    group: str = ""
+    """The name of the group the run pools into; set by `group_runs`."""
 
 
 def read_run(run_dir: Path) -> RunSummary:
     """Summarise one run directory; ValueError naming the directory if it is not a finished
-    gprl run with at least one evaluation."""
+    gprl run with at least one evaluation (SkippedRun if it is a pretrain run)."""
     run_dir = Path(run_dir)
+    config = _saved_configs(run_dir)
+    if "pretrain" in config:
+        raise SkippedRun(
+            f"{run_dir} is a gprl pretrain run ({config['pretrain']}), which has no env-step "
+            "evaluations to aggregate"
+        )
     try:
-        config = json.loads((run_dir / CONFIG_JSON).read_text())
+        env, seed = config["run"]["env"], int(config["run"]["seed"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{run_dir}/{CONFIG_JSON} has no run env and seed ({e!r})") from None
+    curve, steps, wall_time = _evaluations(run_dir)
+    settings, task_inputs = _settings(config)
+    return RunSummary(
+        run_dir,
+        config.get("algo", "?"),
+        env,
+        seed,
+        steps,
+        float(curve[-1, 1]),
+        steps / wall_time if wall_time else 0.0,
+        curve,
+        settings,
+        task_inputs,
+        config.get("algo", "?"),
+    )
+
+
+def _saved_configs(run_dir: Path) -> dict:
+    """The configs saved with the run's checkpoint (config.json before the first one); a
+    config.json edited since is refused (CheckpointError)."""
+    if not (run_dir / CONFIG_JSON).is_file() and not (run_dir / CHECKPOINT).is_dir():
+        raise ValueError(f"{run_dir} is not a gprl run directory (no config.json or checkpoint)")
+    config = saved_configs(run_dir)
+    if not isinstance(config, dict):
+        raise ValueError(f"{run_dir} is not a gprl run directory ({CONFIG_JSON} is no object)")
+    return config
+
+
+def _evaluations(run_dir: Path):
+    """The evaluation curve, the env steps and the wall time of the run's metrics.csv."""
+    try:
         with open(run_dir / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, json.JSONDecodeError) as e:
+    except OSError as e:
         raise ValueError(f"{run_dir} is not a gprl run directory ({type(e).__name__})") from e
     evaluated = [r for r in rows if r.get("eval_return")]
     if not evaluated:
@@ -50,47 +130,189 @@ def read_run(run_dir: Path) -> RunSummary:
         curve = np.array(
             [(float(r["env_steps"]), float(r["eval_return"])) for r in evaluated], np.float64
         )
-        last = rows[-1]
-        steps = int(float(last["env_steps"]))
-        steps_per_second = steps / float(last["wall_time"]) if float(last["wall_time"]) else 0.0
+        return curve, int(float(rows[-1]["env_steps"])), float(rows[-1]["wall_time"])
     except (KeyError, ValueError) as e:
         raise ValueError(f"{run_dir}/metrics.csv is malformed ({e})") from e
-    return RunSummary(
-        run_dir,
-        config.get("algo", "?"),
-        config["run"]["env"],
-        int(config["run"]["seed"]),
-        steps,
-        float(curve[-1, 1]),
-        steps_per_second,
-        curve,
-    )
+
+
+def _settings(config: dict) -> tuple[tuple, tuple]:
+    """The run's configuration as sorted (field, JSON value) pairs, and its task inputs. Configs
+    are completed with the defaults of fields added to gprl since the run was saved, so runs
+    from two gprl versions with the same settings pool."""
+    from gprl.algos import ALGORITHMS
+    from gprl.trainer import RunConfig
+
+    entry = ALGORITHMS.get(config.get("algo"))
+    algo_config = _completed(entry and entry.config, config.get("algo_config") or {})
+    run = _completed(RunConfig, config["run"])
+    fields = _flattened(algo_config) | {
+        name: value for name, value in run.items() if name not in UNPOOLED_OPTIONS
+    }
+    encoded = {name: json.dumps(value, sort_keys=True) for name, value in fields.items()}
+    inputs = tuple((name, encoded.pop(name)) for name in TASK_INPUTS if name in encoded)
+    return tuple(sorted(encoded.items())), inputs
+
+
+def _completed(config_class, saved: dict) -> dict:
+    from gprl.configs import from_jsonable, to_jsonable
+
+    if config_class is None:
+        return saved
+    try:
+        return json.loads(json.dumps(to_jsonable(from_jsonable(config_class, saved))))
+    except (TypeError, ValueError):
+        return saved  # saved by a gprl with other fields: compare it as it is
+
+
+def _flattened(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flattened(value, f"{prefix}{name}.")
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+# ----- groups ---------------------------------------------------------------------------------
+
+
+def group_runs(runs: list[RunSummary]) -> list[RunSummary]:
+    """The runs with their group names set (see the module docstring); ValueError naming both
+    directories when one group holds one seed twice on one task."""
+    keys = _configuration_keys(runs)
+    names = {}
+    for algo in {r.algo for r in runs}:
+        configurations = sorted({keys[i] for i, r in enumerate(runs) if r.algo == algo})
+        differing = sorted(_differing_fields([dict(c) for c in configurations]))
+        for configuration in configurations:
+            fields = dict(configuration)
+            shown = [f"{name}={_shown(fields.get(name))}" for name in differing]
+            names[algo, configuration] = f"{algo} [{', '.join(shown)}]" if shown else algo
+    grouped = [dataclasses.replace(r, group=names[r.algo, keys[i]]) for i, r in enumerate(runs)]
+    _refuse_repeated_seeds(grouped)
+    return grouped
+
+
+def _configuration_keys(runs: list[RunSummary]) -> list[tuple]:
+    """Each run's configuration: its settings, with its task inputs where one task holds runs
+    of those settings with several task inputs."""
+    inputs = defaultdict(set)
+    for r in runs:
+        inputs[r.algo, r.settings, r.env].add(r.task_inputs)
+    split = {(algo, settings) for (algo, settings, _), found in inputs.items() if len(found) > 1}
+    return [
+        tuple(sorted(r.settings + r.task_inputs)) if (r.algo, r.settings) in split else r.settings
+        for r in runs
+    ]
+
+
+def _differing_fields(configurations: list[dict]) -> set[str]:
+    names = {name for c in configurations for name in c}
+    return {name for name in names if len({c.get(name) for c in configurations}) > 1}
+
+
+def _shown(encoded: str | None) -> str:
+    if encoded is None:
+        return "unset"  # a field this run's gprl version did not have
+    value = json.loads(encoded)
+    return value if isinstance(value, str) else encoded
+
+
+def _refuse_repeated_seeds(runs: list[RunSummary]) -> None:
+    first = {}
+    for r in runs:
+        other = first.setdefault((r.group, r.env, r.seed), r)
+        if other is not r:
+            raise ValueError(
+                f"{other.run_dir} and {r.run_dir} are both seed {r.seed} of {r.group} on "
+                f"{r.env}: one configuration and seed is one sample, not two seeds; leave one out"
+            )
+
+
+def read_runs(run_dirs: list[Path]) -> tuple[list[RunSummary], list[str]]:
+    """The grouped runs of run_dirs, each directory once however it was named, and notes on
+    what was left out or merged."""
+    given = defaultdict(list)
+    for run_dir in run_dirs:
+        given[Path(run_dir).resolve()].append(Path(run_dir))
+    runs, notes = [], []
+    for paths in given.values():
+        if len(paths) > 1:
+            names = ", ".join(dict.fromkeys(str(p) for p in paths))
+            notes.append(f"{paths[0]} was given {len(paths)} times ({names}); counted once")
+        try:
+            runs.append(read_run(paths[0]))
+        except SkippedRun as e:
+            notes.append(f"skipped {e}")
+    if not runs:
+        raise ValueError(
+            "no training runs to report" + (f": {'; '.join(notes)}" if notes else " given")
+        )
+    return group_runs(runs), notes
+
+
+def pooling_lines(runs: list[RunSummary]) -> tuple[Path, list[str]]:
+    """The folder holding every run directory, and one line per group and task: the seeds
+    pooled and their directories relative to that folder."""
+    resolved = [r.run_dir.resolve() for r in runs]
+    parent = Path(os.path.commonpath([d.parent for d in resolved]))
+    cells = defaultdict(list)
+    for r, run_dir in sorted(zip(runs, resolved, strict=True), key=lambda p: _seed_order(p[0])):
+        cells[r.group, r.env].append((r.seed, str(run_dir.relative_to(parent))))
+    return parent, [
+        f"{group} on {task}: seeds {', '.join(str(seed) for seed, _ in found)} from "
+        + ", ".join(name for _, name in found)
+        for (group, task), found in cells.items()
+    ]
+
+
+def _seed_order(run: RunSummary) -> tuple:
+    return run.group, run.env, run.seed
+
+
+# ----- statistics -----------------------------------------------------------------------------
 
 
 def score_matrices(runs: list[RunSummary], score_scale: float):
-    """{algo: (num_seeds, num_tasks) normalised final scores}, the task order, and per-algo
-    notes. Algorithms with unequal seed counts across tasks use the first n seeds of each task,
+    """{group: (num_seeds, num_tasks) normalised final scores}, the task order, and per-group
+    notes. Groups with unequal seed counts across tasks use the first n seeds of each task,
     n the smallest count (rliable needs a full matrix)."""
     tasks = sorted({run.env for run in runs})
     matrices, notes = {}, {}
-    for algo in sorted({run.algo for run in runs}):
+    for group in sorted({run.group for run in runs}):
         per_task = {
             task: sorted(
-                (r for r in runs if r.algo == algo and r.env == task), key=lambda r: r.seed
+                (r for r in runs if r.group == group and r.env == task), key=lambda r: r.seed
             )
             for task in tasks
         }
         counts = {task: len(found) for task, found in per_task.items()}
         seeds = min(counts.values())
         if seeds == 0:
-            notes[algo] = "missing tasks: " + ", ".join(t for t, c in counts.items() if c == 0)
+            notes[group] = "missing tasks: " + ", ".join(t for t, c in counts.items() if c == 0)
             continue
         if len(set(counts.values())) > 1:
-            notes[algo] = f"unequal seeds per task {counts}; using the first {seeds} of each"
-        matrices[algo] = np.array(
+            notes[group] = f"unequal seeds per task {counts}; using the first {seeds} of each"
+        matrices[group] = np.array(
             [[per_task[t][i].final_eval_return / score_scale for t in tasks] for i in range(seeds)]
         )
     return matrices, tasks, notes
+
+
+def optimality_gap_omitted(matrices: dict) -> str | None:
+    """Why the optimality gap of these scores would mean nothing, or None if it means one."""
+    if not matrices:
+        return None
+    low = min(float(m.min()) for m in matrices.values())
+    high = max(float(m.max()) for m in matrices.values())
+    if low >= 0.0 and high <= 1.0:
+        return None
+    return (
+        f"optimality gap omitted: scores range over [{low:.3g}, {high:.3g}], and the gap is "
+        "meaningful only for scores normalised to [0, 1] with 1 the optimum; pass --score-scale "
+        "(the optimal return) for tasks whose returns lie in [0, score_scale]"
+    )
 
 
 def interval_estimates(matrices: dict, seed: int = 0):
@@ -114,13 +336,17 @@ def interval_estimates(matrices: dict, seed: int = 0):
 
 
 def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
-    """{(algo, task): (iqm, low, high)} of the normalised final scores of every seed of that
+    """{(group, task): (iqm, low, high)} of the normalised final scores of every seed of that
     pair, with the bootstrap interval over those seeds."""
     columns = {
-        (algo, task): np.array(
-            [[r.final_eval_return / score_scale] for r in runs if r.algo == algo and r.env == task]
+        (group, task): np.array(
+            [
+                [r.final_eval_return / score_scale]
+                for r in runs
+                if r.group == group and r.env == task
+            ]
         )  # (seeds, 1 task)
-        for algo, task in sorted({(r.algo, r.env) for r in runs})
+        for group, task in sorted({(r.group, r.env) for r in runs})
     }
     point, interval = interval_estimates(columns, seed)
     return {
@@ -130,7 +356,7 @@ def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
 
 
 def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
-    """{(algo, task): (steps, iqm, low, high)} on a shared grid of evaluation steps: each run's
+    """{(group, task): (steps, iqm, low, high)} on a shared grid of evaluation steps: each run's
     curve is interpolated onto the grid, and the IQM over seeds with its bootstrap interval is
     taken at each point."""
     from rliable import library as rly
@@ -138,12 +364,12 @@ def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
 
     np.random.seed(seed)
     curves = {}
-    for algo, task in sorted({(r.algo, r.env) for r in runs}):
-        group = [r for r in runs if r.algo == algo and r.env == task]
-        end = min(r.curve[-1, 0] for r in group)
+    for group, task in sorted({(r.group, r.env) for r in runs}):
+        members = [r for r in runs if r.group == group and r.env == task]
+        end = min(r.curve[-1, 0] for r in members)
         grid = np.linspace(0.0, end, CURVE_POINTS)
         scores = np.stack(
-            [np.interp(grid, r.curve[:, 0], r.curve[:, 1]) / score_scale for r in group]
+            [np.interp(grid, r.curve[:, 0], r.curve[:, 1]) / score_scale for r in members]
         )  # (seeds, points)
         point, interval = rly.get_interval_estimates(
             {"curve": scores[:, None, :]},
@@ -151,7 +377,7 @@ def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
             reps=BOOTSTRAP_REPS // 4,
             confidence_interval_size=CONFIDENCE,
         )
-        curves[(algo, task)] = (grid, point["curve"], interval["curve"][0], interval["curve"][1])
+        curves[(group, task)] = (grid, point["curve"], interval["curve"][0], interval["curve"][1])
     return curves
 
 
@@ -159,28 +385,34 @@ def write_report(
     run_dirs: list[Path], out: Path, score_scale: float = 1.0, title: str = "gprl report"
 ) -> Path:
     """Aggregate run_dirs into out/: report.md, runs.csv, tasks.csv, aggregate.csv, curves.png,
-    aggregate.png, profiles.png. Returns the markdown report's path."""
+    aggregate.png, profiles.png; print what was pooled. Returns the markdown report's path."""
     if not score_scale > 0:
         raise ValueError(f"score_scale must be positive, got {score_scale}")
-    runs = [read_run(d) for d in run_dirs]
-    if not runs:
-        raise ValueError("no run directories given")
+    runs, notes = read_runs(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    matrices, tasks, notes = score_matrices(runs, score_scale)
+    matrices, tasks, group_notes = score_matrices(runs, score_scale)
+    gap_omitted = optimality_gap_omitted(matrices)
+    notes = [f"{group}: {note}" for group, note in sorted(group_notes.items())] + notes
+    notes += [gap_omitted] if gap_omitted else []
     point, interval = interval_estimates(matrices) if matrices else ({}, {})
     _write_runs_csv(runs, out / "runs.csv")
     task_rows = _task_rows(task_estimates(runs, score_scale), runs)
     _write_csv(out / "tasks.csv", task_rows)
-    aggregate_rows = _aggregate_rows(matrices, point, interval, runs)
+    aggregate_rows = _aggregate_rows(matrices, point, interval, runs, gap_omitted is None)
     _write_csv(out / "aggregate.csv", aggregate_rows)
     _plot_curves(curve_estimates(runs, score_scale), tasks, out / "curves.png", score_scale)
     if matrices:
-        _plot_aggregates(aggregate_rows, out / "aggregate.png")
+        _plot_aggregates(aggregate_rows, out / "aggregate.png", gap_omitted is None)
         _plot_profiles(matrices, out / "profiles.png")
+    parent, pooled = pooling_lines(runs)
+    print(f"pooled (run directories in {parent}):")
+    for line in pooled:
+        print(f"  {line}")
+    for note in notes:
+        print(f"note: {note}")
     report = out / "report.md"
-    report.write_text(
-        _markdown(title, runs, tasks, task_rows, aggregate_rows, notes, score_scale, bool(matrices))
-    )
+    tables = _tables(tasks, task_rows, aggregate_rows, score_scale, bool(matrices))
+    report.write_text(_markdown(title, runs, tasks, tables, (parent, pooled), notes, score_scale))
     return report
 
 
@@ -205,19 +437,20 @@ def _write_runs_csv(runs: list[RunSummary], path: Path) -> None:
             "final_eval_return": r.final_eval_return,
             "steps_per_second": round(r.steps_per_second, 1),
             "run_dir": str(r.run_dir),
+            "group": r.group,
         }
-        for r in sorted(runs, key=lambda r: (r.algo, r.env, r.seed))
+        for r in sorted(runs, key=_seed_order)
     ]
     _write_csv(path, rows)
 
 
 def _task_rows(estimates: dict, runs: list[RunSummary]) -> list[dict]:
     rows = []
-    for (algo, task), (iqm, low, high) in estimates.items():
-        returns = [r.final_eval_return for r in runs if r.algo == algo and r.env == task]
+    for (group, task), (iqm, low, high) in estimates.items():
+        returns = [r.final_eval_return for r in runs if r.group == group and r.env == task]
         rows.append(
             {
-                "algo": algo,
+                "algo": group,
                 "env": task,
                 "runs": len(returns),
                 "iqm": iqm,
@@ -230,45 +463,42 @@ def _task_rows(estimates: dict, runs: list[RunSummary]) -> list[dict]:
     return rows
 
 
-def _aggregate_rows(matrices, point, interval, runs) -> list[dict]:
+def _aggregate_rows(matrices, point, interval, runs, with_gap: bool) -> list[dict]:
     rows = []
-    for algo, scores in matrices.items():
-        speeds = [r.steps_per_second for r in runs if r.algo == algo]
-        row = {"algo": algo, "runs_per_task": scores.shape[0], "tasks": scores.shape[1]}
+    for group, scores in matrices.items():
+        speeds = [r.steps_per_second for r in runs if r.group == group]
+        row = {"algo": group, "runs_per_task": scores.shape[0], "tasks": scores.shape[1]}
         for i, name in enumerate(("iqm", "mean", "optimality_gap")):
-            row[name] = float(point[algo][i])
-            row[f"{name}_low"] = float(interval[algo][0, i])
-            row[f"{name}_high"] = float(interval[algo][1, i])
+            shown = with_gap or name != "optimality_gap"
+            row[name] = float(point[group][i]) if shown else ""
+            row[f"{name}_low"] = float(interval[group][0, i]) if shown else ""
+            row[f"{name}_high"] = float(interval[group][1, i]) if shown else ""
         row["steps_per_second"] = float(np.mean(speeds))
         rows.append(row)
     return rows
 
 
 def _per_task_table(task_rows, tasks, cell) -> list[str]:
-    algos = sorted({row["algo"] for row in task_rows})
+    groups = sorted({row["algo"] for row in task_rows})
     by_pair = {(row["algo"], row["env"]): row for row in task_rows}
-    lines = ["| task | " + " | ".join(algos) + " |", "|---|" + "---|" * len(algos)]
+    lines = ["| task | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
     for task in tasks:
-        cells = [cell(by_pair[algo, task]) if (algo, task) in by_pair else "" for algo in algos]
+        cells = [cell(by_pair[group, task]) if (group, task) in by_pair else "" for group in groups]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _markdown(title, runs, tasks, task_rows, aggregate_rows, notes, score_scale, aggregated):
-    lines = [f"# {title}", ""]
-    lines += [
-        f"{len(runs)} runs, {len({r.algo for r in runs})} algorithms, {len(tasks)} tasks. Scores "
-        f"are final deterministic evaluation returns / {score_scale:g}; intervals are "
-        f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({BOOTSTRAP_REPS} "
-        "resamples, rliable).",
-        "",
+def _interval(row: dict, name: str) -> str:
+    if row[name] == "":
+        return "omitted"
+    return f"{row[name]:.3f} [{row[f'{name}_low']:.3f}, {row[f'{name}_high']:.3f}]"
+
+
+def _tables(tasks, task_rows, aggregate_rows, score_scale, aggregated) -> list[str]:
+    lines = [
         f"## Score per task: IQM over seeds [95% CI] (return / {score_scale:g})",
         "",
-        *_per_task_table(
-            task_rows,
-            tasks,
-            lambda row: f"{row['iqm']:.3f} [{row['iqm_low']:.3f}, {row['iqm_high']:.3f}]",
-        ),
+        *_per_task_table(task_rows, tasks, lambda row: _interval(row, "iqm")),
         "",
         "## Final return per task (mean ± std over seeds)",
         "",
@@ -279,31 +509,49 @@ def _markdown(title, runs, tasks, task_rows, aggregate_rows, notes, score_scale,
         ),
         "",
     ]
-    if aggregated:
-        lines += [
-            "## Aggregate over tasks",
-            "",
-            "| algorithm | IQM | mean | optimality gap | runs per task | env steps/s |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in sorted(aggregate_rows, key=lambda r: -r["iqm"]):
-            lines.append(
-                f"| {row['algo']} | {row['iqm']:.3f} [{row['iqm_low']:.3f}, {row['iqm_high']:.3f}]"
-                f" | {row['mean']:.3f} [{row['mean_low']:.3f}, {row['mean_high']:.3f}]"
-                f" | {row['optimality_gap']:.3f} [{row['optimality_gap_low']:.3f}, "
-                f"{row['optimality_gap_high']:.3f}] | {row['runs_per_task']} | "
-                f"{row['steps_per_second']:.0f} |"
-            )
-        lines += [
-            "",
-            "![aggregate](aggregate.png) ![performance profiles](profiles.png)",
-            "",
-        ]
-    for algo, note in sorted(notes.items()):
-        lines.append(f"- {algo}: {note}")
-    lines += ["", "## Learning curves (IQM over seeds, 95% bootstrap band)", ""]
-    lines += ["![curves](curves.png)"]
+    if not aggregated:
+        return lines
     lines += [
+        "## Aggregate over tasks",
+        "",
+        "| algorithm | IQM | mean | optimality gap | runs per task | env steps/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(aggregate_rows, key=lambda r: -r["iqm"]):
+        lines.append(
+            f"| {row['algo']} | {_interval(row, 'iqm')} | {_interval(row, 'mean')}"
+            f" | {_interval(row, 'optimality_gap')} | {row['runs_per_task']} | "
+            f"{row['steps_per_second']:.0f} |"
+        )
+    return [*lines, "", "![aggregate](aggregate.png) ![performance profiles](profiles.png)", ""]
+
+
+def _markdown(title, runs, tasks, tables, pooled, notes, score_scale) -> str:
+    """report.md; `pooled` is what `pooling_lines` returns."""
+    parent, pooled_lines = pooled
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(runs)} runs, {len({r.algo for r in runs})} algorithms, "
+        f"{len({r.group for r in runs})} groups (see What was pooled), {len(tasks)} tasks. "
+        f"Scores are final deterministic evaluation returns / {score_scale:g}; intervals are "
+        f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({BOOTSTRAP_REPS} "
+        "resamples, rliable).",
+        "",
+        *tables,
+        *[f"- {note}" for note in notes],
+        "",
+        "## Learning curves (IQM over seeds, 95% bootstrap band)",
+        "",
+        "![curves](curves.png)",
+        "",
+        "## What was pooled",
+        "",
+        "A group is one algorithm with one algorithm config and one set of run options (all but "
+        f"{', '.join(sorted(UNPOOLED_OPTIONS - {'env'}))}); its runs are seeds of that "
+        f"configuration. Run directories are in `{parent}`.",
+        "",
+        *[f"- {line}" for line in pooled_lines],
         "",
         "Per-run numbers: `runs.csv`; per task: `tasks.csv`; aggregates: `aggregate.csv`.",
         "",
@@ -329,10 +577,10 @@ def _plot_curves(curves, tasks, path: Path, score_scale: float) -> None:
     rows = int(np.ceil(len(tasks) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
     for ax, task in zip(axes.ravel(), tasks, strict=False):
-        for (algo, curve_task), (steps, iqm, low, high) in curves.items():
+        for (group, curve_task), (steps, iqm, low, high) in curves.items():
             if curve_task != task:
                 continue
-            ax.plot(steps, iqm, label=algo)
+            ax.plot(steps, iqm, label=group)
             ax.fill_between(steps, low, high, alpha=0.2)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("env steps")
@@ -345,10 +593,11 @@ def _plot_curves(curves, tasks, path: Path, score_scale: float) -> None:
     plt.close(fig)
 
 
-def _plot_aggregates(rows: list[dict], path: Path) -> None:
+def _plot_aggregates(rows: list[dict], path: Path, with_gap: bool) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 0.6 * len(rows) + 1.5))
-    for ax, name in zip(axes, ("iqm", "mean", "optimality_gap"), strict=True):
+    names = ("iqm", "mean", "optimality_gap") if with_gap else ("iqm", "mean")
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 0.6 * len(rows) + 1.5))
+    for ax, name in zip(axes, names, strict=True):
         for i, row in enumerate(rows):
             ax.plot([row[f"{name}_low"], row[f"{name}_high"]], [i, i], lw=6, alpha=0.5)
             ax.plot([row[name]], [i], "k|", ms=14)
@@ -363,13 +612,14 @@ def _plot_profiles(matrices: dict, path: Path) -> None:
     from rliable import library as rly
 
     plt = _pyplot()
+    lowest = min(float(m.min()) for m in matrices.values())
     highest = max(float(m.max()) for m in matrices.values())
-    thresholds = np.linspace(0.0, max(highest, 1.0), 81)
+    thresholds = np.linspace(min(lowest, 0.0), max(highest, 1.0), 81)
     profiles, intervals = rly.create_performance_profile(matrices, thresholds)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for algo, profile in profiles.items():
-        ax.plot(thresholds, profile, label=algo)
-        ax.fill_between(thresholds, intervals[algo][0], intervals[algo][1], alpha=0.2)
+    for group, profile in profiles.items():
+        ax.plot(thresholds, profile, label=group)
+        ax.fill_between(thresholds, intervals[group][0], intervals[group][1], alpha=0.2)
     ax.set_xlabel("normalised score tau")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.legend(fontsize=8)

@@ -14,11 +14,16 @@ class TrainingInterrupted(RuntimeError):
         self.exit_code = 128 + signum
 
 
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM aborted a command that was already stopping after the first
+    (a bare KeyboardInterrupt is a first Ctrl-C that no StopSignals caught)."""
+
+
 class StopSignals:
     """While training: the first SIGINT or SIGTERM asks the loop to save a checkpoint and stop
-    after the current iteration; a second one aborts at once (KeyboardInterrupt), leaving the
-    last checkpoint as it was. Handlers are installed only in the main thread (Python allows no
-    other), and the previous ones are restored on exit."""
+    after the current iteration; a second one aborts at once (SecondSignal, a
+    KeyboardInterrupt), leaving the last checkpoint as it was. Handlers are installed only in
+    the main thread (Python allows no other), and the previous ones are restored on exit."""
 
     def __init__(self):
         self.received = None
@@ -37,14 +42,14 @@ class StopSignals:
     def _handle(self, signum, frame):
         if self.received is not None:
             self.aborted = True
-            raise KeyboardInterrupt
+            raise SecondSignal
         self.received = signum
 
     def raise_if_aborted(self):
         """Python drops an exception raised in a finaliser or a garbage-collection callback
         (JAX runs one), so a second signal delivered there has not stopped anything yet."""
         if self.aborted:
-            raise KeyboardInterrupt
+            raise SecondSignal
 
     def _drop_aborts(self, unraisable):
         # That dropped abort would otherwise print a traceback before the one-line message.

@@ -113,14 +113,7 @@ def load_spec(path: Path) -> Sweep:
 
 def parse_spec(spec, source: str = "sweep spec") -> Sweep:
     """The cells of a spec, each config validated; env ids are checked by check_envs."""
-    if not isinstance(spec, dict):
-        raise SpecError(f"{source} must be a mapping with keys {', '.join(SPEC_KEYS)}")
-    unknown = [key for key in spec if key not in SPEC_KEYS]
-    if unknown:
-        raise SpecError(f"unknown key '{unknown[0]}' in {source}; keys: {', '.join(SPEC_KEYS)}")
-    for key in ("algorithms", "envs", "seeds", "total_steps", "out"):
-        if key not in spec:
-            raise SpecError(f"{source} has no '{key}'")
+    _check_keys(spec, source)
     algos = _names(spec["algorithms"], "algorithms")
     for algo in algos:
         if algo not in ALGORITHMS:
@@ -143,50 +136,65 @@ def parse_spec(spec, source: str = "sweep spec") -> Sweep:
         raise SpecError(f"max_failures must be 0 or more, got {max_failures}")
     if not cpus_per_trial > 0:
         raise SpecError(f"cpus_per_trial must be positive, got {cpus_per_trial}")
-
     cells = []
     for algo in algos:
-        # A name scoped to another algorithm does not multiply this algorithm's cells.
-        axes = {
-            name: choices
-            for name, choices in grid.items()
-            if any(scope in (None, algo) for scope, _, _ in choices[0])
-        }
-        for combination in itertools.product(*axes.values()):
-            chosen = [*settings.values(), *combination]
-            run_values = {path: value for t in chosen for scope, path, value in t if scope is None}
-            algo_values = {path: value for t in chosen for scope, path, value in t if scope == algo}
-            grid_values = tuple(
-                (name, next(value for _, _, value in targets))
-                for name, targets in zip(axes, combination, strict=True)
-            )
-            algo_config = _with_values(ALGORITHMS[algo].config(), algo_values)
-            try:
-                if hasattr(algo_config, "validate"):
-                    algo_config.validate()
-            except ValueError as e:
-                raise SpecError(f"{algo}: {e}") from None
-            for env in envs:
-                for seed in seeds:
-                    name = _dir_name(algo, env, seed, grid_values)
-                    run = RunConfig(
-                        env=env,
-                        total_steps=total_steps,
-                        seed=seed,
-                        out=out / name,
-                        progress=False,
-                        **run_values,
-                    )
-                    try:
-                        complete_run(run)
-                    except ValueError as e:
-                        raise SpecError(f"{algo} {env} seed {seed}: {e}") from None
-                    cells.append(Cell(algo, run, algo_config, grid_values))
+        for algo_config, run_values, grid_values in _configurations(algo, settings, grid):
+            for env, seed in itertools.product(envs, seeds):
+                name = _dir_name(algo, env, seed, grid_values)
+                run = RunConfig(
+                    env=env,
+                    total_steps=total_steps,
+                    seed=seed,
+                    out=out / name,
+                    progress=False,
+                    **run_values,
+                )
+                try:
+                    complete_run(run)
+                except ValueError as e:
+                    raise SpecError(f"{algo} {env} seed {seed}: {e}") from None
+                cells.append(Cell(algo, run, algo_config, grid_values))
     names = [cell.run_dir.name for cell in cells]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
         raise SpecError(f"two cells of {source} would share the run directory {duplicate}")
     return Sweep(cells, out, max_failures, cpus_per_trial)
+
+
+def _check_keys(spec, source: str) -> None:
+    if not isinstance(spec, dict):
+        raise SpecError(f"{source} must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = [key for key in spec if key not in SPEC_KEYS]
+    if unknown:
+        raise SpecError(f"unknown key '{unknown[0]}' in {source}; keys: {', '.join(SPEC_KEYS)}")
+    for key in ("algorithms", "envs", "seeds", "total_steps", "out"):
+        if key not in spec:
+            raise SpecError(f"{source} has no '{key}'")
+
+
+def _configurations(algo: str, settings: dict, grid: dict):
+    """(validated algorithm config, run option values, grid values) for each grid point."""
+    # A name scoped to another algorithm does not multiply this algorithm's cells.
+    axes = {
+        name: choices
+        for name, choices in grid.items()
+        if any(scope in (None, algo) for scope, _, _ in choices[0])
+    }
+    for combination in itertools.product(*axes.values()):
+        chosen = [*settings.values(), *combination]
+        run_values = {path: value for t in chosen for scope, path, value in t if scope is None}
+        algo_values = {path: value for t in chosen for scope, path, value in t if scope == algo}
+        grid_values = tuple(
+            (name, next(value for _, _, value in targets))
+            for name, targets in zip(axes, combination, strict=True)
+        )
+        algo_config = _with_values(ALGORITHMS[algo].config(), algo_values)
+        try:
+            if hasattr(algo_config, "validate"):
+                algo_config.validate()
+        except ValueError as e:
+            raise SpecError(f"{algo}: {e}") from None
+        yield algo_config, run_values, grid_values
 
 
 def _listed(value, name: str) -> list:
@@ -324,22 +332,23 @@ def _dir_name(algo: str, env: str, seed: int, grid_values) -> str:
 def check_envs(sweep: Sweep) -> dict[str, int]:
     """Open every env of the sweep once (an unknown id fails here, before any trial) and return
     the number of iterations of each cell's run, by run directory name."""
-    from gprl.backends import open_environments
+    from gprl.backends import open_environments, resolve_backend
 
     specs = {}
     iterations = {}
     for cell in sweep.cells:
         algo_cls = ALGORITHMS[cell.algo].algorithm
-        group = algo_cls.start_state_group(cell.algo_config)
-        key = (cell.run.env, cell.run.env_backend, group)
+        key = (cell.run.env, cell.run.env_backend)
         if key not in specs:
-            envs = open_environments(cell.run.env, cell.run.env_backend, 1, 1, 0, 0, group)
+            envs = open_environments(cell.run.env, cell.run.env_backend, 1, 1, 0, 0)
             envs.close()
             specs[key] = envs.spec
         try:
             algo = algo_cls(cell.algo_config, specs[key], cell.run.num_envs, cell.run.total_steps)
         except ValueError as e:
             raise SpecError(f"{cell.label()}: {e}") from None
+        # Envs restarted in groups rule some backends out.
+        resolve_backend(cell.run.env, cell.run.env_backend, algo.start_state_group)
         iterations[cell.run_dir.name] = algo.num_iterations
     return iterations
 

@@ -4,7 +4,7 @@ Algorithms import from here, never from ``gprl.envs``: they see a task only thro
 :class:`EnvSpec` and a batch of :class:`Transition` arrays.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +21,66 @@ class EnvSpec:
     """The env's true lower action bounds, float32 (action_dim,); policies act in [-1, 1]."""
     action_high: np.ndarray
     max_episode_steps: int | None
+
+    def to_record(self) -> dict[str, Any]:
+        """The spec in plain JSON types; :meth:`from_record` gives it back exactly."""
+        return {
+            "env_id": self.env_id,
+            "obs_dim": int(self.obs_dim),
+            "action_dim": int(self.action_dim),
+            "action_low": np.asarray(self.action_low, np.float32).tolist(),
+            "action_high": np.asarray(self.action_high, np.float32).tolist(),
+            "max_episode_steps": (
+                None if self.max_episode_steps is None else int(self.max_episode_steps)
+            ),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "EnvSpec":
+        """The spec :meth:`to_record` wrote; ValueError in one line if the record is malformed."""
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"malformed env spec record ({problem}): {record!r}")
+        return cls(
+            env_id=record["env_id"],
+            obs_dim=record["obs_dim"],
+            action_dim=record["action_dim"],
+            action_low=np.asarray(record["action_low"], np.float32),
+            action_high=np.asarray(record["action_high"], np.float32),
+            max_episode_steps=record["max_episode_steps"],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        # The generated __eq__ would compare the bound arrays with ==, which has no truth value.
+        return isinstance(other, EnvSpec) and self.to_record() == other.to_record()
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with an EnvSpec record, or None."""
+    if not isinstance(record, dict):
+        return "not a mapping"
+    missing = [field.name for field in fields(EnvSpec) if field.name not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(record["env_id"], str):
+        return "env_id is not a string"
+    if not (_is_count(record["obs_dim"]) and _is_count(record["action_dim"])):
+        return "obs_dim and action_dim must be positive integers"
+    limit = record["max_episode_steps"]
+    if limit is not None and not _is_count(limit):
+        return "max_episode_steps must be a positive integer or null"
+    for bound in ("action_low", "action_high"):
+        values = record[bound]
+        numbers = isinstance(values, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        )
+        if not numbers or len(values) != record["action_dim"]:
+            return f"{bound} must be a list of action_dim numbers"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class StepResult(NamedTuple):

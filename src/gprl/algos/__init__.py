@@ -1,109 +1,123 @@
-"""One RL method per file. ALGORITHMS is the registry the trainer and the CLI are built from."""
+"""One RL method per file. ALGORITHMS is the registry the trainer and the CLI are built from.
 
+An entry names its classes as "module:attribute" strings and imports them on first use, so
+that the names and summaries (`gprl --help`) are readable without importing JAX. The classes
+are importable from this package too (`from gprl.algos import PPOConfig`), looked up in the
+registry on first access.
+
+Adding a method: its module (see gprl.algos.base for what it implements) and one entry below.
+"""
+
+import importlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
-
-from gprl.algos.dppo import DPPO, DPPOConfig
-from gprl.algos.dsrl import DSRL, DSRLConfig
-from gprl.algos.flow_sde import FlowSDE, FlowSDEConfig
-from gprl.algos.fpo import FPO, FPOConfig
-from gprl.algos.fql import FQL, FQLConfig
-from gprl.algos.gorl import GoRL, GoRLConfig, reference_gorl_config
-from gprl.algos.grpo import GRPO, GRPOConfig
-from gprl.algos.ppo import PPO, PPOConfig
-from gprl.algos.reinflow import ReinFlow, ReinFlowConfig
-from gprl.algos.sac import SAC, SACConfig
+from typing import Any
 
 
-class Registered(NamedTuple):
-    algorithm: type
-    config: type
-    summary: str
-    """One line for `gprl --help` and the subcommand's description."""
-    preset: Callable[[], Any] | None = None
-    """Builds the defaults of a named preset of a method, when they are not its config class's."""
+def _resolve(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class Registered:
+    """One method of `gprl train`: its algorithm and config classes (and preset), imported
+    lazily from their "module:attribute" targets."""
+
+    def __init__(self, algorithm: str, config: str, summary: str, preset: str | None = None):
+        self.targets = {"algorithm": algorithm, "config": config, "preset": preset}
+        self.summary = summary
+        """One line for `gprl --help` and the subcommand's description."""
+
+    @property
+    def algorithm(self) -> type:
+        return _resolve(self.targets["algorithm"])
+
+    @property
+    def config(self) -> type:
+        return _resolve(self.targets["config"])
+
+    @property
+    def preset(self) -> Callable[[], Any] | None:
+        """Builds the defaults of a named preset of a method, when they are not its config
+        class's."""
+        target = self.targets["preset"]
+        return None if target is None else _resolve(target)
 
     def default_config(self):
         return self.config() if self.preset is None else self.preset()
 
 
 ALGORITHMS = {
-    "ppo": Registered(PPO, PPOConfig, "Gaussian PPO"),
+    "ppo": Registered("gprl.algos.ppo:PPO", "gprl.algos.ppo:PPOConfig", "Gaussian PPO"),
     "gorl": Registered(
-        GoRL,
-        GoRLConfig,
+        "gprl.algos.gorl:GoRL",
+        "gprl.algos.gorl:GoRLConfig",
         "GoRL: PPO on a Gaussian latent policy decoded by a flow or diffusion model (decoder "
         "data-collection steps count toward --total-steps unless "
         "--gorl.no-count-collection-steps)",
     ),
     "gorl-reference": Registered(
-        GoRL,
-        GoRLConfig,
+        "gprl.algos.gorl:GoRL",
+        "gprl.algos.gorl:GoRLConfig",
         "GoRL with the reference code's settings (encoder, critic, refits, schedule shape), "
         "scaled to --total-steps",
-        reference_gorl_config,
+        preset="gprl.algos.gorl:reference_gorl_config",
     ),
     "fpo": Registered(
-        FPO, FPOConfig, "FPO / FPO++: PPO on a flow policy through the flow-matching loss ratio"
+        "gprl.algos.fpo:FPO",
+        "gprl.algos.fpo:FPOConfig",
+        "FPO / FPO++: PPO on a flow policy through the flow-matching loss ratio",
     ),
     "dppo": Registered(
-        DPPO, DPPOConfig, "DPPO: per-denoising-step PPO ratios over Gaussian Euler steps"
+        "gprl.algos.dppo:DPPO",
+        "gprl.algos.dppo:DPPOConfig",
+        "DPPO: per-denoising-step PPO ratios over Gaussian Euler steps",
     ),
     "reinflow": Registered(
-        ReinFlow,
-        ReinFlowConfig,
+        "gprl.algos.reinflow:ReinFlow",
+        "gprl.algos.reinflow:ReinFlowConfig",
         "ReinFlow / Flow-Noise: a learned noise network makes the flow chain's likelihood exact",
     ),
     "flow-sde": Registered(
-        FlowSDE,
-        FlowSDEConfig,
+        "gprl.algos.flow_sde:FlowSDE",
+        "gprl.algos.flow_sde:FlowSDEConfig",
         "Flow-SDE: one marginal-preserving SDE step per action gives the flow an exact likelihood",
     ),
     "grpo": Registered(
-        GRPO,
-        GRPOConfig,
+        "gprl.algos.grpo:GRPO",
+        "gprl.algos.grpo:GRPOConfig",
         "GRPO (+Guard) for flow policies: critic-free, group-relative episode advantages",
     ),
     "sac": Registered(
-        SAC,
-        SACConfig,
+        "gprl.algos.sac:SAC",
+        "gprl.algos.sac:SACConfig",
         "Gaussian SAC (off-policy): twin critics, auto-tuned entropy temperature, replay buffer",
     ),
     "dsrl": Registered(
-        DSRL,
-        DSRLConfig,
+        "gprl.algos.dsrl:DSRL",
+        "gprl.algos.dsrl:DSRLConfig",
         "DSRL: SAC over the input noise of a frozen pretrained policy (--init RUN_DIR), plain or "
         "noise-aliased",
     ),
     "fql": Registered(
-        FQL,
-        FQLConfig,
+        "gprl.algos.fql:FQL",
+        "gprl.algos.fql:FQLConfig",
         "Flow Q-Learning (off-policy, offline and offline-to-online with --dataset): a one-step "
         "policy distilled from a BC flow while climbing the critics",
     ),
 }
 
-__all__ = [
-    "ALGORITHMS",
-    "DPPO",
-    "DSRL",
-    "FPO",
-    "FQL",
-    "GRPO",
-    "PPO",
-    "SAC",
-    "DPPOConfig",
-    "DSRLConfig",
-    "FPOConfig",
-    "FQLConfig",
-    "FlowSDE",
-    "FlowSDEConfig",
-    "GRPOConfig",
-    "GoRL",
-    "GoRLConfig",
-    "PPOConfig",
-    "Registered",
-    "ReinFlow",
-    "ReinFlowConfig",
-    "SACConfig",
-]
+
+def _exported() -> dict[str, str]:
+    """Class name -> target, for every algorithm and config class of the registry."""
+    targets = (t for entry in ALGORITHMS.values() for t in entry.targets.values() if t)
+    return {target.partition(":")[2]: target for target in targets}
+
+
+def __getattr__(name: str):
+    target = _exported().get(name)
+    if target is None:
+        raise AttributeError(f"module 'gprl.algos' has no attribute '{name}'")
+    return _resolve(target)
+
+
+__all__ = ["ALGORITHMS", "Registered", *sorted(_exported())]

@@ -5,17 +5,37 @@ collector. A loop jits `act` into a collector (host or device) and `update` afte
 device path fuses both into one compiled call. Which loop drives an algorithm follows from its
 base class: :class:`OnPolicyAlgorithm` (an update per fresh rollout) or
 :class:`OffPolicyAlgorithm` (updates on batches sampled from a replay buffer the loop owns).
+
+A new method is one module here (its config dataclass and its algorithm class) and one entry in
+`gprl.algos.ALGORITHMS`. It implements `init`, `acting_params`, `act`, `act_deterministic` and
+`update`, and sets `spec` and `num_iterations` (and `rollout_steps`, or `schedule` off-policy)
+in its constructor. Everything else below is a general hook with a default that does nothing;
+a method overrides only the hooks it needs:
+
+- `start_state_group`: restart envs in groups from one initial state (critic-free baselines);
+- `stage_boundary` / `end_stage` (on-policy): between iterations, collect data with some
+  policy and change the algorithm with it (a refit of a part of the policy, a new stage);
+- `on_evaluation`: see every deterministic evaluation's summary (to keep the best policy);
+- `explore` (off-policy): how to act before learning starts.
+
+Constructor: `Algorithm(config, spec, num_envs, total_steps, **optional)`: it validates the
+config against the run (ValueError, one line, naming the field). The optional keywords are
+`pretrained=` (only where `pretrained_policy` is not "unused") and `networks=` (a
+gprl.networks.CustomNetworks of the user's own torsos, see :func:`check_networks`). The trainer
+passes either keyword only when the user gave one, so a method that takes neither needs no
+parameter for them.
 """
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import jax
 
 
-class RefitRequest(NamedTuple):
-    """Between iterations, a staged algorithm may ask the loop for fresh data to refit a part of
-    itself (GoRL refits its decoder): the loop collects `rollout_steps` vector steps with `act`
-    under `acting`, then calls `refit(state, transitions, key)`."""
+class StageBoundary(NamedTuple):
+    """What the loop collects at a stage boundary before calling `end_stage`: `rollout_steps`
+    vector steps of `act` under the acting parameters `acting` (which need not be the current
+    policy's: the best one evaluated so far, say)."""
 
     acting: Any
     rollout_steps: int
@@ -37,15 +57,40 @@ def check_pretrained_flow(pretrained, method: str) -> None:
         )
 
 
+def check_learning_rates(config, *names: str) -> None:
+    """Refuse learning rates that are not finite positive numbers (inf and NaN included: either
+    turns the first update's weights into NaN)."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite positive number, got {value}")
+
+
+def check_networks(networks, usable: tuple[str, ...], method: str) -> None:
+    """Refuse the user's networks (a gprl.networks.CustomNetworks, or None) that `method` has no
+    place for: every field given must be among `usable` ("actor", "critic", "velocity")."""
+    if networks is None:
+        return
+    for name in ("actor", "critic", "velocity"):
+        if getattr(networks, name) is not None and name not in usable:
+            raise ValueError(f"{method} has no {name} network to replace")
+
+
 class Algorithm:
     """What every algorithm provides; subclasses implement the methods marked
     NotImplementedError and set `num_iterations` and `spec` (the task's EnvSpec)."""
 
     num_iterations: int
+    """Iterations of the whole run: updates, and stage ends (each is one)."""
     spec: Any
     pretrained_policy: Literal["unused", "optional", "required"] = "unused"
     """Whether the algorithm can start from a `gprl pretrain` policy; if so its constructor
     takes it as `pretrained=` (a gprl.pretrain.Pretrained, or None)."""
+    start_state_group: int = 1
+    """How many consecutive envs the loop restarts from one initial state at every rollout
+    (a critic-free method compares the episodes of such a group); 1: independent envs. A
+    method that groups sets it in its constructor; the trainer reads it to choose an env
+    backend that can restart envs in groups."""
 
     def init(self, key) -> dict:
         """A fresh training state; state["iteration"] counts finished iterations."""
@@ -57,38 +102,41 @@ class Algorithm:
 
     def act(self, acting, obs, key) -> tuple[Any, dict]:
         """Stochastic actions in [-1, 1] for a batch of observations, and extras to keep with
-        the transitions (log-probs, latents, ...)."""
+        the transitions (log-probs, latents, the pre-squash sample a likelihood needs, ...)."""
         raise NotImplementedError
 
     def act_deterministic(self, acting, obs):
         """The evaluation policy's actions in [-1, 1]."""
         raise NotImplementedError
 
-    @classmethod
-    def start_state_group(cls, config) -> int:
-        """How many consecutive envs the loop restarts from one initial state at every rollout
-        (a critic-free method compares the episodes of such a group); 1: independent envs."""
-        return 1
-
-    def observe_evaluation(self, state, eval_return: float) -> dict:
-        """Called with every deterministic evaluation's mean return (host side)."""
+    def on_evaluation(self, state, evaluation: dict) -> dict:
+        """Called on the host after every deterministic evaluation of the current policy with
+        its summary ({"eval_return": ..., "eval_return_std": ..., ...}); returns the state to
+        train on (a method that keeps its best policy records it here). Default: unchanged."""
         return state
+
+    def stage_boundary(self, state) -> StageBoundary | None:
+        """Checked by the loop before every iteration: None (default) for an ordinary
+        iteration, or the data to collect for `end_stage`, which then is the iteration. Only
+        the on-policy loop runs stages; the off-policy loop refuses a method that has them."""
+        return None
+
+    def end_stage(self, state, batch, key) -> tuple[dict, dict]:
+        """End a stage on the (T, N) batch of raw transitions collected as `stage_boundary`
+        asked, outside any compiled call; returns (state with state["iteration"] advanced by
+        one, metrics). Only called when `stage_boundary` returned a boundary."""
+        raise NotImplementedError(f"{type(self).__name__} has no stages")
 
 
 class OnPolicyAlgorithm(Algorithm):
-    """Subclasses also set `rollout_steps`. `num_iterations` counts updates and refits."""
+    """Subclasses also set `rollout_steps`."""
 
     rollout_steps: int
 
     def update(self, state, batch, key) -> tuple[dict, dict]:
-        """One update on a (T, N) batch of raw transitions; returns (state, metrics)."""
+        """One update on a (T, N) batch of raw transitions; returns (state with
+        state["iteration"] advanced by one, metrics)."""
         raise NotImplementedError
-
-    def refit_request(self, state) -> RefitRequest | None:
-        return None
-
-    def refit(self, state, batch, key) -> tuple[dict, dict]:
-        raise NotImplementedError(f"{type(self).__name__} does not refit")
 
 
 class OffPolicyAlgorithm(Algorithm):
@@ -108,7 +156,9 @@ class OffPolicyAlgorithm(Algorithm):
         raise NotImplementedError
 
     def explore(self, acting, obs, key) -> tuple[Any, dict]:
-        """Actions before learning starts: uniform in [-1, 1], with extras shaped like `act`'s
-        (an algorithm acting in a latent space overrides this)."""
+        """How to act before learning starts (the schedule's warm-up, skipped when an offline
+        dataset pre-fills the buffer): jittable like `act`, with extras shaped like `act`'s, as
+        both fill one buffer. Default: uniform actions in [-1, 1]; a method acting through a
+        latent space explores there instead."""
         action, extras = self.act(acting, obs, key)
         return jax.random.uniform(key, action.shape, action.dtype, -1.0, 1.0), extras

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
 
 
 @dataclass(frozen=True)
-class DPPOConfig(FlowOnPolicyConfig):
+class DPPOConfig(FlowActorCriticConfig):
     denoising_std: float = 0.05
     """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
     fine_tuned_steps: int | None = None
@@ -46,7 +46,7 @@ class DPPOConfig(FlowOnPolicyConfig):
             raise ValueError(f"w2_coef must be non-negative, got {self.w2_coef}")
 
 
-class DPPO(GaussianChainOnPolicy):
+class DPPO(GaussianChainActorCritic):
     pretrained_policy = "optional"
 
     def __init__(self, config: DPPOConfig, *args, **kwargs):

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from gprl.algos.sac import SAC, SACConfig
-from gprl.networks import MLP, QEnsemble
+from gprl.networks import MLP, CustomNetworks, QEnsemble, output_kernel_init
 from gprl.types import EnvSpec
 
 
@@ -100,17 +100,24 @@ class DSRLConfig(SACConfig):
 
 class NoiseActor(nn.Module):
     """SAC's actor network (mean and raw log std), with a zero output layer: it starts at mean
-    noise 0 and the raw log std `raw_log_std_start`."""
+    noise 0 and the raw log std `raw_log_std_start`. A user's `torso`, torso(obs), replaces the
+    hidden layers (hidden, activation and layer_norm then go unused)."""
 
     hidden: tuple[int, ...]
     noise_dim: int
     activation: str
     layer_norm: bool
     raw_log_std_start: float
+    torso: nn.Module | None = None
 
     @nn.compact
     def __call__(self, obs):
-        out = MLP(self.hidden, 2 * self.noise_dim, self.activation, 0.0, self.layer_norm)(obs)
+        if self.torso is None:
+            mlp = MLP(self.hidden, 2 * self.noise_dim, self.activation, 0.0, self.layer_norm)
+            out = mlp(obs)
+        else:
+            head = nn.Dense(2 * self.noise_dim, kernel_init=output_kernel_init(0.0), name="head")
+            out = head(self.torso(obs))
         mean, raw_log_std = jnp.split(out, 2, axis=-1)
         return jnp.concatenate([mean, raw_log_std + self.raw_log_std_start], axis=-1)
 
@@ -119,9 +126,19 @@ class DSRL(SAC):
     pretrained_policy = "required"
 
     def __init__(
-        self, config: DSRLConfig, spec: EnvSpec, num_envs: int, total_steps: int, pretrained=None
+        self,
+        config: DSRLConfig,
+        spec: EnvSpec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
     ):
-        super().__init__(config, spec, num_envs, total_steps)
+        """networks (gprl.networks.CustomNetworks): an actor torso, torso(obs), for the noise
+        actor, and a critic torso for the critics and the noise critics (torso(obs, action) and
+        torso(obs, noise)); the frozen base policy keeps its own network."""
+        super().__init__(config, spec, num_envs, total_steps, networks)
+        given = networks or CustomNetworks()
         if pretrained is None:
             raise ValueError("dsrl steers a pretrained policy: pass --init RUN_DIR")
         if pretrained.policy.chunk_length != 1:
@@ -140,9 +157,14 @@ class DSRL(SAC):
             config.activation,
             config.actor_layer_norm,
             raw_start,
+            given.actor,
         )
         self.noise_critic = QEnsemble(
-            config.critic_hidden, config.num_critics, config.activation, config.critic_layer_norm
+            config.critic_hidden,
+            config.num_critics,
+            config.activation,
+            config.critic_layer_norm,
+            given.critic,
         )
         self.noise_critic_optimizer = optax.adam(config.critic_learning_rate)
 

@@ -11,12 +11,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
 from gprl.policies.flow import ode_transition, sde_transition
 
 
 @dataclass(frozen=True)
-class FlowSDEConfig(FlowOnPolicyConfig):
+class FlowSDEConfig(FlowActorCriticConfig):
     sde_steps: Literal["one", "all"] = "one"
     """Where the SDE replaces the ODE: one uniformly chosen step per action, or every step."""
     noise_level: float = 0.7
@@ -28,7 +28,7 @@ class FlowSDEConfig(FlowOnPolicyConfig):
             raise ValueError(f"noise_level must be positive, got {self.noise_level}")
 
 
-class FlowSDE(GaussianChainOnPolicy):
+class FlowSDE(GaussianChainActorCritic):
     def sampling_aux(self, acting, obs, key):
         if self.config.sde_steps == "all":
             return {}

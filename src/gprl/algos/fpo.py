@@ -15,14 +15,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicy, FlowOnPolicyConfig
+from gprl.algos.flow_actor_critic import FlowActorCritic, FlowActorCriticConfig
 
 PER_PAIR_LOG_RATIO_BOUND = 3.0
 """FPO++ clips each pair's loss difference to +-3 before exponentiating."""
 
 
 @dataclass(frozen=True)
-class FPOConfig(FlowOnPolicyConfig):
+class FPOConfig(FlowActorCriticConfig):
     clip_eps: float = 0.05
     """PPO clip range of the CFM ratio (reference)."""
     num_mc_pairs: int = 8
@@ -42,9 +42,9 @@ class FPOConfig(FlowOnPolicyConfig):
             raise ValueError(f"num_mc_pairs must be positive, got {self.num_mc_pairs}")
 
 
-class FPO(FlowOnPolicy):
-    def __init__(self, config: FPOConfig, *args):
-        super().__init__(config, *args)
+class FPO(FlowActorCritic):
+    def __init__(self, config: FPOConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
         self.negative_advantages = config.negative_advantages
 
     def act(self, acting, obs, key):

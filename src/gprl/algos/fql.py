@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gprl.algos.base import OffPolicyAlgorithm
+from gprl.algos.base import OffPolicyAlgorithm, check_learning_rates, check_networks
 from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule, soft_update
-from gprl.networks import MLP, QEnsemble
+from gprl.networks import MLP, CustomNetworks, QEnsemble
 from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.types import EnvSpec
 
@@ -83,7 +83,8 @@ class FQLConfig(OffPolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("learning_rate", "num_critics", "alpha"):
+        check_learning_rates(self, "learning_rate")
+        for name in ("num_critics", "alpha"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("gamma", "tau"):
@@ -94,12 +95,18 @@ class FQLConfig(OffPolicyConfig):
 
 
 class FQL(OffPolicyAlgorithm):
-    def __init__(self, config: FQLConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+    def __init__(
+        self, config: FQLConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+    ):
+        """networks (gprl.networks.CustomNetworks): a velocity torso for the BC flow and a critic
+        torso, torso(obs, action), for every critic; the one-step policy mu(s, z) takes none."""
         self.schedule = off_policy_schedule(config, num_envs, total_steps)
+        check_networks(networks, ("critic", "velocity"), type(self).__name__)
+        given = networks or CustomNetworks()
         self.num_iterations = self.schedule.num_iterations
         self.config = config
         self.spec = spec
-        self.flow = FlowPolicy(spec.action_dim, config.flow)
+        self.flow = FlowPolicy(spec.action_dim, config.flow, given.velocity)
         self.actor = MLP(
             config.actor_hidden,
             spec.action_dim,
@@ -107,7 +114,11 @@ class FQL(OffPolicyAlgorithm):
             layer_norm=config.actor_layer_norm,
         )
         self.critic = QEnsemble(
-            config.critic_hidden, config.num_critics, config.activation, config.critic_layer_norm
+            config.critic_hidden,
+            config.num_critics,
+            config.activation,
+            config.critic_layer_norm,
+            given.critic,
         )
         self.optimizer = optax.adam(config.learning_rate)
 

@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.base import OnPolicyAlgorithm, RefitRequest, check_pretrained_flow
+from gprl.algos.base import (
+    OnPolicyAlgorithm,
+    StageBoundary,
+    check_learning_rates,
+    check_networks,
+    check_pretrained_flow,
+)
 from gprl.algos.onpolicy import (
     annealed_learning_rate,
     check_batch_geometry,
@@ -33,6 +39,7 @@ from gprl.algos.onpolicy import (
     set_hyperparameters,
 )
 from gprl.algos.ppo import GaussianActorCritic, PPOConfig, gaussian_ppo_loss
+from gprl.networks import CustomNetworks
 from gprl.policies import (
     DiffusionPolicy,
     DiffusionPolicyConfig,
@@ -142,7 +149,8 @@ class GoRLConfig:
             raise ValueError(f"stage_weights must be positive, got {self.stage_weights}")
         positive = ("clip_eps_first_stage", "clip_eps_later_stages", "max_grad_norm_first_stage")
         positive += ("max_grad_norm_later_stages", "collect_fraction", "decoder_train_steps")
-        positive += ("decoder_batch_size", "decoder_learning_rate", "decoder_eval_every")
+        positive += ("decoder_batch_size", "decoder_eval_every")
+        check_learning_rates(self, "decoder_learning_rate")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -163,12 +171,18 @@ def prior_regularizer(kind: str):
     raise ValueError(f"unknown prior_regularizer '{kind}'; use 'l2', 'kl' or 'none'")
 
 
-def zero_output_layer(mlp_params: dict) -> dict:
-    """A copy of an MLP policy's parameters with its last dense layer zeroed."""
-    layers = mlp_params["params"]["MLP_0"]
-    last = max(layers, key=lambda name: int(name.rsplit("_", 1)[1]))
+def zero_output_layer(actor_params: dict) -> dict:
+    """A copy of a Gaussian actor's parameters with its output layer zeroed: the last dense
+    layer of gprl's MLP, or the head under a user's torso."""
+    inner = actor_params["params"]
+    network = "MLP_0" if "MLP_0" in inner else "TorsoHead_0"
+    layers = inner[network]
+    if network == "MLP_0":
+        last = max(layers, key=lambda name: int(name.rsplit("_", 1)[1]))
+    else:
+        last = "head"
     zeroed = jax.tree.map(jnp.zeros_like, layers[last])
-    return {**mlp_params, "params": {**mlp_params["params"], "MLP_0": {**layers, last: zeroed}}}
+    return {**actor_params, "params": {**inner, network: {**layers, last: zeroed}}}
 
 
 def reference_gorl_config() -> GoRLConfig:
@@ -211,40 +225,38 @@ class GoRL(OnPolicyAlgorithm):
     pretrained_policy = "optional"
 
     def __init__(
-        self, config: GoRLConfig, spec: EnvSpec, num_envs: int, total_steps: int, pretrained=None
+        self,
+        config: GoRLConfig,
+        spec: EnvSpec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
     ):
+        """networks (gprl.networks.CustomNetworks): actor and critic torsos for the encoder's
+        actor-critic, a velocity torso for every decoder fitted at a refit (flow or diffusion;
+        with --init the first decoder is the pretrained one)."""
         config.validate()
         check_batch_geometry(config.ppo, num_envs)
+        check_networks(networks, ("actor", "critic", "velocity"), "GoRL")
+        given = networks or CustomNetworks()
         if pretrained is not None:
             check_pretrained_flow(pretrained, "GoRL")
         self.pretrained = pretrained
         self.config = config
         self.spec = spec
         self.num_envs = num_envs
-        self.model = GaussianActorCritic(config.ppo, spec.obs_dim, spec.action_dim)
-        if config.decoder == "flow":
-            self.decoder = FlowPolicy(spec.action_dim, replace(config.flow, zero_init=False))
-        else:
-            self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion)
-        self.regularizer = prior_regularizer(config.prior_regularizer)
-
-        self.rollout_steps = config.ppo.rollout_steps
-        steps_per_iteration = config.ppo.rollout_steps * num_envs
-        refits = config.num_stages - 1
-        self.collect_rollout_steps = max(1, round(config.collect_fraction * total_steps / num_envs))
-        encoder_budget = total_steps
-        if config.count_collection_steps:
-            encoder_budget -= refits * self.collect_rollout_steps * num_envs
-        weights = np.asarray(config.stage_weights, np.float64)
-        self.stage_iterations = tuple(
-            iterations_for_budget(
-                int(encoder_budget * w / weights.sum()),
-                steps_per_iteration,
-                f"the encoder budget of stage {stage}",
-            )
-            for stage, w in enumerate(weights)
+        self.model = GaussianActorCritic(
+            config.ppo, spec.obs_dim, spec.action_dim, given.actor, given.critic
         )
-        self.num_iterations = sum(self.stage_iterations) + refits
+        if config.decoder == "flow":
+            flow = replace(config.flow, zero_init=False)
+            self.decoder = FlowPolicy(spec.action_dim, flow, given.velocity)
+        else:
+            self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion, given.velocity)
+        self.regularizer = prior_regularizer(config.prior_regularizer)
+        self.rollout_steps = config.ppo.rollout_steps
+        self._plan_stages(total_steps)
         later = config.num_stages - 1
         self._per_stage = {
             "clip_eps": (config.clip_eps_first_stage,) + (config.clip_eps_later_stages,) * later,
@@ -265,6 +277,26 @@ class GoRL(OnPolicyAlgorithm):
                 chunk_steps=config.decoder_eval_every,
             ),
         )
+
+    def _plan_stages(self, total_steps: int) -> None:
+        """Split the budget: refit collections, then the encoder's stages by stage_weights."""
+        config, num_envs = self.config, self.num_envs
+        steps_per_iteration = config.ppo.rollout_steps * num_envs
+        refits = config.num_stages - 1
+        self.collect_rollout_steps = max(1, round(config.collect_fraction * total_steps / num_envs))
+        encoder_budget = total_steps
+        if config.count_collection_steps:
+            encoder_budget -= refits * self.collect_rollout_steps * num_envs
+        weights = np.asarray(config.stage_weights, np.float64)
+        self.stage_iterations = tuple(
+            iterations_for_budget(
+                int(encoder_budget * w / weights.sum()),
+                steps_per_iteration,
+                f"the encoder budget of stage {stage}",
+            )
+            for stage, w in enumerate(weights)
+        )
+        self.num_iterations = sum(self.stage_iterations) + refits
 
     def stage_value(self, name: str, stage):
         return jnp.asarray(self._per_stage[name])[stage]
@@ -374,7 +406,9 @@ class GoRL(OnPolicyAlgorithm):
             return jnp.tanh(decoded)
         return jnp.clip(decoded, -1.0, 1.0)
 
-    def observe_evaluation(self, state, eval_return: float) -> dict:
+    def on_evaluation(self, state, evaluation: dict) -> dict:
+        """Keep the best-evaluated encoder of the stage: the refit's collecting policy."""
+        eval_return = evaluation["eval_return"]
         # Ties go to the later policy, as in the reference.
         if eval_return >= float(state["best"]["return"]) - 1e-6:
             best = self._best_so_far(state) | {"return": jnp.asarray(eval_return, jnp.float32)}
@@ -422,7 +456,9 @@ class GoRL(OnPolicyAlgorithm):
         state = state | {"stage_iteration": state["stage_iteration"] + 1}
         return state, metrics | {"learning_rate": learning_rate, "stage": stage}
 
-    def refit_request(self, state) -> RefitRequest | None:
+    def stage_boundary(self, state) -> StageBoundary | None:
+        """A decoder refit ends every stage but the last: collect with the stage's best (or
+        last) encoder."""
         stage = int(state["stage"])
         if stage == self.config.num_stages - 1:
             return None
@@ -435,9 +471,9 @@ class GoRL(OnPolicyAlgorithm):
             if use_best
             else self.acting_params(state)
         )
-        return RefitRequest(acting, self.collect_rollout_steps, self.config.count_collection_steps)
+        return StageBoundary(acting, self.collect_rollout_steps, self.config.count_collection_steps)
 
-    def refit(self, state, batch, key):
+    def end_stage(self, state, batch, key):
         """Fit the next stage's decoder on the collected (obs, pre-squash action) pairs, then
         restart the encoder at the prior."""
         cfg = self.config

@@ -9,6 +9,11 @@ where episode lengths differ, later episodes of a group start from different sta
 group mean becomes a plain batch baseline. Steps of episodes still running when the rollout
 ends get advantage 0.
 
+A sibling of the critic-based flow methods: it shares their flow policy and Gaussian-chain
+sampling (gprl.algos.flow_onpolicy) but has no critic, no GAE and no reward normalisation, and
+its config has none of their fields. Its state is the flow's, with "frozen" for the KL's
+reference policy.
+
 GRPO-Guard: `normalize_step_ratios` centres each step's log-ratio distribution over the
 minibatch and gives every step the same spread, so the clip constrains all noise levels alike;
 `reweight_noise_levels` weights each step's surrogate by its noise variance, which evens out
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainFlow
 from gprl.algos.onpolicy import (
     advance_state,
     annealed_learning_rate,
@@ -59,8 +64,6 @@ class GRPOConfig(FlowOnPolicyConfig):
             raise ValueError(f"noise_level must be positive, got {self.noise_level}")
         if self.kl_coef < 0:
             raise ValueError(f"kl_coef must be non-negative, got {self.kl_coef}")
-        if self.critic_warmup_iterations:
-            raise ValueError("grpo has no critic to warm up (critic_warmup_iterations must be 0)")
 
 
 def group_relative_advantages(rewards, dones, group_size: int):
@@ -88,19 +91,14 @@ def group_relative_advantages(rewards, dones, group_size: int):
     return jnp.take_along_axis(per_episode, ordinal, axis=0)
 
 
-class GRPO(GaussianChainOnPolicy):
-    has_critic = False
-
-    def __init__(self, config: GRPOConfig, spec, num_envs: int, total_steps: int):
+class GRPO(GaussianChainFlow):
+    def __init__(self, config: GRPOConfig, spec, num_envs: int, total_steps: int, networks=None):
         if num_envs % config.group_size:
             raise ValueError(
                 f"num_envs ({num_envs}) must be a multiple of grpo.group_size ({config.group_size})"
             )
-        super().__init__(config, spec, num_envs, total_steps)
-
-    @classmethod
-    def start_state_group(cls, config: GRPOConfig) -> int:
-        return config.group_size
+        super().__init__(config, spec, num_envs, total_steps, networks=networks)
+        self.start_state_group = config.group_size
 
     def init(self, key):
         state = super().init(key)
@@ -111,7 +109,8 @@ class GRPO(GaussianChainOnPolicy):
     def transition(self, params, obs, aux, k, x, velocity, t):
         return sde_transition(x, velocity, t, 1.0 / self.num_steps, self.config.noise_level)
 
-    def loss(self, params, minibatch, clip_eps, frozen):
+    def loss(self, params, minibatch, frozen):
+        """Per-step clipped surrogate on the group-relative advantages, plus the KL term."""
         config = self.config
         log_probs, stds = self.step_log_probs(params, minibatch)
         log_ratio = log_probs - minibatch["old_step_log_prob"]
@@ -123,7 +122,7 @@ class GRPO(GaussianChainOnPolicy):
         if config.reweight_noise_levels:
             variance = jnp.mean(stds**2, axis=(1, 2))
             advantages = advantages * variance / variance.mean()
-        loss, info = ppo_policy_loss(log_ratio, advantages, clip_eps)
+        loss, info = ppo_policy_loss(log_ratio, advantages, config.clip_eps)
         if config.kl_coef > 0:
             kl = self.kl_to_reference(params, minibatch, frozen["reference_policy"])
             loss = loss + config.kl_coef * kl
@@ -151,7 +150,7 @@ class GRPO(GaussianChainOnPolicy):
         data = data | self.score_rollout(state["params"], data, score_key)
         frozen = state.get("frozen", {})
         params, opt_state, info = minibatch_epochs(
-            lambda params, minibatch: self.loss(params, minibatch, config.clip_eps, frozen),
+            lambda params, minibatch: self.loss(params, minibatch, frozen),
             state["params"],
             set_hyperparameters(state["opt_state"], learning_rate=learning_rate),
             self.optimizer,

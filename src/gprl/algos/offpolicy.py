@@ -29,7 +29,7 @@ class OffPolicyConfig:
     learning_starts: int = 5_000
     """Env steps of uniformly random actions before the first update (rounded up to whole
     update calls); none when --dataset pre-fills the buffer (the policy acts and learns from
-    the first env step)."""
+    the first env step, and the budget need not exceed learning_starts)."""
     update_to_data: float = 1.0
     """Gradient steps per env step (UTD ratio)."""
     update_every: int = 50
@@ -80,11 +80,19 @@ class OffPolicySchedule(NamedTuple):
     warmup_calls: int
     """Update calls at the start of the online phase that explore and store without updating
     (none when the buffer holds an offline dataset)."""
+    warmup_refusal: str | None
+    """Why the warm-up would leave no update to run, or None (see check_warmup_fits)."""
     offline_iterations: int
     """Iterations of calls_per_iteration x gradient_steps gradient steps on the offline dataset
     alone, before the first env step."""
     num_iterations: int
     """Offline and online iterations."""
+
+    def check_warmup_fits(self) -> None:
+        """Refuse (ValueError) a warm-up that fills the whole run. The loop checks it only when
+        no offline dataset pre-fills the buffer: with one, no warm-up runs."""
+        if self.warmup_refusal is not None:
+            raise ValueError(self.warmup_refusal)
 
 
 def off_policy_schedule(
@@ -110,8 +118,9 @@ def off_policy_schedule(
             f"({iteration_steps} env steps); raise the budget"
         )
     warmup_calls = -(-config.learning_starts // call_steps)
+    warmup_refusal = None
     if warmup_calls >= num_iterations * calls_per_iteration:
-        raise ValueError(
+        warmup_refusal = (
             f"learning_starts ({config.learning_starts}) must be below total_steps "
             f"({total_steps}, {num_iterations * iteration_steps} in whole iterations): no "
             "update would run"
@@ -132,6 +141,7 @@ def off_policy_schedule(
         gradient_steps=int(gradient_steps),
         calls_per_iteration=calls_per_iteration,
         warmup_calls=warmup_calls,
+        warmup_refusal=warmup_refusal,
         offline_iterations=offline_iterations,
         num_iterations=offline_iterations + num_iterations,
     )

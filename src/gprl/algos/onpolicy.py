@@ -1,9 +1,12 @@
 """What every PPO-style method shares: from raw transitions to advantages, the clipped objective,
 and epochs of minibatch SGD under `lax.scan`.
 
-A method supplies its own loss (its likelihood, or a likelihood surrogate, plugged into
-:func:`ppo_objective` as a log ratio); everything else is here, pure and jittable, so a whole
-rollout-and-update compiles into one call on the device path.
+:class:`OnPolicyConfig` holds what every on-policy method has (rollouts, epochs of minibatch
+SGD, the optimiser, the clip); :class:`ActorCriticConfig` adds what a learned value critic
+needs (discount, GAE, value loss, reward normalisation). A critic-based method supplies its own
+loss (its likelihood, or a likelihood surrogate, plugged into :func:`ppo_objective` as a log
+ratio); everything else is here, pure and jittable, so a whole rollout-and-update compiles into
+one call on the device path.
 """
 
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gprl.algos.base import check_learning_rates
 from gprl.rl_math import (
     NORMALIZE_EPS,
     explained_variance,
@@ -32,42 +36,50 @@ class OnPolicyConfig:
     num_epochs: int = 10
     """Passes over each rollout per update."""
     num_minibatches: int = 32
-    """Minibatches per epoch (minibatch = batch / num_minibatches)."""
+    """Minibatches per epoch (minibatch = batch / num_minibatches; it must divide the batch)."""
     learning_rate: float = 3e-4
     """Adam step size (the initial one when annealed)."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to zero over training (once per update)."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
-    gamma: float = 0.99
-    """Discount factor."""
-    gae_lambda: float = 0.95
-    """GAE lambda (bias-variance trade-off of the advantages)."""
     clip_eps: float = 0.2
     """PPO ratio clipping range."""
-    value_clip_eps: float | None = None
-    """Clip the value update to this range around the old prediction; None disables."""
-    vf_coef: float = 0.5
-    """Weight of the value loss (0.5 * squared error)."""
     max_grad_norm: float = 0.5
     """Clip the global gradient norm to this value."""
-    normalize_advantages: bool = True
-    """Standardise advantages within each minibatch."""
     normalize_observations: bool = True
     """Standardise observations with running statistics (updated after each rollout, saved in
     checkpoints)."""
-    normalize_rewards: bool = True
-    """Divide rewards by the running std of the discounted return."""
     reward_scale: float = 1.0
     """Multiply env rewards by this before any normalisation."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first nonsensical field."""
-        positive = ("rollout_steps", "num_epochs", "num_minibatches", "learning_rate", "adam_eps")
+        check_learning_rates(self, "learning_rate")
+        positive = ("rollout_steps", "num_epochs", "num_minibatches", "adam_eps")
         positive += ("clip_eps", "max_grad_norm", "reward_scale")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig(OnPolicyConfig):
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (bias-variance trade-off of the advantages)."""
+    value_clip_eps: float | None = None
+    """Clip the value update to this range around the old prediction; None disables."""
+    vf_coef: float = 0.5
+    """Weight of the value loss (0.5 * squared error)."""
+    normalize_advantages: bool = True
+    """Standardise advantages within each minibatch."""
+    normalize_rewards: bool = True
+    """Divide rewards by the running std of the discounted return."""
+
+    def validate(self) -> None:
+        super().validate()
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -114,10 +126,13 @@ def annealed_learning_rate(config: OnPolicyConfig, update_index, num_updates):
 
 
 def check_batch_geometry(config: OnPolicyConfig, num_envs: int) -> None:
-    if config.num_minibatches > config.rollout_steps * num_envs:
+    """Refuse minibatches that do not split the batch evenly (the remainder would be dropped
+    from every epoch)."""
+    batch_size = config.rollout_steps * num_envs
+    if batch_size % config.num_minibatches:
         raise ValueError(
-            f"num_minibatches ({config.num_minibatches}) exceeds the batch size rollout_steps x "
-            f"num_envs ({config.rollout_steps * num_envs})"
+            f"num_minibatches ({config.num_minibatches}) must divide the batch size "
+            f"rollout_steps x num_envs ({config.rollout_steps} x {num_envs} = {batch_size})"
         )
 
 
@@ -157,7 +172,11 @@ def normalize_rewards(normalizer: dict, rewards, dones, gamma: float):
 
 
 def advantages_and_returns(
-    batch: Transition, value_fn, obs_stats: dict, reward_normalizer: dict, config: OnPolicyConfig
+    batch: Transition,
+    value_fn,
+    obs_stats: dict,
+    reward_normalizer: dict,
+    config: ActorCriticConfig,
 ):
     """Turn a raw (T, N) rollout into PPO training data.
 
@@ -197,7 +216,7 @@ def ppo_objective(
     values,
     minibatch: dict,
     clip_eps,
-    config: OnPolicyConfig,
+    config: ActorCriticConfig,
     advantage_weights=1.0,
     negative_advantages="clip",
 ):
@@ -225,8 +244,7 @@ def minibatch_epochs(loss_fn, params, opt_state, optimizer, data: dict, key, con
     = samples). loss_fn(params, minibatch) -> (loss, info). Returns (params, opt_state, info
     averaged over all steps)."""
     batch_size = jax.tree.leaves(data)[0].shape[0]
-    minibatch_size = batch_size // config.num_minibatches
-    used = minibatch_size * config.num_minibatches
+    minibatch_size = batch_size // config.num_minibatches  # exact: see check_batch_geometry
 
     def gradient_step(carry, minibatch):
         params, opt_state = carry
@@ -236,7 +254,7 @@ def minibatch_epochs(loss_fn, params, opt_state, optimizer, data: dict, key, con
         return (params, opt_state), info | {"grad_norm": optax.tree.norm(grads)}
 
     def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, batch_size)[:used]
+        order = jax.random.permutation(epoch_key, batch_size)
         minibatches = jax.tree.map(
             lambda x: x[order].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), data
         )

@@ -7,12 +7,13 @@ whose samples pass through a frozen generative decoder.
 from dataclasses import dataclass, field
 from typing import Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.base import OnPolicyAlgorithm
+from gprl.algos.base import OnPolicyAlgorithm, check_networks
 from gprl.algos.onpolicy import (
-    OnPolicyConfig,
+    ActorCriticConfig,
     annealed_learning_rate,
     check_batch_geometry,
     iterations_for_budget,
@@ -22,7 +23,7 @@ from gprl.algos.onpolicy import (
     reward_normalizer_init,
     set_hyperparameters,
 )
-from gprl.networks import MLP
+from gprl.networks import CustomNetworks, value_network
 from gprl.policies import (
     GaussianPolicyConfig,
     GaussianPolicyNet,
@@ -34,12 +35,12 @@ from gprl.types import EnvSpec
 
 
 @dataclass(frozen=True)
-class PPOConfig(OnPolicyConfig):
+class PPOConfig(ActorCriticConfig):
     ent_coef: float = 0.0
     """Weight of the Gaussian entropy bonus."""
     action_squash: Literal["clip", "tanh"] = "clip"
     """How a Gaussian sample becomes an action in [-1, 1]: clipped (log-prob of the unclipped
-    sample, as CleanRL) or tanh."""
+    sample, as CleanRL) or tanh (log-prob of the sample before tanh)."""
     actor: GaussianPolicyConfig = field(default_factory=GaussianPolicyConfig)
     critic_hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the value network."""
@@ -48,12 +49,21 @@ class PPOConfig(OnPolicyConfig):
 
 
 class GaussianActorCritic:
-    """A Gaussian policy and a state-value critic with separate MLPs."""
+    """A Gaussian policy and a state-value critic with separate MLPs, or the user's torsos
+    (torso(obs) each, see :mod:`gprl.networks`) under gprl's output layers."""
 
-    def __init__(self, config: PPOConfig, obs_dim: int, action_dim: int):
+    def __init__(
+        self,
+        config: PPOConfig,
+        obs_dim: int,
+        action_dim: int,
+        actor_torso: nn.Module | None = None,
+        critic_torso: nn.Module | None = None,
+    ):
+        config.actor.validate()
         self.obs_dim = obs_dim
-        self.actor = GaussianPolicyNet(config.actor, action_dim)
-        self.critic = MLP(config.critic_hidden, 1, config.critic_activation)
+        self.actor = GaussianPolicyNet(config.actor, action_dim, actor_torso)
+        self.critic = value_network(config.critic_hidden, config.critic_activation, critic_torso)
 
     def init_params(self, key) -> dict:
         actor_key, critic_key = jax.random.split(key)
@@ -84,13 +94,20 @@ def gaussian_ppo_loss(params, minibatch, model, config: PPOConfig, clip_eps):
 
 
 class PPO(OnPolicyAlgorithm):
-    def __init__(self, config: PPOConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+    def __init__(
+        self, config: PPOConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+    ):
+        """networks (gprl.networks.CustomNetworks): actor and critic torsos, torso(obs) each."""
         config.validate()
         check_batch_geometry(config, num_envs)
+        check_networks(networks, ("actor", "critic"), "PPO")
+        given = networks or CustomNetworks()
         self.config = config
         self.spec = spec
         self.num_envs = num_envs
-        self.model = GaussianActorCritic(config, spec.obs_dim, spec.action_dim)
+        self.model = GaussianActorCritic(
+            config, spec.obs_dim, spec.action_dim, given.actor, given.critic
+        )
         self.optimizer = make_optimizer(config)
         self.rollout_steps = config.rollout_steps
         self.num_iterations = iterations_for_budget(
@@ -98,7 +115,11 @@ class PPO(OnPolicyAlgorithm):
         )
 
     def squash(self, sample):
-        return jnp.tanh(sample) if self.config.action_squash == "tanh" else sample
+        """The action in [-1, 1] of a Gaussian sample; the likelihood stays the sample's (kept
+        in act's extras)."""
+        if self.config.action_squash == "tanh":
+            return jnp.tanh(sample)
+        return jnp.clip(sample, -1.0, 1.0)
 
     def init(self, key) -> dict:
         params = self.model.init_params(key)

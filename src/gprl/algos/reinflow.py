@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainOnPolicy
+from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
 from gprl.networks import MLP
 from gprl.policies import gaussian_entropy
 
 
 @dataclass(frozen=True)
-class ReinFlowConfig(FlowOnPolicyConfig):
+class ReinFlowConfig(FlowActorCriticConfig):
     min_noise_std: float = 0.08
     """Lower bound of the learned per-step noise std."""
     max_noise_std: float = 0.16
@@ -68,7 +68,7 @@ class NoiseNet(nn.Module):
         return jnp.exp(low + (high - low) * jax.nn.sigmoid(raw))
 
 
-class ReinFlow(GaussianChainOnPolicy):
+class ReinFlow(GaussianChainActorCritic):
     pretrained_policy = "optional"
 
     def __init__(self, config: ReinFlowConfig, *args, **kwargs):

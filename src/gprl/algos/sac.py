@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gprl.algos.base import OffPolicyAlgorithm
+from gprl.algos.base import OffPolicyAlgorithm, check_learning_rates, check_networks
 from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule, soft_update
-from gprl.networks import MLP, QEnsemble
+from gprl.networks import MLP, CustomNetworks, QEnsemble, TorsoHead
 from gprl.policies import gaussian_log_prob
 from gprl.types import EnvSpec
 
@@ -58,8 +58,9 @@ class SACConfig(OffPolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        positive = ("actor_learning_rate", "critic_learning_rate", "alpha_learning_rate")
-        for name in (*positive, "initial_alpha", "num_critics"):
+        check_learning_rates(self, "actor_learning_rate", "critic_learning_rate")
+        check_learning_rates(self, "alpha_learning_rate")
+        for name in ("initial_alpha", "num_critics"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("gamma", "tau"):
@@ -79,14 +80,27 @@ def squashed_log_prob(mean, std, sample):
 
 
 class SAC(OffPolicyAlgorithm):
-    def __init__(self, config: SACConfig, spec: EnvSpec, num_envs: int, total_steps: int):
+    def __init__(
+        self, config: SACConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+    ):
+        """networks (gprl.networks.CustomNetworks): an actor torso, torso(obs), under the
+        mean-and-log-std layer, and a critic torso, torso(obs, action), for every critic."""
         self.schedule = off_policy_schedule(config, num_envs, total_steps)
+        check_networks(networks, ("actor", "critic"), type(self).__name__)
+        given = networks or CustomNetworks()
         self.num_iterations = self.schedule.num_iterations
         self.config = config
         self.spec = spec
-        self.actor = MLP(config.actor_hidden, 2 * spec.action_dim, config.activation)
+        if given.actor is None:
+            self.actor = MLP(config.actor_hidden, 2 * spec.action_dim, config.activation)
+        else:
+            self.actor = TorsoHead(given.actor, 2 * spec.action_dim)
         self.critic = QEnsemble(
-            config.critic_hidden, config.num_critics, config.activation, config.critic_layer_norm
+            config.critic_hidden,
+            config.num_critics,
+            config.activation,
+            config.critic_layer_norm,
+            given.critic,
         )
         self.actor_optimizer = optax.adam(config.actor_learning_rate)
         self.critic_optimizer = optax.adam(config.critic_learning_rate)

@@ -30,17 +30,17 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from gprl.envs.vector import (
+from gprl.envs.common import (
     DMC_PREFIX,
     ActionMapper,
     EnvError,
-    _check_action_space,
-    _first_line,
-    _ObsFlattener,
-    _prefer_headless_rendering,
+    TaskShape,
     canonical_env_id,
+    check_num_envs,
+    first_line,
+    prefer_headless_rendering,
 )
-from gprl.types import EnvSpec, StepResult
+from gprl.types import StepResult
 
 GROUPED_RESTARTS_UNSUPPORTED = (
     "envpool cannot restart several envs from one initial state (its seeds are fixed when the "
@@ -93,20 +93,18 @@ def envpool_task_id(env_id: str) -> str | None:
 AUTO_DMC_DOMAINS = frozenset({"cheetah", "hopper", "walker"})
 
 
-def auto_uses_envpool(env_id: str) -> bool:
-    """Whether backend="auto" runs env_id on envpool: Gymnasium MuJoCo tasks and the DM Control
-    domains whose envpool ports were checked against dm_control (see AUTO_DMC_DOMAINS)."""
+def envpool_port_checked(env_id: str) -> bool:
+    """Whether envpool's port of env_id may stand in for it under backend="auto": Gymnasium
+    MuJoCo tasks and the DM Control domains checked against dm_control (see AUTO_DMC_DOMAINS)."""
     env_id = canonical_env_id(env_id)
     if env_id.startswith(DMC_PREFIX):
-        domain = env_id[len(DMC_PREFIX) :].partition("-")[0]
-        if domain not in AUTO_DMC_DOMAINS:
-            return False
-    return envpool_unavailable_reason(env_id) is None
+        return env_id[len(DMC_PREFIX) :].partition("-")[0] in AUTO_DMC_DOMAINS
+    return True
 
 
-def envpool_unavailable_reason(env_id: str) -> str | None:
-    """Why env_id cannot run on envpool here (a one-line message), or None if it can."""
-    task_id = envpool_task_id(env_id)
+def envpool_unavailable_reason(env_id: str, task_id: str | None) -> str | None:
+    """Why env_id, whose envpool id is task_id (see :func:`envpool_task_id`), cannot run on
+    envpool here (a one-line message), or None if it can."""
     if task_id is None:
         return (
             f"envpool has no counterpart of {env_id!r} (it runs Gymnasium MuJoCo v4/v5 and "
@@ -125,28 +123,27 @@ class EnvpoolVecEnv:
     """``num_envs`` copies of one task in an envpool pool, taking actions in [-1, 1].
 
     Same interface and semantics as :class:`~gprl.envs.vector.VecEnv`; build it with
-    :func:`gprl.envs.make_env` (``backend="envpool"``, or ``"auto"`` where envpool has the task).
-    Runs ``min(num_envs, os.cpu_count())`` worker threads.
+    :func:`gprl.envs.make_env` (``backend="envpool"``, or ``"auto"`` where envpool has the task),
+    which checks that envpool has ``task_id``. Building costs nothing: the pool itself is built
+    by ``reset(seed)``, since envpool fixes seeds at construction. Runs
+    ``min(num_envs, os.cpu_count())`` worker threads.
     """
 
-    def __init__(self, env_id: str, num_envs: int = 1):
-        if num_envs < 1:
-            raise EnvError(f"num_envs must be at least 1, got {num_envs}")
-        reason = envpool_unavailable_reason(env_id)
-        if reason is not None:
-            raise EnvError(reason)
+    def __init__(self, env_id: str, task_id: str, num_envs: int = 1):
+        check_num_envs(num_envs)
         import envpool
 
         env_id = canonical_env_id(env_id)
-        self._task_id = envpool_task_id(env_id)
-        # A spec costs nothing; the pool itself is built by reset(seed), since envpool fixes
-        # seeds at construction.
-        envpool_spec = envpool.make_spec(self._task_id)
-        action_space = _check_action_space(env_id, envpool_spec.gymnasium_action_space)
+        self._task_id = task_id
+        envpool_spec = envpool.make_spec(task_id)
         observation_space = envpool_spec.gymnasium_observation_space
         if env_id.startswith(DMC_PREFIX):
             observation_space = _dm_control_observation_space(env_id, observation_space)
-        self._flattener = _ObsFlattener(env_id, observation_space)
+        self._max_episode_steps = int(envpool_spec.config.max_episode_steps)
+        shape = TaskShape(
+            env_id, observation_space, envpool_spec.gymnasium_action_space, self._max_episode_steps
+        )
+        self._flattener = shape.flattener
         self._pool: Any = None
         self._seed: int | None = None
         self._episodes = np.zeros(num_envs, np.int64)
@@ -154,17 +151,8 @@ class EnvpoolVecEnv:
 
         self.num_envs = num_envs
         self._num_threads = min(num_envs, os.cpu_count() or 1)
-        self._env_action = ActionMapper(env_id, action_space, num_envs)
-        low, high = action_space.low, action_space.high
-        self._max_episode_steps = int(envpool_spec.config.max_episode_steps)
-        self.spec = EnvSpec(
-            env_id=env_id,
-            obs_dim=self._flattener.obs_dim,
-            action_dim=action_space.shape[0],
-            action_low=low.astype(np.float32),
-            action_high=high.astype(np.float32),
-            max_episode_steps=self._max_episode_steps,
-        )
+        self._env_action = ActionMapper(env_id, shape.action_space, num_envs)
+        self.spec = shape.spec
 
     def reset(self, seed: int) -> np.ndarray:
         """Start new episodes, env i seeded with seed + i; returns (num_envs, obs_dim) float32.
@@ -187,7 +175,7 @@ class EnvpoolVecEnv:
             )
             obs, _ = self._pool.reset()
         except Exception as exc:  # envpool raises RuntimeError, ValueError, ... from C++
-            raise EnvError(f"envpool cannot build {self.spec.env_id}: {_first_line(exc)}") from exc
+            raise EnvError(f"envpool cannot build {self.spec.env_id}: {first_line(exc)}") from exc
         self._seed = int(seed)
         self._episodes[:] = 1
         return self._flattener.batch(obs, self.num_envs)
@@ -285,7 +273,7 @@ def _envpool_task_ids() -> frozenset[str]:
 @functools.cache
 def _dm_control_observation_shapes(domain: str, task: str) -> dict[str, tuple[int, ...]]:
     """The task's observations as dm_control, and so shimmy and the Gymnasium path, has them."""
-    _prefer_headless_rendering()
+    prefer_headless_rendering()
     from dm_control import suite
 
     return {key: spec.shape for key, spec in suite.load(domain, task).observation_spec().items()}

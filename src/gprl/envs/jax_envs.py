@@ -10,7 +10,8 @@ Supported ids (see :func:`make_jax_env`):
 - the diagnostic tasks of :mod:`gprl.envs.diagnostics` (``gprl/BimodalBandit-v0``, ...),
   re-implemented in ``jax.numpy`` with the same observations, dynamics, rewards and time limits;
 - MuJoCo Playground's DeepMind Control suite as ``playground:<Name>`` (``playground:CheetahRun``),
-  which needs ``pip install 'gprl[playground]'``.
+  which needs ``pip install 'gprl[playground]'``;
+- a user's own :class:`JaxTask` object that declares its sizes and time limit.
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gprl.envs.common import EnvError, first_line
 from gprl.envs.diagnostics import (
     DIAGNOSTIC_ENVS,
     MODE_CONTEXT_SHIFT,
@@ -39,10 +41,9 @@ from gprl.envs.diagnostics import (
     TARGET_SCALE,
     TARGET_WEIGHTS,
 )
-from gprl.envs.vector import EnvError
+from gprl.envs.sources import PLAYGROUND_PREFIX, env_source_name
 from gprl.types import EnvSpec, StepResult
 
-PLAYGROUND_PREFIX = "playground:"
 PLAYGROUND_INSTALL = "pip install 'gprl[playground]'"
 
 
@@ -61,7 +62,20 @@ class JaxTask(Protocol):
     """One env's dynamics as pure jittable functions; :class:`JaxVecEnv` batches them with vmap.
 
     Actions arrive clipped and scaled to the task's true bounds. Time limits are the
-    :class:`JaxVecEnv`'s business, not the task's.
+    :class:`JaxVecEnv`'s business, not the task's: ``step`` never truncates.
+
+    A task object passed in directly (to ``make_env``, ``open_environments`` or
+    :func:`make_jax_env`) declares its sizes and time limit as attributes, read by
+    :func:`jax_task_spec` without stepping it:
+
+    - ``obs_dim``: int, the length of the flat observation ``reset`` and ``step`` return;
+    - ``action_low``, ``action_high``: 1-D sequences of finite floats, the true action bounds
+      (their common length is the action size; policies act in [-1, 1] and are scaled onto them);
+    - ``max_episode_steps``: int, or None for episodes that end only by termination;
+    - ``reset_is_expensive``: bool, optional (default False).
+
+    Runs record such a task as ``python:<module>.<class>``, which cannot be opened again from
+    the name alone.
     """
 
     reset_is_expensive: bool
@@ -89,6 +103,7 @@ class JaxVecEnv:
         self.spec = spec
         self.num_envs = num_envs
         self._task = task
+        self._reset_is_expensive = bool(getattr(task, "reset_is_expensive", False))
         # Plain numpy, so they are baked into the compiled code as constants.
         self._action_scale = (spec.action_high - spec.action_low) / 2
         self._action_offset = (spec.action_high + spec.action_low) / 2
@@ -124,7 +139,7 @@ class JaxVecEnv:
             fresh_state, fresh_obs = jax.vmap(self._task.reset)(reset_keys)
             return _where_ended(ended, (fresh_state, fresh_obs), (task_state, final_obs))
 
-        if self._task.reset_is_expensive:
+        if self._reset_is_expensive:
             # A MuJoCo reset runs hundreds of physics steps. DM Control episodes all hit the same
             # time limit together and terminate only on NaN, so most steps need no reset at all.
             # (Under an outer vmap the cond turns into a select that resets every step.)
@@ -147,20 +162,27 @@ class JaxVecEnv:
         return f"JaxVecEnv({self.spec.env_id!r}, num_envs={self.num_envs})"
 
 
-def make_jax_env(env_id: str, num_envs: int, *, max_episode_steps: int | None = None) -> JaxVecEnv:
-    """Build a :class:`JaxVecEnv` for a diagnostic task or a Playground DM Control task.
+def make_jax_env(
+    env_id: "str | JaxTask", num_envs: int, *, max_episode_steps: int | None = None
+) -> JaxVecEnv:
+    """Build a :class:`JaxVecEnv` for a diagnostic task, a Playground DM Control task or a
+    user's :class:`JaxTask` object.
 
     Args:
-        env_id: a diagnostic id (``gprl/TwoGoalPoint-v0``) or ``playground:<Name>`` for any name
-            in MuJoCo Playground's DM Control suite (``playground:CheetahRun``).
+        env_id: a diagnostic id (``gprl/TwoGoalPoint-v0``), ``playground:<Name>`` for any name
+            in MuJoCo Playground's DM Control suite (``playground:CheetahRun``), or a task object
+            declaring its sizes (see :class:`JaxTask`).
         num_envs: number of copies stepped together.
         max_episode_steps: override the task's time limit (25 for TwoGoalPoint, 1000 for DM
             Control, ...); None keeps it.
 
     Raises:
-        EnvError: unknown id, Playground missing or failing to build the task, or num_envs < 1.
+        EnvError: unknown id, Playground missing or failing to build the task, a malformed task
+            object, or num_envs < 1.
     """
-    if env_id in DIAGNOSTIC_ENVS:
+    if not isinstance(env_id, str):
+        task, spec = env_id, jax_task_spec(env_id)
+    elif env_id in DIAGNOSTIC_ENVS:
         task, spec = _make_diagnostic(env_id)
     elif env_id.startswith(PLAYGROUND_PREFIX):
         task, spec = _make_playground(env_id)
@@ -177,6 +199,68 @@ def make_jax_env(env_id: str, num_envs: int, *, max_episode_steps: int | None = 
             raise EnvError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
         spec = dataclasses.replace(spec, max_episode_steps=max_episode_steps)
     return JaxVecEnv(task, spec, num_envs)
+
+
+def jax_task_spec(task: JaxTask) -> EnvSpec:
+    """The spec a task object declares (see :class:`JaxTask`), checked against the shapes its
+    ``reset`` and ``step`` give when traced (nothing runs); EnvError in one line if a
+    declaration is missing or malformed."""
+    name = env_source_name(task)
+    obs_dim = getattr(task, "obs_dim", None)
+    if not _is_positive_int(obs_dim):
+        raise EnvError(f"JAX task {name} must declare obs_dim as a positive int, got {obs_dim!r}")
+    low, high = (_declared_bounds(task, name, side) for side in ("action_low", "action_high"))
+    if low.shape != high.shape or not (low <= high).all():
+        raise EnvError(
+            f"JAX task {name} must declare action_low <= action_high of one length, got "
+            f"{low.tolist()} and {high.tolist()}"
+        )
+    limit = getattr(task, "max_episode_steps", "missing")
+    if limit is not None and not _is_positive_int(limit):
+        raise EnvError(
+            f"JAX task {name} must declare max_episode_steps as a positive int or None, "
+            f"got {limit!r}"
+        )
+    spec = EnvSpec(name, obs_dim, low.size, low, high, limit)
+    _check_traced_shapes(task, spec)
+    return spec
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+
+
+def _declared_bounds(task: JaxTask, name: str, side: str) -> np.ndarray:
+    try:
+        bounds = np.asarray(getattr(task, side), dtype=np.float32)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise EnvError(f"JAX task {name} must declare {side} ({first_line(exc)})") from None
+    if bounds.ndim != 1 or bounds.size == 0 or not np.isfinite(bounds).all():
+        raise EnvError(
+            f"JAX task {name} must declare {side} as a 1-D sequence of finite floats, "
+            f"got {bounds.tolist()}"
+        )
+    return bounds
+
+
+def _check_traced_shapes(task: JaxTask, spec: EnvSpec) -> None:
+    def reset_then_step(key: jax.Array):
+        state, obs = task.reset(key)
+        return obs, task.step(state, jnp.zeros(spec.action_dim, jnp.float32))[1:]
+
+    try:
+        reset_obs, (step_obs, reward, terminated) = jax.eval_shape(
+            reset_then_step, jax.random.key(0)
+        )
+    except Exception as exc:  # user code fails in any way while traced
+        raise EnvError(f"cannot trace JAX task {spec.env_id}: {first_line(exc)}") from exc
+    shapes = (reset_obs.shape, step_obs.shape, reward.shape, terminated.shape)
+    expected = ((spec.obs_dim,), (spec.obs_dim,), (), ())
+    if tuple(tuple(shape) for shape in shapes) != expected:
+        raise EnvError(
+            f"JAX task {spec.env_id} gives shapes {shapes} (reset obs, step obs, reward, "
+            f"terminated) where obs_dim={spec.obs_dim} means {expected}"
+        )
 
 
 def _split_each(keys: jax.Array) -> tuple[jax.Array, jax.Array]:

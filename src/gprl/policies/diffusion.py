@@ -6,11 +6,13 @@ map noise -> action is deterministic and can serve as a GoRL decoder.
 
 from dataclasses import dataclass
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.networks import ConditionalField
+from gprl.networks import ConditionalField, TorsoHead, field_on_grid
+from gprl.policies.flow import check_time_field
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,18 @@ class DiffusionPolicyConfig:
     schedule ends at alpha_bar_T ~ 1e-6, so the first DDIM step multiplies the noise-prediction
     error by ~1e3 without it (3.0 covers pre-tanh actions: tanh(3) = 0.995)."""
 
+    def validate(self) -> None:
+        check_time_field(
+            "diffusion", self.hidden, self.activation, self.num_steps, self.time_embed_dim
+        )
+        if self.num_steps > self.num_train_steps:
+            raise ValueError(
+                f"diffusion: DDIM num_steps ({self.num_steps}) cannot exceed num_train_steps "
+                f"({self.num_train_steps})"
+            )
+        if self.clip_sample is not None and not self.clip_sample > 0:
+            raise ValueError(f"diffusion: clip_sample must be positive, got {self.clip_sample}")
+
 
 def cosine_alpha_bars(num_steps: int, s: float = 0.008) -> np.ndarray:
     """Cumulative signal fractions alpha_bar_t, t = 1..T, of the cosine schedule."""
@@ -41,16 +55,30 @@ def cosine_alpha_bars(num_steps: int, s: float = 0.008) -> np.ndarray:
 
 
 class DiffusionPolicy:
+    """A noise-prediction network around gprl's ConditionalField, or `velocity_torso` (a flax
+    module called as torso(cond, x, t), see :mod:`gprl.networks`) followed by gprl's head."""
+
     kind = "diffusion"
 
-    def __init__(self, action_dim: int, config: DiffusionPolicyConfig = DiffusionPolicyConfig()):
-        if config.num_steps > config.num_train_steps:
-            raise ValueError("DDIM num_steps cannot exceed num_train_steps")
+    def __init__(
+        self,
+        action_dim: int,
+        config: DiffusionPolicyConfig = DiffusionPolicyConfig(),
+        velocity_torso: nn.Module | None = None,
+    ):
+        config.validate()
         self.action_dim = action_dim
         self.config = config
-        self.net = ConditionalField(
-            config.hidden, action_dim, config.activation, config.time_embed_dim, output_scale=0.01
-        )
+        if velocity_torso is None:
+            self.net = ConditionalField(
+                config.hidden,
+                action_dim,
+                config.activation,
+                config.time_embed_dim,
+                output_scale=0.01,
+            )
+        else:
+            self.net = TorsoHead(velocity_torso, action_dim, output_scale=0.01)
         self.alpha_bars = jnp.asarray(cosine_alpha_bars(config.num_train_steps))
 
     def init(self, key, cond_dim: int):
@@ -72,16 +100,13 @@ class DiffusionPolicy:
         steps = num_steps or self.config.num_steps
         indices = self._ddim_schedule(steps)
         prev_alpha_bars = jnp.concatenate([self.alpha_bars[indices[1:]], jnp.ones(1)])
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
         times = jnp.asarray(indices, jnp.float32) / self.config.num_train_steps
-        time_features = self.net.apply(params, times, method=ConditionalField.time_features)
+        step_inputs, field = field_on_grid(self.net, params, cond, times)
 
         def ddim_step(x, inputs):
-            index, alpha_bar_prev, time_feature = inputs
+            index, alpha_bar_prev, step_input = inputs
             alpha_bar = self.alpha_bars[index]
-            eps = self.net.apply(
-                params, cond_features, x, time_feature, method=ConditionalField.from_features
-            )
+            eps = field(x, step_input)
             clean = (x - jnp.sqrt(1 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
             if self.config.clip_sample is not None:
                 clean = jnp.clip(clean, -self.config.clip_sample, self.config.clip_sample)
@@ -90,7 +115,7 @@ class DiffusionPolicy:
             return x_prev, x_prev
 
         action, chain = jax.lax.scan(
-            ddim_step, noise, (jnp.asarray(indices), prev_alpha_bars, time_features)
+            ddim_step, noise, (jnp.asarray(indices), prev_alpha_bars, step_inputs)
         )
         if return_chain:
             return action, jnp.concatenate([noise[None], chain], axis=0)

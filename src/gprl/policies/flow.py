@@ -13,11 +13,14 @@ chain's exact log-likelihood is a sum of Gaussian densities (:func:`chain_log_pr
 from dataclasses import dataclass
 from typing import Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import ConditionalField
+from gprl.networks import ConditionalField, TorsoHead, check_mlp_shape, field_on_grid
 from gprl.policies.gaussian import LOG_2PI
+
+TIME_SAMPLINGS = ("uniform", "grid")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,27 @@ class FlowPolicyConfig:
     """Training times: continuous U[0, 1], or the K-step grid the sampler visits."""
     zero_init: bool = False
     """Zero the velocity head so an untrained policy is the identity map noise -> action."""
+
+    def validate(self) -> None:
+        check_time_field("flow", self.hidden, self.activation, self.num_steps, self.time_embed_dim)
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(
+                f"flow: time_sampling must be one of {TIME_SAMPLINGS}, got '{self.time_sampling}'"
+            )
+
+
+def check_time_field(
+    owner: str, hidden: tuple, activation: str, num_steps: int, time_embed_dim: int
+) -> None:
+    """The checks every config of a time-conditioned field shares, each refused in one line."""
+    check_mlp_shape(owner, hidden, activation)
+    if num_steps < 1:
+        raise ValueError(f"{owner}: num_steps must be at least 1, got {num_steps}")
+    if time_embed_dim < 2:
+        raise ValueError(
+            f"{owner}: time_embed_dim must be at least 2 (one sine, one cosine), "
+            f"got {time_embed_dim}"
+        )
 
 
 def time_grid(num_steps: int):
@@ -61,24 +85,20 @@ def sde_transition(x, velocity, t, dt, noise_level):
 
 
 def euler_integrate(net, params, cond, noise, time_inputs):
-    """x_{k+1} = x_k + f(cond, x_k, time_inputs[k]) / K for the K rows of time_inputs, with a
-    ConditionalField f whose condition and time projections are computed once. Returns
-    (action, chain) with chain (K, ..., d) holding x_1..x_K.
+    """x_{k+1} = x_k + f(cond, x_k, time_inputs[k]) / K for the K rows of time_inputs (see
+    :func:`gprl.networks.field_on_grid` for how f is evaluated). Returns (action, chain) with
+    chain (K, ..., d) holding x_1..x_K.
 
     The flow's velocity takes t_k; one-step models take (t_k, 1 / K) and jump by their average
     velocity or shortcut direction over the step."""
     dt = 1.0 / time_inputs.shape[0]
-    cond_features = net.apply(params, cond, method=ConditionalField.condition)
-    time_features = net.apply(params, time_inputs, method=ConditionalField.time_features)
+    step_inputs, field = field_on_grid(net, params, cond, time_inputs)
 
-    def euler_step(x, time_feature):
-        velocity = net.apply(
-            params, cond_features, x, time_feature, method=ConditionalField.from_features
-        )
-        x_next = x + dt * velocity
+    def euler_step(x, step_input):
+        x_next = x + dt * field(x, step_input)
         return x_next, x_next
 
-    return jax.lax.scan(euler_step, noise, time_features)
+    return jax.lax.scan(euler_step, noise, step_inputs)
 
 
 def chain_log_prob(chain, means, stds):
@@ -94,20 +114,32 @@ def chain_log_prob(chain, means, stds):
 
 
 class FlowPolicy:
-    """Pure functions of (params, ...) around a velocity network."""
+    """Pure functions of (params, ...) around a velocity network: gprl's ConditionalField, or
+    `velocity_torso` (a flax module called as torso(cond, x, t), see :mod:`gprl.networks`)
+    followed by gprl's velocity head."""
 
     kind = "flow"
 
-    def __init__(self, action_dim: int, config: FlowPolicyConfig = FlowPolicyConfig()):
+    def __init__(
+        self,
+        action_dim: int,
+        config: FlowPolicyConfig = FlowPolicyConfig(),
+        velocity_torso: nn.Module | None = None,
+    ):
+        config.validate()
         self.action_dim = action_dim
         self.config = config
-        self.net = ConditionalField(
-            config.hidden,
-            action_dim,
-            config.activation,
-            config.time_embed_dim,
-            output_scale=0.0 if config.zero_init else 0.01,
-        )
+        output_scale = 0.0 if config.zero_init else 0.01
+        if velocity_torso is None:
+            self.net = ConditionalField(
+                config.hidden,
+                action_dim,
+                config.activation,
+                config.time_embed_dim,
+                output_scale=output_scale,
+            )
+        else:
+            self.net = TorsoHead(velocity_torso, action_dim, output_scale)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))
@@ -137,20 +169,16 @@ class FlowPolicy:
         fixes K. Returns (action, chain) with chain (K + 1, ..., d), noise first.
         """
         steps = step_noise.shape[0]
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
         grid = time_grid(steps)
-        time_features = self.net.apply(params, grid, method=ConditionalField.time_features)
+        step_inputs, field = field_on_grid(self.net, params, cond, grid)
 
         def stochastic_step(x, inputs):
-            k, t, time_feature, eps = inputs
-            velocity = self.net.apply(
-                params, cond_features, x, time_feature, method=ConditionalField.from_features
-            )
-            mean, std = transition(k, x, velocity, t)
+            k, t, step_input, eps = inputs
+            mean, std = transition(k, x, field(x, step_input), t)
             x_next = mean + std * eps
             return x_next, x_next
 
-        inputs = (jnp.arange(steps), grid, time_features, step_noise)
+        inputs = (jnp.arange(steps), grid, step_inputs, step_noise)
         action, chain = jax.lax.scan(stochastic_step, noise, inputs)
         return action, jnp.concatenate([noise[None], chain], axis=0)
 
@@ -158,18 +186,11 @@ class FlowPolicy:
         """v(s, x_k, t_k) at every step of a stored chain (K + 1, ..., d) -> (K, ..., d), as one
         batched call (re-scoring needs no sequential integration)."""
         steps = chain.shape[0] - 1
-        cond_features = self.net.apply(params, cond, method=ConditionalField.condition)
-        time_features = self.net.apply(
-            params, time_grid(steps), method=ConditionalField.time_features
-        )
-        time_features = time_features.reshape(steps, *(1,) * (chain.ndim - 2), -1)
-        return self.net.apply(
-            params,
-            cond_features[None],
-            chain[:-1],
-            time_features,
-            method=ConditionalField.from_features,
-        )
+        step_inputs, field = field_on_grid(self.net, params, cond, time_grid(steps))
+        # One size-1 axis per batch axis of the chain, between the step axis and the features.
+        batch_axes = (1,) * (chain.ndim - 2)
+        step_inputs = step_inputs.reshape(steps, *batch_axes, *step_inputs.shape[1:])
+        return field(chain[:-1], step_inputs)
 
     def loss(self, params, cond, actions, key, noise=None):
         """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs.

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.networks import MLP
+from gprl.networks import MLP, TorsoHead, check_mlp_shape
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+STD_TYPES = ("learned", "softplus")
 
 
 @dataclass(frozen=True)
@@ -27,22 +28,44 @@ class GaussianPolicyConfig:
     min_std: float = 1e-3
     """Floor on the standard deviation (softplus head only)."""
 
+    def validate(self) -> None:
+        # No hidden layer is allowed here: a linear Gaussian policy.
+        check_mlp_shape("gaussian policy", self.hidden, self.activation, allow_empty=True)
+        if self.std_type not in STD_TYPES:
+            raise ValueError(
+                f"gaussian policy: std_type must be one of {STD_TYPES}, got '{self.std_type}'"
+            )
+        if not 0.0 < self.init_std < np.inf:
+            raise ValueError(f"gaussian policy: init_std must be positive, got {self.init_std}")
+        if not 0.0 <= self.min_std < np.inf:
+            raise ValueError(f"gaussian policy: min_std must be non-negative, got {self.min_std}")
+
 
 class GaussianPolicyNet(nn.Module):
+    """obs -> (mean, std): gprl's MLP, or `torso` (a flax module called as torso(obs), see
+    :mod:`gprl.networks`) followed by gprl's small-gain output layer."""
+
     config: GaussianPolicyConfig
     action_dim: int
+    torso: nn.Module | None = None
+
+    def _mlp(self, out_dim: int) -> nn.Module:
+        if self.torso is None:
+            return MLP(self.config.hidden, out_dim, self.config.activation, output_scale=0.01)
+        # An unparented copy, so that its parameters live under the head's module.
+        return TorsoHead(self.torso.clone(parent=None), out_dim, output_scale=0.01)
 
     @nn.compact
     def __call__(self, obs):
         cfg = self.config
         if cfg.std_type == "learned":
-            mean = MLP(cfg.hidden, self.action_dim, cfg.activation, output_scale=0.01)(obs)
+            mean = self._mlp(self.action_dim)(obs)
             log_std = self.param(
                 "log_std", nn.initializers.constant(np.log(cfg.init_std)), (self.action_dim,)
             )
             std = jnp.broadcast_to(jnp.exp(log_std), mean.shape)
         elif cfg.std_type == "softplus":
-            out = MLP(cfg.hidden, 2 * self.action_dim, cfg.activation, output_scale=0.01)(obs)
+            out = self._mlp(2 * self.action_dim)(obs)
             mean, raw_scale = jnp.split(out, 2, axis=-1)
             # Shift so that a near-zero head output gives init_std.
             offset = np.log(np.expm1(max(cfg.init_std - cfg.min_std, 1e-6)))
@@ -76,10 +99,16 @@ class GaussianPolicy:
 
     kind = "gaussian"
 
-    def __init__(self, action_dim: int, config: GaussianPolicyConfig = GaussianPolicyConfig()):
+    def __init__(
+        self,
+        action_dim: int,
+        config: GaussianPolicyConfig = GaussianPolicyConfig(),
+        actor_torso: nn.Module | None = None,
+    ):
+        config.validate()
         self.action_dim = action_dim
         self.config = config
-        self.net = GaussianPolicyNet(config, action_dim)
+        self.net = GaussianPolicyNet(config, action_dim, actor_torso)
 
     def init(self, key, cond_dim: int):
         return self.net.init(key, jnp.zeros((1, cond_dim)))

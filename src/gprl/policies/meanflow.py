@@ -13,11 +13,12 @@ With t1 = t0 this is plain flow matching.
 
 from dataclasses import dataclass
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import ConditionalField
-from gprl.policies.flow import euler_integrate, time_grid
+from gprl.networks import ConditionalField, TorsoHead
+from gprl.policies.flow import check_time_field, euler_integrate, time_grid
 
 
 @dataclass(frozen=True)
@@ -42,26 +43,54 @@ class MeanFlowPolicyConfig:
     """Share of training samples with an empty interval (t1 = t0), i.e. plain flow matching
     (MeanFlow's reference ratio)."""
 
+    def validate(self) -> None:
+        check_time_field(
+            "meanflow", self.hidden, self.activation, self.num_steps, self.time_embed_dim
+        )
+        if not self.time_max_period > 0:
+            raise ValueError(
+                f"meanflow: time_max_period must be positive, got {self.time_max_period}"
+            )
+        if not self.adaptive_weight_power >= 0:
+            raise ValueError(
+                "meanflow: adaptive_weight_power must be non-negative, "
+                f"got {self.adaptive_weight_power}"
+            )
+        if not 0.0 <= self.flow_matching_fraction <= 1.0:
+            raise ValueError(
+                "meanflow: flow_matching_fraction must be in [0, 1], "
+                f"got {self.flow_matching_fraction}"
+            )
+
 
 class MeanFlowPolicy:
+    """An average-velocity network: gprl's ConditionalField, or `velocity_torso` (a flax module
+    called as torso(cond, x, t) with t (..., 2) holding an interval's start and length, see
+    :mod:`gprl.networks`; it must be differentiable in t) followed by gprl's head."""
+
     kind = "meanflow"
 
-    def __init__(self, action_dim: int, config: MeanFlowPolicyConfig = MeanFlowPolicyConfig()):
-        if not 0.0 <= config.flow_matching_fraction <= 1.0:
-            raise ValueError(
-                f"flow_matching_fraction must be in [0, 1], got {config.flow_matching_fraction}"
-            )
+    def __init__(
+        self,
+        action_dim: int,
+        config: MeanFlowPolicyConfig = MeanFlowPolicyConfig(),
+        velocity_torso: nn.Module | None = None,
+    ):
+        config.validate()
         self.action_dim = action_dim
         self.config = config
-        self.net = ConditionalField(
-            config.hidden,
-            action_dim,
-            config.activation,
-            config.time_embed_dim,
-            output_scale=0.01,
-            num_times=2,
-            max_period=config.time_max_period,
-        )
+        if velocity_torso is None:
+            self.net = ConditionalField(
+                config.hidden,
+                action_dim,
+                config.activation,
+                config.time_embed_dim,
+                output_scale=0.01,
+                num_times=2,
+                max_period=config.time_max_period,
+            )
+        else:
+            self.net = TorsoHead(velocity_torso, action_dim, output_scale=0.01)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))

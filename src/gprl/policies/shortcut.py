@@ -11,11 +11,12 @@ the smallest jumps built from d = 0 steps, so every level rests on the flow.
 
 from dataclasses import dataclass
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import ConditionalField
-from gprl.policies.flow import euler_integrate, time_grid
+from gprl.networks import ConditionalField, TorsoHead
+from gprl.policies.flow import check_time_field, euler_integrate, time_grid
 
 
 @dataclass(frozen=True)
@@ -34,27 +35,45 @@ class ShortcutPolicyConfig:
     consistency_fraction: float = 0.25
     """Share of each batch trained by self-consistency instead of flow matching (reference)."""
 
+    def validate(self) -> None:
+        check_time_field(
+            "shortcut", self.hidden, self.activation, self.num_steps, self.time_embed_dim
+        )
+        if not 0.0 < self.consistency_fraction < 1.0:
+            raise ValueError(
+                f"shortcut: consistency_fraction must be in (0, 1), got {self.consistency_fraction}"
+            )
+        if self.max_level < 1:
+            raise ValueError(f"shortcut: max_level must be at least 1, got {self.max_level}")
+
 
 class ShortcutPolicy:
+    """A step-direction network: gprl's ConditionalField, or `velocity_torso` (a flax module
+    called as torso(cond, x, t) with t (..., 2) holding the time and the step size, see
+    :mod:`gprl.networks`) followed by gprl's head."""
+
     kind = "shortcut"
 
-    def __init__(self, action_dim: int, config: ShortcutPolicyConfig = ShortcutPolicyConfig()):
-        if not 0.0 < config.consistency_fraction < 1.0:
-            raise ValueError(
-                f"consistency_fraction must be in (0, 1), got {config.consistency_fraction}"
-            )
-        if config.max_level < 1:
-            raise ValueError(f"max_level must be at least 1, got {config.max_level}")
+    def __init__(
+        self,
+        action_dim: int,
+        config: ShortcutPolicyConfig = ShortcutPolicyConfig(),
+        velocity_torso: nn.Module | None = None,
+    ):
+        config.validate()
         self.action_dim = action_dim
         self.config = config
-        self.net = ConditionalField(
-            config.hidden,
-            action_dim,
-            config.activation,
-            config.time_embed_dim,
-            output_scale=0.01,
-            num_times=2,
-        )
+        if velocity_torso is None:
+            self.net = ConditionalField(
+                config.hidden,
+                action_dim,
+                config.activation,
+                config.time_embed_dim,
+                output_scale=0.01,
+                num_times=2,
+            )
+        else:
+            self.net = TorsoHead(velocity_torso, action_dim, output_scale=0.01)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))

@@ -1,0 +1,222 @@
+"""A pretrain run's policy, rebuilt from its directory: what `gprl eval`, `gprl collect` and the
+fine-tuners (`--init`) act with.
+
+The policy predicts a chunk of `chunk_length` (Ta) actions per observation, as one flat vector of
+Ta x action_dim that its noise shares; an evaluator executes the first `execute_steps` (Te) of
+each chunk, then plans again. Observations are standardised with the dataset's mean and variance,
+actions rescaled from the dataset's per-dimension range to [-1, 1]; both statistics are saved
+with the weights.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gprl.checkpoint import CheckpointError, load_checkpoint
+from gprl.configs import from_jsonable
+from gprl.envs import make_env
+from gprl.evaluation import ChunkedHostEvaluator
+from gprl.policies import POLICIES
+from gprl.policies.imitation import FitConfig, ImitationFitter
+from gprl.rl_math import normalize, running_stats_init
+from gprl.rundir import saved_configs
+
+MIN_ACTION_HALF_RANGE = 1e-3
+"""Floor of the action scale, so that a dimension constant in the data stays finite."""
+
+
+@dataclass
+class PretrainConfig:
+    chunk_length: int = 1
+    """Actions predicted per observation (Ta); 1: no chunking."""
+    execute_steps: int = 1
+    """Actions of each chunk executed before planning again (Te <= Ta)."""
+    batch_size: int = 256
+    """Minibatch size of the imitation loss."""
+    learning_rate: float = 1e-3
+    """Adam step size. Flow BC on Hopper-v5 (benchmarks/pretrain.py, 20k steps) returned 889 at
+    3e-4 and 2302 at 1e-3 (10 episodes; the data's 2931)."""
+    val_fraction: float = 0.05
+    """Share of the dataset's steps held out to measure the loss on unseen data."""
+    log_every: int = 500
+    """Gradient steps per compiled training call; the held-out loss and a metrics row follow
+    each (--steps, --eval-every and --checkpoint-every count in these units)."""
+    noise_scale: float | None = None
+    """Scale of the noise the policy acts from (evaluation, `gprl eval`, `gprl collect`). None:
+    1 for the generative policies (they sample the learned distribution) and 0 for the Gaussian
+    (its mean)."""
+    keep: Literal["last", "best_val"] = "last"
+    """The parameters evaluated and shipped: the latest, or those with the best held-out loss
+    (the rule of decoder refits). The one-step objectives' held-out loss moves with the
+    parameters, which makes it a poor selector for them."""
+
+    def validate(self) -> None:
+        for name in ("chunk_length", "execute_steps", "batch_size", "learning_rate", "log_every"):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
+        if self.execute_steps > self.chunk_length:
+            raise ValueError(
+                f"--execute-steps ({self.execute_steps}) cannot exceed --chunk-length "
+                f"({self.chunk_length})"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.noise_scale is not None and not (
+            math.isfinite(self.noise_scale) and self.noise_scale >= 0
+        ):
+            raise ValueError(f"--noise-scale must be a non-negative number, got {self.noise_scale}")
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            val_fraction=self.val_fraction,
+            chunk_steps=self.log_every,
+        )
+
+
+# ----- the acting policy -------------------------------------------------------------------------
+
+
+def action_normalizer(actions: np.ndarray) -> dict:
+    """Per-dimension centre and half range of the data's actions (maps them onto [-1, 1])."""
+    low, high = actions.min(axis=0), actions.max(axis=0)
+    return {
+        "center": jnp.asarray((high + low) / 2, jnp.float32),
+        "half_range": jnp.asarray(np.maximum((high - low) / 2, MIN_ACTION_HALF_RANGE), jnp.float32),
+    }
+
+
+def chunk_targets(actions: np.ndarray, episode_lengths: np.ndarray, chunk_length: int):
+    """(N, chunk_length, d): the actions from each step on, the episode's last action repeated
+    past its end (chunks never cross into the next episode)."""
+    ends = np.repeat(np.cumsum(episode_lengths), episode_lengths)
+    index = np.arange(len(actions))[:, None] + np.arange(chunk_length)[None]
+    return actions[np.minimum(index, ends[:, None] - 1)]
+
+
+class ChunkPolicy:
+    """A policy of gprl.policies wrapped to act in an env: normalise the observation, sample a
+    flat chunk from the noise, map it back to [-1, 1] actions (N, chunk_length, action_dim).
+
+    acting = {"params", "obs_norm", "action_norm"}. `plan_from_noise` is the interface for
+    methods that drive the policy through its noise (latent-space fine-tuning); `plan` draws it."""
+
+    def __init__(self, policy, chunk_length: int, action_dim: int, noise_scale: float):
+        self.policy = policy
+        self.chunk_length = chunk_length
+        self.action_dim = action_dim
+        self.noise_scale = noise_scale
+        self.noise_dim = chunk_length * action_dim
+
+    def plan_from_noise(self, acting, obs, noise, num_steps: int | None = None):
+        cond = normalize(obs, acting["obs_norm"])
+        flat = self.policy.sample(acting["params"], cond, noise, num_steps=num_steps)
+        chunk = flat.reshape(*flat.shape[:-1], self.chunk_length, self.action_dim)
+        norm = acting["action_norm"]
+        return jnp.clip(norm["center"] + norm["half_range"] * chunk, -1.0, 1.0)
+
+    def plan(self, acting, obs, key, num_steps: int | None = None):
+        noise = self.noise_scale * jax.random.normal(key, (*obs.shape[:-1], self.noise_dim))
+        return self.plan_from_noise(acting, obs, noise, num_steps)
+
+
+def default_noise_scale(kind: str, config: PretrainConfig) -> float:
+    if config.noise_scale is not None:
+        return config.noise_scale
+    return 0.0 if kind == "gaussian" else 1.0
+
+
+class Pretrained(NamedTuple):
+    """A pretrain run rebuilt from its directory: what a fine-tuner starts from."""
+
+    kind: str
+    policy: ChunkPolicy
+    acting: dict
+    """{"params", "obs_norm", "action_norm"} of the kept parameters."""
+    config: PretrainConfig
+    policy_config: Any
+    env_id: str
+    env_backend: str
+    obs_dim: int
+    action_dim: int
+
+
+def acting_params(state: dict, keep: str) -> dict:
+    params = state["fit"]["params"] if keep == "last" else state["fit"]["best_params"]
+    return {"params": params, "obs_norm": state["obs_norm"], "action_norm": state["action_norm"]}
+
+
+def build_policy(kind: str, config: PretrainConfig, policy_config, obs_dim: int, action_dim: int):
+    policy = POLICIES[kind].policy(config.chunk_length * action_dim, policy_config)
+    chunk_policy = ChunkPolicy(
+        policy, config.chunk_length, action_dim, default_noise_scale(kind, config)
+    )
+    return chunk_policy, ImitationFitter(policy, config.fit_config())
+
+
+def state_template(chunk_policy: ChunkPolicy, fitter, obs_dim: int) -> dict:
+    params = chunk_policy.policy.init(jax.random.PRNGKey(0), obs_dim)
+    return {
+        "fit": fitter.init(params, None),
+        "key": jax.random.PRNGKey(0),
+        "obs_norm": running_stats_init((obs_dim,)),
+        "action_norm": {
+            "center": jnp.zeros(chunk_policy.action_dim),
+            "half_range": jnp.ones(chunk_policy.action_dim),
+        },
+    }
+
+
+def is_pretrain_run(run_dir: Path) -> bool:
+    try:
+        return "pretrain" in saved_configs(run_dir)
+    except CheckpointError:
+        return False
+
+
+def load_pretrained(run_dir: Path) -> Pretrained:
+    """Rebuild the policy of a pretrain run from its checkpoint (config, weights, statistics)."""
+    saved = saved_configs(run_dir)
+    kind = saved.get("pretrain")
+    if kind not in POLICIES:
+        raise CheckpointError(f"{run_dir} is not a pretrain run")
+    config = from_jsonable(PretrainConfig, saved["pretrain_config"])
+    policy_config = from_jsonable(POLICIES[kind].config, saved["policy_config"])
+    env = saved["env"]
+    chunk_policy, fitter = build_policy(
+        kind, config, policy_config, env["obs_dim"], env["action_dim"]
+    )
+    template = state_template(chunk_policy, fitter, env["obs_dim"])
+    state, _ = load_checkpoint(run_dir, template, {"pretrain": kind, "env_id": env["id"]})
+    return Pretrained(
+        kind=kind,
+        policy=chunk_policy,
+        acting=acting_params(state, config.keep),
+        config=config,
+        policy_config=policy_config,
+        env_id=env["id"],
+        env_backend=saved["run"]["env_backend"],
+        obs_dim=env["obs_dim"],
+        action_dim=env["action_dim"],
+    )
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int) -> tuple[str, dict]:
+    """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel."""
+    pretrained = load_pretrained(run_dir)
+    env = make_env(pretrained.env_id, episodes, seed, backend=pretrained.env_backend)
+    try:
+        evaluator = ChunkedHostEvaluator(
+            env, pretrained.policy.plan, seed, pretrained.config.execute_steps
+        )
+        return pretrained.env_id, evaluator.evaluate(pretrained.acting)
+    finally:
+        env.close()
