@@ -342,3 +342,23 @@ def test_the_loop_prefills_an_offline_dataset_and_keeps_it_while_learning_online
     # Half of every batch has reward 7 and the other half about -0.5: the critics' mean
     # prediction sits between, far from what online data alone would give.
     assert 2.0 < metrics["critic/q_mean"] < 5.0
+
+
+def test_a_prefilled_buffer_needs_no_budget_beyond_learning_starts():
+    # The example of the help: 5000 env steps with the default learning_starts of 5000 leave no
+    # update to a run that explores first, but a dataset in the buffer means no exploration.
+    from gprl.algos import FQL, FQLConfig
+    from gprl.backends import make_collector, open_environments
+    from gprl.loops import OffPolicyLoop
+
+    envs = open_environments("gprl/ContextualTarget-v0", "jax", 1, 2, 0, 1)
+    dataset = offline_dataset(np.zeros(64), obs_dim=3, action_dim=2)
+
+    def loop(algo, data):
+        return OffPolicyLoop(algo, lambda act: make_collector(envs, act), 1, offline_data=data)
+
+    with pytest.raises(ValueError, match=r"learning_starts \(5000\) must be below total_steps"):
+        loop(SAC(SACConfig(), envs.spec, 1, 5000), None)
+    assert loop(SAC(SACConfig(), envs.spec, 1, 5000), dataset).warmup_calls == 0
+    fql = FQL(FQLConfig(offline_updates=1000), envs.spec, 1, 5000)
+    assert loop(fql, dataset).warmup_calls == 0 and fql.num_iterations == 6

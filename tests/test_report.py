@@ -8,10 +8,18 @@ import sys
 import numpy as np
 import pytest
 
+from gprl import report
 from gprl.algos import PPOConfig
 from gprl.checkpoint import CheckpointError
 from gprl.report import read_run, read_runs, write_report
 from gprl.trainer import RunConfig, train
+
+
+@pytest.fixture(autouse=True)
+def few_bootstrap_resamples(monkeypatch):
+    """rliable's bootstrap is most of a report's time; these tests check point estimates and
+    that intervals hold them, which a few resamples show as well as 2000."""
+    monkeypatch.setattr(report, "BOOTSTRAP_REPS", 100)
 
 
 def fake_run(root, algo, env, seed, returns, wall_time=2.0, name=None, algo_config=(), **run):

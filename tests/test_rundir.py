@@ -165,3 +165,15 @@ def test_pretraining_saves_and_stops_on_the_first_signal(tmp_path, contextual_da
     run_dir = pretrain("flow", PretrainRun(resume=tmp_path / "bc", progress=False), config)
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 4  # header and one row per 50 gradient steps
+
+
+@pytest.mark.parametrize(
+    "bad", [["--flow.num-steps", "0"], ["--flow.hidden"]], ids=["no_steps", "no_layers"]
+)
+def test_a_policy_that_cannot_be_built_is_refused_before_anything_is_written(
+    tmp_path, contextual_dataset, cli_error, bad
+):
+    argv = ["pretrain", "flow", "--dataset", contextual_dataset, "--steps", "100"]
+    argv += ["--log-every", "50", "--no-progress", "--out", str(tmp_path / "bc"), *bad]
+    cli_error(argv)
+    assert not (tmp_path / "bc").exists()

@@ -104,10 +104,12 @@ def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
         load_run(run_dir)
     meta_file.write_text(meta_text)
 
-    config_file = run_dir / "checkpoint" / "config.json"
-    config = json.loads(config_file.read_text())
+    # A config that differs from the weights' shapes, in both copies (the run's config.json and
+    # the checkpoint's), so that the weights themselves are what does not match.
+    config = json.loads((run_dir / "config.json").read_text())
     config["algo_config"]["critic_hidden"] = [32, 32]
-    config_file.write_text(json.dumps(config))
+    for config_file in (run_dir / "config.json", run_dir / "checkpoint" / "config.json"):
+        config_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="does not match"):
         load_run(run_dir)
 
@@ -277,7 +279,7 @@ def test_cli_rejects_nonsense_numbers_and_paths_in_one_line(tmp_path, cli_error)
         (["--seed", "-1"], "--seed must be in [0, "),
         (["--env-backend", "gpu"], "invalid choice 'gpu' for argument '--env-backend'"),
         (["--no-such-flag", "3"], "Unrecognized options: --no-such-flag"),
-        (["--ppo.learning-rate", "-0.001"], "learning_rate must be positive"),
+        (["--ppo.learning-rate", "-0.001"], "learning_rate must be a finite positive number"),
         (["--ppo.gamma", "1.5"], "gamma must be in [0, 1]"),
         (["--out", str(a_file)], "is an existing file"),
         (["--env-backend", "envpool"], "gprl/BimodalBandit-v0"),

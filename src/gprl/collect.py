@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import tyro
 
+from gprl.backends import resolve_backend
 from gprl.datasets import (
     DatasetError,
     Episode,
@@ -36,7 +37,7 @@ from gprl.datasets import (
     dataset_path,
     write_dataset,
 )
-from gprl.envs import make_env
+from gprl.envs import EnvError, make_env
 from gprl.evaluation import ActionQueue
 from gprl.signals import StopSignals, TrainingInterrupted
 
@@ -113,6 +114,8 @@ class _RunActor:
         acting = algo.acting_params(state)
         self.env_id = run.env
         self.backend = run.env_backend if run.env_backend in HOST_BACKENDS else "auto"
+        if resolve_backend(run.env, self.backend) == "jax":
+            raise EnvError(f"{run.env} is a JAX environment; gprl collect records host envs")
         self.description = f"gprl {type(algo).__name__}"
         if stochastic:
             act = jax.jit(algo.act)

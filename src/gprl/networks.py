@@ -22,14 +22,16 @@ shape, the same for every argument):
   interval's start and its length.
 
 Pass torsos to the policies (``FlowPolicy(action_dim, config, velocity_torso=MyTorso())``,
-``GaussianPolicy(..., actor_torso=...)``) or bundled as :class:`CustomNetworks`; a torso replaces
-the MLP widths and activation of the config, every other field still applies. The samplers call
-a custom velocity torso whole at every integration step; gprl's own :class:`ConditionalField`
-computes its condition and time projections once per sample instead (see
-:func:`field_on_grid`).
+``GaussianPolicy(..., actor_torso=...)``, ``QEnsemble(..., torso=...)``) or, to an algorithm,
+bundled as :class:`CustomNetworks`. A torso replaces the MLP widths and activation of the config;
+every other field still applies. A checkpoint holds a torso's parameters, not its code: load it
+with the same torso passed again. The samplers call a custom velocity torso whole at every
+integration step; gprl's own :class:`ConditionalField` computes its condition and time
+projections once per sample instead (see :func:`field_on_grid`).
 """
 
 import functools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +54,7 @@ def check_mlp_shape(
     """Refuse, in one line naming `owner`, widths and activations no MLP can be built from."""
     if not hidden and not allow_empty:
         raise ValueError(f"{owner}: hidden needs at least one layer width")
-    if any(not isinstance(width, int) or width < 1 for width in hidden):
+    if any(not isinstance(width, numbers.Integral) or width < 1 for width in hidden):
         raise ValueError(f"{owner}: hidden widths must be positive integers, got {tuple(hidden)}")
     if activation not in ACTIVATIONS:
         raise ValueError(
@@ -203,8 +205,8 @@ class ConditionalField(nn.Module):
 def field_on_grid(net: nn.Module, params, cond, times):
     """Prepare a field net(cond, x, t) for many evaluations at one condition and a grid of times
     (K, ...): returns (step_inputs, evaluate) with evaluate(x, step_inputs[k]) equal to net(cond,
-    x, times[k]) at every sample of x. step_inputs keeps the grid's leading axis, and an input
-    with size-1 axes between that axis and its last broadcasts against x like times would.
+    x, times[k]) at every sample of x. All K steps at once: step_inputs reshaped to (K, 1, ..., 1,
+    *step_inputs.shape[1:]), with one 1 per batch axis, evaluates a stored chain x (K, ..., d).
 
     gprl's ConditionalField projects the condition and the times here, once, leaving per step
     only x's projection and the trunk (the sampler's fast path); any other network, a user's

@@ -615,7 +615,7 @@ def _plot_profiles(matrices: dict, path: Path) -> None:
     lowest = min(float(m.min()) for m in matrices.values())
     highest = max(float(m.max()) for m in matrices.values())
     thresholds = np.linspace(min(lowest, 0.0), max(highest, 1.0), 81)
-    profiles, intervals = rly.create_performance_profile(matrices, thresholds)
+    profiles, intervals = rly.create_performance_profile(matrices, thresholds, reps=BOOTSTRAP_REPS)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for group, profile in profiles.items():
         ax.plot(thresholds, profile, label=group)

@@ -215,15 +215,15 @@ def _resolve_resume(algo_name: str, run: RunConfig, networks):
     if saved.get("algo") != algo_name:
         raise CheckpointError(f"{run.resume} holds a '{saved.get('algo')}' run, not '{algo_name}'")
     saved_run = from_jsonable(RunConfig, saved["run"])
-    for name, why in (
-        ("env", ""),
-        ("dataset", ""),
-        ("total_steps", "; the learning-rate and stage schedules depend on it"),
-    ):
+    for name in ("env", "dataset"):
         given, kept = getattr(run, name), getattr(saved_run, name)
         if given is not None and given != kept:
-            flag = name.replace("_", "-")
-            raise CheckpointError(f"{run.resume} was run with --{flag} {kept}, not {given}{why}")
+            raise CheckpointError(f"{run.resume} was trained with --{name} {kept}, not {given}")
+    if run.total_steps is not None and run.total_steps != saved_run.total_steps:
+        raise CheckpointError(
+            f"{run.resume} has a budget of {saved_run.total_steps} env steps; the learning-rate "
+            "and stage schedules depend on it, so --total-steps cannot change on resume"
+        )
     _check_networks(saved, networks, run.resume)
     saved_run = dataclasses.replace(
         saved_run, resume=run.resume, out=run.resume, progress=run.progress, overwrite=False
