@@ -34,7 +34,7 @@ def flow_minibatch(algo, state, key):
     holding everything the on-policy losses read."""
     obs_key, act_key = jax.random.split(key)
     obs = jax.random.normal(obs_key, (BATCH, SPEC.obs_dim))
-    _, extras = algo.act(algo.acting_params(state), obs, act_key)
+    _, extras = jax.jit(algo.act)(algo.acting_params(state), obs, act_key)
     ones = jnp.ones(BATCH)
     return {"obs": algo.normalized(algo.acting_params(state), obs), "advantages": ones} | {
         "value": ones,
@@ -46,14 +46,20 @@ def flow_minibatch(algo, state, key):
 def with_log_ratio(algo, params, minibatch, log_ratio):
     """The minibatch with old per-step log-likelihoods such that the method's per-step log ratio
     at params is exactly log_ratio (B, K)."""
-    current, _ = algo.step_log_probs(params, minibatch)
+    current, _ = jax.jit(algo.step_log_probs)(params, minibatch)
     return minibatch | {"old_step_log_prob": current - log_ratio}
 
 
 def policy_loss(algo, params, minibatch) -> float:
-    """The clipped surrogate part of the method's loss on the minibatch."""
-    _, info = algo.loss(params, minibatch, algo.config.clip_eps, {})
+    """The clipped surrogate part of an actor-critic flow method's loss on the minibatch."""
+    _, info = jax.jit(lambda p, m: algo.loss(p, m, algo.config.clip_eps, {}))(params, minibatch)
     return float(info["policy_loss"])
+
+
+def grpo_loss(algo, params, minibatch) -> float:
+    """GRPO's loss (critic-free: its clipped surrogate alone, without a KL term here)."""
+    loss, _ = jax.jit(lambda p, m: algo.loss(p, m, {}))(params, minibatch)
+    return float(loss)
 
 
 def standardised(x):
@@ -74,33 +80,33 @@ def grpo_case(**overrides):
     offsets, spreads = jnp.linspace(-0.5, 0.5, STEPS), jnp.linspace(0.02, 0.1, STEPS)
     log_ratio = offsets + spreads * z[:, None]
     minibatch = with_log_ratio(algo, params, minibatch, log_ratio) | {"advantages": z}
-    return algo, params, minibatch, z, log_ratio
+    return algo, params, minibatch, z
 
 
 def test_grpo_normalize_step_ratios_centres_each_step_and_equalises_its_spread():
     # Normalised, step k's log ratio c_k + s_k z becomes (mean_k s_k) z at every step: offsets
     # gone, all inside the clip range here, so the loss is -mean(z exp(mean(s) z)).
-    algo, params, minibatch, z, log_ratio = grpo_case(normalize_step_ratios=True)
+    algo, params, minibatch, z = grpo_case(normalize_step_ratios=True)
     expected = -jnp.mean(z * jnp.exp(0.06 * z))
-    assert policy_loss(algo, params, minibatch) == pytest.approx(float(expected), rel=1e-3)
+    assert grpo_loss(algo, params, minibatch) == pytest.approx(float(expected), rel=1e-3)
     # Without it, the offsets reach the clip: another loss.
     plain, *_ = grpo_case()
-    assert abs(policy_loss(plain, params, minibatch) - float(expected)) > 0.05
+    assert abs(grpo_loss(plain, params, minibatch) - float(expected)) > 0.05
 
 
 def test_grpo_reweight_noise_levels_weights_each_step_by_its_noise_variance():
-    algo, params, minibatch, z, _ = grpo_case(reweight_noise_levels=True)
+    algo, params, minibatch, z = grpo_case(reweight_noise_levels=True)
     small = 0.05 * z[:, None] * jnp.linspace(0.2, 1.0, STEPS)  # inside the clip range
     minibatch = with_log_ratio(algo, params, minibatch, small)
-    _, stds = algo.step_log_probs(params, minibatch)
+    _, stds = jax.jit(algo.step_log_probs)(params, minibatch)
     variance = jnp.mean(stds**2, axis=(1, 2))
     weights = variance / variance.mean()
     assert float(weights.max() / weights.min()) > 2  # the SDE's noise differs across steps
     surrogate = z[:, None] * jnp.exp(small)
     expected = -jnp.mean(surrogate * weights)
-    assert policy_loss(algo, params, minibatch) == pytest.approx(float(expected), rel=1e-3)
+    assert grpo_loss(algo, params, minibatch) == pytest.approx(float(expected), rel=1e-3)
     plain, *_ = grpo_case()
-    assert policy_loss(plain, params, minibatch) == pytest.approx(-float(jnp.mean(surrogate)))
+    assert grpo_loss(plain, params, minibatch) == pytest.approx(-float(jnp.mean(surrogate)))
     assert abs(float(expected - (-jnp.mean(surrogate)))) > 1e-3
 
 
@@ -114,7 +120,7 @@ def chain_gradient(algo, params, minibatch):
         _, info = algo.loss(params, minibatch | {"chain": chain}, algo.config.clip_eps, {})
         return info["policy_loss"]
 
-    gradient = jax.grad(loss_of_chain)(minibatch["chain"])  # (B, K + 1, d)
+    gradient = jax.jit(jax.grad(loss_of_chain))(minibatch["chain"])  # (B, K + 1, d)
     return np.abs(np.asarray(gradient)).sum(axis=(0, 2))
 
 
@@ -214,12 +220,12 @@ def one_step_batch(algo, state, reward):
 @pytest.mark.parametrize("name", ["ppo", "fpo"])
 def test_value_clip_eps_bounds_how_far_an_update_moves_the_values(name):
     # Returns 5 where the critic starts near 0: clipped to 0.05 around the old values, the
-    # value loss has no gradient once a value moved 0.05, so 20 epochs stop there (up to a
-    # few steps of Adam's momentum); unclipped they move several times as far.
+    # value loss has no gradient once a value moved 0.05, so 50 epochs stop there (measured
+    # 0.10, Adam's momentum carrying it on a few steps); unclipped they move 0.57.
     def value_change(value_clip_eps):
         overrides = dict(
-            num_epochs=20,
-            learning_rate=1e-3,
+            num_epochs=50,
+            learning_rate=3e-4,
             normalize_observations=False,
             normalize_rewards=False,
             value_clip_eps=value_clip_eps,
@@ -238,7 +244,7 @@ def test_value_clip_eps_bounds_how_far_an_update_moves_the_values(name):
         return float(after["value_mean"] - before["value_mean"])
 
     clipped, unclipped = value_change(0.05), value_change(None)
-    assert 0 < clipped < 0.15
+    assert 0.04 < clipped < 0.15
     assert unclipped > 3 * clipped
 
 
@@ -275,8 +281,9 @@ def test_gorl_warm_start_decoder_refits_from_the_previous_decoder(tmp_path):
         refits = [row for row in csv.DictReader(f) if row["decoder_val_loss_at_init"]]
     first, second = (float(row["decoder_val_loss_at_init"]) for row in refits)
     fitted = float(refits[0]["decoder_val_loss"])
-    assert second < 0.5 * first
-    assert second < 2 * fitted
+    # Measured: warm 0.11 x the first and 2.2 x its fitted loss; fresh 0.63 x and 13 x.
+    assert second < 0.25 * first
+    assert second < 4 * fitted
 
 
 # ----- FQL ----------------------------------------------------------------------------------------
@@ -301,7 +308,7 @@ def fql_update(**overrides):
     reward = jax.random.normal(keys[3], (BATCH,))
     terminated = jnp.arange(BATCH) % 4 == 0
     batch = Transition(obs, action, reward, terminated, jnp.zeros(BATCH, bool), next_obs, {})
-    _, metrics = algo.update(state, batch, jax.random.PRNGKey(2))
+    _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
     return algo, state, batch, metrics
 
 
@@ -369,12 +376,14 @@ def test_dsrl_base_sampling_steps_integrates_the_frozen_policy_in_that_many_step
     )
     dsrl = ALGORITHMS["dsrl"].algorithm(config, SPEC, NUM_ENVS, 10_000, pretrained=pretrained)
     obs = jax.random.uniform(jax.random.PRNGKey(1), (BATCH, 3), minval=-1, maxval=1)
-    start = dsrl.act_deterministic(dsrl.acting_params(dsrl.init(jax.random.PRNGKey(2))), obs)
+    acting_dsrl = dsrl.acting_params(dsrl.init(jax.random.PRNGKey(2)))
+    start = jax.jit(dsrl.act_deterministic)(acting_dsrl, obs)
 
     # The deterministic action starts at noise 0: the frozen policy's action from zero noise.
     zero = jnp.zeros((BATCH, 2))
-    expected = pretrained.policy.plan_from_noise(acting, obs, zero, base_sampling_steps)[:, 0]
+    plan = jax.jit(pretrained.policy.plan_from_noise, static_argnums=3)
+    expected = plan(acting, obs, zero, base_sampling_steps)[:, 0]
     np.testing.assert_allclose(start, expected, atol=1e-5)
     other_steps = 6 if base_sampling_steps else 2
-    elsewhere = pretrained.policy.plan_from_noise(acting, obs, zero, other_steps)[:, 0]
+    elsewhere = plan(acting, obs, zero, other_steps)[:, 0]
     assert np.abs(np.asarray(start - elsewhere)).max() > 1e-3

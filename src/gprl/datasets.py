@@ -184,6 +184,33 @@ def _check_action_space(space, dataset_id: str) -> spaces.Box:
 def load_demonstrations(dataset_id: str) -> Demonstrations:
     """Read a Minari dataset and check its schema; DatasetError (one line) if it is missing,
     unreadable, not Box, empty, non-finite or has actions outside its action space."""
+    dataset, env_id, obs_dim, action_space = _open_dataset(dataset_id)
+    episodes = _read_episodes(dataset, dataset_id, obs_dim, action_space.shape[0])
+    obs = np.concatenate([episode.observations[:-1] for episode in episodes])
+    unit_actions = _unit_actions(
+        np.concatenate([episode.actions for episode in episodes]), action_space, dataset_id
+    )
+    digest = hashlib.sha256(obs.tobytes() + unit_actions.tobytes()).hexdigest()
+    return Demonstrations(
+        dataset_id=dataset_id,
+        env_id=env_id,
+        obs=obs,
+        actions=unit_actions,
+        episode_lengths=np.asarray([len(e.rewards) for e in episodes], np.int64),
+        episode_returns=np.asarray([e.rewards.sum() for e in episodes], np.float64),
+        rewards=np.concatenate([e.rewards.astype(np.float32) for e in episodes]),
+        terminations=np.concatenate([e.terminations for e in episodes]),
+        truncations=np.concatenate([e.truncations for e in episodes]),
+        next_obs=np.concatenate([e.observations[1:] for e in episodes]),
+        action_low=action_space.low.astype(np.float32),
+        action_high=action_space.high.astype(np.float32),
+        sha256=digest,
+    )
+
+
+def _open_dataset(dataset_id: str):
+    """The Minari dataset, the id of the env it records (or None), its flat observation size
+    and its checked action space; DatasetError if it is missing or unreadable."""
     path = dataset_path(dataset_id)
     if not (path / "data").is_dir():
         raise DatasetError(
@@ -199,50 +226,59 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
         raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
     obs_dim = _flat_dim(obs_space, dataset_id, "observation")
     action_space = _check_action_space(action_space, dataset_id)
-    action_dim = action_space.shape[0]
+    return dataset, None if env_spec is None else env_spec.id, obs_dim, action_space
 
-    obs_parts, next_obs_parts, action_parts, lengths, returns = [], [], [], [], []
-    reward_parts, termination_parts, truncation_parts = [], [], []
+
+def _read_episodes(dataset, dataset_id: str, obs_dim: int, action_dim: int) -> list[Episode]:
+    """The dataset's non-empty episodes, flat and checked; DatasetError if there are none or
+    one cannot be read."""
     try:
-        for number, episode in enumerate(dataset.iterate_episodes()):
-            length = len(episode.rewards)
-            if length == 0:
-                continue
-            observations = _flatten(episode.observations, length + 1)
-            actions = np.asarray(episode.actions, np.float32).reshape(length, -1)
-            rewards = np.asarray(episode.rewards, np.float64)
-            if observations.shape[1] != obs_dim or actions.shape[1] != action_dim:
-                raise DatasetError(
-                    f"dataset {dataset_id} episode {number} has observations of size "
-                    f"{observations.shape[1]} and actions of size {actions.shape[1]}; its spaces "
-                    f"say {obs_dim} and {action_dim}"
-                )
-            for name, values in (("observations", observations), ("actions", actions)):
-                if not np.isfinite(values).all():
-                    raise DatasetError(
-                        f"dataset {dataset_id} has non-finite {name} (episode {number})"
-                    )
-            if not np.isfinite(rewards).all():
-                raise DatasetError(
-                    f"dataset {dataset_id} has non-finite rewards (episode {number})"
-                )
-            obs_parts.append(observations[:-1])
-            next_obs_parts.append(observations[1:])
-            action_parts.append(actions)
-            reward_parts.append(rewards.astype(np.float32))
-            termination_parts.append(np.asarray(episode.terminations, bool).reshape(length))
-            truncation_parts.append(np.asarray(episode.truncations, bool).reshape(length))
-            lengths.append(length)
-            returns.append(rewards.sum())
+        episodes = [
+            _read_episode(episode, number, dataset_id, obs_dim, action_dim)
+            for number, episode in enumerate(dataset.iterate_episodes())
+            if len(episode.rewards) > 0
+        ]
     except DatasetError:
         raise
     except Exception as exc:
         raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
-    if not lengths:
+    if not episodes:
         raise DatasetError(f"dataset {dataset_id} is empty (no steps)")
+    return episodes
 
-    obs = np.concatenate(obs_parts)
-    actions = np.concatenate(action_parts)
+
+def _read_episode(episode, number: int, dataset_id: str, obs_dim: int, action_dim: int) -> Episode:
+    """One Minari episode as an Episode of flat arrays (float64 rewards); DatasetError if its
+    sizes are not its spaces' or a value is not finite."""
+    length = len(episode.rewards)
+    observations = _flatten(episode.observations, length + 1)
+    actions = np.asarray(episode.actions, np.float32).reshape(length, -1)
+    rewards = np.asarray(episode.rewards, np.float64)
+    if observations.shape[1] != obs_dim or actions.shape[1] != action_dim:
+        raise DatasetError(
+            f"dataset {dataset_id} episode {number} has observations of size "
+            f"{observations.shape[1]} and actions of size {actions.shape[1]}; its spaces "
+            f"say {obs_dim} and {action_dim}"
+        )
+    for name, values in (
+        ("observations", observations),
+        ("actions", actions),
+        ("rewards", rewards),
+    ):
+        if not np.isfinite(values).all():
+            raise DatasetError(f"dataset {dataset_id} has non-finite {name} (episode {number})")
+    return Episode(
+        observations,
+        actions,
+        rewards,
+        np.asarray(episode.terminations, bool).reshape(length),
+        np.asarray(episode.truncations, bool).reshape(length),
+    )
+
+
+def _unit_actions(actions: np.ndarray, action_space: spaces.Box, dataset_id: str) -> np.ndarray:
+    """actions mapped from the action space's bounds onto [-1, 1] (float32); DatasetError if
+    one lies outside the bounds by more than a rounding error."""
     low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
     # Stored actions may sit a rounding error outside their bounds; more than that is an error.
     tolerance = 1e-4 * (high - low)
@@ -250,23 +286,8 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
         raise DatasetError(
             f"dataset {dataset_id} has actions outside its action space {action_space}"
         )
-    unit_actions = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0)
-    digest = hashlib.sha256(obs.tobytes() + unit_actions.astype(np.float32).tobytes()).hexdigest()
-    return Demonstrations(
-        dataset_id=dataset_id,
-        env_id=None if env_spec is None else env_spec.id,
-        obs=obs,
-        actions=unit_actions.astype(np.float32),
-        episode_lengths=np.asarray(lengths, np.int64),
-        episode_returns=np.asarray(returns, np.float64),
-        rewards=np.concatenate(reward_parts),
-        terminations=np.concatenate(termination_parts),
-        truncations=np.concatenate(truncation_parts),
-        next_obs=np.concatenate(next_obs_parts),
-        action_low=low,
-        action_high=high,
-        sha256=digest,
-    )
+    unit = np.clip(2.0 * (actions - low) / (high - low) - 1.0, -1.0, 1.0)
+    return unit.astype(np.float32)
 
 
 def check_fits_env(demos: Demonstrations, spec: EnvSpec) -> None:

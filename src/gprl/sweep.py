@@ -6,16 +6,14 @@ alone, so a trial that Tune retries after its worker died resumes from its own g
 (exact resume) instead of restarting, and a sweep started again skips its finished cells before
 Ray starts. The whole spec is checked (names, values, env ids) before any trial starts.
 
-A spec (YAML):
+A spec (YAML; the README's "Sweeps on Ray Tune" section shows every key):
 
     algorithms: [ppo, gorl]
     envs: [dm_control/cheetah-run-v0]
     seeds: [0, 1, 2]
     total_steps: 1000000
     out: runs/my-sweep            # relative to the current directory
-    settings:                     # one value for every cell
-      num_envs: 16
-      eval_every: 50000
+    settings: {num_envs: 16, eval_every: 50000}  # one value for every cell
     grid:                         # every combination of these values
       ppo.learning_rate: [3.0e-4, 1.0e-3]
       gorl.ppo.learning_rate: [3.0e-4]
@@ -64,8 +62,7 @@ SWEEP_OWNED = {
     "overwrite": "out",
     "progress": "the sweep",
 }
-# Run options that change nothing a run computes: a finished run matches its cell whatever they
-# were.
+# Run options that change nothing a run computes: a finished run matches its cell regardless.
 UNRECORDED_RUN_FIELDS = ("out", "resume", "overwrite", "progress")
 SWEEP_CSV = "sweep.csv"
 MAX_DIR_NAME = 150

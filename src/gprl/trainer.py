@@ -386,8 +386,8 @@ class TrainJob:
             )
             if self.pretrained and not resuming:
                 logger.log({"iteration": 0, "env_steps": 0} | self.evaluate())
-            first_seed = run.seed if progress["iteration"] == 0 else None
-            self.loop.reset(first_seed or boundary_seed(run.seed, progress["iteration"]))
+            iteration = progress["iteration"]
+            self.loop.reset(run.seed if iteration == 0 else boundary_seed(run.seed, iteration))
             schedule = Schedule(
                 run.total_steps,
                 run.eval_every,
