@@ -206,6 +206,7 @@ def test_pretrain_rejects_nonsense_numbers_in_one_line(tmp_path, cli_error):
         (["--steps", "700"], "must be a multiple of --log-every"),
         (["--execute-steps", "2"], "--execute-steps (2) cannot exceed --chunk-length (1)"),
         (["--learning-rate", "-1"], "--learning-rate must be positive"),
+        (["--learning-rate", "inf"], "--learning-rate must be finite"),
         (["--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
         (["--noise-scale", "-1"], "--noise-scale must be a non-negative number"),
     ]:

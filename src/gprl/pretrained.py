@@ -61,6 +61,8 @@ class PretrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if not math.isfinite(self.learning_rate):
+            raise ValueError(f"--learning-rate must be finite, got {self.learning_rate}")
         if self.execute_steps > self.chunk_length:
             raise ValueError(
                 f"--execute-steps ({self.execute_steps}) cannot exceed --chunk-length "
