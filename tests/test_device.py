@@ -107,6 +107,28 @@ def test_a_device_iteration_is_one_compiled_call_shared_by_every_stage():
     assert np.isfinite(metrics["policy_loss"])
 
 
+def test_a_playground_task_trains_on_the_device_by_default(tmp_path):
+    # One PPO iteration on an MJX task: --env-backend auto picks the device path, and the fused
+    # iteration compiles and runs with MJX physics (GoRL's refits on it: -m slow below; its
+    # device refits on a diagnostic task: test_device_run_resumes_exactly).
+    pytest.importorskip("mujoco_playground")
+    run = RunConfig(
+        env="playground:PendulumSwingup",
+        total_steps=8 * 32,
+        num_envs=8,
+        out=tmp_path / "ppo",
+        progress=False,
+        eval_every=0,
+        eval_episodes=2,
+    )
+    run_dir = train("ppo", run, replace(FAST_PPO, num_epochs=1))
+    assert read_meta(run_dir)["backend"] == "jax"
+    rows = rows_without_timing(run_dir)
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["policy_loss"]))
+    assert np.isfinite(eval_returns(run_dir)[-1])
+
+
+@pytest.mark.slow
 def test_gorl_trains_through_a_refit_on_a_playground_task(tmp_path):
     # GoRL's stages run the device loop PPO uses, so one run covers both on an MJX task (each
     # compile of one costs tens of seconds here); PPO's own device runs are checked above.

@@ -63,21 +63,28 @@ def wait_for_rows(process, out, count, timeout=120):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path, signum):
-    out = tmp_path / "run"
-    process = start_training(out)
-    wait_for_rows(process, out, 3)
+def stop_and_check_the_checkpoint(process, out, signum) -> dict:
+    """Send signum to a training process: it must save, say so in one line and exit with
+    128 + signum, its checkpoint holding exactly what the metrics logged. Returns the saved
+    progress."""
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     assert stderr.count("\n") == 1, stderr
     assert f"{signal.Signals(signum).name}: saved a checkpoint" in stderr
-    # The checkpoint holds exactly what the metrics logged, so nothing is lost or repeated.
     saved = read_meta(out)["progress"]
     assert saved["env_steps"] == int(logged_rows(out)[-1]["env_steps"])
     load_run(out)
-    # And the run goes on from there.
+    return saved
+
+
+def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
+    # SIGINT stops the run, SIGTERM the resumed one: each signal on its own process start.
+    out = tmp_path / "run"
+    process = start_training(out)
+    wait_for_rows(process, out, 3)
+    saved = stop_and_check_the_checkpoint(process, out, signal.SIGINT)
+    # The run goes on from there.
     resumed = subprocess.Popen(
         [sys.executable, "-m", "gprl.cli", "train", "ppo", "--resume", str(out), "--no-progress"],
         stdout=subprocess.PIPE,
@@ -85,10 +92,8 @@ def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path, signum):
         text=True,
     )
     wait_for_rows(resumed, out, len(logged_rows(out)) + 2)
-    resumed.send_signal(signal.SIGTERM)
-    resumed.communicate(timeout=120)
-    assert resumed.returncode == 128 + signal.SIGTERM
-    assert read_meta(out)["progress"]["env_steps"] > saved["env_steps"]
+    resaved = stop_and_check_the_checkpoint(resumed, out, signal.SIGTERM)
+    assert resaved["env_steps"] > saved["env_steps"]
 
 
 def test_a_second_signal_aborts_and_keeps_the_last_checkpoint(tmp_path):

@@ -1,7 +1,6 @@
 """Options that change an update, each checked against the quantity it promises on a fixed
 synthetic batch: a test here fails if its option is ignored."""
 
-import csv
 from dataclasses import replace
 
 import jax
@@ -217,8 +216,8 @@ def one_step_batch(algo, state, reward):
     return Transition(obs, actions, rewards, done, ~done, obs, extras)
 
 
-@pytest.mark.parametrize("name", ["ppo", "fpo"])
-def test_value_clip_eps_bounds_how_far_an_update_moves_the_values(name):
+def test_value_clip_eps_bounds_how_far_an_update_moves_the_values():
+    # PPO's update stands for every on-policy method's (one shared objective, ppo_objective).
     # Returns 5 where the critic starts near 0: clipped to 0.05 around the old values, the
     # value loss has no gradient once a value moved 0.05, so 50 epochs stop there (measured
     # 0.10, Adam's momentum carrying it on a few steps); unclipped they move 0.57.
@@ -230,12 +229,10 @@ def test_value_clip_eps_bounds_how_far_an_update_moves_the_values(name):
             normalize_rewards=False,
             value_clip_eps=value_clip_eps,
         )
-        if name == "ppo":
-            config = replace(ALGORITHMS["ppo"].config(), rollout_steps=ROLLOUT, **overrides)
-            config = replace(config, num_minibatches=1)
-            algo = ALGORITHMS["ppo"].algorithm(config, SPEC, NUM_ENVS, 10_000)
-        else:
-            algo = make_algo(name, **overrides)
+        config = replace(
+            ALGORITHMS["ppo"].config(), rollout_steps=ROLLOUT, num_minibatches=1, **overrides
+        )
+        algo = ALGORITHMS["ppo"].algorithm(config, SPEC, NUM_ENVS, 10_000)
         state = algo.init(jax.random.PRNGKey(0))
         batch = one_step_batch(algo, state, 5.0)
         update = jax.jit(algo.update)
@@ -251,39 +248,40 @@ def test_value_clip_eps_bounds_how_far_an_update_moves_the_values(name):
 # ----- GoRL ---------------------------------------------------------------------------------------
 
 
-def test_gorl_warm_start_decoder_refits_from_the_previous_decoder(tmp_path):
-    # Three stages: the first refit always starts from a fresh decoder; warm-started, the second
-    # starts from the first refit's decoder, whose held-out loss on data of the policy it
-    # reproduces is far below a fresh decoder's.
-    from gprl.trainer import RunConfig, train
-
+def test_gorl_warm_start_decoder_refits_from_the_previous_decoder():
+    # Refits that barely move the decoder (one step at learning rate 1e-12) end where they
+    # started: the first, which has no decoder before it, at a fresh one, far from the initial
+    # decoder; the second, warm-started, at the first refit's decoder.
     gorl = ALGORITHMS["gorl"].config()
     config = replace(
         gorl,
-        ppo=replace(gorl.ppo, rollout_steps=16, num_minibatches=2, num_epochs=2),
-        flow=replace(gorl.flow, hidden=(32, 32), num_steps=4),
-        num_stages=3,
-        stage_weights=(1.0, 1.0, 1.0),
-        decoder_train_steps=250,
+        ppo=replace(gorl.ppo, rollout_steps=ROLLOUT, num_minibatches=1),
+        flow=replace(gorl.flow, hidden=(16, 16), num_steps=2),
+        decoder_train_steps=1,
+        decoder_eval_every=1,
+        decoder_learning_rate=1e-12,
         warm_start_decoder=True,
     )
-    run = RunConfig(
-        env="gprl/BimodalBandit-v0",
-        env_backend="jax",
-        total_steps=1536,
-        num_envs=8,
-        out=tmp_path / "run",
-        progress=False,
-        eval_every=0,
-        eval_episodes=2,
-    )
-    with open(train("gorl", run, config) / "metrics.csv", newline="") as f:
-        refits = [row for row in csv.DictReader(f) if row["decoder_val_loss_at_init"]]
-    first, second = (float(row["decoder_val_loss_at_init"]) for row in refits)
-    fitted = float(refits[0]["decoder_val_loss"])
-    # Measured: warm 0.11 x the first and 2.2 x its fitted loss; fresh 0.63 x and 13 x.
-    assert second < 0.25 * first
-    assert second < 4 * fitted
+    algo = ALGORITHMS["gorl"].algorithm(config, SPEC, NUM_ENVS, 10_000)
+    state = algo.init(jax.random.PRNGKey(0))
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    shape = (16, NUM_ENVS)
+    extras = {
+        "decoded": jax.random.uniform(keys[1], (*shape, 2), minval=-1, maxval=1),
+        "prior_noise": jax.random.normal(keys[2], (*shape, 2)),
+    }
+    obs = jax.random.normal(keys[0], (*shape, SPEC.obs_dim))
+    batch = Transition(obs, None, None, None, None, obs, extras)
+    first, _ = algo.end_stage(state, batch, jax.random.PRNGKey(2))
+    second, _ = algo.end_stage(first, batch, jax.random.PRNGKey(3))
+    assert int(second["stage"]) == 2
+    assert largest_difference(state["decoder"], first["decoder"]) > 0.1
+    assert largest_difference(first["decoder"], second["decoder"]) < 1e-6
+
+
+def largest_difference(params, other) -> float:
+    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(other), strict=True)
+    return max(float(jnp.abs(a - b).max()) for a, b in pairs)
 
 
 # ----- FQL ----------------------------------------------------------------------------------------
@@ -295,7 +293,8 @@ def fql_update(**overrides):
     Returns (algo, state before, batch, metrics)."""
     from gprl.algos import FQLConfig
 
-    config = FQLConfig(actor_hidden=(16,), critic_hidden=(16,), **overrides)
+    small = FlowPolicyConfig(hidden=(16,), num_steps=2)
+    config = FQLConfig(flow=small, actor_hidden=(16,), critic_hidden=(16,), **overrides)
     spec = replace(SPEC, max_episode_steps=1)
     algo = ALGORITHMS["fql"].algorithm(config, spec, NUM_ENVS, 10_000)
     state = algo.init(jax.random.PRNGKey(0))
@@ -316,33 +315,36 @@ def ensemble_at_zero_action(algo, critic, obs):
     return np.asarray(algo.critic.apply(critic, obs, jnp.zeros((obs.shape[0], 2))))  # (E, B)
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "min"])
-def test_fql_q_aggregation_combines_the_critics_in_the_target_and_the_actor_loss(aggregation):
-    algo, state, batch, metrics = fql_update(q_aggregation=aggregation, num_critics=3)
-    combine = {"mean": lambda q: q.mean(0), "min": lambda q: q.min(0)}
-    q = ensemble_at_zero_action(algo, state["params"]["critic"], batch.obs)
-    assert float(metrics["actor/q"]) == pytest.approx(combine[aggregation](q).mean(), rel=1e-4)
-    next_q = ensemble_at_zero_action(algo, state["target_critic"], batch.next_obs)
-    continues = 1.0 - np.asarray(batch.terminated, np.float32)
-    target = np.asarray(batch.reward) + algo.config.gamma * continues * combine[aggregation](next_q)
-    assert float(metrics["critic/target_mean"]) == pytest.approx(target.mean(), rel=1e-4)
-    # The critics disagree enough that the two aggregations are told apart.
-    assert abs(q.mean(0).mean() - q.min(0).mean()) > 1e-3
-
-
-@pytest.mark.parametrize("normalize", [False, True])
-def test_fql_normalize_q_loss_divides_by_the_mean_absolute_q(normalize):
-    algo, state, batch, metrics = fql_update(normalize_q_loss=normalize)
-    q = ensemble_at_zero_action(algo, state["params"]["critic"], batch.obs).mean(0)
+@pytest.mark.parametrize(
+    ("aggregation", "normalize"), [("mean", False), ("min", True)], ids=["mean", "min-normalized"]
+)
+def test_fql_q_aggregation_and_normalize_q_loss_shape_the_target_and_the_actor_loss(
+    aggregation, normalize
+):
+    # q_aggregation combines the critics in the TD target and in the actor's loss;
+    # normalize_q_loss divides the actor's -Q by the batch's mean |Q|.
+    algo, state, batch, metrics = fql_update(
+        q_aggregation=aggregation, normalize_q_loss=normalize, num_critics=3
+    )
+    combine = {"mean": lambda q: q.mean(0), "min": lambda q: q.min(0)}[aggregation]
+    ensemble = ensemble_at_zero_action(algo, state["params"]["critic"], batch.obs)
+    q = combine(ensemble)
+    assert float(metrics["actor/q"]) == pytest.approx(q.mean(), rel=1e-4)
     scale = np.abs(q).mean() if normalize else 1.0
     assert float(metrics["actor/q_loss"]) == pytest.approx(-q.mean() / scale, rel=1e-4)
-    assert abs(np.abs(q).mean() - 1.0) > 0.1  # dividing by it makes a difference
+    next_q = combine(ensemble_at_zero_action(algo, state["target_critic"], batch.next_obs))
+    continues = 1.0 - np.asarray(batch.terminated, np.float32)
+    target = np.asarray(batch.reward) + algo.config.gamma * continues * next_q
+    assert float(metrics["critic/target_mean"]) == pytest.approx(target.mean(), rel=1e-4)
+    # The critics disagree, and |Q| is not 1, enough that either option changes the numbers.
+    assert abs(ensemble.mean(0).mean() - ensemble.min(0).mean()) > 1e-3
+    assert abs(np.abs(q).mean() - 1.0) > 0.1
 
 
 # ----- DSRL ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("base_sampling_steps", [None, 1, 3])
+@pytest.mark.parametrize("base_sampling_steps", [None, 2])
 def test_dsrl_base_sampling_steps_integrates_the_frozen_policy_in_that_many_steps(
     base_sampling_steps,
 ):

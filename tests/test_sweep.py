@@ -173,7 +173,10 @@ def test_an_interrupted_sweep_needs_resume_and_continues_from_its_checkpoints(
         ({"envs": ["gprl/NoSuchTask-v0"]}, "gprl/NoSuchTask-v0"),
         ({"grid": {"ppo.learning_rat": [1e-3]}}, "unknown field 'ppo.learning_rat'"),
         ({"grid": {"sac.learning_rate": [1e-3]}}, "not among the sweep's algorithms"),
-        ({"grid": {"ppo.learning_rate": [1e-3, -1.0]}}, "learning_rate must be a finite positive number"),
+        (
+            {"grid": {"ppo.learning_rate": [1e-3, -1.0]}},
+            "learning_rate must be a finite positive number",
+        ),
         ({"settings": {"num_envs": "four"}}, "'num_envs' must be int"),
         ({"settings": {"seed": 3}}, "set by the sweep itself"),
         ({"seed": [0]}, "unknown key 'seed'"),

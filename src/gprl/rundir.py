@@ -62,12 +62,23 @@ def saved_configs(run_dir: Path) -> dict:
         if not path.is_file():
             raise
         return _read_config_json(path)
-    if path.is_file() and _read_config_json(path) != saved:
+    if path.is_file() and _comparable(_read_config_json(path)) != _comparable(saved):
         raise CheckpointError(
             f"{path} differs from the config saved with the checkpoint (edited by hand?); the "
             "checkpoint's is the one gprl uses: restore config.json or start a new run"
         )
     return saved
+
+
+# Run options that a resumed run sets anew: its checkpoint records them, config.json does not.
+RESUME_OPTIONS = ("resume", "out", "progress", "overwrite")
+
+
+def _comparable(record: dict) -> dict:
+    run = record.get("run")
+    if not isinstance(run, dict):
+        return record
+    return record | {"run": {k: v for k, v in run.items() if k not in RESUME_OPTIONS}}
 
 
 def _read_config_json(path: Path) -> dict:
