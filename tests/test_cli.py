@@ -172,12 +172,17 @@ def test_a_second_signal_aborts_the_collection_and_writes_nothing(
 
 
 def test_an_interrupt_no_command_caught_is_not_called_a_second_one(bandit_run, monkeypatch, capsys):
-    # SIGINT before collect installs its handlers: Python's own raises KeyboardInterrupt.
+    # SIGINT before collect installs its handlers: Python's own raises KeyboardInterrupt (set
+    # here, since a library an earlier test ran in this process, Ray Tune, may have replaced it).
     monkeypatch.setattr(
         gprl.collect, "check_datasets_writable", lambda: os.kill(os.getpid(), signal.SIGINT)
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main(["collect", str(bandit_run), "--out", "sig/early-v0"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["collect", str(bandit_run), "--out", "sig/early-v0"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert exit_info.value.code == 130
     assert err == "gprl: interrupted; stopped without writing a dataset\n"
