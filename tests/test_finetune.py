@@ -68,33 +68,23 @@ def record_one_step_task(env_id, dataset_id, policy, episodes, seed=0):
 
 @pytest.fixture(scope="module")
 def pretrained_runs(tmp_path_factory):
-    """A weak flow policy of the mediocre data, and the runs --init must refuse: a Gaussian one
-    and one of action chunks."""
+    """A weak flow policy of the mediocre data."""
     root = tmp_path_factory.mktemp("finetune")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MINARI_DATASETS_PATH", str(root / "datasets"))
         dataset = record_one_step_task(PROBE, "probe/mediocre-v0", mediocre_actions, 500)
 
-        def run(kind, name, steps, config=PRETRAIN, eval_episodes=EVAL_EPISODES):
-            options = PretrainRun(
-                dataset=dataset,
-                steps=steps,
-                out=root / name,
-                progress=False,
-                eval_every=0,
-                eval_episodes=eval_episodes,
-            )
-            policy_config = replace(POLICIES[kind].default_config, hidden=(64, 64))
-            if kind == "flow":  # the fine-tuners take its Euler steps too: 5 keeps them quick
-                policy_config = replace(policy_config, num_steps=5)
-            return pretrain(kind, options, config, policy_config)
-
-        return {
-            "flow": run("flow", "flow", 1000),
-            # Only refused: as short as a run can be.
-            "gaussian": run("gaussian", "gaussian", 1, replace(PRETRAIN, log_every=1), 1),
-            "chunked": run("flow", "chunked", 1, replace(PRETRAIN, log_every=1, chunk_length=2), 1),
-        }
+        options = PretrainRun(
+            dataset=dataset,
+            steps=1000,
+            out=root / "flow",
+            progress=False,
+            eval_every=0,
+            eval_episodes=EVAL_EPISODES,
+        )
+        # The fine-tuners take its Euler steps too: 5 keeps them quick.
+        flow = replace(POLICIES["flow"].default_config, hidden=(64, 64), num_steps=5)
+        return {"flow": pretrain("flow", options, PRETRAIN, flow)}
 
 
 def small_config(name, **overrides):
@@ -247,12 +237,6 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, cli_er
             "gprl/BimodalBandit-v0",
             pretrained_runs["flow"],
         ),
-        "fine-tunes 'flow' pretrain runs; --init holds a 'gaussian' policy": (
-            "dppo",
-            PROBE,
-            pretrained_runs["gaussian"],
-        ),
-        "predicts chunks of 2": ("gorl", PROBE, pretrained_runs["chunked"]),
         "is not a pretrain run": ("reinflow", PROBE, not_pretrain),
         "--init: no checkpoint in": ("reinflow", PROBE, tmp_path / "missing"),
         "ppo cannot start from a pretrained policy": ("ppo", PROBE, pretrained_runs["flow"]),
@@ -267,6 +251,18 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, cli_er
         argv = ["train", name, "--env", env, "--init", str(init), "--out", str(out), *common]
         assert message in cli_error(argv)
         assert not out.exists()
+    # A Gaussian or a chunked pretrain run loads as the flow run does (one-line errors above);
+    # the fine-tuner refuses its policy. Built from the flow run: two more pretrain runs would
+    # compile two more policies.
+    flow = load_pretrained(pretrained_runs["flow"])
+    gaussian = flow._replace(kind="gaussian")
+    chunked = flow._replace(config=replace(flow.config, chunk_length=2))
+    for name, pretrained, message in [
+        ("dppo", gaussian, "fine-tunes 'flow' pretrain runs; --init holds a 'gaussian' policy"),
+        ("gorl", chunked, "predicts chunks of 2"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ALGORITHMS[name].algorithm(small_config(name), SPEC, 8, 100_000, pretrained=pretrained)
 
 
 # ----- resumption ---------------------------------------------------------------------------------

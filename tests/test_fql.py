@@ -145,22 +145,46 @@ def test_offline_phase_trains_any_off_policy_algorithm_on_the_dataset_alone(tmp_
     assert online[-1]["eval_return"]
 
 
-@pytest.mark.parametrize("stop_at", [3, 7], ids=["offline", "online"])
-def test_interrupted_offline_to_online_run_resumes_exactly(tmp_path, stop_at, resume_check):
+class Interrupted(Exception):
+    """Raised from a run's progress callback: the run stops there as a crash would."""
+
+
+def interrupt_at(stop_at: int):
+    def interrupt(iteration, row):
+        if iteration == stop_at:
+            raise Interrupted
+
+    return interrupt
+
+
+def rows_without_timing(run_dir):
+    return [
+        {k: v for k, v in row.items() if k not in ("wall_time", "steps_per_second")}
+        for row in read_rows(run_dir)
+    ]
+
+
+def test_a_run_interrupted_offline_then_online_resumes_exactly(tmp_path):
     # 4 offline iterations (256 updates), then 4 online ones (256 env steps); checkpoints at
-    # clock 128 (iteration 2), at the end of the offline phase (4) and at clock 384 (6): the
-    # first interruption resumes from the offline phase into the online one.
+    # clock 128 (iteration 2), at the end of the offline phase (4) and at clock 384 (6). One run
+    # is interrupted twice: at iteration 3 it resumes from the offline phase into the online
+    # one, then at 7 from within the online phase.
     dataset = mixed_dataset("probe/mixed-resume-v0", episodes=200)
     config = replace(FAST_FQL, offline_updates=256)
     run = offline_run(
         tmp_path, "interrupted", dataset, total_steps=256, eval_every=192, checkpoint_every=128
     )
-
-    def checkpointed_at_the_last_checkpoint(run_dir):
-        assert read_meta(run_dir)["progress"]["iteration"] == {3: 2, 7: 6}[stop_at]
-
-    checked = resume_check.train("fql", run, config, stop_at, checkpointed_at_the_last_checkpoint)
-    reference, reference_rows = checked.reference, checked.rows
+    reference = train("fql", replace(run, out=tmp_path / "uninterrupted"), config)
+    resume = RunConfig(resume=run.out, progress=False)
+    with pytest.raises(Interrupted):
+        train("fql", run, config, on_iteration=interrupt_at(3))
+    assert read_meta(run.out)["progress"]["iteration"] == 2
+    with pytest.raises(Interrupted):
+        train("fql", resume, config, on_iteration=interrupt_at(7))
+    assert read_meta(run.out)["progress"]["iteration"] == 6
+    train("fql", resume, config)
+    reference_rows = rows_without_timing(reference)
+    assert rows_without_timing(run.out) == reference_rows
     assert len(reference_rows) == 8 and reference_rows[-1]["actor/loss"]
     assert [r["env_steps"] for r in reference_rows] == ["0"] * 4 + ["64", "128", "192", "256"]
 

@@ -103,7 +103,6 @@ def run_options(tmp_path, dataset, name, **overrides):
         progress=False,
         eval_every=0,
         eval_episodes=32,
-        checkpoint_every=1000,
     )
     return PretrainRun(**(fields | overrides))
 
@@ -135,10 +134,10 @@ def bimodal_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bimodal")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MINARI_DATASETS_PATH", str(root / "datasets"))
-        dataset = record("gprl/BimodalBandit-v0", "probe/bimodal-v0", bimodal_expert, 3000)
+        dataset = record("gprl/BimodalBandit-v0", "probe/bimodal-v0", bimodal_expert, 1000)
         runs = {}
         for kind, steps in (
-            ("gaussian", 1000),
+            ("gaussian", 500),
             ("flow", 2000),
             ("meanflow", 6000),
             ("shortcut", 6000),
@@ -185,7 +184,7 @@ def contextual_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("contextual")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MINARI_DATASETS_PATH", str(root))
-        record("gprl/ContextualTarget-v0", "probe/contextual-v0", contextual_expert, 2000)
+        record("gprl/ContextualTarget-v0", "probe/contextual-v0", contextual_expert, 1000)
     return root
 
 
@@ -246,7 +245,9 @@ def test_interrupted_pretraining_resumes_exactly_and_eval_reloads_it(
 ):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
     dataset = "probe/contextual-v0"
-    interrupted = run_options(tmp_path, dataset, "interrupted", eval_every=1000, eval_episodes=8)
+    interrupted = run_options(
+        tmp_path, dataset, "interrupted", eval_every=1000, eval_episodes=8, checkpoint_every=1000
+    )
 
     def checkpointed_at_1000_steps(run_dir):
         assert read_meta(run_dir)["progress"]["grad_steps"] == 1000

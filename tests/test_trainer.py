@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ import pytest
 
 import gprl.algos.ppo as ppo_module
 import gprl.checkpoint as checkpoint_module
+from gprl import cli
 from gprl.algos import ALGORITHMS, GoRLConfig, PPOConfig
 from gprl.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from gprl.envs import EnvError
@@ -69,8 +71,19 @@ def test_interrupted_envpool_run_resumes_exactly(tmp_path, resume_check):
     resume_check.train("ppo", run, FAST_PPO, 13, envs_reset_many_times)
 
 
-def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
-    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+@pytest.fixture(scope="module")
+def finished_ppo_run(tmp_path_factory):
+    """A finished 1024-step PPO run, trained once for the tests that only read or damage it."""
+    return train("ppo", small_run(tmp_path_factory.mktemp("finished"), total_steps=1024), FAST_PPO)
+
+
+@pytest.fixture
+def run_dir(finished_ppo_run, tmp_path):
+    """A copy of the finished run for one test to read or damage."""
+    return shutil.copytree(finished_ppo_run, tmp_path / "run")
+
+
+def test_checkpoint_round_trip_restores_every_leaf(tmp_path, run_dir):
     algo, _, run = load_run(run_dir)
     assert run.env == "gprl/TwoGoalPoint-v0"
     template = {"algo": algo.init(jax.random.PRNGKey(42)), "key": jax.random.PRNGKey(42)}
@@ -84,8 +97,7 @@ def test_checkpoint_round_trip_restores_every_leaf(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
-    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(run_dir):
     state_file = run_dir / "checkpoint" / "state.msgpack"
     original = state_file.read_bytes()
 
@@ -114,8 +126,7 @@ def test_corrupt_truncated_and_mismatched_checkpoints_are_rejected(tmp_path):
         load_run(run_dir)
 
 
-def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    run_dir = train("ppo", small_run(tmp_path, total_steps=1024), FAST_PPO)
+def test_interrupted_save_keeps_the_previous_checkpoint(run_dir, monkeypatch):
     _, state, _ = load_run(run_dir)
     state = {"algo": state, "key": jax.random.PRNGKey(0)}
     before = (run_dir / "checkpoint" / "state.msgpack").read_bytes()
@@ -188,49 +199,38 @@ def run_cli(*args, cwd):
     )
 
 
-def test_cli_train_eval_and_video(tmp_path):
+# The video writer starts ffmpeg by fork and exec, which runs no Python (nor JAX) in the child.
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+def test_cli_train_eval_and_video(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    result = run_cli(
-        "train",
-        "ppo",
-        "--env",
-        "gprl/BimodalBandit-v0",
-        "--total-steps",
-        "2048",
-        "--num-envs",
-        "4",
-        "--ppo.rollout-steps",
-        "32",
-        "--out",
-        str(out),
-        "--no-progress",
-        cwd=tmp_path,
+    cli.main(
+        [
+            *("train", "ppo", "--env", "gprl/BimodalBandit-v0", "--total-steps", "2048"),
+            *("--num-envs", "4", "--ppo.rollout-steps", "32", "--out", str(out), "--no-progress"),
+        ]
     )
-    assert result.returncode == 0, result.stderr
-    assert "final deterministic eval return" in result.stdout
+    assert "final deterministic eval return" in capsys.readouterr().out
     for name in ("config.json", "metrics.csv", "learning_curve.png", "checkpoint/meta.json"):
         assert (out / name).exists(), name
-    result = run_cli("eval", str(out), "--episodes", "3", "--video", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "over 3 episodes" in result.stdout
+    cli.main(["eval", str(out), "--episodes", "3", "--video"])
+    assert "over 3 episodes" in capsys.readouterr().out
     assert (out / "videos" / "eval.mp4").stat().st_size > 0
 
 
-def test_cli_reports_bad_input_in_one_line(tmp_path):
+def test_cli_reports_bad_input_in_one_line(tmp_path, cli_error):
     for args, message in [
         (["train", "ppo", "--env", "Hoper-v5"], "unknown"),
         (["train", "gorl", "--env", "CartPole-v1"], "continuous"),
         (["eval", str(tmp_path / "nothing")], "no checkpoint"),
     ]:
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("gprl: error:") and message in lines[0]
+        assert message in cli_error(args), args
 
 
-def test_cli_help_documents_the_options(tmp_path):
-    result = run_cli("train", "gorl", "--help", cwd=tmp_path)
-    assert result.returncode == 0
+def test_cli_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "gorl", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
     for option in (
         "--total-steps",
         "--num-envs",
@@ -239,7 +239,7 @@ def test_cli_help_documents_the_options(tmp_path):
         "--gorl.count-collection-steps",
         "--gorl.prior-regularizer",
     ):
-        assert option in result.stdout
+        assert option in printed
 
 
 def read_tensorboard_scalars(folder) -> dict:
@@ -294,12 +294,9 @@ def test_cli_rejects_nonsense_numbers_and_paths_in_one_line(tmp_path, cli_error)
     ]
 
 
-def test_cli_eval_rejects_a_negative_episode_count(tmp_path):
-    run = small_run(tmp_path, total_steps=1024)
-    train("ppo", run, FAST_PPO)
-    result = run_cli("eval", str(run.out), "--episodes", "-1", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "gprl: error: --episodes must be at least 1, got -1"
+def test_cli_eval_rejects_a_negative_episode_count(finished_ppo_run, cli_error):
+    refused = cli_error(["eval", str(finished_ppo_run), "--episodes", "-1"])
+    assert refused == "gprl: error: --episodes must be at least 1, got -1"
 
 
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config(
@@ -313,16 +310,15 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config
     assert json.loads((resumed / "config.json").read_text())["run"]["seed"] == 3
 
 
-def test_a_named_preset_trains_with_its_own_defaults_and_resumes(tmp_path):
+def test_a_named_preset_trains_with_its_own_defaults_and_resumes(tmp_path, cli_error):
     out = tmp_path / "preset"
     common = ["--env", "gprl/BimodalBandit-v0", "--num-envs", "4", "--no-progress"]
     short = ["--gorl-reference.ppo.rollout-steps", "32", "--gorl-reference.num-stages", "2"]
     short += ["--gorl-reference.stage-weights", "1", "1", "--gorl-reference.decoder-train-steps"]
-    result = run_cli(
-        "train", "gorl-reference", "--total-steps", "1024", *common, *short, "50",
-        "--gorl-reference.decoder-eval-every", "25", "--out", str(out), cwd=tmp_path,
+    cli.main(
+        ["train", "gorl-reference", "--total-steps", "256", *common, *short, "50",
+         "--gorl-reference.decoder-eval-every", "25", "--out", str(out)]
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["algo"] == "gorl-reference"
     assert saved["algo_config"]["ppo"]["critic_hidden"] == [256] * 5
@@ -333,5 +329,4 @@ def test_a_named_preset_trains_with_its_own_defaults_and_resumes(tmp_path):
     assert len(refits) == 1
     # The plain method keeps its own defaults, and a preset's run resumes under its own name.
     assert ALGORITHMS["gorl"].default_config().decoder_coupling == "paired"
-    result = run_cli("train", "gorl", "--resume", str(out), cwd=tmp_path)
-    assert result.returncode == 2 and "not 'gorl'" in result.stderr
+    assert "not 'gorl'" in cli_error(["train", "gorl", "--resume", str(out)])
