@@ -108,10 +108,12 @@ def test_a_device_iteration_is_one_compiled_call_shared_by_every_stage():
     assert np.isfinite(metrics["policy_loss"])
 
 
+@pytest.mark.slow
 def test_a_playground_task_trains_on_the_device_by_default(tmp_path):
     # One PPO iteration on an MJX task: --env-backend auto picks the device path, and the fused
-    # iteration compiles and runs with MJX physics (GoRL's refits on it: -m slow below; its
-    # device refits on a diagnostic task: test_device_run_resumes_exactly).
+    # iteration compiles and runs with MJX physics (26 s here, so -m slow: the default suite steps
+    # MJX inside jit in test_jax_envs' Playground smoke test, picks the device path for
+    # playground: ids in test_jax_envs, and runs the device loop on JAX diagnostic tasks here).
     pytest.importorskip("mujoco_playground")
     run = RunConfig(
         env="playground:PendulumSwingup",

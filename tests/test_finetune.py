@@ -201,7 +201,9 @@ def test_critic_warmup_moves_only_the_critic_and_observation_statistics_stay_fro
         assert jax.tree.all(jax.tree.map(jnp.array_equal, stats, pretrained.acting["obs_norm"]))
 
 
-@pytest.mark.parametrize("name", ["reinflow", "dppo"])
+# DPPO's penalty is the same code as ReinFlow's (GaussianChainActorCritic.w2_to_reference), so
+# the default suite runs it once; -m slow runs it on DPPO's chain too.
+@pytest.mark.parametrize("name", ["reinflow", pytest.param("dppo", marks=pytest.mark.slow)])
 def test_w2_penalty_keeps_the_policy_near_the_pretrained_one(name, pretrained_runs):
     # Random rewards push the policy around; the penalty must pull it back toward the
     # pretrained policy, measured on the deterministic actions from zero noise.

@@ -322,3 +322,12 @@ def test_playground_pendulum_smoke():
 @pytest.mark.slow
 def test_playground_cheetah_run_smoke():
     check_playground_smoke("playground:CheetahRun")
+
+
+def test_playground_ids_pick_the_device_path_by_default():
+    from gprl.backends import resolve_backend
+
+    assert resolve_backend("playground:PendulumSwingup", "auto") == "jax"
+    assert resolve_backend("playground:PendulumSwingup", "jax") == "jax"
+    with pytest.raises(EnvError, match="JAX environment"):
+        resolve_backend("playground:PendulumSwingup", "gymnasium")
