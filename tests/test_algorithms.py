@@ -106,7 +106,9 @@ def test_gorl_keeps_the_optimum_through_a_decoder_refit(tmp_path):
     assert abs(after - before) < 0.02
 
 
-@pytest.mark.parametrize("decoder", ["flow", "diffusion"])
+# The diffusion decoder's refit is -m slow: the refit is the same code for both decoders, and
+# test_policies checks that diffusion behaviour cloning keeps both modes.
+@pytest.mark.parametrize("decoder", ["flow", pytest.param("diffusion", marks=pytest.mark.slow)])
 def test_gorl_decoder_refit_puts_mass_on_both_modes(decoder):
     env = make_env("gprl/BimodalBandit-v0", 1, 0)
     config = fast_gorl(decoder=decoder, decoder_train_steps=2000, decoder_coupling="independent")

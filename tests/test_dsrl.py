@@ -116,7 +116,11 @@ def steered_runs(tmp_path_factory, weak_base):
     return steered
 
 
-@pytest.mark.parametrize("variant", ["plain", "noise_aliased"])
+# The noise-aliased variant's learning run is -m slow (19 s); its noise critic trains in the
+# default suite in the resume test (test_interrupted_dsrl_run_resumes_exactly_...).
+@pytest.mark.parametrize(
+    "variant", ["plain", pytest.param("noise_aliased", marks=pytest.mark.slow)]
+)
 def test_dsrl_steers_a_weak_frozen_policy_to_the_optimum(steered_runs, weak_base, variant):
     run_dir = steered_runs(variant)
     returns = evaluations(run_dir)

@@ -193,9 +193,11 @@ PROBE_OVERRIDES = {
 def learning_cases():
     """Every method learns on the device path; on host envs only GRPO in the default suite (its
     grouped restarts differ there), the others under -m slow: their host runs execute the same
-    algorithm code, and the resume tests run them on host envs."""
+    algorithm code, and the resume tests run them on host envs. DPPO's run from scratch is
+    -m slow too: the default suite has it improve a pretrained policy (test_finetune)."""
     for name in FLOW_METHODS:
-        yield pytest.param(name, "jax", id=f"{name}-jax")
+        device_slow = pytest.mark.slow if name == "dppo" else ()
+        yield pytest.param(name, "jax", id=f"{name}-jax", marks=device_slow)
         slow = () if name == "grpo" else pytest.mark.slow
         yield pytest.param(name, "gymnasium", id=f"{name}-gymnasium", marks=slow)
 
