@@ -160,14 +160,18 @@ class FQL(OffPolicyAlgorithm):
         q = self.critic.apply(critic, obs, action)
         return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
 
+    def _td_target(self, state, batch, key):
+        """r + gamma Q_target(s', pi(s')), ended only by terminations."""
+        next_action = self._sample(state["params"]["actor"], batch.next_obs, key)
+        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
+        continues = 1.0 - batch.terminated.astype(jnp.float32)
+        return batch.reward + self.config.gamma * continues * next_q
+
     def update(self, state, batch, key):
         config = self.config
         next_key, flow_key, noise_key = jax.random.split(key, 3)
         params = state["params"]
-        next_action = self._sample(params["actor"], batch.next_obs, next_key)
-        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
-        continues = 1.0 - batch.terminated.astype(jnp.float32)
-        target = batch.reward + config.gamma * continues * next_q
+        target = self._td_target(state, batch, next_key)
         noise = jax.random.normal(noise_key, batch.action.shape)
         flow_action = jnp.clip(self.flow.sample(params["flow"], batch.obs, noise), -1.0, 1.0)
         flow_action = jax.lax.stop_gradient(flow_action)
