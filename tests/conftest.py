@@ -10,6 +10,14 @@ os.environ.setdefault("GPRL_COMPILATION_CACHE_DIR", str(Path(__file__).parents[1
 
 
 @pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    """A fresh, empty Minari data path for the test (MINARI_DATASETS_PATH)."""
+    root = tmp_path / "datasets"
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+@pytest.fixture
 def cli_error(capsys):
     """Run the CLI in this process on input it must refuse and return its one error line: the
     same code path as `gprl ...` without paying a fresh interpreter and JAX import per case."""

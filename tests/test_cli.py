@@ -21,11 +21,8 @@ from gprl.trainer import RunConfig, train
 BANDIT = "gprl/BimodalBandit-v0"
 
 
-@pytest.fixture(autouse=True)
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "datasets"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
+# Every test here writes its datasets to a fresh folder (conftest.minari_root).
+pytestmark = pytest.mark.usefixtures("minari_root")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,8 @@ from gprl.collect import CollectArgs, collect
 from gprl.datasets import DatasetError, dataset_path, load_demonstrations
 from gprl.trainer import RunConfig, load_run, train
 
-
-@pytest.fixture(autouse=True)
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "datasets"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
+# Every test here writes its datasets to a fresh folder (conftest.minari_root).
+pytestmark = pytest.mark.usefixtures("minari_root")
 
 
 @pytest.fixture(scope="module")

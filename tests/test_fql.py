@@ -36,11 +36,8 @@ FAST_FQL = FQLConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "datasets"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
+# Every test here writes its datasets to a fresh folder (conftest.minari_root).
+pytestmark = pytest.mark.usefixtures("minari_root")
 
 
 def mixed_dataset(dataset_id: str, episodes: int = 600, seed: int = 0, env=ENV) -> str:
