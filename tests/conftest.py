@@ -34,10 +34,13 @@ def cli_error(capsys):
     return refused
 
 
+# The longest modules (each runs whole on one worker, see addopts): collected last, one would start
+# after the other worker ran out of work and leave it idle to the end.
+LONGEST_MODULES = ("test_sweep.py", "test_pretrain.py")
+
+
 def pytest_collection_modifyitems(items):
-    # An xdist group runs whole on one worker: collected last (test_sweep.py sorts late), it would
-    # start after the other worker ran out of work and leave it idle to the end.
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    items.sort(key=lambda item: item.path.name not in LONGEST_MODULES)
 
 
 class Interrupted(Exception):

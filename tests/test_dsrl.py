@@ -20,7 +20,6 @@ from gprl.trainer import RunConfig, load_run, train
 from gprl.types import Transition
 
 # One worker runs this module, so its costly module fixture (weak_base) is built once.
-pytestmark = pytest.mark.xdist_group("weak_base")
 
 ENV = "gprl/ContextualTarget-v0"
 FAST_DSRL = DSRLConfig(

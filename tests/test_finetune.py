@@ -25,7 +25,6 @@ from gprl.trainer import RunConfig, boundary_seed, train
 from gprl.types import EnvSpec, Transition
 
 # One worker runs this module, so its costly module fixture (pretrained_runs) is built once.
-pytestmark = pytest.mark.xdist_group("pretrained_runs")
 
 PROBE = "gprl/ContextualTarget-v0"
 FINE_TUNERS = ("reinflow", "dppo", "gorl")

@@ -147,11 +147,6 @@ def bimodal_runs(tmp_path_factory):
     return runs
 
 
-# The tests of one costly module fixture share a worker, so it is built once under xdist.
-uses_bimodal_runs = pytest.mark.xdist_group("bimodal_runs")
-
-
-@uses_bimodal_runs
 def test_flow_bc_reproduces_both_modes_where_gaussian_bc_does_not(bimodal_runs):
     contexts = np.random.default_rng(1).uniform(-1, 1, (2000, 2)).astype(np.float32)
     near, lower = mode_shares(sampled_actions(bimodal_runs["flow"], contexts), contexts)
@@ -162,7 +157,6 @@ def test_flow_bc_reproduces_both_modes_where_gaussian_bc_does_not(bimodal_runs):
     assert float(rows(bimodal_runs["gaussian"])[-1]["eval_return"]) < 0.1
 
 
-@uses_bimodal_runs
 @pytest.mark.parametrize("kind", ["meanflow", "shortcut"])
 def test_one_step_sampling_matches_the_multi_step_policy(bimodal_runs, kind):
     # The one-step map has to split the noise between the modes: a plain flow's single Euler

@@ -16,18 +16,15 @@ from gprl.trainer import TrainingError
 
 ray = pytest.importorskip("ray")
 
-# All Ray tests on one xdist worker: one Ray instance for the module.
-pytestmark = pytest.mark.xdist_group("ray")
-
 ENV = "gprl/ContextualTarget-v0"
-# 8 iterations of 4 envs x 32 steps; a checkpoint (and env restart) every 2 iterations.
+# 4 iterations of 4 envs x 32 steps; a checkpoint (and env restart) every 2 iterations.
 SETTINGS = {
     "num_envs": 4,
     "checkpoint_every": 256,
     "ppo.rollout_steps": 32,
     "ppo.num_minibatches": 4,
 }
-TOTAL_STEPS = 1024
+TOTAL_STEPS = 512
 SEEDS = [0, 1]
 LEARNING_RATES = [3.0e-4, 1.0e-3]
 TIMING_COLUMNS = ("wall_time", "steps_per_second")
@@ -115,19 +112,19 @@ def test_running_a_finished_sweep_again_starts_no_trial(finished_sweep, monkeypa
 
 
 def worker_killer(tmp_path):
-    """An on_iteration hook that SIGKILLs its worker once, right after the checkpoint at 512 env
+    """An on_iteration hook that SIGKILLs its worker once, right after the checkpoint at 256 env
     steps, and logs (pid, iteration) of every iteration to iterations.log."""
     killed = tmp_path / "killed"
     log = tmp_path / "iterations.log"
 
-    def kill_once_after_the_second_checkpoint(iteration, row):
+    def kill_once_after_the_first_checkpoint(iteration, row):
         with open(log, "a") as f:
             f.write(f"{os.getpid()} {iteration}\n")
-        if row["env_steps"] == 512 and not killed.exists():
+        if row["env_steps"] == 256 and not killed.exists():
             killed.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return kill_once_after_the_second_checkpoint
+    return kill_once_after_the_first_checkpoint
 
 
 def iterations_by_process(tmp_path) -> list[list[int]]:
@@ -144,9 +141,9 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
     out = tmp_path / "out"
     spec = write_spec(tmp_path / "spec.yaml", out, seeds=[0], grid={"ppo.learning_rate": [1e-3]})
     run_sweep(spec, on_iteration=worker_killer(tmp_path))
-    # The first worker died after iteration 4 (checkpoint at 512 steps); Tune's retry went on
-    # from iteration 5 instead of starting over.
-    assert iterations_by_process(tmp_path) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    # The first worker died after iteration 2 (checkpoint at 256 steps); Tune's retry went on
+    # from iteration 3 instead of starting over.
+    assert iterations_by_process(tmp_path) == [[1, 2], [3, 4]]
     assert metric_rows(cell_dir(out, 0, 1e-3)) == single_runs[0, 1e-3]
 
 
@@ -164,7 +161,7 @@ def test_an_interrupted_sweep_needs_resume_and_continues_from_its_checkpoints(
         run_sweep(spec, on_iteration=hook)
     run_sweep(spec, resume=True, on_iteration=hook)
     assert "1 resumed from their checkpoints" in capsys.readouterr().out
-    assert iterations_by_process(tmp_path) == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert iterations_by_process(tmp_path) == [[1, 2], [3, 4]]
     assert metric_rows(cell_dir(out, 1, 3e-4)) == single_runs[1, 3e-4]
 
 
