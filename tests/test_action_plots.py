@@ -1,15 +1,13 @@
 """Mode coverage of sampled actions on the multimodal diagnostics, action plots, and
 `gprl eval --plot-actions`."""
 
-import subprocess
-import sys
-
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gprl import cli
 from gprl.action_plots import coverage_lines, plot_actions
 from gprl.envs import make_env
 from gprl.envs.diagnostics import (
@@ -167,43 +165,20 @@ def test_plot_of_a_task_without_known_modes_has_no_coverage(tmp_path):
 # `gprl eval --plot-actions` on a trained run.
 
 
-def run_cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "gprl.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
-def test_cli_plots_the_actions_of_a_trained_run_and_prints_their_coverage(tmp_path):
+def test_cli_plots_the_actions_of_a_trained_run_and_prints_their_coverage(tmp_path, capsys):
+    # In this process (cli.main, the code behind `gprl`): a fresh interpreter per command would
+    # add its JAX import and compilations to the suite's time and test nothing more.
     out = tmp_path / "bandit-ppo"
-    result = run_cli(
-        "train",
-        "ppo",
-        "--env",
-        "gprl/BimodalBandit-v0",
-        "--total-steps",
-        "4096",
-        "--num-envs",
-        "4",
-        "--ppo.rollout-steps",
-        "32",
-        "--eval-every",
-        "0",
-        "--out",
-        str(out),
-        "--no-progress",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    result = run_cli("eval", str(out), "--episodes", "2", "--plot-actions", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    train = ["train", "ppo", "--env", "gprl/BimodalBandit-v0", "--total-steps", "4096"]
+    train += ["--num-envs", "4", "--ppo.rollout-steps", "32", "--eval-every", "0"]
+    cli.main([*train, "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    cli.main(["eval", str(out), "--episodes", "2", "--plot-actions"])
+    stdout = capsys.readouterr().out
     png = out / "plots" / "actions.png"
     assert png.read_bytes().startswith(PNG_SIGNATURE) and png.stat().st_size > 10_000
-    assert f"action plot: {png}" in result.stdout
-    coverage = [line for line in result.stdout.splitlines() if line.startswith("observation")]
+    assert f"action plot: {png}" in stdout
+    coverage = [line for line in stdout.splitlines() if line.startswith("observation")]
     assert len(coverage) == 4
     for line in coverage:
         shares = [float(x) for x in line.split("mode shares ")[1].split(",")[0].split()]
@@ -211,9 +186,6 @@ def test_cli_plots_the_actions_of_a_trained_run_and_prints_their_coverage(tmp_pa
         assert len(shares) == 2 and sum(shares) + none == pytest.approx(1.0, abs=0.011)
 
 
-def test_cli_plot_actions_of_a_missing_run_is_a_one_line_error(tmp_path):
-    result = run_cli("eval", str(tmp_path / "nothing"), "--plot-actions", cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gprl: error:") and "no checkpoint" in lines[0]
+def test_cli_plot_actions_of_a_missing_run_is_a_one_line_error(tmp_path, cli_error):
+    assert "no checkpoint" in cli_error(["eval", str(tmp_path / "nothing"), "--plot-actions"])
     assert not (tmp_path / "nothing").exists()
