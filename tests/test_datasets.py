@@ -92,7 +92,9 @@ def test_collect_never_replaces_or_half_writes_a_dataset(
     assert leftovers == []
 
 
-def write_raw(dataset_id, observations, actions, action_space=None, obs_space=None, env=None):
+def write_raw(
+    dataset_id, observations, actions, action_space=None, obs_space=None, env=None, infos=None
+):
     """A Minari dataset written straight through minari (one episode), any content."""
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
@@ -109,6 +111,7 @@ def write_raw(dataset_id, observations, actions, action_space=None, obs_space=No
                 rewards=np.zeros(steps),
                 terminations=np.r_[np.zeros(steps - 1, bool), True],
                 truncations=np.zeros(steps, bool),
+                infos=infos,
             )
         ]
     )
@@ -186,6 +189,17 @@ def test_bad_datasets_are_rejected_in_one_line_with_nothing_written(tmp_path, cl
     assert not out.exists()
 
 
+def test_success_recorded_by_other_minari_writers_is_read():
+    obs, actions = np.zeros((4, 3), np.float32), np.zeros((3, 2), np.float32)
+    write_raw("other/unknown-v0", obs, actions)
+    assert load_demonstrations("other/unknown-v0").episode_successes is None
+    # Gymnasium-Robotics' key, one info per observation (the reset's first) as Minari keeps them.
+    write_raw("other/robotics-v0", obs, actions, infos={"is_success": np.r_[0.0, 0.0, 1.0, 0.0]})
+    assert load_demonstrations("other/robotics-v0").episode_successes.tolist() == [True]
+    write_raw("other/failed-v0", obs, actions, infos={"success": np.r_[True, False, False, False]})
+    assert load_demonstrations("other/failed-v0").episode_successes.tolist() == [False]
+
+
 def test_a_dataset_without_an_env_needs_env(tmp_path, capsys):
     write_raw("bare/no-env-v0", np.zeros((4, 3), np.float32), np.zeros((3, 2), np.float32))
     with pytest.raises(SystemExit):
@@ -222,7 +236,13 @@ def test_pretrain_and_collect_help_document_their_options(capsys):
             ["pretrain", "meanflow", "--help"],
             ["--dataset", "--chunk-length", "--execute-steps", "--meanflow.num-steps", "--resume"],
         ),
-        (["collect", "--help"], ["--episodes", "--out", "--action-noise", "--policy", "--seed"]),
+        (
+            ["collect", "--help"],
+            [
+                *("--episodes", "--out", "--action-noise", "--policy", "--seed", "--env"),
+                *("--only-successful", "--max-attempts", "SawyerPickPlaceV3Policy"),
+            ],
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

@@ -704,3 +704,110 @@ def test_malformed_env_spec_records_are_refused_in_one_line(change, problem):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="missing obs_dim"):
         EnvSpec.from_record({key: value for key, value in record.items() if key != "obs_dim"})
+
+
+# Success: the flag from Gymnasium infos, spec.reports_success, sparse_reward, end_on_success.
+
+
+class SucceedsFromStep(gym.Env):
+    """Observes its step count; reports success (under `key`) from step `success_from` on,
+    rewards 0.5 a step and never ends on its own."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, key="success", success_from=3):
+        self.key, self.success_from, self.steps = key, success_from, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        info = {self.key: float(self.steps >= self.success_from), "unused": "dropped"}
+        return np.full(1, self.steps, np.float32), 0.5, False, False, info
+
+
+def succeeds_from_step(key="success", limit=None):
+    return lambda: gym.wrappers.TimeLimit(SucceedsFromStep(key), max_episode_steps=limit or 50)
+
+
+def rollout(env, steps):
+    return [env.step(np.zeros((env.num_envs, 1), np.float32)) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("key", ["success", "is_success"])
+def test_success_is_read_from_the_infos_of_every_step_including_an_episodes_last(key):
+    # The limit of 3 ends each episode on its first successful step: its info is the final one.
+    with make_env(succeeds_from_step(key, limit=3), num_envs=2) as env:
+        assert env.spec.reports_success
+        steps = rollout(env, 4)
+    assert [step.success.tolist() for step in steps] == [[False] * 2] * 2 + [[True] * 2] + [
+        [False] * 2
+    ]
+    assert steps[2].truncated.all() and all(step.reward.tolist() == [0.5, 0.5] for step in steps)
+
+
+def test_envs_without_success_in_their_infos_report_none():
+    with make_env("Pendulum-v1", num_envs=2) as env:
+        assert not env.spec.reports_success
+        assert not any(step.success.any() for step in rollout(env, 3))
+        assert rollout(env, 1)[0].success.dtype == bool
+
+
+def test_sparse_reward_pays_exactly_one_on_success_and_zero_otherwise():
+    with make_env(succeeds_from_step(), num_envs=2, sparse_reward=True) as env:
+        steps = rollout(env, 4)
+    assert [step.reward.tolist() for step in steps] == [[0.0] * 2] * 2 + [[1.0] * 2] * 2
+    assert not any(step.terminated.any() for step in steps)  # episodes go on after success
+
+
+def test_end_on_success_terminates_on_the_successful_step_and_starts_over():
+    with make_env(succeeds_from_step(limit=3), num_envs=2, end_on_success=True) as env:
+        steps = rollout(env, 4)
+    ended = steps[2]
+    assert ended.terminated.all() and not ended.truncated.any()  # not truncated at the limit
+    np.testing.assert_array_equal(ended.final_obs, np.full((2, 1), 3.0))  # the successful step
+    np.testing.assert_array_equal(ended.obs, np.zeros((2, 1)))  # the next episode's start
+    assert ended.reward.tolist() == [0.5, 0.5]  # the env's own reward without sparse_reward
+    assert not steps[1].terminated.any() and not steps[3].terminated.any()
+    np.testing.assert_array_equal(steps[3].obs, np.ones((2, 1)))
+
+
+@pytest.mark.parametrize(
+    ("source", "backend", "options"),
+    [
+        ("Pendulum-v1", "gymnasium", {"sparse_reward": True}),
+        (lambda: SucceedsFromStep(key="done"), "auto", {"end_on_success": True}),
+        ("gprl/BimodalBandit-v0", "jax", {"sparse_reward": True, "end_on_success": True}),
+    ],
+)
+def test_success_options_on_envs_that_never_report_success_are_refused_in_one_line(
+    source, backend, options
+):
+    with pytest.raises(EnvError, match=r"never reports success.*cannot be used") as error:
+        make_env(source, backend=backend, **options)
+    assert "\n" not in str(error.value)
+    assert all(option in str(error.value) for option in options)
+
+
+def test_probe_spec_learns_whether_an_instance_reports_success_without_disturbing_it():
+    instance = gym.wrappers.TimeLimit(SucceedsFromStep(), max_episode_steps=50)
+    instance.reset()
+    for _ in range(2):
+        instance.step(np.zeros(1, np.float32))
+    assert probe_spec(instance).reports_success
+    assert probe_spec(succeeds_from_step()).reports_success
+    assert not probe_spec(make_accumulator()).reports_success
+    assert instance.step(np.zeros(1, np.float32))[0][0] == 3.0  # the episode went on
+
+
+def test_env_spec_records_carry_reports_success_and_older_records_read_as_false():
+    spec = make_env(succeeds_from_step()).spec
+    assert EnvSpec.from_record(json.loads(json.dumps(spec.to_record()))) == spec
+    older = {key: value for key, value in spec.to_record().items() if key != "reports_success"}
+    assert not EnvSpec.from_record(older).reports_success
+    with pytest.raises(ValueError, match="reports_success is not a boolean"):
+        EnvSpec.from_record({**spec.to_record(), "reports_success": "yes"})

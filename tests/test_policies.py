@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,19 +7,25 @@ import optax
 import pytest
 
 from gprl.policies import (
+    DDPMPolicy,
+    DDPMPolicyConfig,
     DiffusionPolicy,
     DiffusionPolicyConfig,
     FlowPolicy,
     FlowPolicyConfig,
+    GaussianPolicy,
     GaussianPolicyConfig,
     GaussianPolicyNet,
     gaussian_entropy,
     gaussian_log_prob,
     kl_to_standard_normal,
 )
+from gprl.policies.ddpm import sampling_schedule
+from gprl.policies.imitation import EMA_WARMUP_POWER, FitConfig, ImitationFitter
 
 SMALL_FLOW = FlowPolicyConfig(hidden=(32, 32), num_steps=5)
 SMALL_DIFFUSION = DiffusionPolicyConfig(hidden=(32, 32), num_train_steps=20, num_steps=5)
+SMALL_DDPM = DDPMPolicyConfig(hidden=(32, 32), sampler="ddim", num_steps=5)
 
 
 def test_gaussian_log_prob_entropy_and_kl_match_closed_forms():
@@ -45,7 +53,11 @@ def test_gaussian_policy_starts_at_its_init_std(std_type):
     assert float(jnp.abs(mean).max()) < 0.1
 
 
-@pytest.mark.parametrize("policy", [FlowPolicy(2, SMALL_FLOW), DiffusionPolicy(2, SMALL_DIFFUSION)])
+@pytest.mark.parametrize(
+    "policy",
+    [FlowPolicy(2, SMALL_FLOW), DiffusionPolicy(2, SMALL_DIFFUSION), DDPMPolicy(2, SMALL_DDPM)],
+    ids=["flow", "diffusion", "ddim"],
+)
 def test_sampler_is_a_deterministic_function_of_the_given_noise(policy):
     params = policy.init(jax.random.PRNGKey(0), 3)
     cond = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
@@ -137,3 +149,106 @@ def test_behaviour_cloning_keeps_both_modes(policy):
     assert near.mean() > 0.85
     upper_share = (samples[near] > 0).mean()
     assert 0.3 < upper_share < 0.7
+
+
+def test_ddpm_schedule_and_posterior_match_their_closed_forms():
+    # DPPO's cosine schedule: alpha_bar_t = f(t) / f(0), f(t) = cos^2((t / K + s) / (1 + s) pi / 2),
+    # with each beta clipped at 0.999 (which only the last step reaches).
+    policy = DDPMPolicy(1, DDPMPolicyConfig(hidden=(8,)))
+    steps = np.arange(21) / 20
+    f = np.cos((steps + 0.008) / 1.008 * np.pi / 2) ** 2
+    expected = f[1:] / f[0]
+    np.testing.assert_allclose(policy.alpha_bars_host[:-1], expected[:-1], rtol=1e-5)
+    assert policy.alpha_bars_host[-1] == pytest.approx(expected[-2] * 0.001, rel=1e-4)
+    # Over all K steps the step is the DDPM posterior: std^2 = beta (1 - a') / (1 - a), mean
+    # coef1 x0 + coef2 x (Ho et al. eq. 7), at any x and clean x0.
+    schedule, direction, std = policy.step_scales(20)
+    a, a_next = schedule["alpha_bar"], schedule["alpha_bar_next"]
+    beta = 1 - a / a_next
+    variance = beta * (1 - a_next) / (1 - a)
+    np.testing.assert_allclose(schedule["sigma"] ** 2, variance, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(std[:-1], np.maximum(np.sqrt(variance[:-1]), 1e-3), rtol=1e-6)
+    assert std[-1] == 0.0
+    x, clean = np.random.default_rng(0).normal(size=(2, 20))
+    eps = (x - np.sqrt(a) * clean) / np.sqrt(1 - a)
+    mean = np.sqrt(a_next) * clean + direction * eps
+    coef1 = beta * np.sqrt(a_next) / (1 - a)
+    coef2 = (1 - a_next) * np.sqrt(1 - beta) / (1 - a)
+    np.testing.assert_allclose(mean, coef1 * clean + coef2 * x, rtol=1e-5, atol=1e-8)
+    # Fewer steps: strided from the noisiest step, the last one ending at the clean action.
+    assert sampling_schedule(policy.alpha_bars_host, 4)["index"].tolist() == [19, 14, 9, 4]
+
+
+def test_ddpm_sampling_is_a_deterministic_function_of_the_noise_and_the_step_noises():
+    policy = DDPMPolicy(2, DDPMPolicyConfig(hidden=(32, 32), num_train_steps=10, num_steps=10))
+    params = policy.init(jax.random.PRNGKey(0), 3)
+    cond = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    noise = jax.random.normal(jax.random.PRNGKey(2), (8, 2))
+    step_noise = jax.random.normal(jax.random.PRNGKey(3), (10, 8, 2))
+    assert policy.step_noise_steps() == 10
+    action, chain = policy.sample(params, cond, noise, step_noise=step_noise, return_chain=True)
+    assert chain.shape == (11, 8, 2)
+    again = policy.sample(params, cond, noise, step_noise=step_noise)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(action))
+    other = policy.sample(params, cond, noise, step_noise=step_noise.at[3].add(1.0))
+    assert not np.allclose(np.asarray(other), np.asarray(action))
+    # The last step is noiseless, and every predicted clean action is clipped to [-1, 1].
+    last = policy.sample(params, cond, noise, step_noise=step_noise.at[-1].add(1.0))
+    np.testing.assert_array_equal(np.asarray(last), np.asarray(action))
+    assert float(jnp.abs(action).max()) <= 1.0 + 1e-6
+
+
+def test_ddpm_and_few_step_ddim_sample_both_modes_alike():
+    # Actions are +-0.6 with equal probability, whatever the condition: the DDPM posterior chain
+    # and a 5-step deterministic DDIM from the same network must both split between the modes.
+    rng = np.random.default_rng(0)
+    cond = rng.uniform(-1, 1, (1024, 2)).astype(np.float32)
+    actions = (rng.choice([-0.6, 0.6], (1024, 1)) + 0.02 * rng.normal(size=(1024, 1))).astype(
+        np.float32
+    )
+    config = DDPMPolicyConfig(hidden=(64, 64))
+    ddpm = DDPMPolicy(1, config)
+    fitter = ImitationFitter(ddpm, FitConfig(batch_size=256, learning_rate=3e-3, chunk_steps=1000))
+    params, _ = fitter.fit(
+        ddpm.init(jax.random.PRNGKey(0), 2), cond, actions, jax.random.PRNGKey(1), 1000
+    )
+    ddim = DDPMPolicy(1, replace(config, sampler="ddim", num_steps=5))
+    noise = jax.random.normal(jax.random.PRNGKey(5), (1000, 1))
+    step_noise = jax.random.normal(jax.random.PRNGKey(6), (20, 1000, 1))
+    posterior = np.asarray(ddpm.sample(params, cond[:1000], noise, step_noise=step_noise))[:, 0]
+    deterministic = np.asarray(ddim.sample(params, cond[:1000], noise))[:, 0]
+    for samples in (posterior, deterministic):
+        near = np.minimum(np.abs(samples - 0.6), np.abs(samples + 0.6)) < 0.25
+        assert near.mean() > 0.85
+        assert 0.35 < (samples[near] > 0).mean() < 0.65
+    # The same distribution: 1-Wasserstein distance of the two samples (modes 1.2 apart).
+    assert np.abs(np.sort(posterior) - np.sort(deterministic)).mean() < 0.15
+
+
+def test_fitter_keeps_a_warmed_up_moving_average_and_measures_it():
+    policy = GaussianPolicy(1, GaussianPolicyConfig(hidden=(8,)))
+    fitter = ImitationFitter(policy, FitConfig(batch_size=16, chunk_steps=1, ema_decay=0.9))
+    rng = np.random.default_rng(0)
+    cond, actions = rng.normal(size=(64, 2)), rng.normal(size=(64, 1)).astype(np.float32)
+    split, key = fitter.split(cond, actions, jax.random.PRNGKey(0))
+    state = fitter.init(policy.init(jax.random.PRNGKey(1), 2), split)
+    # Host copies: the expected average is plain numpy (no eager JAX op to compile per leaf).
+    average = jax.device_get(state["params"])
+    for update, step_key in enumerate(jax.random.split(key, 6)):
+        state, info = fitter.step(state, split, step_key)
+        decay = min(0.9, 1 - (1 + update) ** -EMA_WARMUP_POWER)
+        latest = jax.device_get(state["params"])
+        average = jax.tree.map(lambda m, p, d=decay: d * m + (1 - d) * p, average, latest)
+    kept = jax.device_get(state["ema_params"])
+    jax.tree.map(
+        lambda k, expected: np.testing.assert_allclose(k, expected, rtol=1e-5, atol=1e-7),
+        kept,
+        average,
+    )
+    gaps = jax.tree.map(lambda k, p: np.abs(k - p).max(), kept, latest)
+    assert max(jax.tree.leaves(gaps)) > 1e-4
+    # The held-out loss is the average's.
+    val_loss = [
+        float(fitter._val_loss(params, *split.val, split.val_key)) for params in (kept, latest)
+    ]
+    assert info["val_loss"] == pytest.approx(val_loss[0]) and val_loss[0] != val_loss[1]

@@ -3,11 +3,14 @@ policy kind, one-step sampling, action chunks, exact resumption."""
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 
+import gymnasium as gym
 import jax
 import numpy as np
 import pytest
+from flax import serialization
 
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.collect import CollectArgs, collect
@@ -19,6 +22,7 @@ from gprl.envs.diagnostics import (
     contextual_target_optimum,
 )
 from gprl.evaluation import ActionQueue
+from gprl.initial_policy import load_initial_policy
 from gprl.policies import POLICIES
 from gprl.pretrain import (
     PretrainConfig,
@@ -32,6 +36,33 @@ from gprl.trainer import boundary_seed
 
 SMALL = (64, 64)
 FAST = PretrainConfig(learning_rate=1e-3, log_every=500)
+CUE_RECALL = "gprl-test/CueRecall-v0"
+
+
+class CueRecallEnv(gym.Env):
+    """Two steps: the first observation shows a cue c = +-1, the second hides it, and only the
+    second step is rewarded, -(a - 0.8 c)^2. A policy that sees one observation earns about
+    -0.64 (its best action is 0); one that also sees the previous observation earns 0."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._cue, self._steps = float(self.np_random.choice([-1.0, 1.0])), 0
+        return np.array([self._cue, 0.0], np.float32), {}
+
+    def step(self, action):
+        self._steps += 1
+        hidden = np.array([0.0, 1.0], np.float32)
+        if self._steps == 1:
+            return hidden, 0.0, False, False, {}
+        return hidden, -float((action[0] - 0.8 * self._cue) ** 2), True, False, {}
+
+
+if CUE_RECALL not in gym.registry:
+    gym.register(CUE_RECALL, entry_point=f"{__name__}:CueRecallEnv", max_episode_steps=2)
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +120,10 @@ def two_goal_expert(obs, rng, episode_state):
     """Full speed toward a goal drawn once per episode."""
     goal = episode_state.setdefault("goal", POINT_GOALS[rng.integers(2)])
     return (goal - obs[:2]) / 0.1
+
+
+def cue_expert(obs, rng, episode_state):
+    return 0.8 * episode_state.setdefault("cue", obs[:1]) + 0.02 * rng.normal(size=1)
 
 
 def small(kind, **overrides):
@@ -267,11 +302,83 @@ def test_resume_refuses_a_dataset_that_changed(tmp_path, monkeypatch):
     dataset = record("gprl/ContextualTarget-v0", "probe/changing-v0", contextual_expert, 50)
     options = run_options(tmp_path, dataset, "run", steps=500, eval_episodes=2)
     pretrain("gaussian", options, FAST, small("gaussian"))
-    import shutil
-
     from gprl.datasets import dataset_path
 
     shutil.rmtree(dataset_path(dataset))
     record("gprl/ContextualTarget-v0", dataset, contextual_expert, 50, seed=1)
     with pytest.raises(DatasetError, match="changed since"):
         pretrain("gaussian", PretrainRun(resume=options.out, progress=False), FAST)
+
+
+@pytest.fixture(scope="module")
+def cue_runs(tmp_path_factory):
+    """Gaussian BC on CueRecall seeing the last observation (1, and no moving average of the
+    weights, as runs before it) or the last two (2, with the average, as by default)."""
+    root = tmp_path_factory.mktemp("cue")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root / "datasets"))
+        dataset = record(CUE_RECALL, "probe/cue-v0", cue_expert, 200)
+        runs = {}
+        for history, ema_decay in ((1, None), (2, FAST.ema_decay)):
+            config = replace(FAST, obs_history=history, ema_decay=ema_decay)
+            options = run_options(root, dataset, f"history-{history}", steps=1000)
+            runs[history] = pretrain("gaussian", options, config, small("gaussian"))
+        yield runs
+
+
+def test_observation_history_recalls_what_one_observation_cannot(cue_runs, tmp_path):
+    assert float(rows(cue_runs[1])[-1]["eval_return"]) < -0.4
+    assert float(rows(cue_runs[2])[-1]["eval_return"]) > -0.05
+    # Collecting keeps each env's history across its episodes.
+    collected = collect(CollectArgs(cue_runs[2], "probe/cue-bc-v0", episodes=12, num_envs=4))
+    assert collected.mean_return > -0.05
+    spec = make_env(CUE_RECALL, 1, 0).spec
+    with pytest.raises(CheckpointError, match="--obs-history"):
+        load_initial_policy("dppo", "required", cue_runs[2], CUE_RECALL, spec)
+
+
+def test_the_kept_policy_is_the_moving_average_and_runs_without_one_still_load(cue_runs, tmp_path):
+    def saved_fit(run_dir):
+        payload = (run_dir / "checkpoint" / "state.msgpack").read_bytes()
+        return serialization.msgpack_restore(payload)["fit"]
+
+    averaged, acting = saved_fit(cue_runs[2]), load_pretrained(cue_runs[2]).acting["params"]
+    jax.tree.map(np.testing.assert_array_equal, acting, averaged["ema_params"])
+    leaves = zip(jax.tree.leaves(acting), jax.tree.leaves(averaged["params"]), strict=True)
+    assert not all(np.array_equal(kept, latest) for kept, latest in leaves)
+    # A run from before the average: no ema_decay in its configs, no average in its state.
+    plain = shutil.copytree(cue_runs[1], tmp_path / "plain")
+    for path in (plain / "config.json", plain / "checkpoint" / "config.json"):
+        saved = json.loads(path.read_text())
+        del saved["pretrain_config"]["ema_decay"]
+        path.write_text(json.dumps(saved))
+    acting = load_pretrained(plain).acting["params"]
+    jax.tree.map(np.testing.assert_array_equal, acting, saved_fit(plain)["params"])
+
+
+def test_an_observation_history_longer_than_an_episode_is_refused(tmp_path):
+    dataset = record("gprl/ContextualTarget-v0", "probe/one-step-v0", contextual_expert, 5)
+    options = run_options(tmp_path, dataset, "refused", steps=500)
+    with pytest.raises(DatasetError, match="needs episodes of at least 2 steps"):
+        pretrain("flow", options, replace(FAST, obs_history=2), small("flow"))
+    assert not options.out.exists()
+
+
+def test_action_queue_plans_from_the_last_observations_of_each_episode():
+    plans = []
+
+    def plan(obs, key):
+        plans.append(obs.tolist())
+        return np.zeros((2, 1, 1))
+
+    queue = ActionQueue(plan, 2, 1, jax.random.PRNGKey(0), obs_history=3)
+    for step in range(3):
+        if step == 2:
+            queue.episode_ended(np.array([False, True]))
+        queue(np.array([[step], [10 + step]]))
+    # Oldest first, an episode's first observation repeated before it.
+    assert plans == [
+        [[0, 0, 0], [10, 10, 10]],
+        [[0, 0, 1], [10, 10, 11]],
+        [[0, 1, 2], [12, 12, 12]],
+    ]

@@ -22,15 +22,18 @@ def few_bootstrap_resamples(monkeypatch):
     monkeypatch.setattr(report, "BOOTSTRAP_REPS", 100)
 
 
-def fake_run(root, algo, env, seed, returns, wall_time=2.0, name=None, algo_config=(), **run):
+def fake_run(
+    root, algo, env, seed, returns, wall_time=2.0, name=None, algo_config=(), successes=(), **run
+):
     """A run directory as gprl writes one: config.json (algo_config and run options as given)
-    and metrics.csv with evaluations at 1000, 2000, ... env steps."""
+    and metrics.csv with evaluations at 1000, 2000, ... env steps (and success rates, if
+    given, as runs on envs that report success have)."""
     run_dir = root / (name or f"{algo}-{env}-{seed}")
     run_dir.mkdir(parents=True)
     config = {"algo": algo, "run": {"env": env, "seed": seed, **run}}
     (run_dir / "config.json").write_text(json.dumps(config | {"algo_config": dict(algo_config)}))
     with open(run_dir / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["env_steps", "wall_time", "eval_return"])
+        writer = csv.DictWriter(f, ["env_steps", "wall_time", "eval_return", "eval_success_rate"])
         writer.writeheader()
         for i, value in enumerate(returns, start=1):
             writer.writerow(
@@ -38,6 +41,7 @@ def fake_run(root, algo, env, seed, returns, wall_time=2.0, name=None, algo_conf
                     "env_steps": 1000 * i,
                     "wall_time": wall_time * i / len(returns),
                     "eval_return": value,
+                    "eval_success_rate": successes[i - 1] if successes else "",
                 }
             )
     return run_dir
@@ -211,3 +215,41 @@ def test_optimality_gap_is_omitted_for_scores_outside_zero_one(tmp_path, capsys)
     assert "optimality gap omitted: scores range over [-1.11e+03, -1.11e+03]" in text
     assert "| omitted |" in text
     assert "optimality gap omitted" in capsys.readouterr().out
+
+
+def test_success_rates_are_aggregated_by_default_when_every_run_has_them(tmp_path, capsys):
+    # Final success rates 0.2, 0.4, 0.6, 1.0 over 4 seeds: the IQM drops the lowest and highest
+    # quarter, mean(0.4, 0.6) = 0.5; the mean is 0.55 and the optimality gap 0.45. The returns
+    # (100 x the seed) are not what is scored.
+    finals = [0.2, 0.4, 0.6, 1.0]
+    dirs = [
+        fake_run(tmp_path, "a", "reach", s, [-5.0, 100.0 * s], successes=[0.0, final])
+        for s, final in enumerate(finals)
+    ]
+    report = write_report(dirs, tmp_path / "out")
+    row = read_csv(tmp_path / "out" / "aggregate.csv")[0]
+    assert float(row["iqm"]) == pytest.approx(0.5)
+    assert float(row["mean"]) == pytest.approx(0.55)
+    assert float(row["optimality_gap"]) == pytest.approx(0.45)
+    assert row["metric"] == "success rate"
+    task = read_csv(tmp_path / "out" / "tasks.csv")[0]
+    assert float(task["mean_success_rate"]) == pytest.approx(0.55)
+    finals_csv = [r["final_eval_success_rate"] for r in read_csv(tmp_path / "out" / "runs.csv")]
+    assert sorted(map(float, finals_csv)) == finals
+    text = report.read_text()
+    assert "IQM over seeds [95% CI] (success rate)" in text and "| 0.500 [" in text
+    assert "scores: final evaluation success rate" in capsys.readouterr().out
+    # Asked for, the returns are scored instead: IQM of 100 and 200.
+    write_report(dirs, tmp_path / "returns", metric="return")
+    assert float(read_csv(tmp_path / "returns" / "aggregate.csv")[0]["iqm"]) == 150.0
+
+
+def test_a_run_without_success_rates_makes_the_report_score_returns(tmp_path):
+    with_rates = fake_run(tmp_path, "a", "reach", 0, [1.0], successes=[0.5])
+    without = fake_run(tmp_path, "a", "reach", 1, [3.0])
+    write_report([with_rates, without], tmp_path / "out")
+    assert float(read_csv(tmp_path / "out" / "aggregate.csv")[0]["mean"]) == 2.0
+    with pytest.raises(ValueError, match=f"{without} has no success rates"):
+        write_report([with_rates, without], tmp_path / "out", metric="success_rate")
+    with pytest.raises(ValueError, match="--score-scale divides returns"):
+        write_report([with_rates], tmp_path / "out", score_scale=1000.0)

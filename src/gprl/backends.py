@@ -51,13 +51,23 @@ def open_environments(
     seed: int,
     eval_seed: int,
     start_state_group: int = 1,
+    env_workers: int | None = None,
+    **success_options: bool,
 ) -> Environments:
     """Training and evaluation envs for a run on env: an id, a gymnasium.Env instance (used in
-    the training envs; every other env is a deep copy of it), a factory or a JAX task object."""
+    the training envs; every other env is a deep copy of it), a factory or a JAX task object.
+    success_options (sparse_reward, end_on_success) and env_workers apply to both sets (see
+    make_env)."""
     resolved = resolve_env(env, backend, start_state_group)
-    train = open_resolved(resolved, num_envs, seed)
+    train = open_resolved(resolved, num_envs, seed, env_workers=env_workers, **success_options)
     try:
-        evaluation = open_resolved(resolved.for_another_set(), eval_episodes, eval_seed)
+        evaluation = open_resolved(
+            resolved.for_another_set(),
+            eval_episodes,
+            eval_seed,
+            env_workers=env_workers,
+            **success_options,
+        )
     except BaseException:
         if hasattr(train, "close"):
             train.close()

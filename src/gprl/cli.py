@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import tyro
 
@@ -18,9 +18,13 @@ EVAL_USAGE = (
     "  gprl eval RUN_DIR [--episodes N] [--video] [--plot-actions]   evaluate a run's checkpoint"
 )
 COLLECT_USAGE = (
-    "  gprl collect RUN_DIR --episodes N --out NAME [--action-noise S]   record a Minari dataset"
+    "  gprl collect {RUN_DIR | --policy MODULE:ATTR --env ID} --episodes N --out NAME"
+    " [--action-noise S] [--only-successful]   record a Minari dataset"
 )
-REPORT_USAGE = "  gprl report RUN_DIR... --out DIR   aggregate runs: tables, curves, IQM (rliable)"
+REPORT_USAGE = (
+    "  gprl report RUN_DIR... --out DIR [--metric M]   aggregate runs: tables, curves, IQM "
+    "(rliable)"
+)
 SWEEP_USAGE = (
     "  gprl sweep SPEC [--resume] [--address ADDR]   run a grid of runs as Ray Tune trials"
 )
@@ -121,8 +125,9 @@ class EvalArgs:
     """Evaluate the checkpoint of a run directory with the deterministic policy."""
 
     run_dir: tyro.conf.Positional[Path]
-    episodes: int = 10
-    """Evaluation episodes, run in parallel."""
+    episodes: int | None = None
+    """Evaluation episodes, run in parallel. Default: the run's episodes per evaluation (50 on
+    envs that report success, else 10)."""
     video: bool = False
     """Also render one episode to RUN_DIR/videos/eval.mp4 (host envs; needs headless MuJoCo
     rendering for MuJoCo tasks)."""
@@ -177,9 +182,16 @@ def _collect(argv) -> None:
     from gprl.collect import CollectArgs, collect
 
     result = collect(_parse(CollectArgs, argv, "gprl collect"))
+    success = (
+        ""
+        if result.success_rate is None
+        else f", kept {result.episodes} of {result.attempted} attempted (success rate "
+        f"{result.success_rate:.2f})"
+    )
     print(
         f"wrote dataset {result.dataset_id}: {result.episodes} episodes, {result.steps} steps, "
-        f"mean return {result.mean_return:.3f}  ({result.path})"
+        f"mean return {result.mean_return:.3f}{success}, "
+        f"{result.env_steps_per_second:.0f} env steps/s  ({result.path})"
     )
 
 
@@ -189,10 +201,12 @@ def _print_summary(run_dir: Path) -> None:
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     last_eval = [r for r in rows if r.get("eval_return")][-1]
+    success = last_eval.get("eval_success_rate")
     print(
         f"finished: {rows[-1]['env_steps']} env steps in {float(rows[-1]['wall_time']):.0f} s; "
         f"final deterministic eval return {float(last_eval['eval_return']):.3f} "
         f"(+- {float(last_eval['eval_return_std']):.3f})"
+        + (f", success rate {float(success):.3f}" if success else "")
     )
     offline = [r for r in rows if r.get("offline_updates") and int(r["env_steps"]) == 0]
     if offline:
@@ -210,16 +224,29 @@ def _eval(argv) -> None:
     from gprl.pretrain import is_pretrain_run
 
     args = _parse(EvalArgs, argv, "gprl eval")
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     evaluate = _eval_pretrain_run if is_pretrain_run(args.run_dir) else _eval_train_run
+    args = dataclasses.replace(args, episodes=args.episodes or _run_eval_episodes(args.run_dir))
     env_id, result, sampler, acting = evaluate(args)
     print(
         f"{env_id}: return {result['eval_return']:.3f} +- {result['eval_return_std']:.3f} "
         f"over {args.episodes} episodes (mean length {result['eval_length']:.0f})"
     )
+    if "eval_success_rate" in result:
+        rate = result["eval_success_rate"]
+        print(
+            f"success rate {rate:.3f} ({round(rate * args.episodes)} of {args.episodes} episodes)"
+        )
     if args.plot_actions:
         _plot_actions(env_id, sampler, acting, args)
+
+
+def _run_eval_episodes(run_dir: Path) -> int:
+    """The episodes per evaluation a (train or pretrain) run was saved with."""
+    from gprl.rundir import saved_configs
+
+    return saved_configs(run_dir)["run"]["eval_episodes"]
 
 
 def _check_plot_backend(args: EvalArgs, env_id: str) -> None:
@@ -234,18 +261,21 @@ def _eval_train_run(args: EvalArgs):
     from gprl.backends import make_evaluator, open_environments
     from gprl.envs import make_env
     from gprl.evaluation import record_video
-    from gprl.trainer import load_run
+    from gprl.trainer import load_run, success_options
 
     algo, state, run = load_run(args.run_dir)
     _check_plot_backend(args, run.env)
     acting = algo.acting_params(state)
-    envs = open_environments(run.env, run.env_backend, 1, args.episodes, args.seed, args.seed)
+    envs = open_environments(
+        run.env, run.env_backend, 1, args.episodes, args.seed, args.seed, **success_options(run)
+    )
     try:
         result = make_evaluator(envs, algo.act_deterministic, args.seed).evaluate(acting)
     finally:
         envs.close()
     if args.video:
-        with make_env(run.env, 1, args.seed, render=True, backend="gymnasium") as env:
+        options = success_options(run)
+        with make_env(run.env, 1, args.seed, render=True, backend="gymnasium", **options) as env:
             path = record_video(
                 algo.act_deterministic, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"
             )
@@ -306,6 +336,10 @@ class ReportArgs:
     """Divide returns by this before aggregating across tasks (1000 for DM Control)."""
     title: str = "gprl report"
     """Heading of report.md."""
+    metric: Literal["auto", "return", "success_rate"] = "auto"
+    """What the runs are scored by: the final evaluation return, or the final evaluation success
+    rate (fraction of evaluation episodes that succeeded; runs on envs that report success).
+    auto: the success rate when every run has one, else the return."""
 
 
 def _report(argv) -> None:
@@ -314,7 +348,7 @@ def _report(argv) -> None:
     args = _parse(ReportArgs, argv, "gprl report")
     if not args.run_dirs:
         raise ValueError("give at least one run directory")
-    report = write_report(list(args.run_dirs), args.out, args.score_scale, args.title)
+    report = write_report(list(args.run_dirs), args.out, args.score_scale, args.title, args.metric)
     print(f"report: {report}")
 
 

@@ -7,6 +7,11 @@ envs produce them (Dict keys in sorted order) and actions rescaled from the data
 bounds to [-1, 1], the range every gprl policy acts in. It writes datasets with flat Box
 observations and actions in the env's own units, so other Minari users read them as they are.
 
+Success: where episodes record it, each step's success is the Minari episode's
+``infos["success"]`` ((T + 1,) bool, entry 0 for the reset, as Minari keeps infos), read back as
+``Demonstrations.episode_successes`` (an episode succeeded if any step did; Gymnasium-Robotics'
+``infos["is_success"]`` counts too).
+
 A write goes to a hidden folder beside the datasets and is renamed into place when complete, so
 a failed or interrupted collection leaves no dataset behind and never replaces one.
 """
@@ -40,6 +45,13 @@ class Episode(NamedTuple):
     rewards: np.ndarray
     terminations: np.ndarray
     truncations: np.ndarray
+    successes: np.ndarray | None = None
+    """(T,) bool: the env reported success on the step; None where the env does not report it."""
+
+    @property
+    def succeeded(self) -> bool:
+        """Some step of the episode reported success."""
+        return self.successes is not None and bool(np.any(self.successes))
 
 
 class Demonstrations(NamedTuple):
@@ -68,6 +80,9 @@ class Demonstrations(NamedTuple):
     action_high: np.ndarray
     sha256: str
     """Checksum of the observations and actions (a resumed run checks it is the same data)."""
+    episode_successes: np.ndarray | None = None
+    """(E,) bool: some step of the episode reported success; None unless every episode records
+    success (``infos["success"]`` or ``infos["is_success"]``)."""
 
     @property
     def obs_dim(self) -> int:
@@ -205,7 +220,14 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
         action_low=action_space.low.astype(np.float32),
         action_high=action_space.high.astype(np.float32),
         sha256=digest,
+        episode_successes=_episode_successes(episodes),
     )
+
+
+def _episode_successes(episodes: list[Episode]) -> np.ndarray | None:
+    if any(episode.successes is None for episode in episodes):
+        return None
+    return np.asarray([episode.succeeded for episode in episodes])
 
 
 def _open_dataset(dataset_id: str):
@@ -273,7 +295,19 @@ def _read_episode(episode, number: int, dataset_id: str, obs_dim: int, action_di
         rewards,
         np.asarray(episode.terminations, bool).reshape(length),
         np.asarray(episode.truncations, bool).reshape(length),
+        _step_successes(episode.infos, length),
     )
+
+
+def _step_successes(infos: dict, length: int) -> np.ndarray | None:
+    """(length,) bool success of each step from a Minari episode's infos, or None if they do
+    not record it per step."""
+    for key in ("success", "is_success"):
+        values = np.asarray((infos or {}).get(key, ()))
+        if values.ndim == 1 and len(values) in (length, length + 1):
+            # Minari keeps the reset's info first; without it the values are the steps' own.
+            return values[-length:].astype(bool)
+    return None
 
 
 def _unit_actions(actions: np.ndarray, action_space: spaces.Box, dataset_id: str) -> np.ndarray:
@@ -339,10 +373,13 @@ def write_dataset(
     spec: EnvSpec,
     description: str,
     algorithm_name: str,
+    metadata: dict | None = None,
 ) -> Path:
     """Write episodes as a Minari dataset for the env of `spec`; returns its folder.
 
-    Observations are stored flat (Box of size obs_dim), actions in the env's units. The dataset
+    Observations are stored flat (Box of size obs_dim), actions in the env's units, each
+    episode's successes (if recorded) as its ``infos["success"]``; `metadata` (JSON types) is
+    added to the dataset's metadata (``minari.load_dataset(id).storage.metadata``). The dataset
     is built in a hidden folder and renamed into place, so nothing is left on failure and an
     existing dataset is never replaced (DatasetError)."""
     final = dataset_path(dataset_id)
@@ -360,7 +397,7 @@ def write_dataset(
         raise DatasetError(f"cannot write dataset {dataset_id}: {_os_reason(exc, root)}") from None
     try:
         with _minari_root(staging):
-            _create(dataset_id, episodes, spec, description, algorithm_name)
+            _create(dataset_id, episodes, spec, description, algorithm_name, metadata or {})
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             (staging / dataset_id).rename(final)
@@ -374,26 +411,14 @@ def write_dataset(
     return final
 
 
-def _create(dataset_id, episodes, spec: EnvSpec, description: str, algorithm_name: str) -> None:
+def _create(dataset_id, episodes, spec: EnvSpec, description, algorithm_name, metadata) -> None:
     """minari.create_dataset_from_buffers, its errors in one line."""
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    buffers = [
-        EpisodeBuffer(
-            id=number,
-            observations=np.asarray(episode.observations, np.float32),
-            actions=np.asarray(episode.actions, np.float32),
-            rewards=np.asarray(episode.rewards, np.float64),
-            terminations=np.asarray(episode.terminations, bool),
-            truncations=np.asarray(episode.truncations, bool),
-        )
-        for number, episode in enumerate(episodes)
-    ]
+    buffers = [_buffer(number, episode) for number, episode in enumerate(episodes)]
     try:
-        _minari().create_dataset_from_buffers(
+        dataset = _minari().create_dataset_from_buffers(
             dataset_id,
             buffers,
-            env=spec.env_id,
+            env=_minari_env(spec.env_id),
             observation_space=spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32),
             action_space=spaces.Box(
                 spec.action_low, spec.action_high, (spec.action_dim,), np.float32
@@ -401,5 +426,36 @@ def _create(dataset_id, episodes, spec: EnvSpec, description: str, algorithm_nam
             algorithm_name=algorithm_name,
             description=description,
         )
+        dataset.storage.update_metadata(metadata)
     except Exception as exc:  # minari, gymnasium and h5py raise many types
         raise DatasetError(f"cannot write dataset {dataset_id}: {_first_line(exc)}") from None
+
+
+def _buffer(number: int, episode: Episode):
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    # Minari keeps one info per observation, the reset's first: nothing has succeeded there.
+    infos = None if episode.successes is None else {"success": np.r_[False, episode.successes]}
+    return EpisodeBuffer(
+        id=number,
+        observations=np.asarray(episode.observations, np.float32),
+        actions=np.asarray(episode.actions, np.float32),
+        rewards=np.asarray(episode.rewards, np.float64),
+        terminations=np.asarray(episode.terminations, bool),
+        truncations=np.asarray(episode.truncations, bool),
+        infos=infos,
+    )
+
+
+def _minari_env(env_id: str):
+    """The env as Minari records it: its id, which Gymnasium makes; a Meta-World id, which
+    Gymnasium does not know, as a spec with gprl's builder, so that `dataset.env_spec.id` still
+    names it and Minari's `recover_environment()` builds it."""
+    from gymnasium.envs.registration import EnvSpec as GymnasiumSpec
+
+    from gprl.envs.metaworld import is_metaworld_id
+
+    if not is_metaworld_id(env_id):
+        return env_id
+    builder = "gprl.envs.metaworld:make_metaworld_env"
+    return GymnasiumSpec(id=env_id, entry_point=builder, kwargs={"env_id": env_id})

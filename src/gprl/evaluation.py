@@ -9,15 +9,29 @@ import numpy as np
 from gprl.envs import EnvError
 
 DEFAULT_MAX_EPISODE_STEPS = 1000
+EVAL_EPISODES = 10
+SUCCESS_EVAL_EPISODES = 50
+"""Evaluation episodes on envs that report success: the references' success rates are over 50."""
 
 
-def _summary(returns, lengths) -> dict:
+def default_eval_episodes(spec) -> int:
+    """Episodes per evaluation when none are asked for: 50 on an env that reports success (a
+    success rate over 10 episodes moves in steps of 0.1), else 10."""
+    return SUCCESS_EVAL_EPISODES if spec.reports_success else EVAL_EPISODES
+
+
+def _summary(returns, lengths, succeeded=None) -> dict:
+    """The evaluation's numbers; `succeeded` ((N,) bool: the episode had a successful step) adds
+    eval_success_rate, and is None on envs that do not report success."""
     returns, lengths = np.asarray(returns, np.float64), np.asarray(lengths, np.float64)
-    return {
+    summary = {
         "eval_return": float(returns.mean()),
         "eval_return_std": float(returns.std()),
         "eval_length": float(lengths.mean()),
     }
+    if succeeded is not None:
+        summary["eval_success_rate"] = float(np.mean(succeeded))
+    return summary
 
 
 def _host_episodes(env, seed: int, policy) -> dict:
@@ -27,15 +41,17 @@ def _host_episodes(env, seed: int, policy) -> dict:
     returns = np.zeros(env.num_envs)
     lengths = np.zeros(env.num_envs, np.int64)
     running = np.ones(env.num_envs, bool)
+    succeeded = np.zeros(env.num_envs, bool)
     for _ in range(max_steps):
         step = env.step(policy(obs))
         returns += np.where(running, step.reward, 0.0)
         lengths += running
+        succeeded |= running & step.success
         running &= ~(step.terminated | step.truncated)
         if not running.any():
             break
         obs = step.obs
-    return _summary(returns, lengths)
+    return _summary(returns, lengths, succeeded if env.spec.reports_success else None)
 
 
 class HostEvaluator:
@@ -53,13 +69,37 @@ class HostEvaluator:
         )
 
 
+class ObservationHistory:
+    """The last `length` observations of each env of a host vector env, concatenated oldest
+    first (num_envs, length * obs_dim); an env starting an episode has its first observation
+    repeated."""
+
+    def __init__(self, num_envs: int, length: int):
+        self.length = length
+        self.windows = None
+        self.starting = np.ones(num_envs, bool)
+
+    def __call__(self, obs) -> np.ndarray:
+        obs = np.asarray(obs)
+        if self.windows is None:
+            self.windows = np.repeat(obs[:, None], self.length, axis=1)
+        self.windows = np.concatenate([self.windows[:, 1:], obs[:, None]], axis=1)
+        self.windows[self.starting] = obs[self.starting, None]
+        self.starting[:] = False
+        return self.windows.reshape(len(obs), -1)
+
+    def episode_ended(self, ended) -> None:
+        self.starting |= np.asarray(ended, bool)
+
+
 class ActionQueue:
     """Executes action chunks on a host vector env: each env runs the first `execute_steps`
     actions of a chunk planned for it, then asks for a new one; an env whose episode ended
     asks at once. One batched plan(obs, key) -> (num_envs, chunk_length, action_dim) call serves
-    every env that needs a chunk at a step (the others keep theirs)."""
+    every env that needs a chunk at a step (the others keep theirs). With obs_history H > 1,
+    plan receives each env's last H observations (:class:`ObservationHistory`)."""
 
-    def __init__(self, plan, num_envs: int, execute_steps: int, key):
+    def __init__(self, plan, num_envs: int, execute_steps: int, key, obs_history: int = 1):
         self.plan = plan
         self.execute_steps = execute_steps
         self.key = key
@@ -67,8 +107,11 @@ class ActionQueue:
         self.position = np.zeros(num_envs, np.int64)
         self.pending = np.zeros(num_envs, np.int64)
         """Actions left to execute from each env's chunk."""
+        self.history = ObservationHistory(num_envs, obs_history) if obs_history > 1 else None
 
     def __call__(self, obs) -> np.ndarray:
+        if self.history is not None:
+            obs = self.history(obs)
         replan = self.pending == 0
         if replan.any():
             self.key, plan_key = jax.random.split(self.key)
@@ -86,6 +129,8 @@ class ActionQueue:
     def episode_ended(self, ended) -> None:
         """The envs flagged in `ended` start a new episode: their next action is replanned."""
         self.pending[np.asarray(ended, bool)] = 0
+        if self.history is not None:
+            self.history.episode_ended(ended)
 
 
 class ChunkedHostEvaluator:
@@ -93,10 +138,11 @@ class ChunkedHostEvaluator:
     (N, chunk_length, action_dim), executed through an :class:`ActionQueue`. The plans' noise
     comes from a key fixed by the seed, so evaluations are repeatable."""
 
-    def __init__(self, env, plan, seed: int, execute_steps: int):
+    def __init__(self, env, plan, seed: int, execute_steps: int, obs_history: int = 1):
         self.env = env
         self.seed = seed
         self.execute_steps = execute_steps
+        self.obs_history = obs_history
         self._plan = jax.jit(plan)
 
     def evaluate(self, acting) -> dict:
@@ -105,12 +151,14 @@ class ChunkedHostEvaluator:
             self.env.num_envs,
             self.execute_steps,
             jax.random.PRNGKey(self.seed),
+            self.obs_history,
         )
         return _host_episodes(self.env, self.seed, queue)
 
 
 class DeviceEvaluator:
-    """One episode in each of env.num_envs JAX envs, the whole evaluation one compiled call."""
+    """One episode in each of env.num_envs JAX envs, the whole evaluation one compiled call.
+    Returns only: JAX tasks never report success."""
 
     def __init__(self, env, act_deterministic, seed: int):
         max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS

@@ -42,6 +42,11 @@ def load_initial_policy(
         pretrained = load_pretrained(source)
     except CheckpointError as e:
         raise CheckpointError(f"--init: {e}") from None
+    if pretrained.config.obs_history > 1:
+        raise CheckpointError(
+            f"--init {init} conditions on {pretrained.config.obs_history} observations "
+            "(--obs-history); fine-tuning supports only policies of one observation for now"
+        )
     if pretrained.env_id != env_id:
         raise CheckpointError(f"--init {init} was pretrained on {pretrained.env_id}, not {env_id}")
     shapes = (pretrained.obs_dim, pretrained.action_dim)

@@ -18,6 +18,8 @@ LEADING_COLUMNS = [
     "train_return",
     "eval_return",
 ]
+SUCCESS_COLUMN = "eval_success_rate"
+"""Evaluations on envs that report success have it; the column appears with the first one."""
 
 
 def check_sinks(tensorboard: bool, wandb_project: str | None) -> None:
@@ -135,36 +137,53 @@ def plot_learning_curve(
     x_column: str = "env_steps",
     reference: tuple[str, float] | None = None,
 ) -> Path:
-    """Returns against x_column; reference = (label, value) adds a horizontal line."""
+    """Returns against x_column, and below them the evaluation success rate where the rows have
+    one; reference = (label, value) adds a horizontal line to the returns."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    successes = _points(rows, x_column, SUCCESS_COLUMN)
+    panels = 2 if successes else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(7, 4 + 2.5 * (panels - 1)), sharex=True)
+    ax = axes[0] if successes else axes
     for key, label, style in (
         ("train_return", "training episodes", "-"),
         ("eval_return", "deterministic evaluation", "o-"),
     ):
-        points = [
-            (r[x_column], r[key])
-            for r in rows
-            if isinstance(r.get(key), int | float) and math.isfinite(r[key])
-        ]
+        points = _points(rows, x_column, key)
         if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, style, label=label, markersize=3, alpha=0.85)
+            ax.plot(*zip(*points, strict=True), style, label=label, markersize=3, alpha=0.85)
     if reference is not None:
         ax.axhline(reference[1], color="black", linestyle="--", label=reference[0])
     refits = [r[x_column] for r in rows if r.get("refit") == 1]
     for i, step in enumerate(refits):
         ax.axvline(step, color="grey", linestyle=":", label="refit" if i == 0 else None)
-    ax.set_xlabel(x_column.replace("_", " "))
     ax.set_ylabel("episodic return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    if successes:
+        _plot_success_rate(axes[1], successes)
+    (axes[-1] if successes else ax).set_xlabel(x_column.replace("_", " "))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _points(rows: list[dict], x_column: str, key: str) -> list[tuple]:
+    """(x, value) of the rows with a finite number under key."""
+    return [
+        (r[x_column], r[key])
+        for r in rows
+        if isinstance(r.get(key), int | float) and math.isfinite(r[key])
+    ]
+
+
+def _plot_success_rate(ax, points: list[tuple]) -> None:
+    ax.plot(*zip(*points, strict=True), "o-", color="tab:green", markersize=3)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("evaluation success rate")
+    ax.grid(alpha=0.3)

@@ -5,7 +5,10 @@ The policy predicts a chunk of `chunk_length` (Ta) actions per observation, as o
 Ta x action_dim that its noise shares; the evaluator executes the first `execute_steps` (Te) of
 each chunk through a host-side action queue, then plans again. Observations are standardised
 with the dataset's mean and variance, actions rescaled from the dataset's per-dimension range to
-[-1, 1]; both statistics are saved with the weights.
+[-1, 1]; both statistics are saved with the weights. With `obs_history` H the policy conditions
+on the last H observations (windows cut from each episode, its first observation repeated before
+its start), and with `ema_decay` (on by default) on an exponential moving average of the weights
+that evaluation uses and the checkpoint keeps.
 
 A pretrain run directory holds everything needed to rebuild the policy (see
 :func:`load_pretrained`):
@@ -14,7 +17,8 @@ RUN_DIR/config.json          kind, run options, PretrainConfig, the policy's con
                              dataset (id, checksum, size, mean return) and the env (id, shapes)
 RUN_DIR/metrics.csv          one row per `log_every` gradient steps: losses, evaluations
 RUN_DIR/learning_curve.png   evaluation return against gradient steps, the data's return dashed
-RUN_DIR/checkpoint/          state.msgpack: {"fit": {params, opt_state, best_params, ...},
+RUN_DIR/checkpoint/          state.msgpack: {"fit": {params, opt_state, best_params,
+                             ema_params, ema_updates, ...},
                              "key", "obs_norm", "action_norm"}; meta.json; config.json
 
 Runs are resumed exactly from their checkpoint (`--resume RUN_DIR`), with the rules of
@@ -31,13 +35,13 @@ import jax
 import numpy as np
 
 from gprl import __version__
-from gprl.backends import resolve_backend
+from gprl.backends import probe_spec, resolve_backend
 from gprl.checkpoint import CONFIG_JSON, CheckpointError, load_checkpoint, save_checkpoint
 from gprl.collectors import split_key
 from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, Demonstrations, check_fits_env, load_demonstrations
 from gprl.envs import EnvError, make_env
-from gprl.evaluation import ChunkedHostEvaluator
+from gprl.evaluation import ChunkedHostEvaluator, default_eval_episodes
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, plot_learning_curve
 from gprl.policies import POLICIES
 from gprl.pretrained import (
@@ -47,10 +51,13 @@ from gprl.pretrained import (
     acting_params,
     action_normalizer,
     build_policy,
+    check_history,
     chunk_targets,
     evaluate_run,
+    history_windows,
     is_pretrain_run,
     load_pretrained,
+    saved_pretrain_config,
     state_template,
 )
 from gprl.rl_math import running_stats_init, running_stats_update
@@ -96,8 +103,9 @@ class PretrainRun:
     """Replace an existing run directory given by --out."""
     eval_every: CountOrNone = None
     """Gradient steps between evaluations in the env (0: only at the end). Default: steps / 10."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, run in parallel with fixed seeds."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation, run in parallel with fixed seeds. Default: 50 on envs that
+    report success (success rates are reported over 50), else 10."""
     checkpoint_every: Count = 5_000
     """Gradient steps between checkpoints (one is always written at the end)."""
     progress: bool = True
@@ -105,7 +113,7 @@ class PretrainRun:
 
     def validate(self, log_every: int) -> None:
         for name in ("steps", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
@@ -137,7 +145,7 @@ def _resolve_resume(kind: str, run: PretrainRun):
     saved_run = dataclasses.replace(
         saved_run, resume=run.resume, out=run.resume, progress=run.progress, overwrite=False
     )
-    config = from_jsonable(PretrainConfig, saved["pretrain_config"])
+    config = saved_pretrain_config(saved)
     return saved_run, config, from_jsonable(POLICIES[kind].config, saved["policy_config"])
 
 
@@ -170,6 +178,8 @@ def pretrain(
     if resolve_backend(env_id, run.env_backend) == "jax":
         raise EnvError(f"{env_id} is a JAX environment; pretraining evaluates on host envs")
     run.env = env_id
+    if run.eval_episodes is None:
+        run.eval_episodes = default_eval_episodes(probe_spec(env_id, run.env_backend))
     job = PretrainJob(kind, run, config, policy_config, demos)
     try:
         return job.run(on_log)
@@ -186,6 +196,7 @@ class PretrainJob:
     def __init__(self, kind, run: PretrainRun, config, policy_config, demos: Demonstrations):
         self.kind, self.run_config, self.config, self.demos = kind, run, config, demos
         obs_dim = demos.obs_dim
+        check_history(demos.dataset_id, demos.episode_lengths, config.obs_history)
         # Builds (and so validates) the policy before anything is written.
         self.chunk_policy, self.fitter = build_policy(
             kind, config, policy_config, obs_dim, demos.action_dim
@@ -217,7 +228,11 @@ class PretrainJob:
             "dataset_sha256": demos.sha256,
         }
         self.evaluator = ChunkedHostEvaluator(
-            self.env, self.chunk_policy.plan, self.eval_seed, config.execute_steps
+            self.env,
+            self.chunk_policy.plan,
+            self.eval_seed,
+            config.execute_steps,
+            config.obs_history,
         )
         self.total_iterations = run.steps // config.log_every
 
@@ -291,6 +306,7 @@ class PretrainJob:
         # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
         obs_std = np.sqrt(np.asarray(obs_norm["var"]) + 1e-8)
         cond = np.clip((demos.obs - np.asarray(obs_norm["mean"])) / obs_std, -10.0, 10.0)
+        cond = history_windows(cond, demos.episode_lengths, config.obs_history)
         chunks = chunk_targets(demos.actions, demos.episode_lengths, config.chunk_length)
         center, half_range = (
             np.asarray(action_norm["center"]),
@@ -303,7 +319,7 @@ class PretrainJob:
         cond, targets, obs_norm, action_norm = self._targets()
         init_key, data_key, key = jax.random.split(jax.random.PRNGKey(self.run_config.seed), 3)
         self.split, key = self.fitter.split(cond, targets, data_key)
-        params = self.chunk_policy.policy.init(init_key, self.demos.obs_dim)
+        params = self.chunk_policy.policy.init(init_key, cond.shape[1])
         self.state = {
             "fit": self.fitter.init(params, self.split),
             "key": key,

@@ -5,7 +5,13 @@ The policy predicts a chunk of `chunk_length` (Ta) actions per observation, as o
 Ta x action_dim that its noise shares; an evaluator executes the first `execute_steps` (Te) of
 each chunk, then plans again. Observations are standardised with the dataset's mean and variance,
 actions rescaled from the dataset's per-dimension range to [-1, 1]; both statistics are saved
-with the weights.
+with the weights. With `obs_history` H > 1 the policy conditions on the last H observations,
+concatenated oldest first, the first repeated at an episode's start (the acting side keeps them:
+gprl.evaluation.ActionQueue).
+
+The acting parameters are the exponential moving average of the weights where the run kept one
+(`ema_decay`, on by default), else the weights themselves; runs from before the average load as
+they were.
 """
 
 import math
@@ -19,6 +25,7 @@ import numpy as np
 
 from gprl.checkpoint import CheckpointError, load_checkpoint
 from gprl.configs import from_jsonable
+from gprl.datasets import DatasetError
 from gprl.envs import make_env
 from gprl.evaluation import ChunkedHostEvaluator
 from gprl.policies import POLICIES
@@ -54,9 +61,25 @@ class PretrainConfig:
     """The parameters evaluated and shipped: the latest, or those with the best held-out loss
     (the rule of decoder refits). The one-step objectives' held-out loss moves with the
     parameters, which makes it a poor selector for them."""
+    ema_decay: float | None = 0.995
+    """Evaluate and ship an exponential moving average of the weights, with this decay per
+    gradient step (warmed up as Diffusion Policy's); None: the weights themselves. On by default
+    because every Diffusion Policy and DPPO checkpoint is evaluated and fine-tuned from its
+    average (DPPO: 0.995)."""
+    obs_history: int = 1
+    """Observations the policy conditions on: the last H, concatenated, the first repeated at an
+    episode's start (Diffusion Policy and DPPO use 2). Every episode of the dataset needs at
+    least H steps."""
 
     def validate(self) -> None:
-        for name in ("chunk_length", "execute_steps", "batch_size", "learning_rate", "log_every"):
+        for name in (
+            "chunk_length",
+            "execute_steps",
+            "batch_size",
+            "learning_rate",
+            "log_every",
+            "obs_history",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
@@ -74,6 +97,8 @@ class PretrainConfig:
             math.isfinite(self.noise_scale) and self.noise_scale >= 0
         ):
             raise ValueError(f"--noise-scale must be a non-negative number, got {self.noise_scale}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
 
     def fit_config(self) -> FitConfig:
         return FitConfig(
@@ -81,7 +106,14 @@ class PretrainConfig:
             learning_rate=self.learning_rate,
             val_fraction=self.val_fraction,
             chunk_steps=self.log_every,
+            ema_decay=self.ema_decay,
         )
+
+
+def saved_pretrain_config(saved: dict) -> PretrainConfig:
+    """The PretrainConfig of a run's saved configs; runs from before the moving average of the
+    weights was kept had none."""
+    return from_jsonable(PretrainConfig, {"ema_decay": None} | saved["pretrain_config"])
 
 
 # ----- the acting policy -------------------------------------------------------------------------
@@ -104,30 +136,76 @@ def chunk_targets(actions: np.ndarray, episode_lengths: np.ndarray, chunk_length
     return actions[np.minimum(index, ends[:, None] - 1)]
 
 
+def history_windows(obs: np.ndarray, episode_lengths: np.ndarray, length: int) -> np.ndarray:
+    """(N, length * obs_dim): the observations from `length - 1` steps back to each step,
+    oldest first, the episode's first observation repeated before its start."""
+    starts = np.repeat(np.cumsum(episode_lengths) - episode_lengths, episode_lengths)
+    index = np.arange(len(obs))[:, None] + np.arange(1 - length, 1)[None]
+    return obs[np.maximum(index, starts[:, None])].reshape(len(obs), -1)
+
+
+def check_history(dataset_id: str, episode_lengths: np.ndarray, length: int) -> None:
+    """DatasetError unless every episode has at least `length` steps."""
+    shortest = int(np.argmin(episode_lengths))
+    if episode_lengths[shortest] < length:
+        raise DatasetError(
+            f"--obs-history {length} needs episodes of at least {length} steps; dataset "
+            f"{dataset_id} has one of {episode_lengths[shortest]} (episode {shortest})"
+        )
+
+
 class ChunkPolicy:
-    """A policy of gprl.policies wrapped to act in an env: normalise the observation, sample a
+    """A policy of gprl.policies wrapped to act in an env: normalise the observations, sample a
     flat chunk from the noise, map it back to [-1, 1] actions (N, chunk_length, action_dim).
 
     acting = {"params", "obs_norm", "action_norm"}. `plan_from_noise` is the interface for
-    methods that drive the policy through its noise (latent-space fine-tuning); `plan` draws it."""
+    methods that drive the policy through its noise (latent-space fine-tuning); `plan` draws it.
+    Observations are (..., obs_dim), or with obs_history H > 1 the last H concatenated oldest
+    first (..., H * obs_dim); a single observation then stands for a history that starts with it
+    (repeated H times, as at an episode's start)."""
 
-    def __init__(self, policy, chunk_length: int, action_dim: int, noise_scale: float):
+    def __init__(
+        self, policy, chunk_length: int, action_dim: int, noise_scale: float, obs_history: int = 1
+    ):
         self.policy = policy
         self.chunk_length = chunk_length
         self.action_dim = action_dim
         self.noise_scale = noise_scale
+        self.obs_history = obs_history
         self.noise_dim = chunk_length * action_dim
 
-    def plan_from_noise(self, acting, obs, noise, num_steps: int | None = None):
-        cond = normalize(obs, acting["obs_norm"])
-        flat = self.policy.sample(acting["params"], cond, noise, num_steps=num_steps)
+    def condition(self, acting, obs):
+        """The policy's input: the standardised observations, one per history step."""
+        obs_dim = acting["obs_norm"]["mean"].shape[-1]
+        if obs.shape[-1] not in (obs_dim, self.obs_history * obs_dim):
+            raise ValueError(
+                f"observations of size {obs.shape[-1]}: this policy takes {obs_dim}, or "
+                f"{self.obs_history} of them ({self.obs_history * obs_dim})"
+            )
+        frames = normalize(obs.reshape(*obs.shape[:-1], -1, obs_dim), acting["obs_norm"])
+        frames = jnp.broadcast_to(frames, (*obs.shape[:-1], self.obs_history, obs_dim))
+        return frames.reshape(*obs.shape[:-1], self.obs_history * obs_dim)
+
+    def plan_from_noise(self, acting, obs, noise, num_steps: int | None = None, step_noise=None):
+        """The chunk sampled from `noise` (..., noise_dim), and for a policy that draws noise at
+        each sampling step (ddpm) from `step_noise` (S, ..., noise_dim) (None: zero)."""
+        cond = self.condition(acting, obs)
+        extra = {} if step_noise is None else {"step_noise": step_noise}
+        flat = self.policy.sample(acting["params"], cond, noise, num_steps=num_steps, **extra)
         chunk = flat.reshape(*flat.shape[:-1], self.chunk_length, self.action_dim)
         norm = acting["action_norm"]
         return jnp.clip(norm["center"] + norm["half_range"] * chunk, -1.0, 1.0)
 
     def plan(self, acting, obs, key, num_steps: int | None = None):
-        noise = self.noise_scale * jax.random.normal(key, (*obs.shape[:-1], self.noise_dim))
-        return self.plan_from_noise(acting, obs, noise, num_steps)
+        shape = (*obs.shape[:-1], self.noise_dim)
+        noise = self.noise_scale * jax.random.normal(key, shape)
+        steps = getattr(self.policy, "step_noise_steps", lambda _: 0)(num_steps)
+        step_noise = None
+        if steps:
+            # A key of its own: the noise drawn from `key` stays what it was for every kind.
+            step_key = jax.random.fold_in(key, 1)
+            step_noise = self.noise_scale * jax.random.normal(step_key, (steps, *shape))
+        return self.plan_from_noise(acting, obs, noise, num_steps, step_noise)
 
 
 def default_noise_scale(kind: str, config: PretrainConfig) -> float:
@@ -152,20 +230,27 @@ class Pretrained(NamedTuple):
 
 
 def acting_params(state: dict, keep: str) -> dict:
-    params = state["fit"]["params"] if keep == "last" else state["fit"]["best_params"]
+    """The kept parameters: the latest (their moving average where the run keeps one) or those
+    with the best held-out loss, with the normalisation statistics."""
+    fit = state["fit"]
+    params = ImitationFitter.evaluated_params(fit) if keep == "last" else fit["best_params"]
     return {"params": params, "obs_norm": state["obs_norm"], "action_norm": state["action_norm"]}
 
 
 def build_policy(kind: str, config: PretrainConfig, policy_config, obs_dim: int, action_dim: int):
     policy = POLICIES[kind].policy(config.chunk_length * action_dim, policy_config)
     chunk_policy = ChunkPolicy(
-        policy, config.chunk_length, action_dim, default_noise_scale(kind, config)
+        policy,
+        config.chunk_length,
+        action_dim,
+        default_noise_scale(kind, config),
+        config.obs_history,
     )
     return chunk_policy, ImitationFitter(policy, config.fit_config())
 
 
 def state_template(chunk_policy: ChunkPolicy, fitter, obs_dim: int) -> dict:
-    params = chunk_policy.policy.init(jax.random.PRNGKey(0), obs_dim)
+    params = chunk_policy.policy.init(jax.random.PRNGKey(0), chunk_policy.obs_history * obs_dim)
     return {
         "fit": fitter.init(params, None),
         "key": jax.random.PRNGKey(0),
@@ -190,7 +275,7 @@ def load_pretrained(run_dir: Path) -> Pretrained:
     kind = saved.get("pretrain")
     if kind not in POLICIES:
         raise CheckpointError(f"{run_dir} is not a pretrain run")
-    config = from_jsonable(PretrainConfig, saved["pretrain_config"])
+    config = saved_pretrain_config(saved)
     policy_config = from_jsonable(POLICIES[kind].config, saved["policy_config"])
     env = saved["env"]
     chunk_policy, fitter = build_policy(
@@ -217,7 +302,11 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int) -> tuple[str, dict]:
     env = make_env(pretrained.env_id, episodes, seed, backend=pretrained.env_backend)
     try:
         evaluator = ChunkedHostEvaluator(
-            env, pretrained.policy.plan, seed, pretrained.config.execute_steps
+            env,
+            pretrained.policy.plan,
+            seed,
+            pretrained.config.execute_steps,
+            pretrained.config.obs_history,
         )
         return pretrained.env_id, evaluator.evaluate(pretrained.acting)
     finally:

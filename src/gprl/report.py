@@ -3,7 +3,9 @@ bands, and IQM / optimality gap with 95% stratified-bootstrap intervals and perf
 computed with `rliable` (Agarwal et al., 2021).
 
 Scores are final deterministic evaluation returns divided by `score_scale` (1000 for the DM
-Control suite), so tasks on one scale aggregate; every statistic is rliable's.
+Control suite), so tasks on one scale aggregate, or final evaluation success rates (the fraction
+of evaluation episodes that succeeded; the default where every run has them, as the papers
+report); every statistic is rliable's. Each table, plot and CSV says which metric it shows.
 
 Runs are read and pooled into groups by `gprl.report_runs`, whose docstring says what pools.
 
@@ -15,13 +17,16 @@ in report.md and on stdout, and its aggregate.csv cells are left empty.
 
 import csv
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from gprl.report_runs import (
+    METRICS,
     UNPOOLED_OPTIONS,
     RunSummary,
     SkippedRun,
+    choose_metric,
     group_runs,
     pooling_lines,
     read_run,
@@ -30,8 +35,10 @@ from gprl.report_runs import (
 )
 
 __all__ = [
+    "METRICS",
     "RunSummary",
     "SkippedRun",
+    "choose_metric",
     "curve_estimates",
     "group_runs",
     "interval_estimates",
@@ -47,12 +54,25 @@ __all__ = [
 CURVE_POINTS = 25
 BOOTSTRAP_REPS = 2000
 CONFIDENCE = 0.95
+METRIC_NAMES = {"return": "return", "success_rate": "success rate"}
 
 
 # ----- statistics -----------------------------------------------------------------------------
 
 
-def score_matrices(runs: list[RunSummary], score_scale: float):
+def _scores(run: RunSummary, score_scale: float, metric: str) -> np.ndarray:
+    """(n, 2): env steps and the run's score at each evaluation: its return / score_scale, or
+    its success rate as it is."""
+    curve = run.scores(metric)
+    scale = score_scale if metric == "return" else 1.0
+    return np.column_stack([curve[:, 0], curve[:, 1] / scale])
+
+
+def _final(run: RunSummary, score_scale: float, metric: str) -> float:
+    return float(_scores(run, score_scale, metric)[-1, 1])
+
+
+def score_matrices(runs: list[RunSummary], score_scale: float, metric: str = "return"):
     """{group: (num_seeds, num_tasks) normalised final scores}, the task order, and per-group
     notes. Groups with unequal seed counts across tasks use the first n seeds of each task,
     n the smallest count (rliable needs a full matrix)."""
@@ -73,7 +93,7 @@ def score_matrices(runs: list[RunSummary], score_scale: float):
         if len(set(counts.values())) > 1:
             notes[group] = f"unequal seeds per task {counts}; using the first {seeds} of each"
         matrices[group] = np.array(
-            [[per_task[t][i].final_eval_return / score_scale for t in tasks] for i in range(seeds)]
+            [[_final(per_task[t][i], score_scale, metric) for t in tasks] for i in range(seeds)]
         )
     return matrices, tasks, notes
 
@@ -113,16 +133,12 @@ def interval_estimates(matrices: dict, seed: int = 0):
     )
 
 
-def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
+def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0, metric="return"):
     """{(group, task): (iqm, low, high)} of the normalised final scores of every seed of that
     pair, with the bootstrap interval over those seeds."""
     columns = {
         (group, task): np.array(
-            [
-                [r.final_eval_return / score_scale]
-                for r in runs
-                if r.group == group and r.env == task
-            ]
+            [[_final(r, score_scale, metric)] for r in runs if r.group == group and r.env == task]
         )  # (seeds, 1 task)
         for group, task in sorted({(r.group, r.env) for r in runs})
     }
@@ -133,7 +149,7 @@ def task_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
     }
 
 
-def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
+def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0, metric="return"):
     """{(group, task): (steps, iqm, low, high)} on a shared grid of evaluation steps: each run's
     curve is interpolated onto the grid, and the IQM over seeds with its bootstrap interval is
     taken at each point."""
@@ -143,11 +159,13 @@ def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
     np.random.seed(seed)
     curves = {}
     for group, task in sorted({(r.group, r.env) for r in runs}):
-        members = [r for r in runs if r.group == group and r.env == task]
-        end = min(r.curve[-1, 0] for r in members)
+        members = [
+            _scores(r, score_scale, metric) for r in runs if r.group == group and r.env == task
+        ]
+        end = min(curve[-1, 0] for curve in members)
         grid = np.linspace(0.0, end, CURVE_POINTS)
         scores = np.stack(
-            [np.interp(grid, r.curve[:, 0], r.curve[:, 1]) / score_scale for r in members]
+            [np.interp(grid, curve[:, 0], curve[:, 1]) for curve in members]
         )  # (seeds, points)
         point, interval = rly.get_interval_estimates(
             {"curve": scores[:, None, :]},
@@ -159,38 +177,68 @@ def curve_estimates(runs: list[RunSummary], score_scale: float, seed: int = 0):
     return curves
 
 
+class Scoring(NamedTuple):
+    """What a report scores runs by: a metric of METRICS, and the scale returns are divided by."""
+
+    metric: str
+    scale: float
+
+    @property
+    def label(self) -> str:
+        """The score's name in headings and axes."""
+        if self.metric != "return":
+            return "success rate"
+        return "return" if self.scale == 1 else f"return / {self.scale:g}"
+
+
 def write_report(
-    run_dirs: list[Path], out: Path, score_scale: float = 1.0, title: str = "gprl report"
+    run_dirs: list[Path],
+    out: Path,
+    score_scale: float = 1.0,
+    title: str = "gprl report",
+    metric: str = "auto",
 ) -> Path:
     """Aggregate run_dirs into out/: report.md, runs.csv, tasks.csv, aggregate.csv, curves.png,
-    aggregate.png, profiles.png; print what was pooled. Returns the markdown report's path."""
+    aggregate.png, profiles.png; print what was pooled and the metric scored (one of METRICS,
+    or "auto": the success rate where every run has one). Returns the markdown report's path."""
     if not score_scale > 0:
         raise ValueError(f"score_scale must be positive, got {score_scale}")
     runs, notes = read_runs(run_dirs)
+    scoring = Scoring(choose_metric(runs, metric), score_scale)
+    if scoring.metric != "return" and score_scale != 1:
+        raise ValueError(
+            "--score-scale divides returns, and success rates lie in [0, 1] already; "
+            "pass --metric return to aggregate returns"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    matrices, tasks, group_notes = score_matrices(runs, score_scale)
+    matrices, tasks, group_notes = score_matrices(runs, score_scale, scoring.metric)
     gap_omitted = optimality_gap_omitted(matrices)
     notes = [f"{group}: {note}" for group, note in sorted(group_notes.items())] + notes
     notes += [gap_omitted] if gap_omitted else []
     point, interval = interval_estimates(matrices) if matrices else ({}, {})
     _write_runs_csv(runs, out / "runs.csv")
-    task_rows = _task_rows(task_estimates(runs, score_scale), runs)
+    estimates = task_estimates(runs, score_scale, metric=scoring.metric)
+    task_rows = _task_rows(estimates, runs, scoring.metric)
     _write_csv(out / "tasks.csv", task_rows)
-    aggregate_rows = _aggregate_rows(matrices, point, interval, runs, gap_omitted is None)
+    aggregate_rows = _aggregate_rows(
+        matrices, (point, interval), runs, scoring, gap_omitted is None
+    )
     _write_csv(out / "aggregate.csv", aggregate_rows)
-    _plot_curves(curve_estimates(runs, score_scale), tasks, out / "curves.png", score_scale)
+    curves = curve_estimates(runs, score_scale, metric=scoring.metric)
+    _plot_curves(curves, tasks, out / "curves.png", scoring)
     if matrices:
         _plot_aggregates(aggregate_rows, out / "aggregate.png", gap_omitted is None)
-        _plot_profiles(matrices, out / "profiles.png")
+        _plot_profiles(matrices, out / "profiles.png", scoring)
     parent, pooled = pooling_lines(runs)
+    print(f"scores: final evaluation {scoring.label} (--metric {scoring.metric})")
     print(f"pooled (run directories in {parent}):")
     for line in pooled:
         print(f"  {line}")
     for note in notes:
         print(f"note: {note}")
     report = out / "report.md"
-    tables = _tables(tasks, task_rows, aggregate_rows, score_scale, bool(matrices))
-    report.write_text(_markdown(title, runs, tasks, tables, (parent, pooled), notes, score_scale))
+    tables = _tables(tasks, task_rows, aggregate_rows, scoring, bool(matrices))
+    report.write_text(_markdown(title, runs, tasks, tables, (parent, pooled), notes, scoring))
     return report
 
 
@@ -213,6 +261,7 @@ def _write_runs_csv(runs: list[RunSummary], path: Path) -> None:
             "seed": r.seed,
             "env_steps": r.env_steps,
             "final_eval_return": r.final_eval_return,
+            "final_eval_success_rate": "" if r.success_curve is None else r.success_curve[-1, 1],
             "steps_per_second": round(r.steps_per_second, 1),
             "run_dir": str(r.run_dir),
             "group": r.group,
@@ -222,30 +271,36 @@ def _write_runs_csv(runs: list[RunSummary], path: Path) -> None:
     _write_csv(path, rows)
 
 
-def _task_rows(estimates: dict, runs: list[RunSummary]) -> list[dict]:
+def _task_rows(estimates: dict, runs: list[RunSummary], metric: str) -> list[dict]:
+    """tasks.csv: the IQM of the scores, and the mean and std of the metric's final values
+    (returns unscaled) in columns named after it."""
     rows = []
     for (group, task), (iqm, low, high) in estimates.items():
-        returns = [r.final_eval_return for r in runs if r.group == group and r.env == task]
+        finals = [_final(r, 1.0, metric) for r in runs if r.group == group and r.env == task]
         rows.append(
             {
                 "algo": group,
                 "env": task,
-                "runs": len(returns),
+                "metric": metric,
+                "runs": len(finals),
                 "iqm": iqm,
                 "iqm_low": low,
                 "iqm_high": high,
-                "mean_return": float(np.mean(returns)),
-                "std_return": float(np.std(returns)),
+                f"mean_{metric}": float(np.mean(finals)),
+                f"std_{metric}": float(np.std(finals)),
             }
         )
     return rows
 
 
-def _aggregate_rows(matrices, point, interval, runs, with_gap: bool) -> list[dict]:
+def _aggregate_rows(matrices, estimates, runs, scoring: Scoring, with_gap: bool) -> list[dict]:
+    """aggregate.csv; estimates are what `interval_estimates` returns for the matrices."""
+    point, interval = estimates
     rows = []
     for group, scores in matrices.items():
         speeds = [r.steps_per_second for r in runs if r.group == group]
-        row = {"algo": group, "runs_per_task": scores.shape[0], "tasks": scores.shape[1]}
+        row = {"algo": group, "metric": scoring.label, "runs_per_task": scores.shape[0]}
+        row["tasks"] = scores.shape[1]
         for i, name in enumerate(("iqm", "mean", "optimality_gap")):
             shown = with_gap or name != "optimality_gap"
             row[name] = float(point[group][i]) if shown else ""
@@ -272,25 +327,26 @@ def _interval(row: dict, name: str) -> str:
     return f"{row[name]:.3f} [{row[f'{name}_low']:.3f}, {row[f'{name}_high']:.3f}]"
 
 
-def _tables(tasks, task_rows, aggregate_rows, score_scale, aggregated) -> list[str]:
+def _tables(tasks, task_rows, aggregate_rows, scoring: Scoring, aggregated) -> list[str]:
+    metric, name = scoring.metric, METRIC_NAMES[scoring.metric]
+
+    def spread(row: dict) -> str:
+        return f"{row[f'mean_{metric}']:.3g} ± {row[f'std_{metric}']:.2g} (n={row['runs']})"
+
     lines = [
-        f"## Score per task: IQM over seeds [95% CI] (return / {score_scale:g})",
+        f"## Score per task: IQM over seeds [95% CI] ({scoring.label})",
         "",
         *_per_task_table(task_rows, tasks, lambda row: _interval(row, "iqm")),
         "",
-        "## Final return per task (mean ± std over seeds)",
+        f"## Final {name} per task (mean ± std over seeds)",
         "",
-        *_per_task_table(
-            task_rows,
-            tasks,
-            lambda row: f"{row['mean_return']:.3g} ± {row['std_return']:.2g} (n={row['runs']})",
-        ),
+        *_per_task_table(task_rows, tasks, spread),
         "",
     ]
     if not aggregated:
         return lines
     lines += [
-        "## Aggregate over tasks",
+        f"## Aggregate over tasks ({scoring.label})",
         "",
         "| algorithm | IQM | mean | optimality gap | runs per task | env steps/s |",
         "|---|---|---|---|---|---|",
@@ -304,7 +360,7 @@ def _tables(tasks, task_rows, aggregate_rows, score_scale, aggregated) -> list[s
     return [*lines, "", "![aggregate](aggregate.png) ![performance profiles](profiles.png)", ""]
 
 
-def _markdown(title, runs, tasks, tables, pooled, notes, score_scale) -> str:
+def _markdown(title, runs, tasks, tables, pooled, notes, scoring: Scoring) -> str:
     """report.md; `pooled` is what `pooling_lines` returns."""
     parent, pooled_lines = pooled
     lines = [
@@ -312,14 +368,14 @@ def _markdown(title, runs, tasks, tables, pooled, notes, score_scale) -> str:
         "",
         f"{len(runs)} runs, {len({r.algo for r in runs})} algorithms, "
         f"{len({r.group for r in runs})} groups (see What was pooled), {len(tasks)} tasks. "
-        f"Scores are final deterministic evaluation returns / {score_scale:g}; intervals are "
+        f"Scores are final evaluation {_described(scoring)}; intervals are "
         f"{CONFIDENCE:.0%} stratified-bootstrap confidence intervals ({BOOTSTRAP_REPS} "
         "resamples, rliable).",
         "",
         *tables,
         *[f"- {note}" for note in notes],
         "",
-        "## Learning curves (IQM over seeds, 95% bootstrap band)",
+        f"## Learning curves: evaluation {scoring.label} (IQM over seeds, 95% bootstrap band)",
         "",
         "![curves](curves.png)",
         "",
@@ -337,6 +393,12 @@ def _markdown(title, runs, tasks, tables, pooled, notes, score_scale) -> str:
     return "\n".join(lines)
 
 
+def _described(scoring: Scoring) -> str:
+    if scoring.metric == "return":
+        return f"returns of the deterministic policy / {scoring.scale:g}"
+    return "success rates (the fraction of evaluation episodes with a successful step)"
+
+
 # ----- figures --------------------------------------------------------------------------------
 
 
@@ -349,7 +411,7 @@ def _pyplot():
     return plt
 
 
-def _plot_curves(curves, tasks, path: Path, score_scale: float) -> None:
+def _plot_curves(curves, tasks, path: Path, scoring: Scoring) -> None:
     plt = _pyplot()
     columns = min(3, len(tasks))
     rows = int(np.ceil(len(tasks) / columns))
@@ -362,7 +424,7 @@ def _plot_curves(curves, tasks, path: Path, score_scale: float) -> None:
             ax.fill_between(steps, low, high, alpha=0.2)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("env steps")
-        ax.set_ylabel("eval return" + (f" / {score_scale:g}" if score_scale != 1 else ""))
+        ax.set_ylabel(f"eval {scoring.label}")
     for ax in axes.ravel()[len(tasks) :]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=8)
@@ -381,12 +443,13 @@ def _plot_aggregates(rows: list[dict], path: Path, with_gap: bool) -> None:
             ax.plot([row[name]], [i], "k|", ms=14)
         ax.set_yticks(range(len(rows)), [r["algo"] for r in rows])
         ax.set_title(name.replace("_", " "))
+        ax.set_xlabel(rows[0]["metric"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _plot_profiles(matrices: dict, path: Path) -> None:
+def _plot_profiles(matrices: dict, path: Path, scoring: Scoring) -> None:
     from rliable import library as rly
 
     plt = _pyplot()
@@ -398,7 +461,7 @@ def _plot_profiles(matrices: dict, path: Path) -> None:
     for group, profile in profiles.items():
         ax.plot(thresholds, profile, label=group)
         ax.fill_between(thresholds, intervals[group][0], intervals[group][1], alpha=0.2)
-    ax.set_xlabel("normalised score tau")
+    ax.set_xlabel(f"{scoring.label} tau")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.legend(fontsize=8)
     fig.tight_layout()

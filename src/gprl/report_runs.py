@@ -14,6 +14,10 @@ A directory given twice (under any paths) counts once. Two runs of one configura
 seed on one task are one sample, not two seeds: the report refuses them in one line naming both,
 so the user chooses. `gprl pretrain` runs are skipped with the reason stated: they have no
 env-step evaluations to aggregate.
+
+A run is scored by one of `METRICS`: its evaluation return, or its evaluation success rate
+(the fraction of evaluation episodes that succeeded), which runs on envs that report success
+have; `choose_metric` picks the success rate where every run has one, as the papers report.
 """
 
 import csv
@@ -35,6 +39,8 @@ UNPOOLED_OPTIONS = frozenset(
 """Run options that runs of one group may differ in (the env is the task axis instead)."""
 TASK_INPUTS = ("init", "dataset")
 """Run options naming a task's own pretrained policy or dataset."""
+METRICS = ("return", "success_rate")
+"""What a report can score runs by; "auto" chooses (see `choose_metric`)."""
 
 
 class SkippedRun(ValueError):
@@ -59,6 +65,32 @@ class RunSummary:
     """(field, JSON value) pairs of `TASK_INPUTS`."""
     group: str = ""
     """The name of the group the run pools into; set by `group_runs`."""
+    success_curve: np.ndarray | None = None
+    """(n, 2): env steps and evaluation success rate at each evaluation that has one; None for
+    runs on envs that do not report success."""
+
+    def scores(self, metric: str) -> np.ndarray:
+        """(n, 2): env steps and the run's `metric` (one of METRICS) at each evaluation."""
+        if metric == "return":
+            return self.curve
+        if self.success_curve is None:
+            raise ValueError(
+                f"{self.run_dir} has no success rates ({self.env} does not report success); "
+                "report returns with --metric return"
+            )
+        return self.success_curve
+
+
+def choose_metric(runs: list[RunSummary], metric: str = "auto") -> str:
+    """`metric`, or for "auto" the success rate where every run has one, else the return;
+    ValueError for an unknown metric or one a run lacks."""
+    if metric == "auto":
+        return "return" if any(r.success_curve is None for r in runs) else "success_rate"
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; choose auto, {', '.join(METRICS)}")
+    for run in runs:
+        run.scores(metric)
+    return metric
 
 
 def read_run(run_dir: Path) -> RunSummary:
@@ -75,7 +107,7 @@ def read_run(run_dir: Path) -> RunSummary:
         env, seed = config["run"]["env"], int(config["run"]["seed"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{run_dir}/{CONFIG_JSON} has no run env and seed ({e!r})") from None
-    curve, steps, wall_time = _evaluations(run_dir)
+    curve, success_curve, steps, wall_time = _evaluations(run_dir)
     settings, task_inputs = _settings(config)
     return RunSummary(
         run_dir,
@@ -89,6 +121,7 @@ def read_run(run_dir: Path) -> RunSummary:
         settings,
         task_inputs,
         config.get("algo", "?"),
+        success_curve,
     )
 
 
@@ -104,7 +137,8 @@ def _saved_configs(run_dir: Path) -> dict:
 
 
 def _evaluations(run_dir: Path):
-    """The evaluation curve, the env steps and the wall time of the run's metrics.csv."""
+    """The return and success-rate curves (None without success rates), the env steps and the
+    wall time of the run's metrics.csv."""
     try:
         with open(run_dir / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -114,12 +148,17 @@ def _evaluations(run_dir: Path):
     if not evaluated:
         raise ValueError(f"{run_dir} has no evaluation in its metrics.csv")
     try:
-        curve = np.array(
-            [(float(r["env_steps"]), float(r["eval_return"])) for r in evaluated], np.float64
-        )
-        return curve, int(float(rows[-1]["env_steps"])), float(rows[-1]["wall_time"])
+        curve = _curve(evaluated, "eval_return")
+        succeeded = [r for r in evaluated if r.get("eval_success_rate")]
+        success_curve = _curve(succeeded, "eval_success_rate") if succeeded else None
+        steps, wall_time = int(float(rows[-1]["env_steps"])), float(rows[-1]["wall_time"])
+        return curve, success_curve, steps, wall_time
     except (KeyError, ValueError) as e:
         raise ValueError(f"{run_dir}/metrics.csv is malformed ({e})") from e
+
+
+def _curve(rows: list[dict], column: str) -> np.ndarray:
+    return np.array([(float(r["env_steps"]), float(r[column])) for r in rows], np.float64)
 
 
 def _settings(config: dict) -> tuple[tuple, tuple]:

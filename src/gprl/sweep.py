@@ -40,7 +40,8 @@ import yaml
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, checkpoint_dir, read_config, read_meta
 from gprl.configs import to_jsonable
-from gprl.trainer import RunConfig, TrainingError, complete_run
+from gprl.evaluation import default_eval_episodes
+from gprl.trainer import RunConfig, TrainingError, complete_run, success_options
 
 SPEC_KEYS = (
     "algorithms",
@@ -327,19 +328,19 @@ def _dir_name(algo: str, env: str, seed: int, grid_values) -> str:
 
 
 def check_envs(sweep: Sweep) -> dict[str, int]:
-    """Open every env of the sweep once (an unknown id fails here, before any trial) and return
-    the number of iterations of each cell's run, by run directory name."""
+    """Open every env once (bad ids and success options fail here, before any trial), fill in
+    env-dependent default eval_episodes, return each cell's iterations by run directory name."""
     from gprl.backends import open_environments, resolve_backend
 
-    specs = {}
-    iterations = {}
+    specs, iterations = {}, {}
     for cell in sweep.cells:
         algo_cls = ALGORITHMS[cell.algo].algorithm
-        key = (cell.run.env, cell.run.env_backend)
+        key = (cell.run.env, cell.run.env_backend, cell.run.sparse_reward, cell.run.end_on_success)
         if key not in specs:
-            envs = open_environments(cell.run.env, cell.run.env_backend, 1, 1, 0, 0)
+            envs = open_environments(*key[:2], 1, 1, 0, 0, **success_options(cell.run))
             envs.close()
             specs[key] = envs.spec
+        cell.run.eval_episodes = cell.run.eval_episodes or default_eval_episodes(specs[key])
         try:
             algo = algo_cls(cell.algo_config, specs[key], cell.run.num_envs, cell.run.total_steps)
         except ValueError as e:
@@ -487,6 +488,7 @@ def _write_summary(sweep: Sweep) -> None:
         row |= {
             "env_steps": last.get("env_steps", ""),
             "final_eval_return": last.get("eval_return", ""),
+            "final_eval_success_rate": last.get("eval_success_rate", ""),
             "run_dir": cell.run_dir.name,
         }
         rows.append(row)

@@ -30,6 +30,7 @@ from gprl.checkpoint import CONFIG_JSON, CheckpointError, load_checkpoint, save_
 from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, check_fits_env, check_records_env, load_demonstrations
 from gprl.envs import EnvError, can_reopen, env_source_name
+from gprl.evaluation import default_eval_episodes
 from gprl.initial_policy import keep_initial_policy, load_initial_policy
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
@@ -57,6 +58,7 @@ __all__ = [
     "configure_jax",
     "has_checkpoint",
     "load_run",
+    "success_options",
     "train",
 ]
 
@@ -82,6 +84,12 @@ class RunConfig:
     """Where the envs run. auto: envpool for the tasks it has (Gymnasium MuJoCo, DM Control),
     JAX for playground: ids, else Gymnasium. jax: JAX envs stepped inside jit (playground:NAME,
     and gprl's diagnostic tasks)."""
+    env_workers: int | None = None
+    """Worker processes stepping blocks of the Gymnasium backend's envs beside this process, with
+    the same results as without them (0: every env in this process). Default: one process per
+    CPU core on Meta-World tasks, whose slow steps gain from them (benchmarks/env_workers.py),
+    else 0. envpool and JAX envs ignore it; --resume takes it from the command line, not the
+    run."""
     out: Path | None = None
     """Run directory. Default: runs/ALGO-ENV-sSEED-TIMESTAMP."""
     resume: Path | None = None
@@ -91,8 +99,10 @@ class RunConfig:
     eval_every: CountOrNone = None
     """Env steps between deterministic evaluations (0: only the one at the end). Default:
     total_steps / 10."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, run in parallel on separate envs with fixed seeds."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation, run in parallel on separate envs with fixed seeds. Default: 50
+    on envs that report success (the success rates of the papers are over 50 episodes), else
+    10; the run's number with --resume."""
     checkpoint_every: Count = 100_000
     """Env steps between checkpoints (one is always written at the end). Training envs restart
     at every checkpoint, interrupted or not, so that a resumed run is exact."""
@@ -112,19 +122,29 @@ class RunConfig:
     buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
     gradient steps on it alone come before the first env step. It must record --env (the
     default env) with the env's shapes and action bounds."""
+    sparse_reward: bool = False
+    """Replace the env's reward by 1 on steps where it reports success and 0 elsewhere, in
+    training and evaluation (envs that report success only, e.g. metaworld: tasks)."""
+    end_on_success: bool = False
+    """End an episode (as terminal) at its first successful step, in training and evaluation
+    (envs that report success only). With --sparse-reward an episode's return is then 1 if it
+    succeeded, else 0."""
 
 
 def complete_run(run: RunConfig) -> RunConfig:
-    """Fill in the defaults that depend on other fields, in place, and reject nonsense values."""
+    """Fill in the defaults that depend on other fields, in place, and reject nonsense values.
+    eval_episodes depends on the env and is left to :func:`train`."""
     run.env = DEFAULT_ENV if run.env is None else run.env
     run.total_steps = DEFAULT_TOTAL_STEPS if run.total_steps is None else run.total_steps
     if run.eval_every is None:
         run.eval_every = max(run.total_steps // EVALUATIONS_PER_RUN, 1)
     for name in ("total_steps", "num_envs", "eval_episodes", "checkpoint_every"):
-        if getattr(run, name) < 1:
+        if getattr(run, name) is not None and getattr(run, name) < 1:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(run, name)}"
             )
+    if run.env_workers is not None and run.env_workers < 0:
+        raise ValueError(f"--env-workers must be 0 (none) or more, got {run.env_workers}")
     if not 0 <= run.seed < MAX_SEED:
         raise ValueError(f"--seed must be in [0, {MAX_SEED}), got {run.seed}")
     if run.eval_every < 0:
@@ -168,6 +188,8 @@ def train(
     source = run.env if source is None else source
     check_sinks(run.tensorboard, run.wandb_project)
     spec = probe_spec(source, run.env_backend)
+    if run.eval_episodes is None:
+        run.eval_episodes = default_eval_episodes(spec)
     if demos is not None:
         check_records_env(demos, run.env)
         check_fits_env(demos, spec)
@@ -183,12 +205,20 @@ def train(
         run.seed,
         eval_seed(run.seed),
         algo.start_state_group,
+        env_workers=run.env_workers,
+        **success_options(run),
     )
     try:
         job = TrainJob(algo_name, algo, algo_config, run, envs, demos, networks)
         return job.run(on_iteration)
     finally:
         envs.close()
+
+
+def success_options(run: RunConfig) -> dict[str, bool]:
+    """The make_env options every env of the run is opened with (training, evaluation, `gprl
+    eval`, video)."""
+    return {"sparse_reward": run.sparse_reward, "end_on_success": run.end_on_success}
 
 
 def _with_env_name(run: RunConfig):
@@ -226,7 +256,12 @@ def _resolve_resume(algo_name: str, run: RunConfig, networks):
         )
     _check_networks(saved, networks, run.resume)
     saved_run = dataclasses.replace(
-        saved_run, resume=run.resume, out=run.resume, progress=run.progress, overwrite=False
+        saved_run,
+        resume=run.resume,
+        out=run.resume,
+        progress=run.progress,
+        overwrite=False,
+        env_workers=run.env_workers,
     )
     return saved_run, from_jsonable(ALGORITHMS[algo_name].config, saved["algo_config"])
 

@@ -21,6 +21,9 @@ class EnvSpec:
     """The env's true lower action bounds, float32 (action_dim,); policies act in [-1, 1]."""
     action_high: np.ndarray
     max_episode_steps: int | None
+    reports_success: bool = False
+    """Whether the env reports success on its steps (Gymnasium info "success" or "is_success"),
+    so that success rates, sparse rewards and ending episodes on success mean something."""
 
     def to_record(self) -> dict[str, Any]:
         """The spec in plain JSON types; :meth:`from_record` gives it back exactly."""
@@ -33,6 +36,7 @@ class EnvSpec:
             "max_episode_steps": (
                 None if self.max_episode_steps is None else int(self.max_episode_steps)
             ),
+            "reports_success": bool(self.reports_success),
         }
 
     @classmethod
@@ -48,6 +52,8 @@ class EnvSpec:
             action_low=np.asarray(record["action_low"], np.float32),
             action_high=np.asarray(record["action_high"], np.float32),
             max_episode_steps=record["max_episode_steps"],
+            # Records written before success was tracked lack the field: their envs never said.
+            reports_success=record.get("reports_success", False),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -55,15 +61,25 @@ class EnvSpec:
         return isinstance(other, EnvSpec) and self.to_record() == other.to_record()
 
 
+_OPTIONAL_RECORD_FIELDS = ("reports_success",)
+"""Fields that records written by older versions of gprl may lack."""
+
+
 def _record_problem(record: Any) -> str | None:
     """What is wrong with an EnvSpec record, or None."""
     if not isinstance(record, dict):
         return "not a mapping"
-    missing = [field.name for field in fields(EnvSpec) if field.name not in record]
+    missing = [
+        field.name
+        for field in fields(EnvSpec)
+        if field.name not in record and field.name not in _OPTIONAL_RECORD_FIELDS
+    ]
     if missing:
         return f"missing {', '.join(missing)}"
     if not isinstance(record["env_id"], str):
         return "env_id is not a string"
+    if not isinstance(record.get("reports_success", False), bool):
+        return "reports_success is not a boolean"
     if not (_is_count(record["obs_dim"]) and _is_count(record["action_dim"])):
         return "obs_dim and action_dim must be positive integers"
     limit = record["max_episode_steps"]
@@ -96,6 +112,9 @@ class StepResult(NamedTuple):
     """(N,) bool, True only where the episode hit a time limit without terminating."""
     final_obs: Any
     """(N, obs_dim) float32: the last observation of the episode where it ended, else obs."""
+    success: Any
+    """(N,) bool, True where the env reported success on this step (Gymnasium info "success" or
+    "is_success"); always False for envs that never report it."""
 
 
 class Transition(NamedTuple):

@@ -141,6 +141,36 @@ class ActionMapper:
         return env_action.astype(self.dtype, copy=False)
 
 
+SUCCESS_INFO_KEYS = ("success", "is_success")
+"""Where Gymnasium envs report success on a step: Meta-World and OGBench use "success",
+Gymnasium-Robotics "is_success"."""
+
+
+def reported_success(info: dict) -> bool | None:
+    """Whether a single env's step info reports success, or None if it does not say."""
+    for key in SUCCESS_INFO_KEYS:
+        if key in info:
+            return bool(info[key])
+    return None
+
+
+def check_success_options(
+    env_name: str, reports_success: bool, sparse_reward: bool, end_on_success: bool
+) -> None:
+    """EnvError in one line if sparse_reward or end_on_success is asked of an env that never
+    reports success: both would silently change nothing or zero every reward."""
+    if (sparse_reward or end_on_success) and not reports_success:
+        asked = " and ".join(
+            name
+            for name, on in (("sparse_reward", sparse_reward), ("end_on_success", end_on_success))
+            if on
+        )
+        raise EnvError(
+            f"{env_name} never reports success (no info['success'] or info['is_success'] on its "
+            f"steps), so {asked} cannot be used with it"
+        )
+
+
 def check_num_envs(num_envs: int) -> None:
     if num_envs < 1:
         raise EnvError(f"num_envs must be at least 1, got {num_envs}")

@@ -7,6 +7,8 @@ Pure numpy, registered with Gymnasium on ``import gprl.envs``:
 - ``gprl/FourModeBandit-v0``: four equally good 2-D actions; a Gaussian can keep only one.
 - ``gprl/ContextualTarget-v0``: the best action is a smooth function of the observation.
 - ``gprl/TruncationProbe-v0``: checks that time-limit truncation is bootstrapped, not terminal.
+- ``gprl/PointReach-v0``: reach a random goal; reports success (``info["success"]``), and has a
+  scripted expert, :func:`point_reach_expert`, for recording demonstrations.
 
 All support ``render_mode="rgb_array"`` with a 64x64 numpy drawing, so video code can be tested
 without MuJoCo.
@@ -47,6 +49,12 @@ TARGET_WEIGHTS = np.array([[1.0, -1.0, 0.5], [0.5, 1.0, -1.0]], dtype=np.float32
 TARGET_SCALE = 0.8
 
 PROBE_HORIZON = 10
+
+REACH_STEP_SIZE = 0.15
+REACH_HORIZON = 25
+REACH_SUCCESS_RADIUS = 0.1
+# Goals are drawn at least this far from the start, so that standing still never succeeds.
+REACH_MIN_START_DISTANCE = 0.5
 
 # The ball of this radius around full speed towards a goal holds the first actions that head
 # less than 45 degrees off it (more towards the goal than across) at 0.71 of full speed or more,
@@ -390,6 +398,64 @@ class TruncationProbeEnv(gym.Env):
         return frame
 
 
+def point_reach_expert(observations: np.ndarray) -> np.ndarray:
+    """PointReach's scripted expert: observations (N, 4) -> actions (N, 2) in [-1, 1] that step
+    straight onto the goal, or as far towards it as one step goes per coordinate.
+
+    It reaches the goal within ceil(2 / 0.15) = 14 steps from any start, then stays on it, so it
+    succeeds in every episode of the 25-step limit."""
+    observations = np.asarray(observations, np.float32)
+    offset = observations[..., 2:4] - observations[..., 0:2]
+    return np.clip(offset / REACH_STEP_SIZE, -1.0, 1.0)
+
+
+class PointReachEnv(gym.Env):
+    """A 2-D point must reach a random goal, and reports success there like manipulation tasks.
+
+    The point starts at p ~ U[-1, 1]^2, the goal g ~ U[-1, 1]^2 at least 0.5 from it; the
+    observation is (p, g). The action in [-1, 1]^2 moves the point by 0.15 * action (positions
+    clipped to [-1, 1]^2). Reward: -||p - g|| after the step (dense). ``info["success"]`` is 1.0
+    on steps that end within 0.1 of the goal, else 0.0; episodes do not end on success (as in
+    Meta-World) and are truncated after 25 steps.
+
+    :func:`point_reach_expert` succeeds in every episode; standing still never does, and random
+    actions rarely. With ``sparse_reward`` a return counts the steps spent at the goal.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str | None = None):
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.render_mode = render_mode
+        self._position = np.zeros(2)
+        self._goal = np.ones(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._position = self.np_random.uniform(-1.0, 1.0, size=2)
+        self._goal = self._position
+        while np.linalg.norm(self._goal - self._position) < REACH_MIN_START_DISTANCE:
+            self._goal = self.np_random.uniform(-1.0, 1.0, size=2)
+        return self._observation(), {"success": 0.0}
+
+    def step(self, action: np.ndarray):
+        velocity = np.clip(action, -1.0, 1.0)
+        self._position = np.clip(self._position + REACH_STEP_SIZE * velocity, -1.0, 1.0)
+        distance = float(np.linalg.norm(self._goal - self._position))
+        success = float(distance <= REACH_SUCCESS_RADIUS)
+        return self._observation(), -distance, False, False, {"success": success}
+
+    def render(self) -> np.ndarray:
+        frame = _blank_frame()
+        _draw_dot(frame, *self._goal, TARGET_COLOR)
+        _draw_dot(frame, *self._position, AGENT_COLOR, radius=2)
+        return frame
+
+    def _observation(self) -> np.ndarray:
+        return np.concatenate([self._position, self._goal]).astype(np.float32)
+
+
 DIAGNOSTIC_ENVS: dict[str, tuple[type[gym.Env], int | None]] = {
     "gprl/BimodalBandit-v0": (BimodalBanditEnv, None),
     "gprl/TwoGoalPoint-v0": (TwoGoalPointEnv, POINT_HORIZON),
@@ -401,6 +467,7 @@ JAX twin in :mod:`gprl.envs.jax_envs`."""
 
 HOST_ONLY_DIAGNOSTIC_ENVS: dict[str, tuple[type[gym.Env], int | None]] = {
     "gprl/FourModeBandit-v0": (FourModeBanditEnv, None),
+    "gprl/PointReach-v0": (PointReachEnv, REACH_HORIZON),
 }
 """Diagnostic tasks with no JAX twin yet: Gymnasium backend only."""
 

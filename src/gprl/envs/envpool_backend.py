@@ -238,6 +238,7 @@ class EnvpoolVecEnv:
             terminated=terminated,
             truncated=truncated,
             final_obs=final_obs,
+            success=np.zeros(self.num_envs, dtype=bool),  # no envpool task reports success
         )
 
     def render(self) -> None:

@@ -155,6 +155,7 @@ class JaxVecEnv:
             terminated=terminated,
             truncated=truncated,
             final_obs=final_obs,
+            success=jnp.zeros(terminated.shape, bool),  # no JAX task reports success
         )
         return EnvState(task_state, jnp.where(ended, 0, steps), keys), result
 

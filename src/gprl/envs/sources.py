@@ -3,8 +3,9 @@
 An env source is one of:
 
 - an id string: a Gymnasium id (``Hopper-v5``, ``my_pkg.envs:MyEnv-v0``), a DeepMind Control id
-  (``dm_control/hopper-stand-v0`` or ``dmc:hopper-stand``), or a JAX id (``playground:CheetahRun``,
-  or a diagnostic id with backend ``"jax"``);
+  (``dm_control/hopper-stand-v0`` or ``dmc:hopper-stand``), a Meta-World id
+  (``metaworld:pick-place-v3``, see :mod:`gprl.envs.metaworld`), or a JAX id
+  (``playground:CheetahRun``, or a diagnostic id with backend ``"jax"``);
 - a ``gymnasium.Env`` instance: it becomes env 0 of the first set of envs built from it, and
   every other env is a ``copy.deepcopy`` of it;
 - a factory: any zero-argument callable returning a new ``gymnasium.Env`` (a class, a function,
@@ -30,6 +31,7 @@ from gprl.envs.envpool_backend import (
     envpool_task_id,
     envpool_unavailable_reason,
 )
+from gprl.envs.metaworld import is_metaworld_id, metaworld_task_name
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | Any
 """An id, a gymnasium.Env instance, a factory returning one, or a JAX task object."""
@@ -148,15 +150,16 @@ def resolve_env(
 ) -> ResolvedEnv:
     """Decide once which backend runs source: the only place gprl chooses a backend.
 
-    ``"auto"`` runs JAX tasks and ``playground:`` ids on JAX, gymnasium.Env instances and
-    factories on Gymnasium, and ids on envpool when it is installed, has the task, its port was
-    checked against the original (Gymnasium MuJoCo v4/v5 tasks; the cheetah, hopper and walker
-    DeepMind Control domains) and nothing is rendered, else on Gymnasium. Envs restarted in
-    groups from one initial state (start_state_group > 1) rule envpool out.
+    ``"auto"`` runs JAX tasks and ``playground:`` ids on JAX, gymnasium.Env instances,
+    factories and ``metaworld:`` ids on Gymnasium, and other ids on envpool when it is
+    installed, has the task, its port was checked against the original (Gymnasium MuJoCo v4/v5
+    tasks; the cheetah, hopper and walker DeepMind Control domains) and nothing is rendered, else
+    on Gymnasium. Envs restarted in groups from one initial state (start_state_group > 1) rule
+    envpool out.
 
     Raises:
-        EnvError: an unknown backend, a source the backend cannot run, or rendering on envpool
-            or JAX.
+        EnvError: an unknown backend, a source the backend cannot run, an unknown Meta-World
+            task, or rendering on envpool or JAX.
     """
     if backend not in BACKENDS:
         raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -189,6 +192,13 @@ def _resolve_id(env_id: str, backend: str, start_state_group: int, render: bool)
         if backend not in ("auto", "jax"):
             raise EnvError(f"{env_id} is a JAX environment; use --env-backend jax (or auto)")
         return ResolvedEnv(env_id, env_id, "jax")
+    if is_metaworld_id(env_id):
+        metaworld_task_name(env_id)  # an unknown task fails here, before anything is built
+        if backend not in ("auto", "gymnasium"):
+            raise EnvError(
+                f"{env_id} runs on Gymnasium only; use --env-backend gymnasium (or auto)"
+            )
+        return ResolvedEnv(env_id, env_id, "gymnasium")
     if backend == "jax":
         return ResolvedEnv(env_id, env_id, "jax")
     if start_state_group > 1:

@@ -8,9 +8,12 @@ Gymnasium tasks (Box observations, arbitrary action bounds) and DeepMind Control
 same semantics; :func:`gprl.envs.make_env` picks between the two.
 """
 
+import dataclasses
 import difflib
+import functools
 import importlib
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import gymnasium as gym
@@ -23,24 +26,59 @@ from gprl.envs.common import (
     TaskShape,
     canonical_env_id,
     check_num_envs,
+    check_success_options,
     first_line,
     prefer_headless_rendering,
+    reported_success,
 )
+from gprl.envs.metaworld import is_metaworld_id, make_metaworld_env
 from gprl.envs.sources import InstanceCopies, ResolvedEnv, can_reopen, gymnasium_env_name
+from gprl.envs.workers import WorkerVectorEnv, sync_vector_env
 from gprl.types import StepResult
 
 
-class _DiscardInfo(gym.Wrapper):
-    """Returns empty info dicts: gprl never reads them, and batching them in SyncVectorEnv costs
-    several percent of a MuJoCo step."""
+class _SuccessInfo(gym.Wrapper):
+    """Cuts info dicts down to the success flag, the only thing gprl reads from them (batching
+    whole infos in the vector env costs several percent of a MuJoCo step), and applies the
+    success options inside the env, so that an episode ended on success is reset like any other.
+
+    Envs that never report success give empty infos, as before. Reset infos are always empty:
+    nothing has succeeded yet.
+    """
+
+    def __init__(self, env: gym.Env, *, sparse_reward: bool, end_on_success: bool):
+        super().__init__(env)
+        self._sparse_reward = sparse_reward
+        self._end_on_success = end_on_success
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         obs, _ = self.env.reset(seed=seed, options=options)
         return obs, {}
 
     def step(self, action):
-        obs, reward, terminated, truncated, _ = self.env.step(action)
-        return obs, reward, terminated, truncated, {}
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        success = reported_success(info)
+        if success is None:
+            return obs, reward, terminated, truncated, {}
+        if self._sparse_reward:
+            reward = float(success)
+        if self._end_on_success:
+            terminated = terminated or success
+        return obs, reward, terminated, truncated, {"success": success}
+
+
+def _step_success(infos: dict, num_envs: int) -> np.ndarray | None:
+    """(num_envs,) bool: where the vector env's infos report success, or None if no env said.
+    Where an episode ended, its step's info is under "final_info" and the reset's on top."""
+    now = infos.get("success")
+    ended = infos.get("final_info", {}).get("success")
+    if now is None and ended is None:
+        return None
+    success = np.zeros(num_envs, dtype=bool)
+    for reported in (now, ended):
+        if reported is not None:
+            success |= reported
+    return success
 
 
 class VecEnv:
@@ -48,8 +86,9 @@ class VecEnv:
 
     Runs a Gymnasium ``SyncVectorEnv`` with same-step autoreset: when an episode ends, ``step``
     returns the first observation of the next episode in ``obs`` and the episode's true last
-    observation in ``final_obs`` (needed to bootstrap values at time limits).
-    Build it with :func:`gprl.envs.make_env`.
+    observation in ``final_obs`` (needed to bootstrap values at time limits). With workers, the
+    envs are split into blocks, this process stepping the first and worker processes the others
+    (:mod:`gprl.envs.workers`), with the same results. Build it with :func:`gprl.envs.make_env`.
 
     Args:
         make_sub_envs: one zero-argument function per env, each returning a gymnasium.Env
@@ -57,6 +96,15 @@ class VecEnv:
         name: the env's name in messages and, if :func:`~gprl.envs.can_reopen` says it opens
             again, in the spec; a ``python:...`` name gives way to the built env's own name.
         render: env 0 renders frames (its maker must have built it to render).
+        sparse_reward: reward 1.0 on steps where the env reports success, else 0.0.
+        end_on_success: a step where the env reports success terminates its episode.
+        workers: worker processes besides this one (see :func:`worker_count`); the makers must
+            then pickle with cloudpickle.
+
+    Whether the env reports success (``spec.reports_success``) is learnt when it is built, by
+    resetting every env (seed 0) and stepping it once with the zero action: it does if an info
+    of that step has "success" or "is_success". Envs must report it on every step, as
+    Meta-World, OGBench and Gymnasium-Robotics do; the envs are to be reset before use anyway.
     """
 
     def __init__(
@@ -65,31 +113,38 @@ class VecEnv:
         name: str,
         *,
         render: bool = False,
+        sparse_reward: bool = False,
+        end_on_success: bool = False,
+        workers: int = 0,
     ):
         check_num_envs(len(make_sub_envs))
         prefer_headless_rendering()
-        try:
-            self._envs = gym.vector.SyncVectorEnv(
-                [_checked_maker(make, name) for make in make_sub_envs],
-                # Flattening copies the vector env's buffers, so its own copy is redundant.
-                copy=False,
-                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-            )
-        except EnvError:
-            raise
-        except Exception as exc:  # user constructors raise anything
-            raise EnvError(f"cannot make {name}: {first_line(exc)}") from exc
-        first_env = self._envs.envs[0].env  # inside _DiscardInfo, which would hide its spec
-        try:
-            shape = gymnasium_task_shape(first_env, name)
-        except EnvError:
-            self._envs.close()
-            raise
+        makers = [
+            _checked_maker(make, name, sparse_reward, end_on_success) for make in make_sub_envs
+        ]
+        self._envs, shape = _open_vector_env(makers, name, workers)
         self.num_envs = len(make_sub_envs)
         self._render = render
         self._flattener = shape.flattener
         self._env_action = ActionMapper(shape.spec.env_id, shape.action_space, self.num_envs)
         self.spec = shape.spec
+        try:
+            reports_success = self._probe_success()
+            check_success_options(self.spec.env_id, reports_success, sparse_reward, end_on_success)
+        except EnvError:
+            self._envs.close()
+            raise
+        self.spec = dataclasses.replace(shape.spec, reports_success=reports_success)
+
+    def _probe_success(self) -> bool:
+        """Whether the envs report success: see the class docstring."""
+        self.reset(0)
+        idle = np.zeros(self._env_action.shape, np.float32)
+        try:
+            *_, infos = self._envs.step(self._env_action(idle))
+        except Exception as exc:  # user envs' step raises anything
+            raise EnvError(f"cannot step {self.spec.env_id}: {first_line(exc)}") from exc
+        return _step_success(infos, self.num_envs) is not None
 
     def reset(self, seed: int) -> np.ndarray:
         """Start new episodes, env i seeded with seed + i; returns (num_envs, obs_dim) float32."""
@@ -126,6 +181,7 @@ class VecEnv:
         Actions outside [-1, 1] are clipped, then rescaled to the env's true bounds.
         """
         obs, reward, terminated, truncated, infos = self._envs.step(self._env_action(action))
+        success = _step_success(infos, self.num_envs) if self.spec.reports_success else None
         flat_obs = self._flattener.batch(obs, self.num_envs)
         final_obs = flat_obs.copy()
         ended = infos.get("_final_obs")
@@ -138,6 +194,7 @@ class VecEnv:
             terminated=terminated,
             truncated=truncated & ~terminated,
             final_obs=final_obs,
+            success=np.zeros(self.num_envs, dtype=bool) if success is None else success,
         )
 
     def render(self) -> np.ndarray | None:
@@ -166,13 +223,64 @@ class VecEnv:
         return f"VecEnv({self.spec.env_id!r}, num_envs={self.num_envs})"
 
 
+def _open_vector_env(
+    makers: list[Callable[[], gym.Env]], name: str, workers: int
+) -> "tuple[gym.vector.SyncVectorEnv | WorkerVectorEnv, TaskShape]":
+    """The envs, all in this process (workers=0) or spread over it and worker processes, and the
+    shape of env 0, which is always in this process."""
+    try:
+        envs = WorkerVectorEnv(makers, name, workers) if workers else sync_vector_env(makers)
+    except EnvError:
+        raise
+    except Exception as exc:  # user constructors raise anything
+        raise EnvError(f"cannot make {name}: {first_line(exc)}") from exc
+    try:
+        # The env inside _SuccessInfo, which would hide its spec.
+        return envs, gymnasium_task_shape(envs.envs[0].env, name)
+    except EnvError:
+        envs.close()
+        raise
+
+
+def worker_count(resolved: ResolvedEnv, num_envs: int, env_workers: int | None) -> int:
+    """Worker processes for a :class:`VecEnv` of num_envs envs of resolved, besides this process,
+    which steps a block of the envs too: env_workers (at most num_envs - 1; 0 keeps every env
+    here) or, if None, enough for one process per CPU core on Meta-World tasks, whose slow steps
+    gain from them (benchmarks/env_workers.py), and none for every other env, where the pipes
+    cost more than another core gains."""
+    if env_workers is None:
+        slow = isinstance(resolved.source, str) and is_metaworld_id(resolved.source)
+        cores = _usable_cores()
+        return min(cores, num_envs) - 1 if slow else 0
+    if env_workers < 0:
+        raise EnvError(f"env_workers must be 0 (no workers) or more, got {env_workers}")
+    if env_workers and isinstance(resolved.source, gym.Env):
+        raise EnvError(
+            f"{resolved.name} is a gymnasium.Env instance, which cannot be sent to worker "
+            "processes; pass a function returning a new env, or use env_workers=0"
+        )
+    return min(env_workers, num_envs - 1)
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (Linux)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def sub_env_makers(
     resolved: ResolvedEnv, num_envs: int, *, render: bool = False
 ) -> list[Callable[[], gym.Env]]:
     """One maker per env for a :class:`VecEnv` of a Gymnasium source: ``gym.make`` for an id
-    (env 0 made to render if asked), the factory itself, or the instance followed by deep
-    copies of it."""
+    (:func:`~gprl.envs.metaworld.make_metaworld_env` for a Meta-World one; env 0 made to render
+    if asked), the factory itself, or the instance followed by deep copies of it."""
     source = resolved.source
+    if isinstance(source, str) and is_metaworld_id(source):
+        # Only env 0 is ever rendered; renderers for the others would waste GL contexts.
+        return [
+            functools.partial(make_metaworld_env, source, render=render and index == 0)
+            for index in range(num_envs)
+        ]
     if isinstance(source, str):
         env_id = registered_env_id(source)
 
@@ -195,6 +303,18 @@ def gymnasium_task_shape(env: gym.Env, name: str) -> TaskShape:
     return TaskShape(
         spec_name, env.observation_space, env.action_space, gymnasium_max_episode_steps(env)
     )
+
+
+def instance_reports_success(env: gym.Env) -> bool:
+    """Whether a single env reports success, learnt as :class:`VecEnv` does: reset with seed 0,
+    then one step with the middle of its (Box) action space."""
+    space = env.action_space
+    try:
+        env.reset(seed=0)
+        *_, info = env.step(((space.low + space.high) / 2).astype(space.dtype))
+    except Exception as exc:  # user envs raise anything
+        raise EnvError(f"cannot reset and step {env}: {first_line(exc)}") from exc
+    return reported_success(info) is not None
 
 
 def gymnasium_max_episode_steps(env: gym.Env) -> int | None:
@@ -244,11 +364,13 @@ def registered_env_id(env_id: str) -> str:
     return env_id
 
 
-def _checked_maker(make: Callable[[], gym.Env], name: str) -> Callable[[], gym.Env]:
+def _checked_maker(
+    make: Callable[[], gym.Env], name: str, sparse_reward: bool, end_on_success: bool
+) -> Callable[[], gym.Env]:
     def make_checked() -> gym.Env:
         env = make()
         if not isinstance(env, gym.Env):
             raise EnvError(f"{name} must return a gymnasium.Env, not {type(env).__name__}")
-        return _DiscardInfo(env)
+        return _SuccessInfo(env, sparse_reward=sparse_reward, end_on_success=end_on_success)
 
     return make_checked

@@ -2,7 +2,9 @@
 
 Every policy in POLICIES has one interface: `init(key, cond_dim)`, `loss(params, cond, actions,
 key) -> (loss, info)` and `sample(params, cond, noise, num_steps=None)`, the action being a
-deterministic function of the noise the caller supplies (latent-space methods drive it).
+deterministic function of the noise the caller supplies (latent-space methods drive it). A kind
+whose sampler also draws noise at each step (ddpm) takes those noises as `step_noise` too and
+says how many it draws with `step_noise_steps(num_steps)`.
 
 Importing this package imports no policy module (nor JAX): the registry and the names below load
 their module on first use, so `gprl --help` lists the policy kinds in a fraction of a second.
@@ -52,6 +54,12 @@ POLICIES = {
     "diffusion": RegisteredPolicy(
         "diffusion", "DiffusionPolicy", "DDPM training, K DDIM steps", {"hidden": (256, 256, 256)}
     ),
+    "ddpm": RegisteredPolicy(
+        "ddpm",
+        "DDPMPolicy",
+        "DPPO's DDPM: K = 20 steps, posterior or DDIM sampling",
+        {"hidden": (256, 256, 256)},
+    ),
     "meanflow": RegisteredPolicy(
         "meanflow", "MeanFlowPolicy", "MeanFlow: average velocity, one step"
     ),
@@ -62,6 +70,8 @@ POLICIES = {
 """Imitation-learnable policies by name (`gprl pretrain KIND`)."""
 
 _MODULE_OF = {
+    "DDPMPolicy": "ddpm",
+    "DDPMPolicyConfig": "ddpm",
     "DiffusionPolicy": "diffusion",
     "DiffusionPolicyConfig": "diffusion",
     "FlowPolicy": "flow",

@@ -123,11 +123,18 @@ class DiffusionPolicy:
 
     def loss(self, params, cond, actions, key):
         """DDPM epsilon-prediction loss on (cond, action) pairs."""
-        noise_key, time_key = jax.random.split(key)
-        noise = jax.random.normal(noise_key, actions.shape)
-        index = jax.random.randint(time_key, actions.shape[:-1], 0, self.config.num_train_steps)
-        alpha_bar = self.alpha_bars[index][..., None]
-        x_t = jnp.sqrt(alpha_bar) * actions + jnp.sqrt(1 - alpha_bar) * noise
-        error = self.predict_noise(params, cond, x_t, index) - noise
-        loss = jnp.mean(jnp.sum(error**2, axis=-1))
+        loss = noise_prediction_loss(self, params, cond, actions, key)
         return loss, {"diffusion_loss": loss}
+
+
+def noise_prediction_loss(policy, params, cond, actions, key):
+    """E ||eps - eps_theta(cond, sqrt(alpha_bar_t) a + sqrt(1 - alpha_bar_t) eps, t)||^2 over a
+    uniform training step t and a standard normal eps, summed over the action's dimensions.
+    `policy` has alpha_bars (T,) and predict_noise(params, cond, x, step_index)."""
+    noise_key, time_key = jax.random.split(key)
+    noise = jax.random.normal(noise_key, actions.shape)
+    index = jax.random.randint(time_key, actions.shape[:-1], 0, len(policy.alpha_bars))
+    alpha_bar = policy.alpha_bars[index][..., None]
+    x_t = jnp.sqrt(alpha_bar) * actions + jnp.sqrt(1 - alpha_bar) * noise
+    error = policy.predict_noise(params, cond, x_t, index) - noise
+    return jnp.mean(jnp.sum(error**2, axis=-1))

@@ -6,6 +6,11 @@ split once into a training and a held-out part; training runs in chunks of `chun
 steps on minibatches drawn with replacement (one compiled `lax.scan` per chunk), and after each
 chunk the held-out loss, averaged over several noise draws, decides the best parameters so far.
 The whole fitting state is a pytree, so a caller can checkpoint it between chunks and resume.
+
+With `ema_decay` the fitter also keeps an exponential moving average of the weights, updated
+after every Adam step and warmed up as Diffusion Policy's (decay min(ema_decay, 1 - (1 +
+n)^-0.75) at update n, so the first updates follow the weights); the average is then what the
+held-out loss measures and what is kept (Diffusion Policy and DPPO evaluate and ship it).
 """
 
 from dataclasses import dataclass
@@ -17,6 +22,10 @@ import numpy as np
 import optax
 
 VAL_NOISE_DRAWS = 4
+EMA_WARMUP_POWER = 0.75
+"""Diffusion Policy's warm-up of the average's decay: 1 - (1 + n)^-power at update n."""
+TRAINED = ("params", "opt_state", "ema_params", "ema_updates")
+"""The fitting state's entries that gradient steps change (the last two with an average)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,9 @@ class FitConfig:
     """Held-out share of the data."""
     chunk_steps: int = 250
     """Gradient steps between held-out evaluations (one compiled call)."""
+    ema_decay: float | None = None
+    """Decay per gradient step of an exponential moving average of the weights, which is then
+    evaluated and kept; None: no average."""
 
     def validate(self) -> None:
         for name in ("batch_size", "learning_rate", "chunk_steps"):
@@ -36,6 +48,8 @@ class FitConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 class Split(NamedTuple):
@@ -72,30 +86,39 @@ class ImitationFitter:
         return Split(train, val, val_key), key
 
     def init(self, params, split: Split | None) -> dict:
-        """The fitting state: current and best parameters, optimiser state, best held-out loss.
-        Without a split (a template to restore a checkpoint into) the losses are inf."""
+        """The fitting state: current and best parameters, optimiser state, best held-out loss,
+        and with ema_decay the average and its number of updates. Without a split (a template to
+        restore a checkpoint into) the losses are inf."""
         if split is None:
             val_loss = jnp.asarray(jnp.inf, jnp.float32)
         else:
             val_loss = self._val_loss(params, *split.val, split.val_key)
-        return {
+        state = {
             "params": params,
             "opt_state": self.optimizer.init(params),
             "best_params": params,
             "best_val_loss": val_loss,
             "val_loss_at_init": val_loss,
         }
+        if self.config.ema_decay is not None:
+            state |= {"ema_params": params, "ema_updates": jnp.zeros((), jnp.int32)}
+        return state
+
+    @staticmethod
+    def evaluated_params(state: dict):
+        """The parameters the held-out loss measures: the average where there is one."""
+        return state.get("ema_params", state["params"])
 
     def step(self, state: dict, split: Split, key) -> tuple[dict, dict]:
         """chunk_steps gradient steps, then the held-out loss; keeps the best parameters."""
         train, val, val_key = split
-        params, opt_state, train_loss = self._train_chunk(
-            state["params"], state["opt_state"], *train, key
-        )
+        trained = {name: state[name] for name in TRAINED if name in state}
+        trained, train_loss = self._train_chunk(trained, *train, key)
+        state = state | trained
+        params = self.evaluated_params(state)
         val_loss = float(self._val_loss(params, *val, val_key))
         if not np.isfinite(val_loss):
             raise FloatingPointError("NaN in the held-out imitation loss")
-        state = state | {"params": params, "opt_state": opt_state}
         if val_loss < float(state["best_val_loss"]):
             state = state | {"best_params": params, "best_val_loss": jnp.asarray(val_loss)}
         return state, {
@@ -119,21 +142,38 @@ class ImitationFitter:
             "val_loss_at_init": float(state["val_loss_at_init"]),
         }
 
-    def _train_chunk_impl(self, params, opt_state, cond, actions, key):
+    def _train_chunk_impl(self, trained, cond, actions, key):
         batch_size = min(self.config.batch_size, cond.shape[0])
 
-        def train_step(carry, step_key):
-            params, opt_state = carry
+        def train_step(trained, step_key):
+            params = trained["params"]
             index_key, loss_key = jax.random.split(step_key)
             index = jax.random.randint(index_key, (batch_size,), 0, cond.shape[0])
             grad_fn = jax.value_and_grad(self.policy.loss, has_aux=True)
             (loss, _), grads = grad_fn(params, cond[index], actions[index], loss_key)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            updates, opt_state = self.optimizer.update(grads, trained["opt_state"], params)
+            trained = trained | {
+                "params": optax.apply_updates(params, updates),
+                "opt_state": opt_state,
+            }
+            if "ema_params" in trained:
+                trained = trained | self._averaged(trained)
+            return trained, loss
 
         keys = jax.random.split(key, self.config.chunk_steps)
-        (params, opt_state), losses = jax.lax.scan(train_step, (params, opt_state), keys)
-        return params, opt_state, jnp.mean(losses)
+        trained, losses = jax.lax.scan(train_step, trained, keys)
+        return trained, jnp.mean(losses)
+
+    def _averaged(self, trained) -> dict:
+        updates = trained["ema_updates"]
+        warm_up = 1.0 - (1.0 + updates.astype(jnp.float32)) ** -EMA_WARMUP_POWER
+        decay = jnp.minimum(self.config.ema_decay, warm_up)
+        average = jax.tree.map(
+            lambda mean, new: decay * mean + (1.0 - decay) * new,
+            trained["ema_params"],
+            trained["params"],
+        )
+        return {"ema_params": average, "ema_updates": updates + 1}
 
     def _val_loss_impl(self, params, cond, actions, key):
         # Averaged over several noise draws: a single draw makes model selection noisy.

@@ -1,0 +1,295 @@
+"""Imitation from scripted demonstrations on Meta-World: success rate of each `gprl pretrain`
+kind, chunked and single-step, against the number of demonstrations.
+
+1. Demonstrations: `gprl collect --env metaworld:TASK --policy metaworld.policies:EXPERT
+   --action-noise NOISE --only-successful --episodes N --seed 0` for each N in --demos. Kept
+   episodes come in a fixed order, so the 5-episode dataset is the first 5 of the 10-episode one.
+2. Behaviour cloning: each kind (--kinds) with chunk length = executed steps = 1 ("single") and
+   4 ("chunk", Diffusion Policy's Ta = Te = 4), --steps gradient steps, seeds --seeds, its
+   `gprl pretrain` defaults otherwise (weight average 0.995 included).
+3. Evaluation: --eval-episodes episodes of the kept (averaged) policy, evaluation seed 2024;
+   success = any step of the episode reports success (Meta-World's protocol).
+
+Every cell (task, demos, kind, chunking, seed) is one row of benchmarks/results/imitation.csv;
+cells already there are skipped, so the grid finishes across sessions. Run directories and
+datasets go to benchmarks/runs/imitation/ (git-ignored). The report (imitation_summary.csv,
+imitation.png, a markdown table) is rebuilt from the CSV on every invocation.
+
+    python benchmarks/imitation.py                                     # the whole grid (hours)
+    python benchmarks/imitation.py --tasks pick-place-v3 --demos 10 25 --seeds 0
+    python benchmarks/imitation.py --report-only
+"""
+
+import argparse
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from common import (
+    BENCH_DIR,
+    RESULTS_DIR,
+    command,
+    gprl_commit,
+    load_average,
+    machine,
+    markdown_table,
+    now,
+)
+
+TASKS = ("pick-place-v3", "peg-insert-side-v3", "assembly-v3")
+EXPERTS = {
+    "pick-place-v3": "SawyerPickPlaceV3Policy",
+    "peg-insert-side-v3": "SawyerPegInsertionSideV3Policy",
+    "assembly-v3": "SawyerAssemblyV3Policy",
+}
+CHUNKINGS = {"single": 1, "chunk": 4}
+EVAL_SEED = 2024
+ROOT = BENCH_DIR / "runs" / "imitation"
+CSV_PATH = RESULTS_DIR / "imitation.csv"
+CELL_KEYS = ("task", "demos", "kind", "chunking", "seed")
+
+
+def done_cells() -> dict[tuple, dict]:
+    if not CSV_PATH.exists():
+        return {}
+    with open(CSV_PATH, newline="") as f:
+        return {tuple(row[k] for k in CELL_KEYS): row for row in csv.DictReader(f)}
+
+
+def append_row(row: dict) -> None:
+    new = not CSV_PATH.exists()
+    CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(CSV_PATH, "a", newline="") as f:
+        writer = csv.DictWriter(f, list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def raw_steps_per_second(task: str, seconds: float = 3.0) -> float:
+    """One Meta-World env stepped in a plain loop with random actions: the fastest stepping
+    this process can do, to compare collection and evaluation with."""
+    from gprl.envs import make_env
+
+    with make_env(f"metaworld:{task}", 1, 0, backend="gymnasium") as env:
+        env.reset(0)
+        rng = np.random.default_rng(0)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            env.step(rng.uniform(-1, 1, (1, env.spec.action_dim)).astype(np.float32))
+            steps += 1
+        return steps / (time.perf_counter() - start)
+
+
+def demonstrations(task: str, episodes: int, noise: float) -> tuple[str, dict]:
+    """The dataset id of `episodes` successful expert episodes, collected on first use."""
+    from gprl.collect import CollectArgs, collect
+    from gprl.datasets import dataset_path
+
+    dataset_id = f"mw-{task}/expert-noise{round(100 * noise)}-{episodes}ep-v0"
+    info_path = ROOT / "datasets" / f"{dataset_id.replace('/', '_')}.json"
+    if dataset_path(dataset_id).exists() and info_path.exists():
+        return dataset_id, json.loads(info_path.read_text())
+    start = time.perf_counter()
+    collected = collect(
+        CollectArgs(
+            out=dataset_id,
+            env=f"metaworld:{task}",
+            policy=f"metaworld.policies:{EXPERTS[task]}",
+            episodes=episodes,
+            action_noise=noise,
+            only_successful=True,
+            seed=0,
+        )
+    )
+    seconds = time.perf_counter() - start
+    info = {
+        "attempted": collected.attempted,
+        "expert_success_rate": collected.success_rate,
+        "steps": collected.steps,
+        "collect_steps_per_second": collected.steps / seconds,
+    }
+    info_path.parent.mkdir(parents=True, exist_ok=True)
+    info_path.write_text(json.dumps(info))
+    return dataset_id, info
+
+
+def fit_and_evaluate(cell: dict, dataset_id: str, args) -> dict:
+    from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
+    from gprl.pretrained import evaluate_run
+
+    chunk = CHUNKINGS[cell["chunking"]]
+    run_dir = ROOT / "runs" / "-".join(str(cell[k]) for k in CELL_KEYS)
+    options = PretrainRun(
+        dataset=dataset_id,
+        steps=args.steps,
+        seed=cell["seed"],
+        out=run_dir,
+        overwrite=True,
+        progress=False,
+        eval_every=0,
+        # Its own end-of-run evaluation, kept short: the timed one below is the result.
+        eval_episodes=1,
+        checkpoint_every=args.steps,
+    )
+    start = time.perf_counter()
+    config = PretrainConfig(chunk_length=chunk, execute_steps=chunk, log_every=min(500, args.steps))
+    pretrain(cell["kind"], options, config)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _, result = evaluate_run(run_dir, args.eval_episodes, EVAL_SEED)
+    eval_seconds = time.perf_counter() - start
+    eval_steps = result["eval_length"] * args.eval_episodes
+    return {
+        "success_rate": result["eval_success_rate"],
+        "eval_return": result["eval_return"],
+        "eval_length": result["eval_length"],
+        "train_seconds": round(train_seconds, 1),
+        "eval_steps_per_second": round(eval_steps / eval_seconds, 1),
+    }
+
+
+def run_grid(args) -> None:
+    os.environ["MINARI_DATASETS_PATH"] = str(ROOT / "datasets")
+    done = done_cells()
+    for task in args.tasks:
+        raw = None
+        for demos in args.demos:
+            dataset_id, data = None, None
+            for kind in args.kinds:
+                for chunking in args.chunkings:
+                    for seed in args.seeds:
+                        cell = dict(task=task, demos=demos, kind=kind, chunking=chunking, seed=seed)
+                        if tuple(str(cell[k]) for k in CELL_KEYS) in done:
+                            continue
+                        raw = raw or raw_steps_per_second(task)
+                        if dataset_id is None:
+                            dataset_id, data = demonstrations(task, demos, args.action_noise)
+                        row = cell | fit_and_evaluate(cell, dataset_id, args)
+                        row |= {
+                            "raw_steps_per_second": round(raw, 1),
+                            "collect_steps_per_second": round(data["collect_steps_per_second"], 1),
+                            "expert_success_rate": data["expert_success_rate"],
+                            "action_noise": args.action_noise,
+                            "grad_steps": args.steps,
+                            "eval_episodes": args.eval_episodes,
+                            "load": load_average(),
+                            "gprl_commit": gprl_commit(),
+                            "date": now(),
+                        }
+                        append_row(row)
+                        print(row, flush=True)
+
+
+def summarise() -> list[dict]:
+    """Per (task, demos, kind, chunking): mean success rate over seeds and its range."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in done_cells().values():
+        key = (row["task"], int(row["demos"]), row["kind"], row["chunking"])
+        groups.setdefault(key, []).append(row)
+    summary = []
+    for (task, demos, kind, chunking), rows in sorted(groups.items()):
+        rates = np.array([float(r["success_rate"]) for r in rows])
+        summary.append(
+            {
+                "task": task,
+                "demos": demos,
+                "kind": kind,
+                "chunking": chunking,
+                "seeds": len(rates),
+                "success_rate": float(rates.mean()),
+                "min": float(rates.min()),
+                "max": float(rates.max()),
+                "eval_steps_per_second": float(
+                    np.median([float(r["eval_steps_per_second"]) for r in rows])
+                ),
+                "share_of_raw": float(
+                    np.median(
+                        [
+                            float(r["eval_steps_per_second"]) / float(r["raw_steps_per_second"])
+                            for r in rows
+                        ]
+                    )
+                ),
+            }
+        )
+    return summary
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({row["task"] for row in summary})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        lines = sorted({(r["kind"], r["chunking"]) for r in summary if r["task"] == task})
+        for kind, chunking in lines:
+            rows = [
+                r
+                for r in summary
+                if r["task"] == task and r["kind"] == kind and r["chunking"] == chunking
+            ]
+            demos = [r["demos"] for r in rows]
+            ax.errorbar(
+                demos,
+                [r["success_rate"] for r in rows],
+                yerr=[
+                    [r["success_rate"] - r["min"] for r in rows],
+                    [r["max"] - r["success_rate"] for r in rows],
+                ],
+                marker="o",
+                linestyle="-" if chunking == "chunk" else "--",
+                capsize=3,
+                label=f"{kind} ({chunking})",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("demonstrations (episodes)")
+        ax.set_ylabel("success rate (mean over seeds; bars: min-max)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"BC on Meta-World {task}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report() -> None:
+    summary = summarise()
+    if not summary:
+        print("no cells yet")
+        return
+    with open(RESULTS_DIR / "imitation_summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    plot(summary, RESULTS_DIR / "imitation.png")
+    columns = ["task", "demos", "kind", "chunking", "seeds", "success_rate", "min", "max"]
+    print(markdown_table(summary, [*columns, "eval_steps_per_second", "share_of_raw"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--demos", nargs="+", type=int, default=[5, 10, 25, 50])
+    parser.add_argument("--kinds", nargs="+", default=["gaussian", "flow", "ddpm", "meanflow"])
+    parser.add_argument("--chunkings", nargs="+", default=list(CHUNKINGS), choices=CHUNKINGS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
+    if not args.report_only:
+        run_grid(args)
+    report()
+
+
+if __name__ == "__main__":
+    main()
