@@ -88,8 +88,8 @@ class RunConfig:
     """Worker processes stepping blocks of the Gymnasium backend's envs beside this process, with
     the same results as without them (0: every env in this process). Default: one process per
     CPU core on Meta-World tasks, whose slow steps gain from them (benchmarks/env_workers.py),
-    else 0. envpool and JAX envs ignore it; --resume takes it from the command line, not the
-    run."""
+    else 0; use 0 on a machine busy with other work or shared by several runs. envpool and JAX
+    envs ignore it; --resume takes it from the command line, not the run."""
     out: Path | None = None
     """Run directory. Default: runs/ALGO-ENV-sSEED-TIMESTAMP."""
     resume: Path | None = None

@@ -57,10 +57,10 @@ def make_env(
         sparse_reward: reward 1.0 on steps where the env reports success (``info["success"]``
             or ``info["is_success"]``; ``spec.reports_success``), else 0.0.
         end_on_success: a step where the env reports success terminates its episode.
-        env_workers: worker processes that step the Gymnasium backend's envs, each a block of
-            them, with the same results as in this process (0); see
-            :func:`~gprl.envs.vector.worker_count` for the default (None). envpool and JAX
-            envs ignore it.
+        env_workers: worker processes stepping blocks of the Gymnasium backend's envs beside
+            this process, with the same results as without them (0: none); None chooses (see
+            :func:`~gprl.envs.vector.worker_count`: Meta-World tasks get one process per CPU
+            core). envpool and JAX envs ignore it.
 
     Raises:
         EnvError: unknown id or backend, a source the backend cannot run, an env that fails to

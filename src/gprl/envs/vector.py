@@ -245,9 +245,12 @@ def _open_vector_env(
 def worker_count(resolved: ResolvedEnv, num_envs: int, env_workers: int | None) -> int:
     """Worker processes for a :class:`VecEnv` of num_envs envs of resolved, besides this process,
     which steps a block of the envs too: env_workers (at most num_envs - 1; 0 keeps every env
-    here) or, if None, enough for one process per CPU core on Meta-World tasks, whose slow steps
-    gain from them (benchmarks/env_workers.py), and none for every other env, where the pipes
-    cost more than another core gains."""
+    here) or, if None, enough for one process per CPU core on Meta-World tasks and none for other
+    envs. On 2 cores (benchmarks/env_workers.py) one worker stepped Meta-World 1.25-1.8x as fast
+    as this process alone at 2-16 envs; Hopper-v5 gained only from 4 envs up, and runs on
+    envpool anyway; gprl's diagnostic tasks step in microseconds, far less than a pipe's round
+    trip. On a machine busy with other processes, workers lose (each step waits for every block):
+    pass 0 there, and when several runs share the cores."""
     if env_workers is None:
         slow = isinstance(resolved.source, str) and is_metaworld_id(resolved.source)
         cores = _usable_cores()

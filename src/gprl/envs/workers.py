@@ -37,11 +37,11 @@ CLOSE_TIMEOUT_S = 5.0
 WORKER_COMMAND = "import sys; from gprl.envs.workers import serve; serve(int(sys.argv[1]))"
 SPIN_S = 0.005
 """How long a process waiting for a block's results or its next command polls before it blocks.
-On the 2-core VM of benchmarks/env_workers.py, processes that blocked between steps spent
-~0.9-1 ms of CPU per Meta-World step instead of ~0.6-0.7 (an idle core loses its caches and is
-slow to wake), and polling took 4 envs from 1813 to 2425 steps/s (Hopper-v5: 9521 to 14850).
-Between polls it yields its core to any other runnable process: on a machine busy with other
-work, polling without yielding took the time slices the other block needed (3x slower)."""
+On the 2-core VM of benchmarks/env_workers.py a core left idle between steps wakes slowly and
+cold: polling took 4 Meta-World envs from 1826 to 2078 steps/s and 4 Hopper-v5 envs from 5352 to
+8707 (results/env_workers.csv). Between polls it yields its core to any other runnable process:
+polling without yielding took the time slices the other block needed (at load 4.5, 4 Meta-World
+envs stepped at 488 steps/s against 1152 blocking)."""
 
 
 def sync_vector_env(makers: Sequence[Callable[[], gym.Env]]) -> gym.vector.SyncVectorEnv:
