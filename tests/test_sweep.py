@@ -135,6 +135,9 @@ def iterations_by_process(tmp_path) -> list[list[int]]:
     return list(processes.values())
 
 
+# The default suite keeps the resume test below (a killed trial continues from its checkpoint);
+# Tune's own retry within one sweep runs with -m slow.
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
     local_ray, single_runs, tmp_path
 ):

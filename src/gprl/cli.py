@@ -7,12 +7,15 @@ import dataclasses
 import io
 import json
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import tyro
+
+from gprl.signals import TrainingInterrupted
 
 EVAL_USAGE = (
     "  gprl eval RUN_DIR [--episodes N] [--video] [--plot-actions]   evaluate a run's checkpoint"
@@ -404,6 +407,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[argv[0]](argv[1:])
     except (Exception, KeyboardInterrupt) as error:
+        if isinstance(error, KeyboardInterrupt | TrainingInterrupted):
+            # The outcome is decided: one more Ctrl-C on the way out would only print a
+            # traceback from wherever the interpreter is tearing down.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         message, exit_code = _failure(argv[0], error)
         print(f"gprl: {message}", file=sys.stderr)
         sys.exit(exit_code)

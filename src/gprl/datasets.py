@@ -447,15 +447,15 @@ def _buffer(number: int, episode: Episode):
     )
 
 
-def _minari_env(env_id: str):
-    """The env as Minari records it: its id, which Gymnasium makes; a Meta-World id, which
-    Gymnasium does not know, as a spec with gprl's builder, so that `dataset.env_spec.id` still
-    names it and Minari's `recover_environment()` builds it."""
+def _minari_env(env_id: str | None):
+    """The env as Minari records it: its id, which Gymnasium makes (None: a dataset that records
+    no env); a Meta-World id, which Gymnasium does not know, as a spec with gprl's builder, so
+    that `dataset.env_spec.id` still names it and Minari's `recover_environment()` builds it."""
     from gymnasium.envs.registration import EnvSpec as GymnasiumSpec
 
     from gprl.envs.metaworld import is_metaworld_id
 
-    if not is_metaworld_id(env_id):
+    if env_id is None or not is_metaworld_id(env_id):
         return env_id
     builder = "gprl.envs.metaworld:make_metaworld_env"
     return GymnasiumSpec(id=env_id, entry_point=builder, kwargs={"env_id": env_id})
