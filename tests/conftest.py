@@ -34,13 +34,29 @@ def cli_error(capsys):
     return refused
 
 
-# The longest modules (each runs whole on one worker, see addopts): collected last, one would start
-# after the other worker ran out of work and leave it idle to the end.
-LONGEST_MODULES = ("test_sweep.py", "test_pretrain.py")
+# The longest modules, longest first (worker seconds on 2 cores, 2026-12-03). Each runs whole on
+# one worker (see addopts); collected in name order, a long one would start after the other
+# worker ran out of work and leave it idle to the end.
+LONGEST_MODULES = (
+    "test_sweep.py",
+    "test_pretrain.py",
+    "test_flow_methods.py",
+    "test_finetune.py",
+    "test_dsrl.py",
+    "test_trainer.py",
+    "test_offpolicy.py",
+    "test_algorithms.py",
+    "test_fql.py",
+    "test_options.py",
+)
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_MODULES)
+    def cost_rank(item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=cost_rank)
 
 
 class Interrupted(Exception):

@@ -33,7 +33,7 @@ projections once per sample instead (see :func:`field_on_grid`).
 import functools
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -80,6 +80,14 @@ class CustomNetworks:
     velocity: nn.Module | None = None
     """Torso of the velocity / denoising network of a flow or diffusion policy, torso(cond, x,
     t)."""
+
+    def describe(self) -> dict[str, str]:
+        """{part: torso class name} of the parts given, as a run directory records them."""
+        return {
+            field.name: type(module).__name__
+            for field in fields(self)
+            if (module := getattr(self, field.name)) is not None
+        }
 
 
 class TorsoHead(nn.Module):

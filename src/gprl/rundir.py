@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gprl.checkpoint import CHECKPOINT, CONFIG_JSON, CheckpointError, read_config
+from gprl.types import EnvSpec
 
 
 class RunDirError(ValueError):
@@ -164,3 +165,16 @@ class RunDirectory:
             self.keep()
         else:
             self.restore_replaced()
+
+
+def identity(algo_name: str, env_id: str, spec: EnvSpec, demos=None) -> dict:
+    """Checkpoint fields that must match the run that loads it."""
+    fields = {
+        "algo": algo_name,
+        "env_id": env_id,
+        "obs_dim": spec.obs_dim,
+        "action_dim": spec.action_dim,
+    }
+    if demos is not None:
+        fields["dataset_sha256"] = demos.sha256
+    return fields

@@ -34,7 +34,7 @@ from gprl.evaluation import default_eval_episodes
 from gprl.initial_policy import keep_initial_policy, load_initial_policy
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
-from gprl.rundir import RunDirectory, default_run_dir, has_checkpoint, saved_configs
+from gprl.rundir import RunDirectory, default_run_dir, has_checkpoint, identity, saved_configs
 from gprl.runloop import (
     Schedule,
     Step,
@@ -268,20 +268,12 @@ def _resolve_resume(algo_name: str, run: RunConfig, networks):
 
 def _check_networks(saved: dict, networks, run_dir) -> None:
     recorded = saved.get("custom_networks")
-    given = None if networks is None else _describe_networks(networks)
+    given = None if networks is None else networks.describe()
     if recorded != given:
         raise CheckpointError(
             f"{run_dir} was trained with custom networks {recorded or 'none'}, and this call "
             f"gives {given or 'none'}: pass the same networks=..."
         )
-
-
-def _describe_networks(networks) -> dict:
-    return {
-        field.name: type(module).__name__
-        for field in dataclasses.fields(networks)
-        if (module := getattr(networks, field.name)) is not None
-    }
 
 
 def _load_dataset(algo_name: str, run: RunConfig):
@@ -335,7 +327,7 @@ class TrainJob:
             "gprl_version": __version__,
         }
         if networks is not None:
-            self.record["custom_networks"] = _describe_networks(networks)
+            self.record["custom_networks"] = networks.describe()
         self.identity = identity(algo_name, run.env, envs.spec, demos)
         init_key, key = jax.random.split(jax.random.PRNGKey(run.seed))
         self.state = {"algo": algo.init(init_key), "key": key}
@@ -465,19 +457,6 @@ class TrainJob:
         self.state = {"algo": saved["algo"], "key": saved["key"]}
         self.envs.restore_state(meta.get("env_state", {}))
         return {"offline_updates": 0} | meta["progress"]
-
-
-def identity(algo_name: str, env_id: str, spec: EnvSpec, demos=None) -> dict:
-    """Checkpoint fields that must match the run that loads it."""
-    fields = {
-        "algo": algo_name,
-        "env_id": env_id,
-        "obs_dim": spec.obs_dim,
-        "action_dim": spec.action_dim,
-    }
-    if demos is not None:
-        fields["dataset_sha256"] = demos.sha256
-    return fields
 
 
 # ----- loading a finished run -------------------------------------------------------------------
