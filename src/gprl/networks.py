@@ -90,6 +90,24 @@ class CustomNetworks:
         }
 
 
+def denoising_network(
+    config, out_dim: int, torso: nn.Module | None, output_scale: float = 0.01, **field_options
+) -> nn.Module:
+    """The network of a flow or diffusion policy: gprl's ConditionalField built from the policy
+    config's hidden, activation and time_embed_dim (field_options: its other fields), or the
+    user's torso followed by gprl's head."""
+    if torso is not None:
+        return TorsoHead(torso, out_dim, output_scale=output_scale)
+    return ConditionalField(
+        config.hidden,
+        out_dim,
+        config.activation,
+        config.time_embed_dim,
+        output_scale=output_scale,
+        **field_options,
+    )
+
+
 class TorsoHead(nn.Module):
     """A user's torso followed by gprl's output layer: Dense(out_dim) with gain output_scale."""
 

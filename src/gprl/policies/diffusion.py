@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.networks import ConditionalField, TorsoHead, field_on_grid
+from gprl.networks import denoising_network, field_on_grid
 from gprl.policies.flow import check_time_field
 
 
@@ -69,16 +69,7 @@ class DiffusionPolicy:
         config.validate()
         self.action_dim = action_dim
         self.config = config
-        if velocity_torso is None:
-            self.net = ConditionalField(
-                config.hidden,
-                action_dim,
-                config.activation,
-                config.time_embed_dim,
-                output_scale=0.01,
-            )
-        else:
-            self.net = TorsoHead(velocity_torso, action_dim, output_scale=0.01)
+        self.net = denoising_network(config, action_dim, velocity_torso)
         self.alpha_bars = jnp.asarray(cosine_alpha_bars(config.num_train_steps))
 
     def init(self, key, cond_dim: int):

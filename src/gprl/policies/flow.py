@@ -17,7 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import ConditionalField, TorsoHead, check_mlp_shape, field_on_grid
+from gprl.networks import (
+    check_mlp_shape,
+    denoising_network,
+    field_on_grid,
+)
 from gprl.policies.gaussian import LOG_2PI
 
 TIME_SAMPLINGS = ("uniform", "grid")
@@ -130,16 +134,7 @@ class FlowPolicy:
         self.action_dim = action_dim
         self.config = config
         output_scale = 0.0 if config.zero_init else 0.01
-        if velocity_torso is None:
-            self.net = ConditionalField(
-                config.hidden,
-                action_dim,
-                config.activation,
-                config.time_embed_dim,
-                output_scale=output_scale,
-            )
-        else:
-            self.net = TorsoHead(velocity_torso, action_dim, output_scale)
+        self.net = denoising_network(config, action_dim, velocity_torso, output_scale)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gprl.networks import ConditionalField, TorsoHead
+from gprl.networks import denoising_network
 from gprl.policies.flow import check_time_field, euler_integrate, time_grid
 
 
@@ -63,17 +63,7 @@ class ShortcutPolicy:
         config.validate()
         self.action_dim = action_dim
         self.config = config
-        if velocity_torso is None:
-            self.net = ConditionalField(
-                config.hidden,
-                action_dim,
-                config.activation,
-                config.time_embed_dim,
-                output_scale=0.01,
-                num_times=2,
-            )
-        else:
-            self.net = TorsoHead(velocity_torso, action_dim, output_scale=0.01)
+        self.net = denoising_network(config, action_dim, velocity_torso, num_times=2)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))
