@@ -3,6 +3,7 @@ a full disk keeps the previous checkpoint."""
 
 import csv
 import errno
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 
 import gprl.checkpoint as checkpoint_module
+from gprl import cli
 from gprl.algos import PPOConfig
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.signals import StopSignals
@@ -96,22 +98,43 @@ def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
     assert resaved["env_steps"] > saved["env_steps"]
 
 
-def test_a_second_signal_aborts_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.fixture
+def own_signal_handlers():
+    """Signal handlers as they were before the test (the CLI ignores signals on its way out)."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_second_signal_aborts_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys, own_signal_handlers
+):
+    # In this process, so that both signals land where the test says: the first while the second
+    # checkpoint is being written, the second before that save has finished. (From outside, a
+    # signal's arrival against the compiled calls is a race.)
     out = tmp_path / "run"
-    # Long iterations (4096 env steps each), so that both signals land in the same one.
-    process = start_training(out, "--ppo.rollout-steps", "1024", "--checkpoint-every", "4096")
-    wait_for_rows(process, out, 2)
-    saved = read_meta(out)["progress"]
-    # Signals arriving during one long compiled call reach Python as one, so keep sending until
-    # the process has exited: the second must land while the first is still being honoured.
-    process.send_signal(signal.SIGINT)
-    while process.poll() is None:
-        time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert stderr.count("\n") == 1 and "stopped without saving" in stderr, stderr
-    assert read_meta(out)["progress"]["iteration"] >= saved["iteration"]
+    real_write = checkpoint_module._write_synced
+    writes = []
+
+    def signalled_during_the_second_save(path, data):
+        writes.append(path.name)
+        if writes.count("state.msgpack") == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "_write_synced", signalled_during_the_second_save)
+    argv = ["train", "ppo", "--env", "gprl/ContextualTarget-v0", "--total-steps", "100000"]
+    argv += ["--num-envs", "4", "--ppo.rollout-steps", "32", "--ppo.num-minibatches", "4"]
+    argv += ["--checkpoint-every", "128", "--no-progress", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 130
+    assert stderr.count("\n") == 1 and "interrupted again; stopped without saving" in stderr
+    # The signal at the first write is the first one; the abort came at the second write.
+    assert writes == ["state.msgpack", "meta.json", "config.json", "state.msgpack", "meta.json"]
+    assert read_meta(out)["progress"]["env_steps"] == 128
     load_run(out)
 
 

@@ -234,7 +234,15 @@ RESUME_OVERRIDES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(RESUME_OVERRIDES))
+# GRPO's grouped restarts run by default; FPO's and ReinFlow's state (ReinFlow's reference policy
+# is also resumed in test_finetune) with -m slow.
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name == "grpo" else pytest.mark.slow)
+        for name in sorted(RESUME_OVERRIDES)
+    ],
+)
 def test_interrupted_flow_run_resumes_exactly(name, tmp_path, resume_check):
     config = replace(
         ALGORITHMS[name].config(),

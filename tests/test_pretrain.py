@@ -174,8 +174,8 @@ def bimodal_runs(tmp_path_factory):
         for kind, steps in (
             ("gaussian", 500),
             ("flow", 2000),
-            ("meanflow", 6000),
-            ("shortcut", 6000),
+            ("meanflow", 4000),
+            ("shortcut", 4000),
         ):
             options = run_options(root, dataset, kind, steps=steps)
             runs[kind] = pretrain(kind, options, FAST, small(kind, hidden=(128, 128)))
