@@ -12,6 +12,7 @@ from gymnasium import spaces
 
 from gprl import cli
 from gprl.algos import PPOConfig
+from gprl.datasets import load_demonstrations
 from gprl.envs import EnvError, make_env
 from gprl.envs.diagnostics import REACH_HORIZON, REACH_STEP_SIZE, point_reach_expert
 from gprl.evaluation import ChunkedHostEvaluator, HostEvaluator
@@ -103,8 +104,8 @@ def read_rows(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_success_options_apply_to_training_and_evaluation_and_survive_resume(
-    tmp_path, resume_check, capsys
+def test_success_options_apply_to_training_evaluation_and_collection_and_survive_resume(
+    tmp_path, resume_check, capsys, minari_root
 ):
     run = RunConfig(
         env=QUICK_SUCCESS,
@@ -137,6 +138,13 @@ def test_success_options_apply_to_training_and_evaluation_and_survive_resume(
     printed = capsys.readouterr().out
     assert "return 1.000 +- 0.000 over 50 episodes (mean length 3)" in printed
     assert "success rate 1.000 (50 of 50 episodes)" in printed
+    # Its demonstrations are recorded in the task it was trained on (an env registered with a
+    # class, which Gymnasium cannot serialise: the dataset names it by import path).
+    cli.main(["collect", str(resumed.resumed), "--out", "probe/sparse-v0", "--episodes", "4"])
+    recorded = load_demonstrations("probe/sparse-v0")
+    assert recorded.env_id == QUICK_SUCCESS
+    assert recorded.episode_lengths.tolist() == [3] * 4
+    assert recorded.episode_returns.tolist() == [1.0] * 4
 
 
 @pytest.mark.parametrize("flag", ["--sparse-reward", "--end-on-success"])

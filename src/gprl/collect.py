@@ -12,7 +12,10 @@ The actions come from
   :mod:`gprl.python_policy`. Its envs are Gymnasium envs stepped in this process, seeded as
   gprl's own, so that it can read their infos.
 
-plus, with `--action-noise S`, Gaussian noise of std S in the normalised [-1, 1] action space,
+A train run's policy acts in the task as the run trained on it: with its --sparse-reward and
+--end-on-success, so the dataset's rewards and episode ends are the ones its policy optimised.
+
+Plus, with `--action-noise S`, Gaussian noise of std S in the normalised [-1, 1] action space,
 clipped to it and drawn from --seed. Expert (S = 0), medium (an earlier or smaller run) and noisy
 or mixed datasets (several collections, `minari.combine_datasets`) are all made this way.
 
@@ -176,6 +179,8 @@ class _RunActor:
 
         self._queue = None
         self.source = f"{'stochastic' if stochastic else 'deterministic'} policy of {run_dir}"
+        self.env_options = {}
+        """make_env options of the task as the run saw it (a train run's reward and episode end)."""
         if is_pretrain_run(run_dir):
             pretrained = load_pretrained(run_dir)
             policy = pretrained.policy
@@ -195,6 +200,7 @@ class _RunActor:
         algo, state, run = load_run(run_dir)
         acting = algo.acting_params(state)
         self.env_id = run.env
+        self.env_options = dict(sparse_reward=run.sparse_reward, end_on_success=run.end_on_success)
         self.backend = run.env_backend if run.env_backend in HOST_BACKENDS else "auto"
         if resolve_backend(run.env, self.backend) == "jax":
             raise EnvError(f"{run.env} is a JAX environment; gprl collect records host envs")
@@ -289,7 +295,10 @@ def _open(args: CollectArgs, num_envs: int, policy_key):
     """The actor and the envs it acts in."""
     if not is_python_policy(args.policy):
         actor = _RunActor(args.run_dir, args.policy == "stochastic", num_envs, policy_key)
-        return actor, make_env(actor.env_id, num_envs, args.seed, backend=actor.backend)
+        env = make_env(
+            actor.env_id, num_envs, args.seed, backend=actor.backend, **actor.env_options
+        )
+        return actor, env
     # The policy is imported first: a typo in its name fails before an env is built.
     policy = PythonPolicy(args.policy)
     if resolve_backend(args.env, "auto") == "jax":
