@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.networks import denoising_network, field_on_grid
-from gprl.policies.diffusion import cosine_alpha_bars, noise_prediction_loss
+from gprl.networks import field_on_grid
+from gprl.policies.diffusion import NoisePredictor, noise_prediction_loss
 from gprl.policies.flow import check_time_field
 
 SAMPLERS = ("ddpm", "ddim")
@@ -103,9 +103,8 @@ def sampling_schedule(alpha_bars: np.ndarray, num_steps: int) -> dict:
     }
 
 
-class DDPMPolicy:
-    """A noise-prediction network around gprl's ConditionalField, or `velocity_torso` (a flax
-    module called as torso(cond, x, t), see :mod:`gprl.networks`) followed by gprl's head."""
+class DDPMPolicy(NoisePredictor):
+    """DPPO's DDPM / DDIM sampling of a :class:`~gprl.policies.diffusion.NoisePredictor`."""
 
     kind = "ddpm"
 
@@ -115,21 +114,7 @@ class DDPMPolicy:
         config: DDPMPolicyConfig = DDPMPolicyConfig(),
         velocity_torso: nn.Module | None = None,
     ):
-        config.validate()
-        self.action_dim = action_dim
-        self.config = config
-        self.net = denoising_network(config, action_dim, velocity_torso)
-        self.alpha_bars_host = cosine_alpha_bars(config.num_train_steps)
-        self.alpha_bars = jnp.asarray(self.alpha_bars_host)
-
-    def init(self, key, cond_dim: int):
-        cond = jnp.zeros((1, cond_dim))
-        x = jnp.zeros((1, self.action_dim))
-        return self.net.init(key, cond, x, jnp.zeros((1,)))
-
-    def predict_noise(self, params, cond, x, step_index):
-        t = step_index / self.config.num_train_steps
-        return self.net.apply(params, cond, x, jnp.broadcast_to(t, x.shape[:-1]))
+        super().__init__(action_dim, config, velocity_torso)
 
     def loss(self, params, cond, actions, key):
         """Epsilon-prediction loss on (cond, action) pairs (DPPO's pretraining loss)."""

@@ -54,23 +54,18 @@ def cosine_alpha_bars(num_steps: int, s: float = 0.008) -> np.ndarray:
     return np.cumprod(1 - betas).astype(np.float32)
 
 
-class DiffusionPolicy:
-    """A noise-prediction network around gprl's ConditionalField, or `velocity_torso` (a flax
-    module called as torso(cond, x, t), see :mod:`gprl.networks`) followed by gprl's head."""
+class NoisePredictor:
+    """A noise-prediction network eps(cond, x_t, t) around gprl's ConditionalField, or
+    `velocity_torso` (a flax module called as torso(cond, x, t), see :mod:`gprl.networks`)
+    followed by gprl's head, on the cosine schedule of config.num_train_steps steps."""
 
-    kind = "diffusion"
-
-    def __init__(
-        self,
-        action_dim: int,
-        config: DiffusionPolicyConfig = DiffusionPolicyConfig(),
-        velocity_torso: nn.Module | None = None,
-    ):
+    def __init__(self, action_dim: int, config, velocity_torso: nn.Module | None = None):
         config.validate()
         self.action_dim = action_dim
         self.config = config
         self.net = denoising_network(config, action_dim, velocity_torso)
-        self.alpha_bars = jnp.asarray(cosine_alpha_bars(config.num_train_steps))
+        self.alpha_bars_host = cosine_alpha_bars(config.num_train_steps)
+        self.alpha_bars = jnp.asarray(self.alpha_bars_host)
 
     def init(self, key, cond_dim: int):
         cond = jnp.zeros((1, cond_dim))
@@ -80,6 +75,20 @@ class DiffusionPolicy:
     def predict_noise(self, params, cond, x, step_index):
         t = step_index / self.config.num_train_steps
         return self.net.apply(params, cond, x, jnp.broadcast_to(t, x.shape[:-1]))
+
+
+class DiffusionPolicy(NoisePredictor):
+    """Deterministic DDIM sampling of a :class:`NoisePredictor`."""
+
+    kind = "diffusion"
+
+    def __init__(
+        self,
+        action_dim: int,
+        config: DiffusionPolicyConfig = DiffusionPolicyConfig(),
+        velocity_torso: nn.Module | None = None,
+    ):
+        super().__init__(action_dim, config, velocity_torso)
 
     def _ddim_schedule(self, num_steps: int):
         """Training-step indices visited by DDIM, from the noisiest down to the cleanest."""
