@@ -33,7 +33,7 @@ TASKS = [
     "dm_control/hopper-stand-v0",
     "dm_control/walker-walk-v0",
 ]
-ALGOS = ["ppo", "gorl", "fpo", "dppo", "reinflow"]
+ALGOS = ["ppo", "gorl", "fpo", "dppo-flow", "reinflow"]
 SEEDS = [0, 1, 2]
 TAG = "dmc6"
 DMC_MAX_RETURN = 1000.0

@@ -1,5 +1,5 @@
-"""BC -> RL: fine-tune a pretrained flow policy with ReinFlow, DPPO, GoRL, DSRL and FQL, next to
-SAC from scratch, on Hopper-v5 and Walker2d-v5.
+"""BC -> RL: fine-tune a pretrained flow policy with ReinFlow, dppo-flow, GoRL, DSRL and FQL, next
+to SAC from scratch, on Hopper-v5 and Walker2d-v5.
 
 Per task:
 1. Medium policy: `gprl train ppo` for --medium-steps (seed 0, 16 envs).
@@ -7,7 +7,7 @@ Per task:
    --action-noise into a Minari dataset under benchmarks/runs/finetune/datasets.
 3. Pretraining: `gprl pretrain flow` for --pretrain-steps gradient steps (seed 0).
 4. Fine-tuning, each cell one `gprl train` process (timed whole, as a user runs it), seeds
-   --seeds: reinflow / dppo / gorl with --init (--onpolicy-steps env steps, 16 envs), dsrl with
+   --seeds: reinflow / dppo-flow / gorl with --init (--onpolicy-steps env steps, 16 envs), dsrl with
    --init and fql with --dataset (--offpolicy-steps env steps, 1 env), sac from scratch at the
    off-policy budget.
 "Before" is a cell's last evaluation at env step 0 (the pretrained policy, or FQL's policy at the
@@ -54,7 +54,7 @@ from gprl.checkpoint import CheckpointError, read_meta
 
 ROOT = BENCH_DIR / "runs" / "finetune"
 TASKS = ["Hopper-v5", "Walker2d-v5"]
-ONPOLICY = ["reinflow", "dppo", "gorl"]
+ONPOLICY = ["reinflow", "dppo-flow", "gorl"]
 OFFPOLICY = ["dsrl", "fql", "sac"]
 METHODS = ONPOLICY + OFFPOLICY
 DONE_FILE = "benchmark_info.json"
@@ -181,7 +181,7 @@ def write_sweeps(task: str, dataset_id: str, pretrain_dir: Path, args) -> list[P
 
 
 DEFAULT_BUDGETS = {"onpolicy": 200_000, "offpolicy": 50_000}
-CELL_NAME = re.compile(r"(?P<method>[a-z]+)(?:-(?P<budget>\d+)k)?-s(?P<seed>\d+)")
+CELL_NAME = re.compile(r"(?P<method>[a-z-]+?)(?:-(?P<budget>\d+)k)?-s(?P<seed>\d+)")
 
 
 def default_budget(method: str) -> int:

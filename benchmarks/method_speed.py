@@ -27,7 +27,7 @@ from common import (
 )
 
 CHECK = Path(__file__).resolve().parents[2] / "shared" / "checks" / "whole-process-throughput.sh"
-METHODS = ("ppo", "fpo", "dppo", "reinflow", "flow-sde", "grpo", "gorl", "ppo")
+METHODS = ("ppo", "fpo", "dppo-flow", "reinflow", "flow-sde", "grpo", "gorl", "ppo")
 RESULT_LINE = re.compile(
     r"whole process (?P<sps>\d+) env steps/s; envpool raw (?P<raw>\d+); ratio (?P<ratio>[\d.]+)"
 )

@@ -5,8 +5,13 @@ from pathlib import Path
 
 import pytest
 
-# One compilation cache for the whole suite: later tests reuse the updates earlier ones compiled.
-os.environ.setdefault("GPRL_COMPILATION_CACHE_DIR", str(Path(__file__).parents[1] / ".jax_cache"))
+# One compilation cache for the whole suite, every program in it however quick its compilation,
+# and used by tests that call JAX directly too: later tests (on either worker, in subprocesses)
+# reuse what earlier ones compiled, as new algorithm objects compile the same programs again.
+CACHE = str(Path(__file__).parents[1] / ".jax_cache")
+os.environ.setdefault("GPRL_COMPILATION_CACHE_DIR", CACHE)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["GPRL_COMPILATION_CACHE_DIR"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The suite compiles some hundreds of tiny programs once each and spends more time compiling them
 # than running them: XLA's cheaper CPU code generation took 22% off two modules' time on a cold
 # cache (100 s -> 78 s). Tests and their subprocesses only; a user's runs keep XLA's defaults.

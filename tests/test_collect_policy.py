@@ -238,7 +238,7 @@ class ScriptedRun:
     description, source = "scripted run", "deterministic policy of a scripted run"
 
     def __init__(self, run_dir, stochastic, num_envs, key):
-        pass
+        self.env_options = {}
 
     def __call__(self, obs):
         return point_reach_expert(obs)

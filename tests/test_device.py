@@ -20,6 +20,7 @@ FAST_GORL = replace(
     num_stages=2,
     stage_weights=(1.0, 1.0),
     decoder_train_steps=500,
+    decoder_min_samples=128,  # a refit's collection stays a small share of these budgets
 )
 
 
@@ -93,7 +94,7 @@ def test_a_device_iteration_is_one_compiled_call_shared_by_every_stage():
 
     algo.update = counting_update
     envs.train.step = counting_step
-    loop = OnPolicyLoop(algo, make_collector(envs, algo.act), 8)
+    loop = OnPolicyLoop(algo, make_collector(envs, algo.act))
     loop.reset(0)
     state, key = algo.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
     stages = []

@@ -1,7 +1,7 @@
-"""Fine-tuning a `gprl pretrain` flow policy with ReinFlow, DPPO and GoRL (`--init`): the first
-evaluation is the pretrained policy's, fine-tuning improves a deliberately weak one, the critic
-warm-up and the W2 penalty hold the policy, bad --init runs are refused in one line, and a
-fine-tuning run resumes exactly."""
+"""Fine-tuning a `gprl pretrain` flow policy with ReinFlow, dppo-flow and GoRL (`--init`): the
+first evaluation is the pretrained policy's, fine-tuning improves a deliberately weak one, the
+critic warm-up and the W2 penalty hold the policy, bad --init runs are refused in one line, and
+a fine-tuning run resumes exactly."""
 
 import csv
 import functools
@@ -27,7 +27,7 @@ from gprl.types import EnvSpec, Transition
 # One worker runs this module, so its costly module fixture (pretrained_runs) is built once.
 
 PROBE = "gprl/ContextualTarget-v0"
-FINE_TUNERS = ("reinflow", "dppo", "gorl")
+FINE_TUNERS = ("reinflow", "dppo-flow", "gorl")
 EVAL_EPISODES = 64
 # A pretrain run evaluates with this seed; a training run with seed 0 too.
 EVAL_SEED = boundary_seed(0, 2**31 - 1)
@@ -110,9 +110,9 @@ def test_fine_tuning_starts_at_the_pretrained_return_and_improves(name, pretrain
         "reinflow": {},
         # Twice the default step noise: the pretrained actions span about half the action box,
         # so the default explores a quarter as much as it would from scratch.
-        "dppo": {"denoising_std": 0.1},
+        "dppo-flow": {"denoising_std": 0.1},
         # Two stages: the pretrained flow is the first decoder, a refit the second.
-        "gorl": {"num_stages": 2, "stage_weights": (1.0, 1.0)},
+        "gorl": {"num_stages": 2, "stage_weights": (1.0, 1.0), "decoder_train_steps": 3000},
     }[name]
     run = RunConfig(
         env=PROBE,
@@ -133,6 +133,7 @@ def test_fine_tuning_starts_at_the_pretrained_return_and_improves(name, pretrain
     assert final > -0.06
     if name == "gorl":
         (refit,) = [r for r in rows if r.get("refit")]
+        assert refit["refit/accepted"] == "1"  # a refused refit would keep the policy trivially
         # The refitted decoder keeps what the first stage learned.
         assert abs(float(refit["eval_return"]) - float(refit["eval_return_before_refit"])) < 0.03
 
@@ -200,9 +201,9 @@ def test_critic_warmup_moves_only_the_critic_and_observation_statistics_stay_fro
         assert jax.tree.all(jax.tree.map(jnp.array_equal, stats, pretrained.acting["obs_norm"]))
 
 
-# DPPO's penalty is the same code as ReinFlow's (GaussianChainActorCritic.w2_to_reference), so
-# the default suite runs it once; -m slow runs it on DPPO's chain too.
-@pytest.mark.parametrize("name", ["reinflow", pytest.param("dppo", marks=pytest.mark.slow)])
+# dppo-flow's penalty is the same code as ReinFlow's (GaussianChainActorCritic.w2_to_reference),
+# so the default suite runs it once; -m slow runs it on dppo-flow's chain too.
+@pytest.mark.parametrize("name", ["reinflow", pytest.param("dppo-flow", marks=pytest.mark.slow)])
 def test_w2_penalty_keeps_the_policy_near_the_pretrained_one(name, pretrained_runs):
     # Random rewards push the policy around; the penalty must pull it back toward the
     # pretrained policy, measured on the deterministic actions from zero noise.
@@ -259,7 +260,12 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, cli_er
     gaussian = flow._replace(kind="gaussian")
     chunked = flow._replace(config=replace(flow.config, chunk_length=2))
     for name, pretrained, message in [
-        ("dppo", gaussian, "fine-tunes 'flow' pretrain runs; --init holds a 'gaussian' policy"),
+        (
+            "dppo-flow",
+            gaussian,
+            "fine-tunes 'flow' pretrain runs; --init holds a 'gaussian' policy",
+        ),
+        ("dppo", flow, "DPPO fine-tunes 'ddpm' pretrain runs; --init holds a 'flow' policy"),
         ("gorl", chunked, "predicts chunks of 2"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -274,7 +280,14 @@ RESUME_OVERRIDES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(RESUME_OVERRIDES))
+# GoRL's resume after a refit runs by default in test_trainer and test_device; here -m slow.
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow if name == "gorl" else ())
+        for name in sorted(RESUME_OVERRIDES)
+    ],
+)
 def test_interrupted_fine_tuning_resumes_exactly(
     name, pretrained_runs, tmp_path, capsys, resume_check
 ):

@@ -25,8 +25,8 @@ from gprl.policies.flow import sde_transition, time_grid
 from gprl.trainer import RunConfig, train
 from gprl.types import EnvSpec, Transition
 
-FLOW_METHODS = ("fpo", "dppo", "reinflow", "flow-sde", "grpo")
-CHAIN_METHODS = ("dppo", "reinflow", "flow-sde", "grpo")
+FLOW_METHODS = ("fpo", "dppo-flow", "reinflow", "flow-sde", "grpo")
+CHAIN_METHODS = ("dppo-flow", "reinflow", "flow-sde", "grpo")
 SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), None)
 NUM_ENVS, ROLLOUT = 8, 4
 
@@ -191,15 +191,14 @@ PROBE_OVERRIDES = {
 
 
 def learning_cases():
-    """Every method learns on the device path; on host envs only GRPO in the default suite (its
-    grouped restarts differ there), the others under -m slow: their host runs execute the same
-    algorithm code, and the resume tests run them on host envs. DPPO's run from scratch is
-    -m slow too: the default suite has it improve a pretrained policy (test_finetune)."""
+    """Every method learns on the device path, on host envs under -m slow: their host runs
+    execute the same algorithm code, and the resume tests run them on host envs. dppo-flow's and
+    ReinFlow's runs from scratch are -m slow too: the default suite has them improve a
+    pretrained policy (test_finetune)."""
     for name in FLOW_METHODS:
-        device_slow = pytest.mark.slow if name == "dppo" else ()
+        device_slow = pytest.mark.slow if name in ("dppo-flow", "reinflow") else ()
         yield pytest.param(name, "jax", id=f"{name}-jax", marks=device_slow)
-        slow = () if name == "grpo" else pytest.mark.slow
-        yield pytest.param(name, "gymnasium", id=f"{name}-gymnasium", marks=slow)
+        yield pytest.param(name, "gymnasium", id=f"{name}-gymnasium", marks=pytest.mark.slow)
 
 
 @pytest.mark.parametrize(("name", "backend"), learning_cases())

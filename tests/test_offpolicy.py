@@ -188,7 +188,8 @@ def contextual_target_run(tmp_path, backend: str) -> RunConfig:
     )
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "jax"])
+# On host envs with -m slow: the same algorithm code (test_cli_trains_sac... runs it on a host env).
+@pytest.mark.parametrize("backend", [pytest.param("gymnasium", marks=pytest.mark.slow), "jax"])
 def test_sac_reaches_the_optimum_of_a_contextual_task(tmp_path, backend):
     run_dir = train("sac", contextual_target_run(tmp_path, backend), FAST_SAC)
     assert read_meta(run_dir)["backend"] == backend
@@ -229,7 +230,8 @@ def checkpoint_holds_768_steps_of_replay(run_dir):
     assert np.abs(np.asarray(saved["replay"].data.obs[:768])).sum() > 0
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "jax"])
+# Host env state is resumed in test_trainer's and test_fql's default cases; here with -m slow.
+@pytest.mark.parametrize("backend", [pytest.param("gymnasium", marks=pytest.mark.slow), "jax"])
 def test_interrupted_sac_run_resumes_exactly_with_its_replay_buffer(
     tmp_path, backend, resume_check
 ):
@@ -288,7 +290,7 @@ def test_a_compiled_update_call_runs_every_gradient_step_of_the_interval():
         return real_update(state, batch, key)
 
     algo.update = counting_update
-    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act), 4)
+    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act))
     loop.reset(0)
     state, key = algo.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
     for _ in range(3):
@@ -319,7 +321,7 @@ def test_the_loop_prefills_an_offline_dataset_and_keeps_it_while_learning_online
         "truncated": np.zeros(300, bool),
         "next_obs": obs,
     }
-    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act), 4, offline_data=dataset)
+    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act), offline_data=dataset)
     loop.reset(0)
     state, key = algo.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
     for _ in range(4):
@@ -344,7 +346,7 @@ def test_a_prefilled_buffer_needs_no_budget_beyond_learning_starts():
     dataset = offline_dataset(np.zeros(64), obs_dim=3, action_dim=2)
 
     def loop(algo, data):
-        return OffPolicyLoop(algo, lambda act: make_collector(envs, act), 1, offline_data=data)
+        return OffPolicyLoop(algo, lambda act: make_collector(envs, act), offline_data=data)
 
     with pytest.raises(ValueError, match=r"learning_starts \(5000\) must be below total_steps"):
         loop(SAC(SACConfig(), envs.spec, 1, 5000), None)

@@ -264,20 +264,21 @@ def _eval_train_run(args: EvalArgs):
     from gprl.backends import make_evaluator, open_environments
     from gprl.envs import make_env
     from gprl.evaluation import record_video
+    from gprl.initial_policy import chunk_options
     from gprl.trainer import load_run, success_options
 
     algo, state, run = load_run(args.run_dir)
     _check_plot_backend(args, run.env)
     acting = algo.acting_params(state)
+    options = success_options(run) | chunk_options(args.run_dir)
     envs = open_environments(
-        run.env, run.env_backend, 1, args.episodes, args.seed, args.seed, **success_options(run)
+        run.env, run.env_backend, 1, args.episodes, args.seed, args.seed, **options
     )
     try:
         result = make_evaluator(envs, algo.act_deterministic, args.seed).evaluate(acting)
     finally:
         envs.close()
     if args.video:
-        options = success_options(run)
         with make_env(run.env, 1, args.seed, render=True, backend="gymnasium", **options) as env:
             path = record_video(
                 algo.act_deterministic, acting, env, args.seed, args.run_dir / "videos" / "eval.mp4"

@@ -22,11 +22,13 @@ from gprl.types import Transition
 
 
 class EpisodeStats(NamedTuple):
-    """Episodes that ended during a collection: how many, and their summed returns and lengths."""
+    """Episodes that ended during a collection: how many, and their summed returns and lengths
+    (raw rewards, env steps); and the env steps the collection took."""
 
     count: int
     return_sum: float
     length_sum: float
+    env_steps: int
 
     @property
     def mean_return(self) -> float:
@@ -77,17 +79,23 @@ class HostCollector:
         terminated = np.empty((num_steps, n), bool)
         truncated = np.empty((num_steps, n), bool)
         extras_per_step = []
-        count, return_sum, length_sum = 0, 0.0, 0.0
+        count, return_sum, length_sum, env_steps = 0, 0.0, 0.0, 0
         for t in range(num_steps):
             obs[t] = self.obs
             action, extras, key = self._policy_step(acting, self.obs, key)
             actions[t] = action
             extras_per_step.append(extras)
             step = self.env.step(actions[t])
-            rewards[t], terminated[t], truncated[t] = step.reward, step.terminated, step.truncated
+            rewards[t], terminated[t], truncated[t] = (
+                step.learned_reward(),
+                step.terminated,
+                step.truncated,
+            )
             next_obs[t] = step.final_obs
+            executed = 1 if step.env_steps is None else step.env_steps
+            env_steps += n if step.env_steps is None else int(np.sum(step.env_steps))
             self.episode_return += step.reward
-            self.episode_length += 1
+            self.episode_length += executed
             done = step.terminated | step.truncated
             if done.any():
                 count += int(done.sum())
@@ -99,7 +107,7 @@ class HostCollector:
         # Stacking on the host: jnp.stack would compile a new T-operand concatenation per length.
         extras = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *extras_per_step)
         batch = Transition(obs, actions, rewards, terminated, truncated, next_obs, extras)
-        return batch, key, EpisodeStats(count, return_sum, length_sum)
+        return batch, key, EpisodeStats(count, return_sum, length_sum, env_steps)
 
     def make_train_step(self, acting_fn, update_fn, num_steps: int, donate: bool = False):
         """(state, key) -> (state, key, metrics, episode stats): collect, then a jitted update.
@@ -149,19 +157,22 @@ class DeviceCollector:
             transition = Transition(
                 carry["obs"],
                 action,
-                result.reward,
+                result.learned_reward(),
                 result.terminated,
                 result.truncated,
                 result.final_obs,
                 extras,
             )
+            executed = 1.0 if result.env_steps is None else result.env_steps
+            executed = jnp.broadcast_to(executed, result.reward.shape)
             episode_return = carry["episode_return"] + result.reward
-            episode_length = carry["episode_length"] + 1.0
+            episode_length = carry["episode_length"] + executed
             done = jnp.logical_or(result.terminated, result.truncated)
             stats = (
                 stats[0] + jnp.sum(done),
                 stats[1] + jnp.sum(jnp.where(done, episode_return, 0.0)),
                 stats[2] + jnp.sum(jnp.where(done, episode_length, 0.0)),
+                stats[3] + jnp.sum(executed),
             )
             carry = {
                 "env_state": env_state,
@@ -173,7 +184,7 @@ class DeviceCollector:
 
         zero = jnp.zeros((), jnp.float32)
         (carry, key, stats), batch = jax.lax.scan(
-            step, (carry, key, (zero, zero, zero)), None, length=num_steps
+            step, (carry, key, (zero, zero, zero, zero)), None, length=num_steps
         )
         return carry, batch, key, stats
 
@@ -208,5 +219,5 @@ class DeviceCollector:
 
 
 def _episode_stats(stats) -> EpisodeStats:
-    count, return_sum, length_sum = (float(x) for x in jax.device_get(stats))
-    return EpisodeStats(int(count), return_sum, length_sum)
+    count, return_sum, length_sum, env_steps = (float(x) for x in jax.device_get(stats))
+    return EpisodeStats(int(count), return_sum, length_sum, int(env_steps))

@@ -80,6 +80,11 @@ def _convert(tp, value):
 
 
 def from_jsonable(cls, data: dict):
+    """An instance of the dataclass cls from its JSON record. A class with a `refuse_saved(data)`
+    classmethod first gets to refuse, in its own words, a record it no longer reads."""
+    refuse_saved = getattr(cls, "refuse_saved", None)
+    if refuse_saved is not None:
+        refuse_saved(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -45,7 +45,7 @@ def _host_episodes(env, seed: int, policy) -> dict:
     for _ in range(max_steps):
         step = env.step(policy(obs))
         returns += np.where(running, step.reward, 0.0)
-        lengths += running
+        lengths += running * (1 if step.env_steps is None else step.env_steps)
         succeeded |= running & step.success
         running &= ~(step.terminated | step.truncated)
         if not running.any():
@@ -170,7 +170,8 @@ class DeviceEvaluator:
                 env_state, obs, returns, lengths, running = carry
                 env_state, result = env.step(env_state, act_deterministic(acting, obs))
                 returns = returns + jnp.where(running, result.reward, 0.0)
-                lengths = lengths + running
+                executed = 1 if result.env_steps is None else result.env_steps
+                lengths = lengths + running * executed
                 running = running & ~(result.terminated | result.truncated)
                 return (env_state, result.obs, returns, lengths, running), None
 

@@ -43,10 +43,9 @@ class OnPolicyLoop:
     :class:`gprl.algos.base.StageBoundary`) an iteration collects the data the algorithm asks for
     and ends the stage instead, outside any compiled call."""
 
-    def __init__(self, algo: OnPolicyAlgorithm, collector, num_envs: int):
+    def __init__(self, algo: OnPolicyAlgorithm, collector):
         self.algo = algo
         self.collector = collector
-        self.num_envs = num_envs
         self._train_step = collector.make_train_step(
             algo.acting_params, algo.update, algo.rollout_steps
         )
@@ -75,14 +74,16 @@ class OnPolicyLoop:
         if boundary is not None:
             return self._end_stage(boundary, state, key)
         state, key, metrics, episodes = self._train_step(state, key)
-        steps = self.algo.rollout_steps * self.num_envs
+        # The collector's count, not rollout_steps x num_envs: a step of envs that execute
+        # action chunks is several env steps, fewer where an episode ended inside a chunk.
+        steps = episodes.env_steps
         return IterationResult(state, key, metrics, episodes, steps, steps, False)
 
     def _end_stage(self, boundary, state, key) -> IterationResult:
         batch, key, episodes = self.collector.collect(boundary.acting, key, boundary.rollout_steps)
         key, stage_key = split_key(key)
         state, metrics = self.algo.end_stage(state, batch, stage_key)
-        steps = boundary.rollout_steps * self.num_envs
+        steps = episodes.env_steps
         counted = steps if boundary.counted else 0
         return IterationResult(state, key, metrics, episodes, steps, counted, True)
 
@@ -107,9 +108,8 @@ class OffPolicyLoop:
     (no exploration phase).
     """
 
-    def __init__(self, algo: OffPolicyAlgorithm, make_collector, num_envs: int, offline_data=None):
+    def __init__(self, algo: OffPolicyAlgorithm, make_collector, offline_data=None):
         self.algo = algo
-        self.num_envs = num_envs
         if type(algo).stage_boundary is not Algorithm.stage_boundary:
             raise ValueError(f"{type(algo).__name__}: the off-policy loop runs no stage boundaries")
         self.schedule = algo.schedule
@@ -217,19 +217,24 @@ class OffPolicyLoop:
         online_iteration = int(state["iteration"]) - schedule.offline_iterations
         first_call = online_iteration * schedule.calls_per_iteration
         carry = _unaliased({"algo": state, "replay": self.replay})
-        updates, counts = [], np.zeros(3)
+        updates, counts = [], np.zeros(4)
         for call in range(first_call, first_call + schedule.calls_per_iteration):
             step = self._explore_call if call < self.warmup_calls else self._train_call
             carry, key, metrics, episodes = step(carry, key)
             if metrics:
                 updates.append(metrics)
-            counts += (episodes.count, episodes.return_sum, episodes.length_sum)
+            counts += (
+                episodes.count,
+                episodes.return_sum,
+                episodes.length_sum,
+                episodes.env_steps,
+            )
         self.replay = carry["replay"]
         state = carry["algo"] | {"iteration": carry["algo"]["iteration"] + 1}
         metrics = {k: np.mean([m[k] for m in updates]) for k in updates[0]} if updates else {}
-        steps = schedule.calls_per_iteration * schedule.update_interval * self.num_envs
-        episodes = EpisodeStats(int(counts[0]), float(counts[1]), float(counts[2]))
-        return IterationResult(state, key, metrics, episodes, steps, steps, False)
+        count, return_sum, length_sum, steps = counts
+        episodes = EpisodeStats(int(count), float(return_sum), float(length_sum), int(steps))
+        return IterationResult(state, key, metrics, episodes, int(steps), int(steps), False)
 
     def _iterate_offline(self, state, key) -> IterationResult:
         key, update_key = split_key(key)
@@ -239,7 +244,7 @@ class OffPolicyLoop:
         state = carry["algo"] | {"iteration": carry["algo"]["iteration"] + 1}
         updates = self.schedule.calls_per_iteration * self.schedule.gradient_steps
         return IterationResult(
-            state, key, jax.device_get(metrics), EpisodeStats(0, 0.0, 0.0), 0, 0, False, updates
+            state, key, jax.device_get(metrics), EpisodeStats(0, 0.0, 0.0, 0), 0, 0, False, updates
         )
 
 
@@ -257,11 +262,11 @@ def _unaliased(tree):
     return jax.tree.map(distinct, tree)
 
 
-def make_loop(algo, make_collector, num_envs: int, offline_data=None):
+def make_loop(algo, make_collector, offline_data=None):
     """The loop an algorithm's base class asks for; make_collector(act) builds its collector.
     offline_data pre-fills an off-policy loop's replay buffer (on-policy loops have none)."""
     if isinstance(algo, OffPolicyAlgorithm):
-        return OffPolicyLoop(algo, make_collector, num_envs, offline_data)
+        return OffPolicyLoop(algo, make_collector, offline_data)
     if offline_data is not None:
         raise ValueError("an offline dataset needs an off-policy algorithm (a replay buffer)")
-    return OnPolicyLoop(algo, make_collector(algo.act), num_envs)
+    return OnPolicyLoop(algo, make_collector(algo.act))

@@ -205,7 +205,8 @@ def configure_jax() -> None:
     jax.config.update(
         "jax_compilation_cache_dir", os.environ.get("GPRL_COMPILATION_CACHE_DIR", str(default))
     )
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # JAX's own variable wins
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 class ProgressBar:

@@ -31,7 +31,7 @@ from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, check_fits_env, check_records_env, load_demonstrations
 from gprl.envs import EnvError, can_reopen, env_source_name
 from gprl.evaluation import default_eval_episodes
-from gprl.initial_policy import keep_initial_policy, load_initial_policy
+from gprl.initial_policy import RunStart, keep_initial_policy, run_start
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, check_sinks, plot_learning_curve
 from gprl.loops import make_loop
 from gprl.rundir import RunDirectory, default_run_dir, has_checkpoint, identity, saved_configs
@@ -116,7 +116,8 @@ class RunConfig:
     """A `gprl pretrain` run whose policy this run starts from and fine-tunes (for the
     algorithms that can); its env, observation size and action size must match this run's. An
     evaluation before the first update records the starting return. Its checkpoint is copied
-    into RUN_DIR/initial_policy, so resuming or evaluating never needs it again."""
+    into RUN_DIR/initial_policy, so resuming or evaluating never needs it again. A policy of
+    action chunks acts one decision per executed chunk (methods that fine-tune chunks only)."""
     dataset: str | None = None
     """Minari dataset id (e.g. mujoco/hopper/medium-v0) whose transitions pre-fill the replay
     buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
@@ -193,10 +194,8 @@ def train(
     if demos is not None:
         check_records_env(demos, run.env)
         check_fits_env(demos, spec)
-    pretrained = load_initial_policy(
-        algo_name, entry.algorithm.pretrained_policy, run.init, run.env, spec, run.resume
-    )
-    algo = build_algorithm(algo_name, algo_config, spec, run, pretrained, networks)
+    start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
+    algo = build_algorithm(algo_name, start, run, networks)
     envs = open_environments(
         source,
         run.env_backend,
@@ -207,7 +206,10 @@ def train(
         algo.start_state_group,
         env_workers=run.env_workers,
         **success_options(run),
+        **start.env_options(),
     )
+    # The run records the task's spec; a chunked run's algorithm sees the chunked one.
+    envs = envs._replace(spec=spec) if start.chunking else envs
     try:
         job = TrainJob(algo_name, algo, algo_config, run, envs, demos, networks)
         return job.run(on_iteration)
@@ -292,12 +294,13 @@ def _load_dataset(algo_name: str, run: RunConfig):
     return demos
 
 
-def build_algorithm(algo_name, algo_config, spec, run: RunConfig, pretrained, networks=None):
-    starting_point = {} if pretrained is None else {"pretrained": pretrained}
+def build_algorithm(algo_name, start: RunStart, run: RunConfig, networks=None):
+    starting_point = {} if start.pretrained is None else {"pretrained": start.pretrained}
     if networks is not None:
         starting_point["networks"] = networks
     algo_cls = ALGORITHMS[algo_name].algorithm
-    return algo_cls(algo_config, spec, run.num_envs, run.total_steps, **starting_point)
+    budget = start.decisions(run.total_steps)
+    return algo_cls(start.algo_config, start.spec, run.num_envs, budget, **starting_point)
 
 
 # ----- the job --------------------------------------------------------------------------------
@@ -315,7 +318,6 @@ class TrainJob:
         self.loop = make_loop(
             algo,
             lambda act: make_collector(envs, act),
-            run.num_envs,
             None if demos is None else demos.transitions(),
         )
         self.evaluator = make_evaluator(envs, algo.act_deterministic, eval_seed(run.seed))
@@ -480,11 +482,9 @@ def load_run(run_dir: Path, networks=None):
     else:
         spec = probe_spec(run.env, run.env_backend)
     entry = ALGORITHMS[algo_name]
-    pretrained = load_initial_policy(
-        algo_name, entry.algorithm.pretrained_policy, run.init, run.env, spec, run_dir
-    )
     algo_config = from_jsonable(entry.config, saved["algo_config"])
-    algo = build_algorithm(algo_name, algo_config, spec, run, pretrained, networks)
+    start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run_dir)
+    algo = build_algorithm(algo_name, start, run, networks)
     template = {"algo": algo.init(jax.random.PRNGKey(0)), "key": jax.random.PRNGKey(0)}
     state, _ = load_checkpoint(run_dir, template, identity(algo_name, run.env, spec))
     return algo, state["algo"], run

@@ -115,6 +115,16 @@ class StepResult(NamedTuple):
     success: Any
     """(N,) bool, True where the env reported success on this step (Gymnasium info "success" or
     "is_success"); always False for envs that never report it."""
+    env_steps: Any = None
+    """(N,) int: env steps this step executed, where one step executes an action chunk
+    (gprl.envs.chunked; ``reward`` then sums the executed steps' raw rewards); None: one each."""
+    discounted_reward: Any = None
+    """(N,) float32: what an algorithm learns from where a step executes a chunk, its rewards
+    summed with the discount per env step; None: ``reward``."""
+
+    def learned_reward(self):
+        """The reward an algorithm learns from (see discounted_reward)."""
+        return self.reward if self.discounted_reward is None else self.discounted_reward
 
 
 class Transition(NamedTuple):

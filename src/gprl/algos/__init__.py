@@ -70,7 +70,14 @@ ALGORITHMS = {
     "dppo": Registered(
         "gprl.algos.dppo:DPPO",
         "gprl.algos.dppo:DPPOConfig",
-        "DPPO: per-denoising-step PPO ratios over Gaussian Euler steps",
+        "DPPO (the paper's): per-denoising-step PPO on a DDPM / DDIM policy, the last steps "
+        "trained beside a frozen copy of the base",
+    ),
+    "dppo-flow": Registered(
+        "gprl.algos.dppo_flow:DPPOFlow",
+        "gprl.algos.dppo_flow:DPPOFlowConfig",
+        "DPPO on a flow policy (the FPO paper's baseline): per-step PPO ratios over Gaussian "
+        "Euler steps",
     ),
     "reinflow": Registered(
         "gprl.algos.reinflow:ReinFlow",

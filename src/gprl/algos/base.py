@@ -16,7 +16,18 @@ a method overrides only the hooks it needs:
 - `stage_boundary` / `end_stage` (on-policy): between iterations, collect data with some
   policy and change the algorithm with it (a refit of a part of the policy, a new stage);
 - `on_evaluation`: see every deterministic evaluation's summary (to keep the best policy);
-- `explore` (off-policy): how to act before learning starts.
+- `explore` (off-policy): how to act before learning starts;
+- `fine_tunes_chunks`, `step_discount`, `per_decision_config`: fine-tuning a policy of action
+  chunks (below).
+
+Action chunks: where `fine_tunes_chunks` is set, `--init` may hold a pretrain run whose policy
+predicts chunks of Ta actions (and may condition on H observations). The run then steps envs
+that execute the first Te actions of each chunk as ONE decision (gprl.envs.chunked), and the
+method sees an ordinary task: a spec of Ta x action_dim actions and H x obs_dim observations,
+the pretrained policy over the flat chunk, and transitions whose reward is the chunk's rewards
+summed with `step_discount(config)` per env step. What the loop needs from the method is that
+discount, and a config whose bootstrap spans a decision: `per_decision_config(config, Te)`
+(discount^Te). Env steps, not decisions, are what the run counts.
 
 Constructor: `Algorithm(config, spec, num_envs, total_steps, **optional)`: it validates the
 config against the run (ValueError, one line, naming the field). The optional keywords are
@@ -26,6 +37,7 @@ passes either keyword only when the user gave one, so a method that takes neithe
 parameter for them.
 """
 
+import dataclasses
 import math
 from typing import Any, Literal, NamedTuple
 
@@ -91,6 +103,24 @@ class Algorithm:
     (a critic-free method compares the episodes of such a group); 1: independent envs. A
     method that groups sets it in its constructor; the trainer reads it to choose an env
     backend that can restart envs in groups."""
+
+    fine_tunes_chunks: bool = False
+    """Whether `pretrained=` may be a policy of action chunks or observation histories, seen
+    through its flat chunk (see the module docstring); else --init of one is refused."""
+
+    @classmethod
+    def step_discount(cls, config) -> float:
+        """The discount per env step of the returns the method learns: its config's `gamma`,
+        1.0 for a method without one."""
+        return float(getattr(config, "gamma", 1.0))
+
+    @classmethod
+    def per_decision_config(cls, config, env_steps: int):
+        """config for decisions that each span env_steps env steps: its discount raised to that
+        power, so that the bootstrap after a decision is discounted by gamma^env_steps."""
+        if not hasattr(config, "gamma"):
+            return config
+        return dataclasses.replace(config, gamma=cls.step_discount(config) ** env_steps)
 
     def init(self, key) -> dict:
         """A fresh training state; state["iteration"] counts finished iterations."""

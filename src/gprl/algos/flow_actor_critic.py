@@ -5,6 +5,7 @@ critic, trained by PPO through a likelihood (or likelihood surrogate) each metho
 methods' base (gprl.algos.flow_onpolicy); a method implements `act` and `policy_terms` (its log
 ratio). :class:`GaussianChainActorCritic` is the same on Gaussian-chain sampling, with an
 optional W2 penalty toward a reference policy. With `--init` the critic starts fresh.
+:class:`ValueCriticConfig` holds the critic's settings, whatever the policy (DPPO's DDPM too).
 """
 
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from gprl.networks import value_network
 
 
 @dataclass(frozen=True)
-class FlowActorCriticConfig(FlowOnPolicyConfig, ActorCriticConfig):
+class ValueCriticConfig(ActorCriticConfig):
+    """The value critic of a critic-based method of this family, whatever its policy."""
+
     critic_hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the value network."""
     critic_activation: str = "tanh"
@@ -43,6 +46,11 @@ class FlowActorCriticConfig(FlowOnPolicyConfig, ActorCriticConfig):
                 f"critic_warmup_iterations must be non-negative, got "
                 f"{self.critic_warmup_iterations}"
             )
+
+
+@dataclass(frozen=True)
+class FlowActorCriticConfig(FlowOnPolicyConfig, ValueCriticConfig):
+    """A flow policy beside a value critic."""
 
 
 class FlowActorCritic(FlowOnPolicy):

@@ -5,7 +5,9 @@ maps (s, z) to an action a = squash(decoder(s, z)), clipped (default) or tanh (r
 Stage 0 uses the identity decoder (plain latent PPO). Between stages the best policy is rolled
 out, a decoder is fitted by imitation to map the prior N(0, I) onto its (pre-squash) actions,
 and the encoder restarts at the prior, so decoder(prior) reproduces the last policy and the next
-stage improves on it (arXiv 2512.02581).
+stage improves on it (arXiv 2512.02581). A refit is only taken where its policy acts like the
+last one on states of the stage's rollouts; otherwise the old decoder stays and the next stage
+goes on from the last policy (see gprl.algos.gorl_refit).
 
 Fine-tuning (`--init PRETRAIN_RUN`): the pretrained flow policy is the first decoder instead of
 the identity, with its own observation statistics and action map; the encoder starts exactly
@@ -15,8 +17,7 @@ returns atanh of the pretrained action, kept a margin inside [-1, 1]; the refits
 fit fresh decoders to those pre-squash actions as usual.
 """
 
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +26,20 @@ import numpy as np
 from gprl.algos.base import (
     OnPolicyAlgorithm,
     StageBoundary,
-    check_learning_rates,
     check_networks,
     check_pretrained_flow,
+)
+from gprl.algos.gorl_config import GoRLConfig
+from gprl.algos.gorl_refit import (
+    DecoderRefitter,
+    plan_stages,
+    probe_action_error,
+    probe_init,
+    probe_record,
 )
 from gprl.algos.onpolicy import (
     annealed_learning_rate,
     check_batch_geometry,
-    iterations_for_budget,
     make_optimizer,
     ppo_update,
     reward_normalizer_init,
@@ -42,122 +49,13 @@ from gprl.algos.ppo import GaussianActorCritic, PPOConfig, gaussian_ppo_loss
 from gprl.networks import CustomNetworks
 from gprl.policies import (
     DiffusionPolicy,
-    DiffusionPolicyConfig,
     FlowPolicy,
-    FlowPolicyConfig,
     GaussianPolicyConfig,
     gaussian_log_prob,
     kl_to_standard_normal,
 )
-from gprl.policies.imitation import FitConfig, ImitationFitter
-from gprl.rl_math import normalize, running_stats_init, running_stats_update
+from gprl.rl_math import normalize, running_stats_init
 from gprl.types import EnvSpec
-
-
-@dataclass(frozen=True)
-class GoRLConfig:
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    """PPO settings of the latent encoder (clip_eps and max_grad_norm are set per stage below).
-    Default: the PPO baseline's actor, critic and clipped actions, chosen on 3 seeds of
-    cheetah-run at 1M steps (benchmarks/gorl_defaults.py): final evaluation 591 +- 215 against
-    277 +- 25 with the reference 4 x 32 SiLU softplus encoder, tanh actions and critic resets
-    (preset gorl-reference), and 398 +- 195 with tanh actions."""
-    decoder: Literal["flow", "diffusion"] = "flow"
-    """Generative decoder: flow matching (Euler) or diffusion (DDIM), both deterministic from z."""
-    flow: FlowPolicyConfig = field(default_factory=FlowPolicyConfig)
-    diffusion: DiffusionPolicyConfig = field(
-        default_factory=lambda: DiffusionPolicyConfig(num_train_steps=10, num_steps=10)
-    )
-    num_stages: int = 3
-    """Encoder stages; a decoder refit separates consecutive stages (reference: 4)."""
-    stage_weights: tuple[float, ...] = (2.0, 1.0, 1.0)
-    """Relative encoder budget of each stage (reference: 60M/60M/30M/30M, 2/2/1/1). At CPU
-    budgets a long first stage matters most: each later stage restarts the learning-rate
-    schedule and the encoder."""
-    clip_eps_first_stage: float = 0.15
-    """PPO clip range in stage 0 (reference)."""
-    clip_eps_later_stages: float = 0.3
-    """PPO clip range after the first refit (reference)."""
-    max_grad_norm_first_stage: float = 0.5
-    """Gradient-norm clip in stage 0 (reference)."""
-    max_grad_norm_later_stages: float = 1.0
-    """Gradient-norm clip after the first refit (reference)."""
-    prior_regularizer: Literal["l2", "kl", "none"] = "l2"
-    """'l2': coef * (mean(mu^2) + mean(sigma^2)) as the reference code; 'kl': coef * mean KL(pi(.|s)
-    || N(0, I)) as the paper."""
-    prior_coef_first_stage: float = 5e-4
-    """Prior regulariser weight in stage 0 (reference)."""
-    prior_coef_later_stages: float = 1e-3
-    """Prior regulariser weight after the first refit (reference)."""
-    reset_encoder: bool = True
-    """Re-initialise the encoder (actor, optimiser, observation normaliser) at each stage."""
-    reset_critic: bool = False
-    """Re-initialise the critic with the encoder (reference). A refit preserves the policy, so
-    the critic still values it and is kept by default (with its observation statistics)."""
-    encoder_starts_at_prior: bool = True
-    """Zero the re-initialised encoder's output layer, so that a new stage starts exactly at the
-    prior (mean 0, std init_std) and the first policy after a refit (or, with --init, the first
-    policy: the pretrained one) is decoder(s, prior) itself; otherwise its small random output
-    (reference) shifts every latent a little."""
-    warm_start_decoder: bool = False
-    """Fine-tune the previous decoder instead of fitting a fresh one (reference: fresh)."""
-    collect_fraction: float = 0.04
-    """Env steps collected for each decoder refit, as a share of total_steps (reference: 0.08,
-    19.7M per refit next to 180M encoder steps). Paired refits reproduce the policy from 0.04
-    (median evaluation after a refit 99% of the one before, cheetah-run, 3 seeds)."""
-    collect_policy: Literal["best", "last"] = "best"
-    """Roll out the best-evaluated encoder of the stage (reference) or the latest one."""
-    count_collection_steps: bool = True
-    """Count decoder data-collection steps toward total_steps (the reference does not)."""
-    decoder_train_steps: int = 3000
-    """Gradient steps of each decoder refit."""
-    decoder_batch_size: int = 512
-    """Minibatch size of decoder refits (reference: 8192 on GPU)."""
-    decoder_learning_rate: float = 3e-4
-    """Adam step size of decoder refits (reference)."""
-    decoder_val_fraction: float = 0.1
-    """Held-out share of the collected data; the decoder with the best held-out loss is kept."""
-    decoder_eval_every: int = 250
-    """Decoder training steps between held-out evaluations."""
-    decoder_coupling: Literal["paired", "independent"] = "paired"
-    """What a flow decoder learns to map the prior onto. 'paired': each collected action with
-    the very prior noise that produced it (z = mean + std * eps keeps eps), so decoder(s, eps)
-    reproduces the collecting policy sample by sample and decoder(s, 0) its evaluation action;
-    'independent': the actions' distribution from fresh noise, as the reference (a refit then
-    loses part of the policy: see the README). The diffusion decoder always fits independent
-    noise."""
-
-    pretrained_action_margin: float = 1e-4
-    """With --init and tanh squashing: how far inside [-1, 1] the pretrained decoder's actions
-    are kept before tanh is inverted (a saturated action starts off by at most this much; refit
-    targets stay within atanh(1 - margin), 4.95 at 1e-4)."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first nonsensical field."""
-        self.ppo.validate()
-        if not 0.0 < self.pretrained_action_margin < 1.0:
-            raise ValueError(
-                f"pretrained_action_margin must be in (0, 1), got {self.pretrained_action_margin}"
-            )
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be at least 1, got {self.num_stages}")
-        if len(self.stage_weights) != self.num_stages:
-            raise ValueError(
-                f"stage_weights has {len(self.stage_weights)} entries for {self.num_stages} stages"
-            )
-        if any(not w > 0 for w in self.stage_weights):
-            raise ValueError(f"stage_weights must be positive, got {self.stage_weights}")
-        positive = ("clip_eps_first_stage", "clip_eps_later_stages", "max_grad_norm_first_stage")
-        positive += ("max_grad_norm_later_stages", "collect_fraction", "decoder_train_steps")
-        positive += ("decoder_batch_size", "decoder_eval_every")
-        check_learning_rates(self, "decoder_learning_rate")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 < self.decoder_val_fraction < 1.0:
-            raise ValueError(
-                f"decoder_val_fraction must be in (0, 1), got {self.decoder_val_fraction}"
-            )
 
 
 def prior_regularizer(kind: str):
@@ -189,8 +87,9 @@ def reference_gorl_config() -> GoRLConfig:
     """The reference code's settings (bennidict23/GoRL) with its schedule's shape, scaled to the
     run's budget: a 4 x 32 SiLU encoder with softplus scale, a 5 x 256 SiLU critic, entropy bonus
     1e-2, encoder and critic re-initialised at every stage with a small random output, a fresh
-    decoder fitted from independent noise, 4 stages of 2/2/1/1, 8% of the budget collected per
-    refit and not counted toward it."""
+    decoder fitted from independent noise and always taken (refit/action_error is still
+    logged), 4 stages of 2/2/1/1, 8% of the budget collected per refit and not counted toward
+    it."""
     return GoRLConfig(
         ppo=PPOConfig(
             action_squash="tanh",
@@ -205,20 +104,9 @@ def reference_gorl_config() -> GoRLConfig:
         encoder_starts_at_prior=False,
         collect_fraction=0.08,
         decoder_coupling="independent",
+        refit_tolerance=None,
         count_collection_steps=False,
     )
-
-
-class PairedFlowLoss:
-    """The flow-matching loss on targets that carry their own noise, [noise | action] along the
-    last axis: what the imitation fitter minimises to learn a given noise -> action coupling."""
-
-    def __init__(self, flow: FlowPolicy):
-        self.flow = flow
-
-    def loss(self, params, cond, noise_and_action, key):
-        noise, action = jnp.split(noise_and_action, 2, axis=-1)
-        return self.flow.loss(params, cond, action, key, noise=noise)
 
 
 class GoRL(OnPolicyAlgorithm):
@@ -256,7 +144,10 @@ class GoRL(OnPolicyAlgorithm):
             self.decoder = DiffusionPolicy(spec.action_dim, config.diffusion, given.velocity)
         self.regularizer = prior_regularizer(config.prior_regularizer)
         self.rollout_steps = config.ppo.rollout_steps
-        self._plan_stages(total_steps)
+        self.collect_rollout_steps, self.stage_iterations = plan_stages(
+            config, spec.max_episode_steps, num_envs, total_steps
+        )
+        self.num_iterations = sum(self.stage_iterations) + config.num_stages - 1
         later = config.num_stages - 1
         self._per_stage = {
             "clip_eps": (config.clip_eps_first_stage,) + (config.clip_eps_later_stages,) * later,
@@ -267,36 +158,8 @@ class GoRL(OnPolicyAlgorithm):
             "iterations": self.stage_iterations,
         }
         self.optimizer = make_optimizer(config.ppo)
-        self.paired_refit = config.decoder == "flow" and config.decoder_coupling == "paired"
-        self.decoder_fitter = ImitationFitter(
-            PairedFlowLoss(self.decoder) if self.paired_refit else self.decoder,
-            FitConfig(
-                batch_size=config.decoder_batch_size,
-                learning_rate=config.decoder_learning_rate,
-                val_fraction=config.decoder_val_fraction,
-                chunk_steps=config.decoder_eval_every,
-            ),
-        )
-
-    def _plan_stages(self, total_steps: int) -> None:
-        """Split the budget: refit collections, then the encoder's stages by stage_weights."""
-        config, num_envs = self.config, self.num_envs
-        steps_per_iteration = config.ppo.rollout_steps * num_envs
-        refits = config.num_stages - 1
-        self.collect_rollout_steps = max(1, round(config.collect_fraction * total_steps / num_envs))
-        encoder_budget = total_steps
-        if config.count_collection_steps:
-            encoder_budget -= refits * self.collect_rollout_steps * num_envs
-        weights = np.asarray(config.stage_weights, np.float64)
-        self.stage_iterations = tuple(
-            iterations_for_budget(
-                int(encoder_budget * w / weights.sum()),
-                steps_per_iteration,
-                f"the encoder budget of stage {stage}",
-            )
-            for stage, w in enumerate(weights)
-        )
-        self.num_iterations = sum(self.stage_iterations) + refits
+        self._act_deterministic = jax.jit(self.act_deterministic)
+        self.refitter = DecoderRefitter(self.decoder, config, spec.obs_dim, spec.action_dim)
 
     def stage_value(self, name: str, stage):
         return jnp.asarray(self._per_stage[name])[stage]
@@ -335,6 +198,8 @@ class GoRL(OnPolicyAlgorithm):
             "stage_iteration": jnp.asarray(0, jnp.int32),
             "decoder": self.decoder.init(decoder_key, self.spec.obs_dim),
             "decoder_obs_norm": running_stats_init((self.spec.obs_dim,)),
+            "decoder_active": jnp.asarray(False),
+            "refit_probe": probe_init(self.config.refit_probe_states, self.spec.obs_dim),
         }
         if self.pretrained is not None:
             state["initial_decoder"] = self.pretrained.acting
@@ -348,14 +213,15 @@ class GoRL(OnPolicyAlgorithm):
             "obs_norm": state["obs_norm"] if obs_norm is None else obs_norm,
             "decoder": state["decoder"],
             "decoder_obs_norm": state["decoder_obs_norm"],
-            "decoder_active": state["stage"] > 0,
+            "decoder_active": state["decoder_active"],
         }
         if self.pretrained is not None:
             acting["initial_decoder"] = state["initial_decoder"]
         return acting
 
     def decode(self, acting, obs, latent):
-        """Pre-squash decoder output; in stage 0 the identity, or the pretrained policy."""
+        """Pre-squash decoder output; until a refit is taken, the identity or the pretrained
+        policy."""
 
         def run_decoder():
             cond = normalize(obs, acting["decoder_obs_norm"])
@@ -441,6 +307,7 @@ class GoRL(OnPolicyAlgorithm):
                 loss, info = loss + penalty, info | {"prior_penalty": penalty}
             return loss, info
 
+        probe = probe_record(state["refit_probe"], batch.obs, jax.random.fold_in(key, 1))
         # The decoded actions are kept for refit data only; the update needs the latents.
         batch = batch._replace(extras={k: batch.extras[k] for k in ("sample", "log_prob")})
         state, metrics = ppo_update(
@@ -453,7 +320,7 @@ class GoRL(OnPolicyAlgorithm):
             self.optimizer,
             config,
         )
-        state = state | {"stage_iteration": state["stage_iteration"] + 1}
+        state = state | {"stage_iteration": state["stage_iteration"] + 1, "refit_probe": probe}
         return state, metrics | {"learning_rate": learning_rate, "stage": stage}
 
     def stage_boundary(self, state) -> StageBoundary | None:
@@ -464,64 +331,86 @@ class GoRL(OnPolicyAlgorithm):
             return None
         if int(state["stage_iteration"]) < self.stage_iterations[stage]:
             return None
-        best = state["best"]
-        use_best = self.config.collect_policy == "best" and np.isfinite(float(best["return"]))
-        acting = (
-            self.acting_params(state, best["actor"], best["obs_norm"])
-            if use_best
-            else self.acting_params(state)
+        return StageBoundary(
+            self.acting_params(state, **self._kept_encoder(state)),
+            self.collect_rollout_steps,
+            self.config.count_collection_steps,
         )
-        return StageBoundary(acting, self.collect_rollout_steps, self.config.count_collection_steps)
+
+    def _kept_encoder(self, state) -> dict:
+        """The encoder a refit keeps: the stage's best-evaluated one, or the latest."""
+        best = state["best"]
+        if self.config.collect_policy == "best" and np.isfinite(float(best["return"])):
+            return {"actor": best["actor"], "obs_norm": best["obs_norm"]}
+        return {"actor": state["params"]["actor"], "obs_norm": state["obs_norm"]}
 
     def end_stage(self, state, batch, key):
-        """Fit the next stage's decoder on the collected (obs, pre-squash action) pairs, then
-        restart the encoder at the prior."""
-        cfg = self.config
-        stage = int(state["stage"])
-        fit_key, init_key, encoder_key = jax.random.split(key, 3)
-        obs = np.asarray(batch.obs).reshape(-1, self.spec.obs_dim)
-        targets = np.asarray(batch.extras["decoded"]).reshape(-1, self.spec.action_dim)
-        if self.paired_refit:
-            noise = np.asarray(batch.extras["prior_noise"]).reshape(-1, self.spec.action_dim)
-            targets = np.concatenate([noise, targets], axis=-1)
-        decoder_obs_norm = running_stats_update(running_stats_init((self.spec.obs_dim,)), obs)
-        if cfg.warm_start_decoder and stage > 0:
-            decoder_params = state["decoder"]
-        else:
-            decoder_params = self.decoder.init(init_key, self.spec.obs_dim)
-        decoder_params, fit_info = self.fit_decoder(
-            decoder_params, obs, targets, decoder_obs_norm, fit_key
+        """Fit a decoder on the collected (obs, pre-squash action) pairs and restart the encoder
+        at the prior; where the new policy acts beyond refit_tolerance from the kept one on the
+        probe states, keep the old decoder and that encoder instead."""
+        fit_key, encoder_key = jax.random.split(key)
+        refitted, fit_info = self._refit(state, batch, fit_key)
+        refitted = self._restart_encoder(state, refitted, encoder_key)
+        kept = self._kept_encoder(state)
+        action_error = probe_action_error(
+            self._act_deterministic,
+            self.acting_params(state, **kept),
+            self.acting_params(refitted),
+            state["refit_probe"],
         )
-        next_stage = stage + 1
-        state = state | {
-            "decoder": decoder_params,
-            "decoder_obs_norm": decoder_obs_norm,
+        tolerance = self.config.refit_tolerance
+        accepted = tolerance is None or action_error <= tolerance
+        if accepted:
+            next_state = refitted
+        else:
+            params = state["params"] | {"actor": kept["actor"]}
+            next_state = state | {
+                "params": params,
+                "obs_norm": kept["obs_norm"],
+                "opt_state": self.optimizer.init(params),
+            }
+        next_stage = int(state["stage"]) + 1
+        state = next_state | {
             "stage": jnp.asarray(next_stage, jnp.int32),
             "stage_iteration": jnp.asarray(0, jnp.int32),
             "iteration": state["iteration"] + 1,
+            "refit_probe": probe_init(self.config.refit_probe_states, self.spec.obs_dim),
         }
-        if cfg.reset_encoder:
-            fresh = self._fresh_encoder(encoder_key)
-            if cfg.encoder_starts_at_prior:
-                fresh = self._at_prior(fresh)
-            if not cfg.reset_critic:
-                fresh["params"]["critic"] = state["params"]["critic"]
-                fresh["opt_state"] = self.optimizer.init(fresh["params"])
-                fresh["obs_norm"] = state["obs_norm"]
-            state = state | fresh
-        else:
-            state = state | {"opt_state": self.optimizer.init(state["params"])}
         state = state | {"best": self._best_so_far(state)}
-        return state, fit_info | {"stage": next_stage, "decoder_dataset_size": len(obs)}
+        return state, fit_info | {
+            "stage": next_stage,
+            "refit/accepted": int(accepted),
+            "refit/action_error": action_error,
+        }
 
-    # ----- decoder fitting ---------------------------------------------------------------------
+    def _refit(self, state, batch, key) -> tuple[dict, dict]:
+        """The state with a decoder fitted to the batch (fresh, or warm-started after a refit)."""
+        warm = self.config.warm_start_decoder and bool(state["decoder_active"])
+        params, obs_stats, fit_info = self.refitter.refit(
+            batch, state["decoder"] if warm else None, key
+        )
+        refitted = state | {
+            "decoder": params,
+            "decoder_obs_norm": obs_stats,
+            "decoder_active": jnp.asarray(True),
+        }
+        return refitted, fit_info
+
+    def _restart_encoder(self, state, refitted, key) -> dict:
+        """The refitted state's encoder for the next stage: fresh (at the prior), or kept with a
+        fresh optimiser state."""
+        cfg = self.config
+        if not cfg.reset_encoder:
+            return refitted | {"opt_state": self.optimizer.init(state["params"])}
+        fresh = self._fresh_encoder(key)
+        if cfg.encoder_starts_at_prior:
+            fresh = self._at_prior(fresh)
+        if not cfg.reset_critic:
+            fresh["params"]["critic"] = state["params"]["critic"]
+            fresh["opt_state"] = self.optimizer.init(fresh["params"])
+            fresh["obs_norm"] = state["obs_norm"]
+        return refitted | fresh
 
     def fit_decoder(self, params, obs, targets, obs_stats, key):
         """Fit the decoder to (obs, pre-squash action) pairs, keeping the best held-out params."""
-        # Host-side preprocessing: eager jax ops would each compile for the dataset's shape.
-        std = np.sqrt(np.asarray(obs_stats["var"]) + 1e-8)
-        cond = np.clip((obs - np.asarray(obs_stats["mean"])) / std, -10.0, 10.0)
-        params, info = self.decoder_fitter.fit(
-            params, cond, targets, key, self.config.decoder_train_steps
-        )
-        return params, {f"decoder_{name}": value for name, value in info.items()}
+        return self.refitter.fit(params, obs, targets, obs_stats, key)

@@ -102,7 +102,7 @@ class JaxVecEnv:
             raise EnvError(f"num_envs must be at least 1, got {num_envs}")
         self.spec = spec
         self.num_envs = num_envs
-        self._task = task
+        self.task = task
         self._reset_is_expensive = bool(getattr(task, "reset_is_expensive", False))
         # Plain numpy, so they are baked into the compiled code as constants.
         self._action_scale = (spec.action_high - spec.action_low) / 2
@@ -113,7 +113,7 @@ class JaxVecEnv:
         group of start_state_group consecutive envs starts from one state with one key stream."""
         group_keys = jax.random.split(key, self.num_envs // start_state_group)
         keys, reset_keys = _split_each(jnp.repeat(group_keys, start_state_group, axis=0))
-        task_state, obs = jax.vmap(self._task.reset)(reset_keys)
+        task_state, obs = jax.vmap(self.task.reset)(reset_keys)
         steps = jnp.zeros(self.num_envs, dtype=jnp.int32)
         return EnvState(task_state, steps, keys), obs
 
@@ -124,9 +124,10 @@ class JaxVecEnv:
         episode's true last observation.
         """
         env_action = self._action_offset + self._action_scale * jnp.clip(action, -1.0, 1.0)
-        task_state, final_obs, reward, terminated = jax.vmap(self._task.step)(
+        task_state, final_obs, reward, terminated = jax.vmap(self.task.step)(
             env_state.task_state, env_action
         )
+        stepped_state = task_state
         steps = env_state.steps + 1
         if self.spec.max_episode_steps is None:
             truncated = jnp.zeros_like(terminated)
@@ -136,7 +137,7 @@ class JaxVecEnv:
         keys, reset_keys = _split_each(env_state.keys)
 
         def start_new_episodes():
-            fresh_state, fresh_obs = jax.vmap(self._task.reset)(reset_keys)
+            fresh_state, fresh_obs = jax.vmap(self.task.reset)(reset_keys)
             return _where_ended(ended, (fresh_state, fresh_obs), (task_state, final_obs))
 
         if self._reset_is_expensive:
@@ -149,6 +150,8 @@ class JaxVecEnv:
         else:
             task_state, obs = start_new_episodes()
 
+        # A task that executes action chunks (gprl.envs.jax_chunked) reports what it executed.
+        executed = getattr(self.task, "executed", lambda _: {})(stepped_state)
         result = StepResult(
             obs=obs,
             reward=reward.astype(jnp.float32),
@@ -156,6 +159,7 @@ class JaxVecEnv:
             truncated=truncated,
             final_obs=final_obs,
             success=jnp.zeros(terminated.shape, bool),  # no JAX task reports success
+            **executed,
         )
         return EnvState(task_state, jnp.where(ended, 0, steps), keys), result
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import gymnasium as gym
 
+from gprl.envs.chunked import Chunking
 from gprl.envs.common import EnvError, check_num_envs, check_success_options
 from gprl.envs.envpool_backend import EnvpoolVecEnv
 from gprl.envs.sources import EnvSource, ResolvedEnv, resolve_env
@@ -32,6 +33,7 @@ def make_env(
     sparse_reward: bool = False,
     end_on_success: bool = False,
     env_workers: int | None = None,
+    chunking: Chunking | None = None,
 ) -> "VecEnv | EnvpoolVecEnv | JaxVecEnv":
     """Build vector envs from an id, a gymnasium.Env instance, a factory or a JAX task.
 
@@ -61,6 +63,8 @@ def make_env(
             this process, with the same results as without them (0: none); None chooses (see
             :func:`~gprl.envs.vector.worker_count`: Meta-World tasks get one process per CPU
             core). envpool and JAX envs ignore it.
+        chunking: each step executes an action chunk (:mod:`gprl.envs.chunked`); not on
+            envpool.
 
     Raises:
         EnvError: unknown id or backend, a source the backend cannot run, an env that fails to
@@ -76,6 +80,7 @@ def make_env(
         sparse_reward=sparse_reward,
         end_on_success=end_on_success,
         env_workers=env_workers,
+        chunking=chunking,
     )
 
 
@@ -88,16 +93,27 @@ def open_resolved(
     sparse_reward: bool = False,
     end_on_success: bool = False,
     env_workers: int | None = None,
+    chunking: Chunking | None = None,
 ) -> "VecEnv | EnvpoolVecEnv | JaxVecEnv":
     """:func:`make_env` for a source already resolved by :func:`~gprl.envs.resolve_env`."""
     check_num_envs(num_envs)
+    if chunking is not None and resolved.backend == "envpool":
+        raise EnvError(
+            f"envpool cannot execute action chunks, and {resolved.name} resolved to it: pass "
+            "--env-backend gymnasium"
+        )
     if resolved.backend != "gymnasium":
         # envpool's and gprl's JAX tasks have no success to report.
         check_success_options(resolved.name, False, sparse_reward, end_on_success)
     if resolved.backend == "jax":
         from gprl.envs.jax_envs import make_jax_env
 
-        return make_jax_env(resolved.source, num_envs)
+        env = make_jax_env(resolved.source, num_envs)
+        if chunking is None:
+            return env
+        from gprl.envs.jax_chunked import chunked_jax_env
+
+        return chunked_jax_env(env, chunking)
     if resolved.backend == "envpool":
         env = EnvpoolVecEnv(resolved.source, resolved.envpool_task, num_envs)
     else:
@@ -109,6 +125,7 @@ def open_resolved(
             sparse_reward=sparse_reward,
             end_on_success=end_on_success,
             workers=worker_count(resolved, num_envs, env_workers),
+            chunking=chunking,
         )
     try:
         env.reset(seed)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
+from gprl.envs.chunked import ChunkExecution, Chunking, check_fits, chunk_infos, chunked_shape
 from gprl.envs.common import (
     DMC_PREFIX,
     ActionMapper,
@@ -100,6 +101,9 @@ class VecEnv:
         end_on_success: a step where the env reports success terminates its episode.
         workers: worker processes besides this one (see :func:`worker_count`); the makers must
             then pickle with cloudpickle.
+        chunking: execute action chunks, one step per chunk, each env on its own
+            (:class:`~gprl.envs.chunked.ChunkExecution`); the spec is then the chunked one and
+            steps report the env steps they executed.
 
     Whether the env reports success (``spec.reports_success``) is learnt when it is built, by
     resetting every env (seed 0) and stepping it once with the zero action: it does if an info
@@ -116,13 +120,23 @@ class VecEnv:
         sparse_reward: bool = False,
         end_on_success: bool = False,
         workers: int = 0,
+        chunking: Chunking | None = None,
     ):
         check_num_envs(len(make_sub_envs))
         prefer_headless_rendering()
         makers = [
-            _checked_maker(make, name, sparse_reward, end_on_success) for make in make_sub_envs
+            _checked_maker(make, name, sparse_reward, end_on_success, chunking)
+            for make in make_sub_envs
         ]
         self._envs, shape = _open_vector_env(makers, name, workers)
+        self._chunking = chunking
+        if chunking is not None:
+            try:
+                check_fits(shape.spec, chunking)
+            except EnvError:
+                self._envs.close()
+                raise
+            shape = chunked_shape(shape, chunking)
         self.num_envs = len(make_sub_envs)
         self._render = render
         self._flattener = shape.flattener
@@ -188,6 +202,10 @@ class VecEnv:
         if ended is not None:
             for index in np.flatnonzero(ended):
                 final_obs[index] = self._flattener.single(infos["final_obs"][index])
+        executed = {}
+        if self._chunking is not None:
+            env_steps, discounted = chunk_infos(infos, self.num_envs)
+            executed = {"env_steps": env_steps, "discounted_reward": discounted}
         return StepResult(
             obs=flat_obs,
             reward=reward.astype(np.float32),
@@ -195,6 +213,7 @@ class VecEnv:
             truncated=truncated & ~terminated,
             final_obs=final_obs,
             success=np.zeros(self.num_envs, dtype=bool) if success is None else success,
+            **executed,
         )
 
     def render(self) -> np.ndarray | None:
@@ -235,8 +254,7 @@ def _open_vector_env(
     except Exception as exc:  # user constructors raise anything
         raise EnvError(f"cannot make {name}: {first_line(exc)}") from exc
     try:
-        # The env inside _SuccessInfo, which would hide its spec.
-        return envs, gymnasium_task_shape(envs.envs[0].env, name)
+        return envs, gymnasium_task_shape(_task_env(envs.envs[0]), name)
     except EnvError:
         envs.close()
         raise
@@ -367,13 +385,25 @@ def registered_env_id(env_id: str) -> str:
     return env_id
 
 
+def _task_env(env: gym.Env) -> gym.Env:
+    """The user's env inside gprl's wrappers, which would hide its spec."""
+    if isinstance(env, ChunkExecution):
+        env = env.env
+    return env.env
+
+
 def _checked_maker(
-    make: Callable[[], gym.Env], name: str, sparse_reward: bool, end_on_success: bool
+    make: Callable[[], gym.Env],
+    name: str,
+    sparse_reward: bool,
+    end_on_success: bool,
+    chunking: Chunking | None,
 ) -> Callable[[], gym.Env]:
     def make_checked() -> gym.Env:
         env = make()
         if not isinstance(env, gym.Env):
             raise EnvError(f"{name} must return a gymnasium.Env, not {type(env).__name__}")
-        return _SuccessInfo(env, sparse_reward=sparse_reward, end_on_success=end_on_success)
+        env = _SuccessInfo(env, sparse_reward=sparse_reward, end_on_success=end_on_success)
+        return env if chunking is None else ChunkExecution(env, chunking)
 
     return make_checked

@@ -19,7 +19,9 @@ How it differs from the `diffusion` kind, which stays as it was: `diffusion` tra
 steps and samples only by deterministic DDIM (10 steps, eta 0, x0 clipped to [-3, 3] for
 pre-tanh actions); `ddpm` is DPPO's model (K = 20, stochastic posterior sampling by default, x0
 clipped to [-1, 1], DDIM with any eta) and takes the per-step noises z from the caller, so that
-an RL method can drive, record and re-score the whole chain.
+an RL method can drive, record and re-score the whole chain: `run_steps` runs any consecutive
+steps with the caller's stds and parameters (DPPO runs its earlier steps with a frozen copy),
+`chain_means` gives the means of a stored chain's steps in one batched call.
 
 Sampling from a given noise: `sample(params, cond, noise, step_noise=...)` is a deterministic
 function of x_K = noise and of the per-step noises step_noise (S, ..., d); without step_noise
@@ -126,17 +128,83 @@ class DDPMPolicy(NoisePredictor):
         stochastic = self.config.sampler == "ddpm" or self.config.eta > 0
         return (num_steps or self.config.num_steps) if stochastic else 0
 
-    def step_scales(self, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(schedule, direction coefficient sqrt(1 - a' - sigma^2), std) of each step."""
+    def step_sigmas(self, num_steps: int) -> tuple[dict, np.ndarray, np.ndarray]:
+        """(schedule, sigma, direction coefficient sqrt(1 - a' - sigma^2)) of each step, sigma
+        the sampler's own std before any floor: the posterior's, eta times it for DDIM."""
         schedule = sampling_schedule(self.alpha_bars_host, num_steps)
         sigma = schedule["sigma"]
+        if self.config.sampler == "ddim":
+            sigma = self.config.eta * sigma
+        direction = np.sqrt(np.maximum(1 - schedule["alpha_bar_next"] - sigma**2, 0.0))
+        return schedule, sigma, direction
+
+    def step_scales(self, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(schedule, direction coefficient sqrt(1 - a' - sigma^2), std) of each step."""
+        schedule, sigma, direction = self.step_sigmas(num_steps)
+        std = sigma
         if self.config.sampler == "ddpm":
             std = np.maximum(sigma, self.config.min_std)
             std[-1] = 0.0
-        else:
-            sigma = std = self.config.eta * sigma
-        direction = np.sqrt(np.maximum(1 - schedule["alpha_bar_next"] - sigma**2, 0.0))
         return schedule, direction, std
+
+    def step_coefficients(self, num_steps: int | None = None) -> dict:
+        """What each of the S steps needs, as (S,) float32 arrays: "time" (the network's step
+        input), "alpha_bar", "alpha_bar_next", "direction", "sigma" (the sampler's own std) and
+        "std" (the one `sample` draws with: sigma floored at min_std for DDPM, 0 at its end)."""
+        steps = num_steps or self.config.num_steps
+        schedule, sigma, direction = self.step_sigmas(steps)
+        coefficients = {
+            "time": schedule["index"] / self.config.num_train_steps,
+            "alpha_bar": schedule["alpha_bar"],
+            "alpha_bar_next": schedule["alpha_bar_next"],
+            "direction": direction,
+            "sigma": sigma,
+            "std": self.step_scales(steps)[2],
+        }
+        return {name: jnp.asarray(value, jnp.float32) for name, value in coefficients.items()}
+
+    def step_mean(self, x, eps, coefficients: dict):
+        """The mean of a step from x given the predicted noise eps: sqrt(a') x0 + direction eps,
+        x0 the clean prediction (clipped) and eps the noise consistent with it. coefficients
+        hold the step's alpha_bar, alpha_bar_next and direction, broadcastable against x."""
+        alpha_bar = coefficients["alpha_bar"]
+        clean = (x - jnp.sqrt(1 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
+        clip = self.config.clip_denoised
+        if clip is not None:
+            clean = jnp.clip(clean, -clip, clip)
+            eps = (x - jnp.sqrt(alpha_bar) * clean) / jnp.sqrt(1 - alpha_bar)
+        return jnp.sqrt(coefficients["alpha_bar_next"]) * clean + coefficients["direction"] * eps
+
+    def run_steps(self, params, cond, x, step_noise, coefficients: dict, stds):
+        """Denoise from x through the steps whose coefficients (n,) are given (a slice of
+        `step_coefficients`): step k draws mean_k + stds[k] * step_noise[k], step_noise
+        (n, ..., d). Returns (x after them, chain (n + 1, ..., d), x first)."""
+        step_inputs, field = field_on_grid(self.net, params, cond, coefficients["time"])
+        names = ("alpha_bar", "alpha_bar_next", "direction")
+
+        def denoise(x, inputs):
+            step_input, step, std, z = inputs
+            x_next = self.step_mean(x, field(x, step_input), step) + std * z
+            return x_next, x_next
+
+        steps = {name: coefficients[name] for name in names}
+        x_last, chain = jax.lax.scan(denoise, x, (step_inputs, steps, stds, step_noise))
+        return x_last, jnp.concatenate([x[None], chain], axis=0)
+
+    def chain_means(self, params, cond, chain, coefficients: dict):
+        """The means (n, ..., d) of the n steps of a stored chain segment (n + 1, ..., d) whose
+        coefficients (n,) are given, in one batched network call (no sequential sampling)."""
+        steps = chain.shape[0] - 1
+        step_inputs, field = field_on_grid(self.net, params, cond, coefficients["time"])
+        # One size-1 axis per batch axis of the chain, between the step axis and the features.
+        batch_axes = (1,) * (chain.ndim - 2)
+        step_inputs = step_inputs.reshape(steps, *batch_axes, *step_inputs.shape[1:])
+        eps = field(chain[:-1], step_inputs)
+        per_step = {
+            name: coefficients[name].reshape(steps, *batch_axes, 1)
+            for name in ("alpha_bar", "alpha_bar_next", "direction")
+        }
+        return self.step_mean(chain[:-1], eps, per_step)
 
     def sample(
         self,
@@ -149,29 +217,10 @@ class DDPMPolicy(NoisePredictor):
     ):
         """Denoise from x_K = noise (..., action_dim) with the configured sampler, the per-step
         noises step_noise (S, ..., action_dim) (None: zero). Chain: (S + 1, ..., action_dim)."""
-        steps = num_steps or self.config.num_steps
-        schedule, direction, std = self.step_scales(steps)
+        coefficients = self.step_coefficients(num_steps)
         if step_noise is None:
-            step_noise = jnp.zeros((steps, *noise.shape), noise.dtype)
-        times = jnp.asarray(schedule["index"], jnp.float32) / self.config.num_train_steps
-        step_inputs, field = field_on_grid(self.net, params, cond, times)
-        clip = self.config.clip_denoised
-
-        def denoise(x, inputs):
-            step_input, alpha_bar, alpha_bar_next, direction, std, z = inputs
-            eps = field(x, step_input)
-            clean = (x - jnp.sqrt(1 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
-            if clip is not None:
-                clean = jnp.clip(clean, -clip, clip)
-                eps = (x - jnp.sqrt(alpha_bar) * clean) / jnp.sqrt(1 - alpha_bar)
-            x_next = jnp.sqrt(alpha_bar_next) * clean + direction * eps + std * z
-            return x_next, x_next
-
-        scales = [
-            jnp.asarray(values, jnp.float32)
-            for values in (schedule["alpha_bar"], schedule["alpha_bar_next"], direction, std)
-        ]
-        action, chain = jax.lax.scan(denoise, noise, (step_inputs, *scales, step_noise))
-        if return_chain:
-            return action, jnp.concatenate([noise[None], chain], axis=0)
-        return action
+            step_noise = jnp.zeros((len(coefficients["time"]), *noise.shape), noise.dtype)
+        action, chain = self.run_steps(
+            params, cond, noise, step_noise, coefficients, coefficients["std"]
+        )
+        return (action, chain) if return_chain else action

@@ -1,0 +1,74 @@
+"""DPPO's idea on a flow policy, the "DPPO" baseline of the FPO paper (registered as dppo-flow):
+each Euler step of the flow policy's sampler is a Gaussian transition with a fixed noise std,
+and PPO's ratio is taken per step, every step sharing its environment step's advantage
+(arXiv 2409.00588 applies it to a DDPM policy: gprl.algos.dppo).
+
+Only the last `fine_tuned_steps` steps enter the loss (the earlier ones still sample with
+noise, from the same network, so training moves them too), and a step k steps before the last
+has its advantage discounted by denoising_discount^k. As ReinFlow's, an optional W2 penalty
+keeps the deterministic flow near the pretrained policy (--init) or the initial one.
+"""
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+
+from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
+
+
+@dataclass(frozen=True)
+class DPPOFlowConfig(FlowActorCriticConfig):
+    denoising_std: float = 0.05
+    """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
+    fine_tuned_steps: int | None = None
+    """Train only the last k of the K steps (DPPO's ft_denoising_steps); None trains all."""
+    denoising_discount: float = 0.99
+    """Advantage discount per denoising step before the last (DPPO's gamma_denoising)."""
+    clip_eps: float = 0.2
+    """PPO ratio clipping range, per denoising step."""
+    w2_coef: float = 0.0
+    """Weight of the W2 penalty to the reference policy, the pretrained one with --init (0
+    disables it)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.denoising_std > 0:
+            raise ValueError(f"denoising_std must be positive, got {self.denoising_std}")
+        if self.fine_tuned_steps is not None and not 1 <= self.fine_tuned_steps <= (
+            self.flow.num_steps
+        ):
+            raise ValueError(
+                f"fine_tuned_steps must be in [1, flow.num_steps={self.flow.num_steps}], got "
+                f"{self.fine_tuned_steps}"
+            )
+        if not 0 < self.denoising_discount <= 1:
+            raise ValueError(f"denoising_discount must be in (0, 1], got {self.denoising_discount}")
+        if self.w2_coef < 0:
+            raise ValueError(f"w2_coef must be non-negative, got {self.w2_coef}")
+
+
+class DPPOFlow(GaussianChainActorCritic):
+    pretrained_policy = "optional"
+
+    def __init__(self, config: DPPOFlowConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.w2_coef = config.w2_coef
+        trained = config.fine_tuned_steps or self.num_steps
+        if trained > self.num_steps:  # with --init, K is the pretrain run's
+            raise ValueError(
+                f"fine_tuned_steps ({trained}) exceeds the flow's {self.num_steps} Euler steps"
+            )
+        self.first_trained_step = self.num_steps - trained
+        steps_before_last = jnp.arange(trained - 1, -1, -1, dtype=jnp.float32)
+        self.step_weights = config.denoising_discount**steps_before_last
+
+    def transition(self, params, obs, aux, k, x, velocity, t):
+        dt = 1.0 / self.num_steps
+        return x + dt * velocity, jnp.full_like(x, self.config.denoising_std)
+
+    def policy_terms(self, params, minibatch, frozen):
+        log_probs, _ = self.step_log_probs(params, minibatch)
+        trained = slice(self.first_trained_step, None)
+        log_ratio = log_probs[:, trained] - minibatch["old_step_log_prob"][:, trained]
+        penalty, info = self.reference_penalty(params, minibatch, frozen)
+        return log_ratio, self.step_weights, penalty, info
