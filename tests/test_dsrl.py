@@ -154,6 +154,8 @@ def test_first_evaluation_is_the_base_policy_at_noise_zero(steered_runs, weak_ba
     assert pretrain_return < -0.4
 
 
+# -m slow (the suite's time on 2 cores): the replay loop's exact resume runs by default for SAC.
+@pytest.mark.slow
 def test_interrupted_dsrl_run_resumes_exactly_and_stores_the_noise_it_acted_from(
     tmp_path, weak_base, resume_check
 ):

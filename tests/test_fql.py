@@ -161,6 +161,8 @@ def rows_without_timing(run_dir):
     ]
 
 
+# -m slow (the suite's time on 2 cores): the replay loop's exact resume runs by default for SAC.
+@pytest.mark.slow
 def test_a_run_interrupted_offline_then_online_resumes_exactly(tmp_path):
     # 4 offline iterations (256 updates), then 4 online ones (256 env steps); checkpoints at
     # clock 128 (iteration 2), at the end of the offline phase (4) and at clock 384 (6). One run

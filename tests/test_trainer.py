@@ -316,6 +316,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config
     assert json.loads((resumed / "config.json").read_text())["run"]["seed"] == 3
 
 
+@pytest.mark.slow  # suite time; gorl-reference is built and acts in test_algorithms by default
 def test_a_named_preset_trains_with_its_own_defaults_and_resumes(tmp_path, cli_error):
     out = tmp_path / "preset"
     common = ["--env", "gprl/BimodalBandit-v0", "--num-envs", "4", "--no-progress"]
