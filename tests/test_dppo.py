@@ -229,17 +229,22 @@ def test_a_run_of_the_flow_variant_saved_as_dppo_is_refused_in_one_line(tmp_path
     assert from_jsonable(DPPOConfig, to_jsonable(small_config())) == small_config()
 
 
-@pytest.mark.slow
-def test_dppo_learns_an_observation_dependent_action_from_scratch(tmp_path):
-    config = replace(
+def learning_config(fine_tuned_steps: int | None) -> DPPOConfig:
+    """The settings of the learning tests: small rollouts, a wider clip than the paper's."""
+    return replace(
         DPPOConfig(),
-        fine_tuned_steps=None,
+        fine_tuned_steps=fine_tuned_steps,
         rollout_steps=32,
         num_minibatches=4,
         learning_rate=1e-3,
         clip_eps=0.05,
         first_step_clip_eps=0.01,
     )
+
+
+@pytest.mark.slow
+def test_dppo_learns_an_observation_dependent_action_from_scratch(tmp_path):
+    config = learning_config(fine_tuned_steps=None)
     run = RunConfig(
         env="gprl/ContextualTarget-v0",
         env_backend="jax",
@@ -289,15 +294,7 @@ def test_fine_tuning_a_ddpm_pretrain_run_starts_at_its_return_and_improves(tmp_p
     )
     init = pretrain("ddpm", options, ImitationConfig(log_every=500, noise_scale=0.0), ddpm)
     _, pretrained = evaluate_run(init, 64, EVAL_SEED)
-    config = replace(
-        DPPOConfig(),
-        fine_tuned_steps=5,
-        rollout_steps=32,
-        num_minibatches=4,
-        learning_rate=1e-3,
-        clip_eps=0.05,
-        first_step_clip_eps=0.01,
-    )
+    config = learning_config(fine_tuned_steps=5)
     run = RunConfig(
         env=PROBE,
         env_backend="gymnasium",

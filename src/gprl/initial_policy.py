@@ -118,15 +118,11 @@ def run_start(algo_name: str, algorithm, algo_config, run, spec: EnvSpec, run_di
         run_dir,
         algorithm.fine_tunes_chunks,
     )
-    if pretrained is None or not _is_chunked(pretrained.config):
+    chunking = None
+    if pretrained is not None:
+        chunking = chunking_of(pretrained.config, algorithm.step_discount(algo_config))
+    if chunking is None:
         return RunStart(pretrained, spec, algo_config, None)
-    config = pretrained.config
-    chunking = Chunking(
-        config.chunk_length,
-        config.execute_steps,
-        config.obs_history,
-        algorithm.step_discount(algo_config),
-    )
     check_fits(spec, chunking)
     per_decision = algorithm.per_decision_config(algo_config, chunking.execute_steps)
     return RunStart(
@@ -134,8 +130,12 @@ def run_start(algo_name: str, algorithm, algo_config, run, spec: EnvSpec, run_di
     )
 
 
-def _is_chunked(config) -> bool:
-    return config.chunk_length > 1 or config.obs_history > 1
+def chunking_of(config, discount: float = 1.0) -> Chunking | None:
+    """How envs execute the chunks of a pretrain run of this config (a PretrainConfig), summing
+    rewards with `discount`; None for a policy of single actions and single observations."""
+    if config.chunk_length == 1 and config.obs_history == 1:
+        return None
+    return Chunking(config.chunk_length, config.execute_steps, config.obs_history, discount)
 
 
 def chunk_options(run_dir) -> dict:
@@ -145,10 +145,8 @@ def chunk_options(run_dir) -> dict:
     kept = Path(run_dir) / INITIAL_POLICY_DIR
     if not (kept / CHECKPOINT).is_dir():
         return {}
-    config = saved_pretrain_config(saved_configs(kept))
-    if not _is_chunked(config):
-        return {}
-    return {"chunking": Chunking(config.chunk_length, config.execute_steps, config.obs_history)}
+    chunking = chunking_of(saved_pretrain_config(saved_configs(kept)))
+    return {} if chunking is None else {"chunking": chunking}
 
 
 def flat_chunk_policy(pretrained):

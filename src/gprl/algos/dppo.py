@@ -152,14 +152,7 @@ class DPPO(FlowActorCritic):
             )
         if noise_torso is not None:
             raise ValueError("--init takes the noise network from the pretrain run; give none")
-        if not config.normalize_observations:
-            raise ValueError(
-                "--init needs normalize_observations: the pretrained policy reads observations "
-                "standardised with its dataset's statistics"
-            )
-        action_norm = pretrained.acting["action_norm"]
-        self.action_center = action_norm["center"]
-        self.action_half_range = action_norm["half_range"]
+        self._act_through_pretrained_map(config, pretrained)
         return with_sampler_options(pretrained.policy.policy, config.ddpm)
 
     # ----- state --------------------------------------------------------------------------------

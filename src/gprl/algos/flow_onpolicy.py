@@ -110,6 +110,12 @@ class FlowOnPolicy(OnPolicyAlgorithm):
             )
         if velocity_torso is not None:
             raise ValueError("--init takes the velocity network from the pretrain run; give none")
+        self._act_through_pretrained_map(config, pretrained)
+        return pretrained.policy.policy
+
+    def _act_through_pretrained_map(self, config, pretrained) -> None:
+        """Act through the pretrain run's action map, on observations standardised with its
+        statistics (which normalize_observations must keep)."""
         if not config.normalize_observations:
             raise ValueError(
                 "--init needs normalize_observations: the pretrained policy reads observations "
@@ -118,7 +124,6 @@ class FlowOnPolicy(OnPolicyAlgorithm):
         action_norm = pretrained.acting["action_norm"]
         self.action_center = action_norm["center"]
         self.action_half_range = action_norm["half_range"]
-        return pretrained.policy.policy
 
     # ----- parameters and state ---------------------------------------------------------------
 
