@@ -19,11 +19,14 @@ from gprl.cli import main
 from gprl.collectors import EpisodeStats, HostCollector
 from gprl.datasets import Episode, write_dataset
 from gprl.envs import EnvError, make_env
-from gprl.envs.chunked import Chunking
+from gprl.envs.chunked import Chunking, chunked_spec
 from gprl.envs.diagnostics import POINT_GOALS
 from gprl.policies import POLICIES
 from gprl.pretrain import PretrainConfig, PretrainRun, load_pretrained, pretrain
+from gprl.pretrained import Pretrained, build_policy
+from gprl.rl_math import running_stats_init
 from gprl.trainer import RunConfig, boundary_seed, train
+from gprl.types import EnvSpec
 
 ENDS_AT = 5
 SUCCEEDS_AT = 2
@@ -143,6 +146,77 @@ def test_chunked_envs_that_do_not_fit_are_refused_in_one_line():
 
 # ----- fine-tuning a chunked pretrain run ----------------------------------------------------
 
+CHUNK_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 30)
+CHUNK_FINE_TUNERS = sorted(n for n, e in ALGORITHMS.items() if e.algorithm.fine_tunes_chunks)
+BASE_KINDS = {"ppo": "gaussian", "dppo": "ddpm"}
+"""The pretrain kind each fine-tuner starts from; the rest fine-tune flows."""
+SMALL_POLICIES = {
+    "flow": {"hidden": (16,), "num_steps": 3},
+    "ddpm": {"hidden": (16,), "num_train_steps": 10, "num_steps": 10},
+    "gaussian": {"hidden": (16,)},
+}
+
+
+def random_chunked_policy(kind: str) -> Pretrained:
+    """An untrained policy of chunks of 3 actions (2 executed) on 2 observations, whose
+    observation statistics and action map change its inputs and outputs."""
+    config = PretrainConfig(chunk_length=3, execute_steps=2, obs_history=2)
+    policy_config = replace(POLICIES[kind].default_config, **SMALL_POLICIES[kind])
+    spec = CHUNK_SPEC
+    policy, _ = build_policy(kind, config, policy_config, spec.obs_dim, spec.action_dim)
+    obs_norm = running_stats_init((spec.obs_dim,)) | {"mean": jnp.array([0.5, -1.0, 0.0])}
+    acting = {
+        "params": policy.policy.init(jax.random.PRNGKey(0), 2 * spec.obs_dim),
+        "obs_norm": obs_norm,
+        "action_norm": {"center": jnp.full(2, 0.2), "half_range": jnp.full(2, 0.5)},
+    }
+    return Pretrained(
+        kind, policy, acting, config, policy_config, "probe", "gymnasium", spec.obs_dim,
+        spec.action_dim,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CHUNK_FINE_TUNERS)
+def test_every_chunk_fine_tuner_decides_the_pretrained_chunk_first(name):
+    entry = ALGORITHMS[name]
+    assert set(CHUNK_FINE_TUNERS) >= {"reinflow", "dppo", "flow-sde", "gorl", "dsrl", "ppo"}
+    pretrained = random_chunked_policy(BASE_KINDS.get(name, "flow"))
+    chunking = initial_policy.chunking_of(pretrained.config, 0.9)
+    config = entry.default_config()
+    if "gorl" in name:  # its deterministic latent is then exactly the prior's mean
+        config = replace(config, encoder_starts_at_prior=True)
+    config = entry.algorithm.per_decision_config(config, chunking.execute_steps)
+    # The bootstrap after a decision spans its 2 env steps.
+    gamma = entry.algorithm.step_discount(config)
+    assert gamma == pytest.approx(entry.algorithm.step_discount(entry.default_config()) ** 2)
+    assert gamma < 1
+    spec = chunked_spec(CHUNK_SPEC, chunking)
+    flat = initial_policy.flat_chunk_policy(pretrained)
+    algo = entry.algorithm(config, spec, 4, 20_000, pretrained=flat)
+    assert (spec.obs_dim, spec.action_dim) == (6, 6)
+    acting = algo.acting_params(algo.init(jax.random.PRNGKey(1)))
+    histories = jax.random.normal(jax.random.PRNGKey(2), (8, 6))
+    # The pretrained policy's chunk at zero noise, action map included, flattened.
+    noise = jnp.zeros((8, pretrained.policy.noise_dim))
+    chunk = pretrained.policy.plan_from_noise(pretrained.acting, histories, noise)
+    decided = algo.act_deterministic(acting, histories)
+    np.testing.assert_allclose(np.asarray(decided), np.asarray(chunk).reshape(8, 6), atol=1e-5)
+    sampled, _ = algo.act(acting, histories, jax.random.PRNGKey(3))
+    assert sampled.shape == (8, 6) and float(jnp.abs(sampled).max()) <= 1.0
+    assert float(jnp.abs(sampled - decided).max()) > 1e-3  # it explores
+
+
+def test_a_base_of_another_kind_is_refused_in_one_line():
+    flat = initial_policy.flat_chunk_policy(random_chunked_policy("flow"))
+    ppo = ALGORITHMS["ppo"]
+    with pytest.raises(ValueError, match="ppo fine-tunes 'gaussian' pretrain runs; --init holds"):
+        ppo.algorithm(ppo.default_config(), CHUNK_SPEC, 4, 20_000, pretrained=flat)
+    gaussian = initial_policy.flat_chunk_policy(random_chunked_policy("gaussian"))
+    reinflow = ALGORITHMS["reinflow"]
+    with pytest.raises(ValueError, match="fine-tunes 'flow' pretrain runs"):
+        reinflow.algorithm(reinflow.default_config(), CHUNK_SPEC, 4, 20_000, pretrained=gaussian)
+
+
 TWO_GOAL = "gprl/TwoGoalPoint-v0"
 # A pretrain run evaluates with this seed; a training run with seed 0 too.
 EVAL_SEED = boundary_seed(0, 2**31 - 1)
@@ -182,26 +256,56 @@ def record_two_goal(dataset_id: str, episodes: int):
 
 
 @pytest.fixture(scope="module")
-def chunked_run(tmp_path_factory):
+def chunked_runs(tmp_path_factory):
+    """A flow and a Gaussian pretrain run of CHUNKED on the same demonstrations."""
     root = tmp_path_factory.mktemp("chunked")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MINARI_DATASETS_PATH", str(root / "datasets"))
         dataset = record_two_goal("probe/two-goal-chunks-v0", 40)
-        # Its one evaluation (at the end) is over the episodes a fine-tuning run evaluates.
-        options = PretrainRun(
-            dataset=dataset,
-            steps=100,
-            out=root / "flow",
-            progress=False,
-            eval_every=0,
-            eval_episodes=EVAL_EPISODES,
-        )
-        flow = replace(POLICIES["flow"].default_config, hidden=(32, 32), num_steps=3)
-        return pretrain("flow", options, CHUNKED, flow)
+        runs = {}
+        for kind, policy in [
+            ("flow", {"hidden": (32, 32), "num_steps": 3}),
+            ("gaussian", {"hidden": (32, 32)}),
+        ]:
+            # Its one evaluation (at the end) is over the episodes a fine-tuning run evaluates.
+            options = PretrainRun(
+                dataset=dataset,
+                steps=100,
+                out=root / kind,
+                progress=False,
+                eval_every=0,
+                eval_episodes=EVAL_EPISODES,
+            )
+            policy_config = replace(POLICIES[kind].default_config, **policy)
+            runs[kind] = pretrain(kind, options, CHUNKED, policy_config)
+        return runs
 
 
-def fine_tuning(init, out, **overrides):
-    config = replace(ALGORITHMS["reinflow"].config(), rollout_steps=8, num_minibatches=2)
+@pytest.fixture(scope="module")
+def chunked_run(chunked_runs):
+    return chunked_runs["flow"]
+
+
+SMALL_RUNS = {
+    "reinflow": {"rollout_steps": 8, "num_minibatches": 2},
+    "flow-sde": {"rollout_steps": 8, "num_minibatches": 2},
+    "dppo-flow": {"rollout_steps": 8, "num_minibatches": 2},
+    "ppo": {"rollout_steps": 8, "num_minibatches": 2},
+    "gorl": {
+        "num_stages": 2,
+        "stage_weights": (1.0, 1.0),
+        "decoder_train_steps": 200,
+        "decoder_min_samples": 64,
+    },
+    # Env-step clocks, counted in decisions of 5 env steps by the run.
+    "dsrl": {"learning_starts": 80, "update_every": 40, "steps_per_iteration": 160},
+}
+
+
+def fine_tuning(init, out, name="reinflow", **overrides):
+    config = replace(ALGORITHMS[name].config(), **SMALL_RUNS[name])
+    if name == "gorl":
+        config = replace(config, ppo=replace(config.ppo, rollout_steps=8, num_minibatches=2))
     fields = dict(
         env=TWO_GOAL,
         env_backend="gymnasium",
@@ -239,6 +343,25 @@ def test_reinflow_fine_tunes_a_chunked_flow_counting_env_steps(chunked_run, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["dppo-flow", "dsrl", "flow-sde", "gorl", "ppo"])
+def test_every_fine_tuner_starts_a_chunked_run_from_its_pretrained_policy(
+    name, chunked_runs, tmp_path
+):
+    init = chunked_runs["gaussian" if name == "ppo" else "flow"]
+    total = 1600 if name == "gorl" else 480
+    run, config = fine_tuning(init, tmp_path / name, name, total_steps=total)
+    rows = metrics(train(name, run, config))
+    pretrained = metrics(init)[-1]
+    if name != "gorl":  # GoRL's first latent is its fresh encoder's mean, near the prior's
+        assert float(rows[0]["eval_return"]) == pytest.approx(
+            float(pretrained["eval_return"]), 1e-5
+        )
+    assert rows[0]["eval_length"] == pretrained["eval_length"]
+    last = int(rows[-1]["env_steps"])
+    assert total // 5 < last <= total and np.isfinite(float(rows[-1]["eval_return"]))
+
+
+@pytest.mark.slow
 def test_chunked_fine_tuning_resumes_exactly(chunked_run, tmp_path, resume_check, capsys):
     run, config = fine_tuning(chunked_run, tmp_path / "interrupted")
     checked = resume_check.train("reinflow", run, config, stop_at=2)
@@ -254,15 +377,12 @@ def test_chunked_init_that_does_not_fit_is_refused_in_one_line(
     chunked_run, tmp_path, cli_error, monkeypatch
 ):
     out = tmp_path / "refused"
-    argv = ["train", "gorl", "--env", TWO_GOAL, "--init", str(chunked_run), "--out", str(out)]
-    # The other fine-tuners keep refusing chunked policies.
-    message = "fine-tuning supports only policies of one observation"
-    assert message in cli_error([*argv, "--env-backend", "gymnasium"])
+    argv = ["train", "reinflow", "--env", TWO_GOAL, "--init", str(chunked_run)]
+    argv += ["--out", str(out)]
     # The same policy executing 4 actions per chunk: a truncation at step 25 would cut one.
     pretrained = load_pretrained(chunked_run)
     misfit = pretrained._replace(config=replace(pretrained.config, execute_steps=4))
     monkeypatch.setattr(initial_policy, "load_pretrained", lambda _: misfit)
-    argv[1] = "reinflow"
     message = "truncates episodes at 25 steps, not a multiple of the 4 executed actions"
     assert message in cli_error([*argv, "--env-backend", "gymnasium"])
     assert not out.exists()

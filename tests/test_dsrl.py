@@ -229,12 +229,12 @@ def load_pretrained_like(kind, policy, acting):
     return Pretrained(kind, policy, acting, PretrainConfig(), None, ENV, "gymnasium", 3, 2)
 
 
-def test_dsrl_refuses_a_policy_that_plans_action_chunks(weak_base):
+def test_dsrl_takes_a_policy_of_chunks_only_as_its_flat_chunk(weak_base):
     pretrained = load_pretrained(weak_base)
     chunked = pretrained._replace(policy=ChunkPolicy(FlowPolicy(4), 2, 2, 1.0))
     with make_env(ENV, 1, 0, backend="gymnasium") as env:
         spec = env.spec
-    with pytest.raises(ValueError, match="the --init policy plans chunks of 2"):
+    with pytest.raises(ValueError, match="this one plans chunks of 2: pass its flat-chunk view"):
         DSRL(FAST_DSRL, spec, 4, 1024, pretrained=chunked)
 
 

@@ -241,7 +241,12 @@ def test_bad_init_runs_are_refused_in_one_line(pretrained_runs, tmp_path, cli_er
         ),
         "is not a pretrain run": ("reinflow", PROBE, not_pretrain),
         "--init: no checkpoint in": ("reinflow", PROBE, tmp_path / "missing"),
-        "ppo cannot start from a pretrained policy": ("ppo", PROBE, pretrained_runs["flow"]),
+        "sac cannot start from a pretrained policy": ("sac", PROBE, pretrained_runs["flow"]),
+        "ppo fine-tunes 'gaussian' pretrain runs; --init holds a 'flow' policy": (
+            "ppo",
+            PROBE,
+            pretrained_runs["flow"],
+        ),
     }
     flow_option = ["--reinflow.flow.num-steps", "3"]
     argv = ["train", "reinflow", "--env", PROBE, "--init", str(pretrained_runs["flow"])]

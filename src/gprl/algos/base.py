@@ -64,8 +64,9 @@ def check_pretrained_flow(pretrained, method: str) -> None:
         )
     if pretrained.config.chunk_length != 1:
         raise ValueError(
-            f"{method} fine-tunes policies of single actions; --init predicts chunks of "
-            f"{pretrained.config.chunk_length} (pretrain with --chunk-length 1)"
+            f"{method} takes a policy that predicts chunks of {pretrained.config.chunk_length} "
+            "as its flat-chunk view (gprl.initial_policy.flat_chunk_policy, as `gprl train "
+            "--init` does)"
         )
 
 
@@ -179,6 +180,16 @@ class OffPolicyAlgorithm(Algorithm):
     runs many updates (or, before learning starts, none)."""
 
     schedule: Any
+
+    @classmethod
+    def per_decision_config(cls, config, env_steps: int):
+        """Also counts the schedule's env-step clocks (learning_starts, update_every,
+        steps_per_iteration) in decisions of env_steps env steps. update_to_data stays per
+        stored transition: a decision is one, as in the chunked references."""
+        config = super().per_decision_config(config, env_steps)
+        clocks = ("learning_starts", "update_every", "steps_per_iteration")
+        in_decisions = {name: -(-getattr(config, name) // env_steps) for name in clocks}
+        return dataclasses.replace(config, **in_decisions)
 
     def update(self, state, batch, key) -> tuple[dict, dict]:
         """One gradient step on a (B,) batch of transitions sampled from the buffer; returns

@@ -48,8 +48,6 @@ class DPPOFlowConfig(FlowActorCriticConfig):
 
 
 class DPPOFlow(GaussianChainActorCritic):
-    pretrained_policy = "optional"
-
     def __init__(self, config: DPPOFlowConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         self.w2_coef = config.w2_coef

@@ -124,6 +124,9 @@ class NoiseActor(nn.Module):
 
 class DSRL(SAC):
     pretrained_policy = "required"
+    # A chunked --init arrives as the policy of the flat chunk, so the noise the actor picks is
+    # the whole chunk's (Ta x d), as the reference steers its chunked diffusion policies.
+    fine_tunes_chunks = True
 
     def __init__(
         self,
@@ -143,8 +146,9 @@ class DSRL(SAC):
             raise ValueError("dsrl steers a pretrained policy: pass --init RUN_DIR")
         if pretrained.policy.chunk_length != 1:
             raise ValueError(
-                f"dsrl acts one action per observation; the --init policy plans chunks of "
-                f"{pretrained.policy.chunk_length} (pretrain it with --chunk-length 1)"
+                f"dsrl steers a policy of one action per decision; this one plans chunks of "
+                f"{pretrained.policy.chunk_length}: pass its flat-chunk view "
+                "(gprl.initial_policy.flat_chunk_policy), as `gprl train dsrl --init` does"
             )
         self.pretrained = pretrained
         self.base = pretrained.policy

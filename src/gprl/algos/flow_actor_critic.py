@@ -137,8 +137,13 @@ class FlowActorCritic(FlowOnPolicy):
 
 class GaussianChainActorCritic(GaussianChainFlow, FlowActorCritic):
     """Gaussian-chain sampling and exact re-scoring (GaussianChainFlow) under the critic-based
-    PPO update, with an optional W2 penalty toward a reference policy."""
+    PPO update, with an optional W2 penalty toward a reference policy. Each may start from a
+    pretrained flow (--init), chunked ones included."""
 
+    pretrained_policy = "optional"
+    # A chunked --init arrives as the flow over the flat chunk: the likelihood of a decision is
+    # the whole predicted chunk's, normalised over its Ta x d dimensions like one action's.
+    fine_tunes_chunks = True
     w2_coef: float = 0.0
     """Weight of the W2 penalty to the reference policy; a method offering it sets it from its
     config."""

@@ -111,6 +111,17 @@ def reference_gorl_config() -> GoRLConfig:
 
 class GoRL(OnPolicyAlgorithm):
     pretrained_policy = "optional"
+    # A chunked --init arrives as the flow over the flat chunk: the encoder's latent is a whole
+    # chunk's noise, and every refit fits a decoder of flat chunks.
+    fine_tunes_chunks = True
+
+    @classmethod
+    def step_discount(cls, config) -> float:
+        return config.ppo.gamma
+
+    @classmethod
+    def per_decision_config(cls, config, env_steps: int):
+        return replace(config, ppo=replace(config.ppo, gamma=config.ppo.gamma**env_steps))
 
     def __init__(
         self,

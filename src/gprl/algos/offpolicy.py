@@ -31,7 +31,8 @@ class OffPolicyConfig:
     update calls); none when --dataset pre-fills the buffer (the policy acts and learns from
     the first env step, and the budget need not exceed learning_starts)."""
     update_to_data: float = 1.0
-    """Gradient steps per env step (UTD ratio)."""
+    """Gradient steps per env step (UTD ratio); per decision (stored transition) where the run
+    executes action chunks, whose env-step counts here become decisions."""
     update_every: int = 50
     """Env steps collected between update calls (rounded down to whole vector steps, at least
     one); the update_to_data x update_every gradient steps that follow run in one compiled call

@@ -4,7 +4,7 @@ The actor-critic here is reused by GoRL, which runs the same PPO on a latent Gau
 whose samples pass through a frozen generative decoder.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import flax.linen as nn
@@ -94,8 +94,23 @@ def gaussian_ppo_loss(params, minibatch, model, config: PPOConfig, clip_eps):
 
 
 class PPO(OnPolicyAlgorithm):
+    """With `pretrained` (a `gprl pretrain gaussian` run, the behaviour-cloning baseline of the
+    fine-tuning papers) the actor starts from its network and weights, acts through its action
+    map clip(center + half_range * sample, -1, 1) and reads observations standardised with its
+    statistics, frozen (as the flow fine-tuners, gprl.algos.flow_onpolicy); the critic starts
+    fresh. A chunked one arrives as the Gaussian over its flat chunk (gprl.algos.base)."""
+
+    pretrained_policy = "optional"
+    fine_tunes_chunks = True
+
     def __init__(
-        self, config: PPOConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+        self,
+        config: PPOConfig,
+        spec: EnvSpec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
     ):
         """networks (gprl.networks.CustomNetworks): actor and critic torsos, torso(obs) each."""
         config.validate()
@@ -105,8 +120,13 @@ class PPO(OnPolicyAlgorithm):
         self.config = config
         self.spec = spec
         self.num_envs = num_envs
+        self.pretrained = pretrained
+        self.action_center, self.action_half_range = 0.0, 1.0
+        model_config = config
+        if pretrained is not None:
+            model_config = self._start_from(pretrained, config, given)
         self.model = GaussianActorCritic(
-            config, spec.obs_dim, spec.action_dim, given.actor, given.critic
+            model_config, spec.obs_dim, spec.action_dim, given.actor, given.critic
         )
         self.optimizer = make_optimizer(config)
         self.rollout_steps = config.rollout_steps
@@ -114,19 +134,43 @@ class PPO(OnPolicyAlgorithm):
             total_steps, config.rollout_steps * num_envs, "total_steps"
         )
 
+    def _start_from(self, pretrained, config: PPOConfig, given: CustomNetworks) -> PPOConfig:
+        """The config whose actor is the pretrained Gaussian's network, once the run is checked
+        to be able to act as it does."""
+        if pretrained.kind != "gaussian":
+            raise ValueError(
+                f"ppo fine-tunes 'gaussian' pretrain runs; --init holds a '{pretrained.kind}' "
+                "policy (fine-tune it with reinflow, dppo, flow-sde, gorl or dsrl)"
+            )
+        if config.actor != PPOConfig().actor or given.actor is not None:
+            raise ValueError("--init takes the actor network from the pretrain run; drop the actor")
+        if config.action_squash != "clip" or not config.normalize_observations:
+            raise ValueError(
+                "--init needs action_squash clip and normalize_observations: the pretrained "
+                "Gaussian acts through a clipped action map on standardised observations"
+            )
+        action_norm = pretrained.acting["action_norm"]
+        self.action_center = action_norm["center"]
+        self.action_half_range = action_norm["half_range"]
+        return replace(config, actor=pretrained.policy_config)
+
     def squash(self, sample):
         """The action in [-1, 1] of a Gaussian sample; the likelihood stays the sample's (kept
         in act's extras)."""
         if self.config.action_squash == "tanh":
             return jnp.tanh(sample)
-        return jnp.clip(sample, -1.0, 1.0)
+        return jnp.clip(self.action_center + self.action_half_range * sample, -1.0, 1.0)
 
     def init(self, key) -> dict:
         params = self.model.init_params(key)
+        obs_norm = running_stats_init((self.spec.obs_dim,))
+        if self.pretrained is not None:
+            params = params | {"actor": self.pretrained.acting["params"]}
+            obs_norm = self.pretrained.acting["obs_norm"]
         return {
             "params": params,
             "opt_state": self.optimizer.init(params),
-            "obs_norm": running_stats_init((self.spec.obs_dim,)),
+            "obs_norm": obs_norm,
             "reward_norm": reward_normalizer_init(self.num_envs),
             "iteration": jnp.asarray(0, jnp.int32),
         }
@@ -150,6 +194,7 @@ class PPO(OnPolicyAlgorithm):
     def update(self, state, batch, key):
         config = self.config
         learning_rate = annealed_learning_rate(config, state["iteration"], self.num_iterations)
+        obs_norm = state["obs_norm"]
 
         def loss_fn(params, minibatch):
             loss, info, _ = gaussian_ppo_loss(
@@ -167,4 +212,6 @@ class PPO(OnPolicyAlgorithm):
             self.optimizer,
             config,
         )
+        if self.pretrained is not None:
+            state = state | {"obs_norm": obs_norm}  # frozen, as the pretrained policy's
         return state, metrics | {"learning_rate": learning_rate}

@@ -69,11 +69,6 @@ class NoiseNet(nn.Module):
 
 
 class ReinFlow(GaussianChainActorCritic):
-    pretrained_policy = "optional"
-    # A chunked --init arrives as the flow over the flat chunk: the likelihood of a decision is
-    # the whole predicted chunk's, normalised over its Ta x d dimensions like one action's.
-    fine_tunes_chunks = True
-
     def __init__(self, config: ReinFlowConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         self.w2_coef = config.w2_coef
