@@ -49,7 +49,8 @@ CHUNKINGS = {"single": 1, "chunk": 4}
 EVAL_SEED = 2024
 ROOT = BENCH_DIR / "runs" / "imitation"
 CSV_PATH = RESULTS_DIR / "imitation.csv"
-CELL_KEYS = ("task", "demos", "kind", "chunking", "seed")
+CELL_KEYS = ("task", "demos", "kind", "chunking", "seed", "grad_steps")
+DEFAULT_STEPS = 5000
 
 
 def done_cells() -> dict[tuple, dict]:
@@ -60,11 +61,15 @@ def done_cells() -> dict[tuple, dict]:
 
 
 def append_row(row: dict) -> None:
-    new = not CSV_PATH.exists()
+    """Append a cell in the CSV's own column order (its header's, if it has one)."""
+    columns = list(row)
+    if CSV_PATH.exists():
+        with open(CSV_PATH, newline="") as f:
+            columns = next(csv.reader(f))
     CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
     with open(CSV_PATH, "a", newline="") as f:
-        writer = csv.DictWriter(f, list(row))
-        if new:
+        writer = csv.DictWriter(f, columns)
+        if f.tell() == 0:
             writer.writeheader()
         writer.writerow(row)
 
@@ -117,12 +122,21 @@ def demonstrations(task: str, episodes: int, noise: float) -> tuple[str, dict]:
     return dataset_id, info
 
 
+def run_dir_of(cell: dict) -> Path:
+    """TASK-DEMOS-KIND-CHUNKING-SEED, with -<steps/1000>k where the gradient steps are not the
+    default's."""
+    name = "-".join(str(cell[k]) for k in CELL_KEYS[:-1])
+    if cell["grad_steps"] != DEFAULT_STEPS:
+        name += f"-{cell['grad_steps'] // 1000}k"
+    return ROOT / "runs" / name
+
+
 def fit_and_evaluate(cell: dict, dataset_id: str, args) -> dict:
     from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
     from gprl.pretrained import evaluate_run
 
     chunk = CHUNKINGS[cell["chunking"]]
-    run_dir = ROOT / "runs" / "-".join(str(cell[k]) for k in CELL_KEYS)
+    run_dir = run_dir_of(cell)
     options = PretrainRun(
         dataset=dataset_id,
         steps=args.steps,
@@ -162,7 +176,14 @@ def run_grid(args) -> None:
             for kind in args.kinds:
                 for chunking in args.chunkings:
                     for seed in args.seeds:
-                        cell = dict(task=task, demos=demos, kind=kind, chunking=chunking, seed=seed)
+                        cell = dict(
+                            task=task,
+                            demos=demos,
+                            kind=kind,
+                            chunking=chunking,
+                            seed=seed,
+                            grad_steps=args.steps,
+                        )
                         if tuple(str(cell[k]) for k in CELL_KEYS) in done:
                             continue
                         raw = raw or raw_steps_per_second(task)
@@ -174,7 +195,6 @@ def run_grid(args) -> None:
                             "collect_steps_per_second": round(data["collect_steps_per_second"], 1),
                             "expert_success_rate": data["expert_success_rate"],
                             "action_noise": args.action_noise,
-                            "grad_steps": args.steps,
                             "eval_episodes": args.eval_episodes,
                             "load": load_average(),
                             "gprl_commit": gprl_commit(),
@@ -185,13 +205,14 @@ def run_grid(args) -> None:
 
 
 def summarise() -> list[dict]:
-    """Per (task, demos, kind, chunking): mean success rate over seeds and its range."""
+    """Per (task, demos, kind, chunking, gradient steps): mean success rate over seeds and its
+    range."""
     groups: dict[tuple, list[dict]] = {}
     for row in done_cells().values():
-        key = (row["task"], int(row["demos"]), row["kind"], row["chunking"])
+        key = (row["task"], int(row["demos"]), row["kind"], row["chunking"], int(row["grad_steps"]))
         groups.setdefault(key, []).append(row)
     summary = []
-    for (task, demos, kind, chunking), rows in sorted(groups.items()):
+    for (task, demos, kind, chunking, grad_steps), rows in sorted(groups.items()):
         rates = np.array([float(r["success_rate"]) for r in rows])
         summary.append(
             {
@@ -199,6 +220,7 @@ def summarise() -> list[dict]:
                 "demos": demos,
                 "kind": kind,
                 "chunking": chunking,
+                "grad_steps": grad_steps,
                 "seeds": len(rates),
                 "success_rate": float(rates.mean()),
                 "min": float(rates.min()),
@@ -268,8 +290,9 @@ def report() -> None:
         writer = csv.DictWriter(f, list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    plot(summary, RESULTS_DIR / "imitation.png")
-    columns = ["task", "demos", "kind", "chunking", "seeds", "success_rate", "min", "max"]
+    plot([r for r in summary if r["grad_steps"] == DEFAULT_STEPS], RESULTS_DIR / "imitation.png")
+    columns = ["task", "demos", "kind", "chunking", "grad_steps", "seeds", "success_rate"]
+    columns += ["min", "max"]
     print(markdown_table(summary, [*columns, "eval_steps_per_second", "share_of_raw"]))
 
 
@@ -281,7 +304,7 @@ def main() -> None:
     parser.add_argument("--chunkings", nargs="+", default=list(CHUNKINGS), choices=CHUNKINGS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--action-noise", type=float, default=0.3)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

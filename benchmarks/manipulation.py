@@ -49,8 +49,17 @@ from common import (
     now,
     write_csv,
 )
-from imitation import ROOT as IMITATION_ROOT
-from imitation import TASKS, demonstrations, fit_and_evaluate, raw_steps_per_second
+from imitation import (
+    DEFAULT_STEPS,
+    TASKS,
+    demonstrations,
+    fit_and_evaluate,
+    raw_steps_per_second,
+    run_dir_of,
+)
+from imitation import (
+    ROOT as IMITATION_ROOT,
+)
 
 from gprl.checkpoint import CheckpointError, read_meta
 
@@ -67,8 +76,6 @@ METHODS = {
 }
 OFF_POLICY = {"dsrl"}
 DONE_FILE = "benchmark_info.json"
-BC_STEPS = 5000
-"""Gradient steps of a BC start (the imitation benchmark's default)."""
 
 
 def gprl(*args: str) -> float:
@@ -81,11 +88,12 @@ def gprl(*args: str) -> float:
 def bc_start(task: str, kind: str, seed: int, args) -> Path:
     """The imitation benchmark's chunked run of this kind, trained if missing."""
     cell = dict(task=task, demos=args.demos, kind=kind, chunking="chunk", seed=seed)
-    run_dir = IMITATION_ROOT / "runs" / "-".join(str(v) for v in cell.values())
+    cell["grad_steps"] = DEFAULT_STEPS
+    run_dir = run_dir_of(cell)
     if not (run_dir / "checkpoint").is_dir():
         os.environ["MINARI_DATASETS_PATH"] = str(IMITATION_ROOT / "datasets")
         dataset_id, _ = demonstrations(task, args.demos, args.action_noise)
-        settings = argparse.Namespace(steps=BC_STEPS, eval_episodes=args.eval_episodes)
+        settings = argparse.Namespace(steps=DEFAULT_STEPS, eval_episodes=args.eval_episodes)
         fit_and_evaluate(cell, dataset_id, settings)
     return run_dir
 

@@ -352,10 +352,7 @@ def test_every_fine_tuner_starts_a_chunked_run_from_its_pretrained_policy(
     run, config = fine_tuning(init, tmp_path / name, name, total_steps=total)
     rows = metrics(train(name, run, config))
     pretrained = metrics(init)[-1]
-    if name != "gorl":  # GoRL's first latent is its fresh encoder's mean, near the prior's
-        assert float(rows[0]["eval_return"]) == pytest.approx(
-            float(pretrained["eval_return"]), 1e-5
-        )
+    assert float(rows[0]["eval_return"]) == pytest.approx(float(pretrained["eval_return"]), 1e-5)
     assert rows[0]["eval_length"] == pretrained["eval_length"]
     last = int(rows[-1]["env_steps"])
     assert total // 5 < last <= total and np.isfinite(float(rows[-1]["eval_return"]))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gprl.algos.flow_actor_critic import FlowActorCritic, ValueCriticConfig
+from gprl.algos.onpolicy import pretrained_action_map
 from gprl.policies.ddpm import DDPMPolicy, DDPMPolicyConfig
 from gprl.policies.gaussian import LOG_2PI
 
@@ -152,7 +153,7 @@ class DPPO(FlowActorCritic):
             )
         if noise_torso is not None:
             raise ValueError("--init takes the noise network from the pretrain run; give none")
-        self._act_through_pretrained_map(config, pretrained)
+        self.action_center, self.action_half_range = pretrained_action_map(config, pretrained)
         return with_sampler_options(pretrained.policy.policy, config.ddpm)
 
     # ----- state --------------------------------------------------------------------------------

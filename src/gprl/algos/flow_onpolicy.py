@@ -27,6 +27,7 @@ from gprl.algos.onpolicy import (
     check_batch_geometry,
     iterations_for_budget,
     make_optimizer,
+    pretrained_action_map,
 )
 from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.policies.flow import chain_log_prob, time_grid
@@ -110,20 +111,8 @@ class FlowOnPolicy(OnPolicyAlgorithm):
             )
         if velocity_torso is not None:
             raise ValueError("--init takes the velocity network from the pretrain run; give none")
-        self._act_through_pretrained_map(config, pretrained)
+        self.action_center, self.action_half_range = pretrained_action_map(config, pretrained)
         return pretrained.policy.policy
-
-    def _act_through_pretrained_map(self, config, pretrained) -> None:
-        """Act through the pretrain run's action map, on observations standardised with its
-        statistics (which normalize_observations must keep)."""
-        if not config.normalize_observations:
-            raise ValueError(
-                "--init needs normalize_observations: the pretrained policy reads observations "
-                "standardised with its dataset's statistics"
-            )
-        action_norm = pretrained.acting["action_norm"]
-        self.action_center = action_norm["center"]
-        self.action_half_range = action_norm["half_range"]
 
     # ----- parameters and state ---------------------------------------------------------------
 

@@ -317,3 +317,16 @@ def advance_state(state, batch: Transition, params, opt_state, config) -> dict:
 def flatten_time(tree):
     """(T, N, ...) leaves -> (T * N, ...)."""
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+
+def pretrained_action_map(config, pretrained) -> tuple:
+    """(center, half_range) of a pretrained policy's action map, clip(center + half_range * x),
+    which a method fine-tuning it acts through, on observations standardised with its statistics
+    (so config.normalize_observations must stay on)."""
+    if not config.normalize_observations:
+        raise ValueError(
+            "--init needs normalize_observations: the pretrained policy reads observations "
+            "standardised with its dataset's statistics"
+        )
+    action_norm = pretrained.acting["action_norm"]
+    return action_norm["center"], action_norm["half_range"]

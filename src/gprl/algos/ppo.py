@@ -20,6 +20,7 @@ from gprl.algos.onpolicy import (
     make_optimizer,
     ppo_objective,
     ppo_update,
+    pretrained_action_map,
     reward_normalizer_init,
     set_hyperparameters,
 )
@@ -144,14 +145,9 @@ class PPO(OnPolicyAlgorithm):
             )
         if config.actor != PPOConfig().actor or given.actor is not None:
             raise ValueError("--init takes the actor network from the pretrain run; drop the actor")
-        if config.action_squash != "clip" or not config.normalize_observations:
-            raise ValueError(
-                "--init needs action_squash clip and normalize_observations: the pretrained "
-                "Gaussian acts through a clipped action map on standardised observations"
-            )
-        action_norm = pretrained.acting["action_norm"]
-        self.action_center = action_norm["center"]
-        self.action_half_range = action_norm["half_range"]
+        if config.action_squash != "clip":
+            raise ValueError("--init needs action_squash clip, as the pretrained Gaussian acts")
+        self.action_center, self.action_half_range = pretrained_action_map(config, pretrained)
         return replace(config, actor=pretrained.policy_config)
 
     def squash(self, sample):
