@@ -208,6 +208,8 @@ NETWORKS_USED = {
     "sac": {"actor", "critic"},
     "dsrl": {"actor", "critic"},
     "fql": {"velocity", "critic"},
+    "qc-fql": {"velocity", "critic"},
+    "qc": {"velocity", "critic"},
 }
 
 

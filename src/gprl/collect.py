@@ -10,7 +10,10 @@ The actions come from
 - or a Python policy, `--policy module:attr --env ID`: a callable on batches of observations, a
   scripted expert with `get_action(obs)` (Meta-World's), or a factory of either; see
   :mod:`gprl.python_policy`. Its envs are Gymnasium envs stepped in this process, seeded as
-  gprl's own, so that it can read their infos.
+  gprl's own, so that it can read their infos;
+- or, `--policy oracle --env ogbench:<dataset>`, OGBench's own oracles making the dataset the id
+  names (play or noisy) as OGBench makes it, its rewards and successes the id's single task's
+  (:mod:`gprl.envs.ogbench`); `--episode-steps` sets the episode length (1001, as OGBench's).
 
 A train run's policy acts in the task as the run trained on it: with its --sparse-reward and
 --end-on-success, so the dataset's rewards and episode ends are the ones its policy optimised.
@@ -35,7 +38,7 @@ A first SIGINT or SIGTERM stops recording and writes the episodes kept so far as
 
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
@@ -53,6 +56,7 @@ from gprl.datasets import (
 )
 from gprl.envs import EnvError, make_env
 from gprl.envs.info_vector import InfoVecEnv
+from gprl.envs.ogbench import is_ogbench_id, oracle_collection
 from gprl.evaluation import ActionQueue
 from gprl.python_policy import PythonPolicy, is_python_policy
 from gprl.recording import Attempts, Recorded, record
@@ -60,6 +64,7 @@ from gprl.signals import StopSignals, TrainingInterrupted
 
 HOST_BACKENDS = ("auto", "gymnasium", "envpool")
 RUN_POLICIES = ("deterministic", "stochastic")
+ORACLE_POLICY = "oracle"
 METADATA_KEY = "gprl_collect"
 ATTEMPTS_PER_EPISODE = 10
 """--only-successful tries at most this many episodes per episode asked for, by default."""
@@ -90,9 +95,14 @@ class CollectArgs:
       --policy metaworld.policies:SawyerPickPlaceV3Policy
     the same as the two-line adapter (--policy my_module:act)
       expert = SawyerPickPlaceV3Policy()
-      def act(obs): return np.stack([expert.get_action(o) for o in obs])"""
+      def act(obs): return np.stack([expert.get_action(o) for o in obs])
+    or `oracle`: OGBench's oracles in an ogbench: --env, collecting its
+    dataset (play or noisy, as the id says) as OGBench does."""
     env: str | None = None
     """Env id a Python policy acts in (a run directory acts in its own env)."""
+    episode_steps: int | None = None
+    """Steps of each --policy oracle episode (default 1001, as OGBench's
+    datasets); other policies' episodes end as their env's do."""
     action_noise: float = 0.0
     """Std of Gaussian noise added to the actions in [-1, 1] (then clipped)."""
     only_successful: bool = False
@@ -136,7 +146,11 @@ class CollectArgs:
         self._validate_source()
 
     def _validate_source(self) -> None:
-        if is_python_policy(self.policy):
+        if self.episode_steps is not None and self.policy != ORACLE_POLICY:
+            raise ValueError("--episode-steps applies only to --policy oracle")
+        if self.policy == ORACLE_POLICY:
+            self._validate_oracle()
+        elif is_python_policy(self.policy):
             if self.run_dir is not None:
                 raise ValueError(
                     f"--policy {self.policy} is a Python policy acting in --env; give no run "
@@ -146,13 +160,22 @@ class CollectArgs:
                 raise ValueError(f"--policy {self.policy} needs --env ID, the env it acts in")
         elif self.policy not in RUN_POLICIES:
             raise ValueError(
-                "--policy must be deterministic, stochastic (a run's policy) or module:attr (a "
-                f"Python policy), got {self.policy!r}"
+                "--policy must be deterministic, stochastic (a run's policy), module:attr (a "
+                f"Python policy) or oracle (OGBench's), got {self.policy!r}"
             )
         elif self.run_dir is None:
             raise ValueError("give a run directory, or --policy module:attr --env ID")
         elif self.env is not None:
             raise ValueError("--env is for --policy module:attr; a run acts in its own env")
+
+    def _validate_oracle(self) -> None:
+        if self.run_dir is not None or not is_ogbench_id(self.env):
+            raise ValueError(
+                "--policy oracle collects an OGBench dataset: give --env ogbench:<dataset> "
+                "(ogbench:cube-single-play-singletask-task2-v0) and no run directory"
+            )
+        if self.episode_steps is not None and self.episode_steps < 1:
+            raise ValueError(f"--episode-steps must be at least 1, got {self.episode_steps}")
 
 
 class Collected(NamedTuple):
@@ -293,6 +316,14 @@ def collect(args: CollectArgs) -> Collected:
 
 def _open(args: CollectArgs, num_envs: int, policy_key):
     """The actor and the envs it acts in."""
+    if args.policy == ORACLE_POLICY:
+        make, oracle_policy, source = oracle_collection(args.env, args.episode_steps)
+        env = InfoVecEnv(make, num_envs, args.seed)
+        # Named as the task the dataset is for, not the collection envs' own id.
+        env.spec = replace(env.spec, env_id=args.env)
+        actor = _PythonActor(PythonPolicy(oracle_policy), env)
+        actor.source = actor.description = source
+        return actor, env
     if not is_python_policy(args.policy):
         actor = _RunActor(args.run_dir, args.policy == "stochastic", num_envs, policy_key)
         env = make_env(

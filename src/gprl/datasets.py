@@ -450,19 +450,21 @@ def _buffer(number: int, episode: Episode):
 
 def _minari_env(env_id: str | None):
     """The env as Minari records it: its id, which Gymnasium makes (None: a dataset that records
-    no env); a Meta-World id, which Gymnasium does not know, as a spec with gprl's builder, so
-    that `dataset.env_spec.id` still names it and Minari's `recover_environment()` builds it; an
-    env registered with a class or function (which Gymnasium cannot serialise) as a spec naming
-    it by import path."""
+    no env); a Meta-World or OGBench id, which Gymnasium does not know, as a spec with gprl's
+    builder, so that `dataset.env_spec.id` still names it and Minari's `recover_environment()`
+    builds it; an env registered with a class or function (which Gymnasium cannot serialise) as
+    a spec naming it by import path."""
     import gymnasium
     from gymnasium.envs.registration import EnvSpec as GymnasiumSpec
 
     from gprl.envs.metaworld import is_metaworld_id
+    from gprl.envs.ogbench import is_ogbench_id
 
     if env_id is None:
         return None
-    if is_metaworld_id(env_id):
-        builder = "gprl.envs.metaworld:make_metaworld_env"
+    if is_metaworld_id(env_id) or is_ogbench_id(env_id):
+        module = "metaworld" if is_metaworld_id(env_id) else "ogbench"
+        builder = f"gprl.envs.{module}:make_{module}_env"
         return GymnasiumSpec(id=env_id, entry_point=builder, kwargs={"env_id": env_id})
     registered = gymnasium.registry.get(env_id)
     if registered is None or not callable(registered.entry_point):

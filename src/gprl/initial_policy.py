@@ -2,10 +2,11 @@
 kept in the run directory (RUN_DIR/initial_policy) so that resuming and evaluating the run never
 need the pretrain run again.
 
-A pretrained policy of action chunks (or of observation histories) also decides how the run
-steps its envs: :func:`run_start` composes the chunk-executing envs (gprl.envs.chunked), the
-spec the algorithm sees, its pretrained policy over the flat chunk and its config with the
-discount of one decision (see gprl.algos.base)."""
+A pretrained policy of action chunks (or of observation histories), or an algorithm that acts
+in chunks of its own (Algorithm.chunk_length), also decides how the run steps its envs:
+:func:`run_start` composes the chunk-executing envs (gprl.envs.chunked), the spec the algorithm
+sees, its pretrained policy over the flat chunk and its config with the discount of one
+decision (see gprl.algos.base)."""
 
 import dataclasses
 import shutil
@@ -14,7 +15,9 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
+from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CHECKPOINT, CONFIG_JSON, CheckpointError
+from gprl.configs import from_jsonable
 from gprl.envs.chunked import Chunking, check_fits, chunked_spec
 from gprl.pretrain import load_pretrained
 from gprl.pretrained import ChunkPolicy, saved_pretrain_config
@@ -106,9 +109,9 @@ class RunStart(NamedTuple):
 
 def run_start(algo_name: str, algorithm, algo_config, run, spec: EnvSpec, run_dir=None):
     """The RunStart of a run (a gprl.trainer.RunConfig) of `algorithm` (its class) on a task of
-    this spec: its --init loaded and checked, and where the pretrained policy predicts chunks or
-    conditions on a history, the chunk-executing envs it needs (EnvError in one line where the
-    task does not fit them)."""
+    this spec: its --init loaded and checked, and where the algorithm or the pretrained policy
+    acts in chunks or conditions on a history, the chunk-executing envs it needs (EnvError in
+    one line where the task does not fit them)."""
     pretrained = load_initial_policy(
         algo_name,
         algorithm.pretrained_policy,
@@ -118,16 +121,34 @@ def run_start(algo_name: str, algorithm, algo_config, run, spec: EnvSpec, run_di
         run_dir,
         algorithm.fine_tunes_chunks,
     )
-    chunking = None
-    if pretrained is not None:
-        chunking = chunking_of(pretrained.config, algorithm.step_discount(algo_config))
+    pretrain_config = None if pretrained is None else pretrained.config
+    chunking = run_chunking(algorithm, algo_config, pretrain_config)
     if chunking is None:
         return RunStart(pretrained, spec, algo_config, None)
     check_fits(spec, chunking)
     per_decision = algorithm.per_decision_config(algo_config, chunking.execute_steps)
-    return RunStart(
-        flat_chunk_policy(pretrained), chunked_spec(spec, chunking), per_decision, chunking
-    )
+    policy = None if pretrained is None else flat_chunk_policy(pretrained)
+    return RunStart(policy, chunked_spec(spec, chunking), per_decision, chunking)
+
+
+def run_chunking(algorithm, algo_config, pretrain_config=None) -> Chunking | None:
+    """How a run of `algorithm` (its class) executes chunks: whole chunks of its own length
+    (Algorithm.chunk_length), else as its --init's policy predicts them (pretrain_config, a
+    PretrainConfig, or None); None: one action per env step. ValueError in one line where the
+    algorithm has a length and the --init policy's chunks differ from it."""
+    discount = algorithm.step_discount(algo_config)
+    from_init = None if pretrain_config is None else chunking_of(pretrain_config, discount)
+    own = algorithm.chunk_length(algo_config)
+    if own is None:
+        return from_init
+    chunking = None if own == 1 else Chunking(own, own, 1, discount)
+    if pretrain_config is not None and from_init != chunking:
+        raise ValueError(
+            f"--init predicts chunks of {pretrain_config.chunk_length} actions executing "
+            f"{pretrain_config.execute_steps} (from {pretrain_config.obs_history} observations); "
+            f"this method acts in whole chunks of {own} from one observation"
+        )
+    return chunking
 
 
 def chunking_of(config, discount: float = 1.0) -> Chunking | None:
@@ -140,12 +161,16 @@ def chunking_of(config, discount: float = 1.0) -> Chunking | None:
 
 def chunk_options(run_dir) -> dict:
     """make_env options that open envs as a `gprl train` run's algorithm saw them (to evaluate
-    it): its chunk execution where its kept initial policy predicts chunks or conditions on a
-    history, else none. The discount is left at 1: only the rewards learnt from use it."""
+    it): its chunk execution where its algorithm acts in chunks of its own or its kept initial
+    policy predicts chunks or conditions on a history, else none."""
+    saved = saved_configs(run_dir)
+    entry = ALGORITHMS[saved["algo"]]
     kept = Path(run_dir) / INITIAL_POLICY_DIR
-    if not (kept / CHECKPOINT).is_dir():
-        return {}
-    chunking = chunking_of(saved_pretrain_config(saved_configs(kept)))
+    pretrain_config = None
+    if (kept / CHECKPOINT).is_dir():
+        pretrain_config = saved_pretrain_config(saved_configs(kept))
+    algo_config = from_jsonable(entry.config, saved["algo_config"])
+    chunking = run_chunking(entry.algorithm, algo_config, pretrain_config)
     return {} if chunking is None else {"chunking": chunking}
 
 

@@ -29,6 +29,7 @@ from gprl.backends import make_collector, make_evaluator, open_environments, pro
 from gprl.checkpoint import CONFIG_JSON, CheckpointError, load_checkpoint, save_checkpoint
 from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, check_fits_env, check_records_env, load_demonstrations
+from gprl.decision_data import decision_transitions
 from gprl.envs import EnvError, can_reopen, env_source_name
 from gprl.evaluation import default_eval_episodes
 from gprl.initial_policy import RunStart, keep_initial_policy, run_start
@@ -122,7 +123,8 @@ class RunConfig:
     """Minari dataset id (e.g. mujoco/hopper/medium-v0) whose transitions pre-fill the replay
     buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
     gradient steps on it alone come before the first env step. It must record --env (the
-    default env) with the env's shapes and action bounds."""
+    default env) with the env's shapes and action bounds. A run that executes action chunks
+    stores its windows of steps as decisions (gprl.decision_data.decision_transitions)."""
     sparse_reward: bool = False
     """Replace the env's reward by 1 on steps where it reports success and 0 elsewhere, in
     training and evaluation (envs that report success only, e.g. metaworld: tasks)."""
@@ -195,6 +197,8 @@ def train(
         check_records_env(demos, run.env)
         check_fits_env(demos, spec)
     start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
+    # A chunked run learns from the dataset's decisions: windows of its steps.
+    offline = None if demos is None else decision_transitions(demos, start.chunking)
     algo = build_algorithm(algo_name, start, run, networks)
     envs = open_environments(
         source,
@@ -211,7 +215,7 @@ def train(
     # The run records the task's spec; a chunked run's algorithm sees the chunked one.
     envs = envs._replace(spec=spec) if start.chunking else envs
     try:
-        job = TrainJob(algo_name, algo, algo_config, run, envs, demos, networks)
+        job = TrainJob(algo_name, algo, algo_config, run, envs, demos, networks, offline)
         return job.run(on_iteration)
     finally:
         envs.close()
@@ -309,16 +313,17 @@ def build_algorithm(algo_name, start: RunStart, run: RunConfig, networks=None):
 class TrainJob:
     """An algorithm, its collection loop and its envs, as a job of the run loop: an iteration is
     the collection loop's (an update on a rollout, a stage boundary, or offline updates); the
-    clock is env steps plus offline gradient steps."""
+    clock is env steps plus offline gradient steps. `offline`: the transitions of `demos` that
+    pre-fill the replay buffer (gprl.decision_data.decision_transitions)."""
 
     clock_name = "env_steps"
 
-    def __init__(self, algo_name, algo, algo_config, run, envs, demos, networks):
+    def __init__(self, algo_name, algo, algo_config, run, envs, demos, networks, offline=None):
         self.algo_name, self.algo, self.run_config, self.envs = algo_name, algo, run, envs
         self.loop = make_loop(
             algo,
             lambda act: make_collector(envs, act),
-            None if demos is None else demos.transitions(),
+            offline,
         )
         self.evaluator = make_evaluator(envs, algo.act_deterministic, eval_seed(run.seed))
         self.record = {

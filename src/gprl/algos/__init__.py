@@ -111,6 +111,18 @@ ALGORITHMS = {
         "Flow Q-Learning (off-policy, offline and offline-to-online with --dataset): a one-step "
         "policy distilled from a BC flow while climbing the critics",
     ),
+    "qc-fql": Registered(
+        "gprl.algos.qc:QCFQL",
+        "gprl.algos.qc:QCFQLConfig",
+        "Q-chunking's QC-FQL: FQL over action chunks executed whole (h = 5), offline and "
+        "offline-to-online with --dataset",
+    ),
+    "qc": Registered(
+        "gprl.algos.qc:QC",
+        "gprl.algos.qc:QCConfig",
+        "Q-chunking's QC: critics over action chunks (h = 5) pick the best of N chunks sampled "
+        "from a BC flow, to act and in the TD target",
+    ),
 }
 
 

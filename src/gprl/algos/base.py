@@ -17,8 +17,8 @@ a method overrides only the hooks it needs:
   policy and change the algorithm with it (a refit of a part of the policy, a new stage);
 - `on_evaluation`: see every deterministic evaluation's summary (to keep the best policy);
 - `explore` (off-policy): how to act before learning starts;
-- `fine_tunes_chunks`, `step_discount`, `per_decision_config`: fine-tuning a policy of action
-  chunks (below).
+- `fine_tunes_chunks`, `chunk_length`, `step_discount`, `per_decision_config`: acting in
+  action chunks (below).
 
 Action chunks: where `fine_tunes_chunks` is set, `--init` may hold a pretrain run whose policy
 predicts chunks of Ta actions (and may condition on H observations). The run then steps envs
@@ -28,6 +28,12 @@ the pretrained policy over the flat chunk, and transitions whose reward is the c
 summed with `step_discount(config)` per env step. What the loop needs from the method is that
 discount, and a config whose bootstrap spans a decision: `per_decision_config(config, Te)`
 (discount^Te). Env steps, not decisions, are what the run counts.
+
+A method may also act in chunks of its own, with no --init: `chunk_length(config)` returns h,
+and the run executes every chunk of h actions whole (Ta = Te = h, one observation), as above. A
+chunked --init must then predict and execute chunks of that length, or the run is refused. An
+offline dataset (--dataset) reaches such a run as decisions too: windows of the recorded steps
+(gprl.decision_data.decision_transitions).
 
 Constructor: `Algorithm(config, spec, num_envs, total_steps, **optional)`: it validates the
 config against the run (ValueError, one line, naming the field). The optional keywords are
@@ -108,6 +114,13 @@ class Algorithm:
     fine_tunes_chunks: bool = False
     """Whether `pretrained=` may be a policy of action chunks or observation histories, seen
     through its flat chunk (see the module docstring); else --init of one is refused."""
+
+    @classmethod
+    def chunk_length(cls, config) -> int | None:
+        """The length h of the action chunks the method itself acts in, each executed whole as
+        one decision of h env steps (a chunked --init must predict the same; 1: single
+        actions); None (default): as --init predicts, if at all (see the module docstring)."""
+        return None
 
     @classmethod
     def step_discount(cls, config) -> float:

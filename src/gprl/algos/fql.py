@@ -20,6 +20,10 @@ fresh noise, as it acts.
 Departures from the reference networks, none of which changes the method: gprl's flow network
 embeds t sinusoidally (the reference feeds t raw), every MLP is orthogonally initialised, and
 LayerNorm sits before the activation.
+
+:class:`FlowCritic` is what FQL shares with the methods that act through the BC flow in other
+ways (gprl.algos.qc): the BC flow, the critics and their TD target, learning in one gradient
+step; a subclass adds the policy that acts.
 """
 
 from dataclasses import dataclass, field
@@ -46,33 +50,49 @@ def _default_flow() -> FlowPolicyConfig:
 
 
 @dataclass(frozen=True)
-class FQLConfig(OffPolicyConfig):
+class FlowCriticConfig(OffPolicyConfig):
     flow: FlowPolicyConfig = field(default_factory=_default_flow)
-    """The BC flow policy (num_steps: the Euler steps of the distillation target, 10 as the
-    reference; the reference's network is 4 x 512 GELU)."""
-    actor_hidden: tuple[int, ...] = DEFAULT_HIDDEN
-    """Hidden widths of the one-step policy mu(s, z) (reference: 512 512 512 512)."""
+    """The BC flow policy (num_steps: its Euler steps when sampled, 10 as the reference; the
+    reference's network is 4 x 512 GELU)."""
     critic_hidden: tuple[int, ...] = DEFAULT_HIDDEN
     """Hidden widths of each critic (reference: 512 512 512 512)."""
     activation: str = "relu"
-    """Hidden activation of the one-step policy and the critics (tanh, relu, silu, gelu, elu).
+    """Hidden activation of the critics and of a one-step policy (tanh, relu, silu, gelu, elu).
     The reference's GELU costs 1.5-2.4x the gradient step here (a 10-step flow evaluates it ten
     times per sample)."""
     num_critics: int = 2
     """Critics in the ensemble."""
     critic_layer_norm: bool = True
     """LayerNorm after each hidden layer of the critics (reference: on)."""
-    actor_layer_norm: bool = False
-    """LayerNorm after each hidden layer of the one-step policy (reference: off)."""
     q_aggregation: Literal["mean", "min"] = "mean"
-    """How the critics combine, in the TD target and in the actor's loss: mean (reference
-    default) or min (clipped double Q, which the reference suggests for some tasks)."""
+    """How the critics combine, in the TD target and where the policy climbs them: mean
+    (reference default) or min (clipped double Q, which the reference suggests for some
+    tasks)."""
     learning_rate: float = 3e-4
-    """Adam step size of all three networks."""
+    """Adam step size of all networks."""
     gamma: float = 0.99
     """Discount factor."""
     tau: float = 0.005
     """Polyak step of the target critics after every gradient step."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_learning_rates(self, "learning_rate")
+        if not self.num_critics > 0:
+            raise ValueError(f"num_critics must be positive, got {self.num_critics}")
+        for name in ("gamma", "tau"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.flow.num_steps < 1:
+            raise ValueError(f"flow.num_steps must be at least 1, got {self.flow.num_steps}")
+
+
+@dataclass(frozen=True)
+class FQLConfig(FlowCriticConfig):
+    actor_hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    """Hidden widths of the one-step policy mu(s, z) (reference: 512 512 512 512)."""
+    actor_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the one-step policy (reference: off)."""
     alpha: float = 10.0
     """Weight of the distillation term ||mu(s, z) - ODE(s, z)||^2 against -Q: the method's one
     per-task knob (reference values 3 to 1000 on OGBench/D4RL; 0.03 to 10 with
@@ -83,23 +103,26 @@ class FQLConfig(OffPolicyConfig):
 
     def validate(self) -> None:
         super().validate()
-        check_learning_rates(self, "learning_rate")
-        for name in ("num_critics", "alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("gamma", "tau"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.flow.num_steps < 1:
-            raise ValueError(f"flow.num_steps must be at least 1, got {self.flow.num_steps}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
 
 
-class FQL(OffPolicyAlgorithm):
+class FlowCritic(OffPolicyAlgorithm):
+    """A BC flow and an ensemble of critics learning from replay batches in one gradient step
+    on the sum of their losses (one Adam, as the reference), and a policy that acts, which a
+    subclass defines: its parameters (`_init_policy`, `_policy_params`), how it samples
+    (`_sample`, `act_deterministic`) and its losses (`_policy_losses`)."""
+
     def __init__(
-        self, config: FQLConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+        self,
+        config: FlowCriticConfig,
+        spec: EnvSpec,
+        num_envs: int,
+        total_steps: int,
+        networks=None,
     ):
         """networks (gprl.networks.CustomNetworks): a velocity torso for the BC flow and a critic
-        torso, torso(obs, action), for every critic; the one-step policy mu(s, z) takes none."""
+        torso, torso(obs, action), for every critic."""
         self.schedule = off_policy_schedule(config, num_envs, total_steps)
         check_networks(networks, ("critic", "velocity"), type(self).__name__)
         given = networks or CustomNetworks()
@@ -107,12 +130,6 @@ class FQL(OffPolicyAlgorithm):
         self.config = config
         self.spec = spec
         self.flow = FlowPolicy(spec.action_dim, config.flow, given.velocity)
-        self.actor = MLP(
-            config.actor_hidden,
-            spec.action_dim,
-            config.activation,
-            layer_norm=config.actor_layer_norm,
-        )
         self.critic = QEnsemble(
             config.critic_hidden,
             config.num_critics,
@@ -123,14 +140,13 @@ class FQL(OffPolicyAlgorithm):
         self.optimizer = optax.adam(config.learning_rate)
 
     def init(self, key) -> dict:
-        flow_key, actor_key, critic_key = jax.random.split(key, 3)
+        flow_key, policy_key, critic_key = jax.random.split(key, 3)
         obs = jnp.zeros((1, self.spec.obs_dim))
         action = jnp.zeros((1, self.spec.action_dim))
         params = {
             "flow": self.flow.init(flow_key, self.spec.obs_dim),
-            "actor": self.actor.init(actor_key, jnp.concatenate([obs, action], axis=-1)),
             "critic": self.critic.init(critic_key, obs, action),
-        }
+        } | self._init_policy(policy_key)
         return {
             "params": params,
             "target_critic": params["critic"],
@@ -139,7 +155,103 @@ class FQL(OffPolicyAlgorithm):
         }
 
     def acting_params(self, state):
-        return state["params"]["actor"]
+        return self._policy_params(state["params"])
+
+    def act(self, acting, obs, key):
+        return self._sample(acting, obs, key), {}
+
+    def _q(self, critic, obs, action):
+        q = self.critic.apply(critic, obs, action)
+        return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
+
+    def _td_target(self, state, batch, key):
+        """r + gamma Q_target(s', pi(s')), ended only by terminations."""
+        next_action = self._sample(self._policy_params(state["params"]), batch.next_obs, key)
+        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
+        continues = 1.0 - batch.terminated.astype(jnp.float32)
+        return batch.reward + self.config.gamma * continues * next_q
+
+    def _critic_loss(self, critic, batch, target):
+        q = self.critic.apply(critic, batch.obs, batch.action)
+        loss = jnp.mean((q - target) ** 2)
+        return loss, {
+            "critic/loss": loss,
+            "critic/q_mean": q.mean(),
+            "critic/q_max": q.max(),
+            "critic/q_min": q.min(),
+        }
+
+    def _flow_loss(self, flow, batch, key):
+        loss, _ = self.flow.loss(flow, batch.obs, batch.action, key)
+        return loss, {"flow/loss": loss}
+
+    def update(self, state, batch, key):
+        target_key, flow_key, policy_key = jax.random.split(key, 3)
+        current = state["params"]
+        target = self._td_target(state, batch, target_key)
+
+        def total_loss(params):
+            losses = [
+                self._critic_loss(params["critic"], batch, target),
+                self._flow_loss(params["flow"], batch, flow_key),
+                *self._policy_losses(params, current, batch, policy_key),
+            ]
+            metrics = {}
+            for _, info in losses:
+                metrics |= info
+            return sum(loss for loss, _ in losses), metrics
+
+        grads, info = jax.grad(total_loss, has_aux=True)(current)
+        updates, opt = self.optimizer.update(grads, state["opt"], current)
+        params = optax.apply_updates(current, updates)
+        state = state | {
+            "params": params,
+            "target_critic": soft_update(state["target_critic"], params["critic"], self.config.tau),
+            "opt": opt,
+        }
+        return state, info | {"critic/target_mean": target.mean()}
+
+    # ----- the acting policy, defined by a subclass ---------------------------------------------
+
+    def _init_policy(self, key) -> dict:
+        """Parameters of the acting policy beside the flow's and the critics', in the same
+        gradient step."""
+        return {}
+
+    def _policy_params(self, params):
+        """What the policy acts with, from all parameters (the acting parameters)."""
+        raise NotImplementedError
+
+    def _sample(self, policy, obs, key):
+        """Stochastic actions in [-1, 1] of the policy, to act and in the TD target."""
+        raise NotImplementedError
+
+    def _policy_losses(self, params, current, batch, key) -> list:
+        """(loss, metrics) pairs of the policy's own losses on `params` (differentiated), with
+        `current` the parameters before this gradient step."""
+        return []
+
+
+class FQL(FlowCritic):
+    def __init__(
+        self, config: FQLConfig, spec: EnvSpec, num_envs: int, total_steps: int, networks=None
+    ):
+        """networks (gprl.networks.CustomNetworks): a velocity torso for the BC flow and a critic
+        torso, torso(obs, action), for every critic; the one-step policy mu(s, z) takes none."""
+        super().__init__(config, spec, num_envs, total_steps, networks)
+        self.actor = MLP(
+            config.actor_hidden,
+            spec.action_dim,
+            config.activation,
+            layer_norm=config.actor_layer_norm,
+        )
+
+    def _init_policy(self, key) -> dict:
+        inputs = jnp.zeros((1, self.spec.obs_dim + self.spec.action_dim))
+        return {"actor": self.actor.init(key, inputs)}
+
+    def _policy_params(self, params):
+        return params["actor"]
 
     def _one_step(self, actor, obs, noise):
         """mu(s, z), unclipped (the distillation compares raw outputs, as the reference)."""
@@ -149,79 +261,29 @@ class FQL(OffPolicyAlgorithm):
         noise = jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
         return jnp.clip(self._one_step(actor, obs, noise), -1.0, 1.0)
 
-    def act(self, acting, obs, key):
-        return self._sample(acting, obs, key), {}
-
     def act_deterministic(self, acting, obs):
         noise = jnp.zeros((*obs.shape[:-1], self.spec.action_dim))
         return jnp.clip(self._one_step(acting, obs, noise), -1.0, 1.0)
 
-    def _q(self, critic, obs, action):
-        q = self.critic.apply(critic, obs, action)
-        return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
-
-    def _td_target(self, state, batch, key):
-        """r + gamma Q_target(s', pi(s')), ended only by terminations."""
-        next_action = self._sample(state["params"]["actor"], batch.next_obs, key)
-        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
-        continues = 1.0 - batch.terminated.astype(jnp.float32)
-        return batch.reward + self.config.gamma * continues * next_q
-
-    def update(self, state, batch, key):
-        config = self.config
-        next_key, flow_key, noise_key = jax.random.split(key, 3)
-        params = state["params"]
-        target = self._td_target(state, batch, next_key)
-        noise = jax.random.normal(noise_key, batch.action.shape)
-        flow_action = jnp.clip(self.flow.sample(params["flow"], batch.obs, noise), -1.0, 1.0)
-        flow_action = jax.lax.stop_gradient(flow_action)
+    def _policy_losses(self, params, current, batch, key) -> list:
+        noise = jax.random.normal(key, batch.action.shape)
+        flow_action = jnp.clip(self.flow.sample(current["flow"], batch.obs, noise), -1.0, 1.0)
         # The actor climbs the critics as they were before this step (as the reference).
-        critic_now = jax.lax.stop_gradient(params["critic"])
+        return [self._actor_loss(params["actor"], current["critic"], batch, noise, flow_action)]
 
-        def critic_loss(critic):
-            q = self.critic.apply(critic, batch.obs, batch.action)
-            loss = jnp.mean((q - target) ** 2)
-            return loss, {
-                "critic/loss": loss,
-                "critic/q_mean": q.mean(),
-                "critic/q_max": q.max(),
-                "critic/q_min": q.min(),
-            }
-
-        def flow_loss(flow):
-            loss, _ = self.flow.loss(flow, batch.obs, batch.action, flow_key)
-            return loss, {"flow/loss": loss}
-
-        def actor_loss(actor):
-            action = self._one_step(actor, batch.obs, noise)
-            distill_loss = jnp.mean((action - flow_action) ** 2)
-            q = self._q(critic_now, batch.obs, jnp.clip(action, -1.0, 1.0))
-            q_loss = -q.mean()
-            if config.normalize_q_loss:
-                q_loss = q_loss / jax.lax.stop_gradient(jnp.abs(q).mean())
-            loss = config.alpha * distill_loss + q_loss
-            return loss, {
-                "actor/loss": loss,
-                "actor/distill_loss": distill_loss,
-                "actor/q_loss": q_loss,
-                "actor/q": q.mean(),
-                "actor/mse": jnp.mean((action - batch.action) ** 2),
-            }
-
-        def total_loss(params):
-            losses = [
-                critic_loss(params["critic"]),
-                flow_loss(params["flow"]),
-                actor_loss(params["actor"]),
-            ]
-            return sum(loss for loss, _ in losses), losses[0][1] | losses[1][1] | losses[2][1]
-
-        grads, info = jax.grad(total_loss, has_aux=True)(params)
-        updates, opt = self.optimizer.update(grads, state["opt"], params)
-        params = optax.apply_updates(params, updates)
-        state = state | {
-            "params": params,
-            "target_critic": soft_update(state["target_critic"], params["critic"], config.tau),
-            "opt": opt,
+    def _actor_loss(self, actor, critic, batch, noise, flow_action):
+        config = self.config
+        action = self._one_step(actor, batch.obs, noise)
+        distill_loss = jnp.mean((action - flow_action) ** 2)
+        q = self._q(critic, batch.obs, jnp.clip(action, -1.0, 1.0))
+        q_loss = -q.mean()
+        if config.normalize_q_loss:
+            q_loss = q_loss / jax.lax.stop_gradient(jnp.abs(q).mean())
+        loss = config.alpha * distill_loss + q_loss
+        return loss, {
+            "actor/loss": loss,
+            "actor/distill_loss": distill_loss,
+            "actor/q_loss": q_loss,
+            "actor/q": q.mean(),
+            "actor/mse": jnp.mean((action - batch.action) ** 2),
         }
-        return state, info | {"critic/target_mean": target.mean()}

@@ -25,6 +25,8 @@ truncation inside a chunk would need the bootstrap discount^k with k < Te, which
 decision cannot give: :func:`check_fits` refuses envs whose time limit is not a multiple of Te, so
 that time limits always fall on the last executed step of a chunk. JAX tasks execute chunks the
 same way (:mod:`gprl.envs.jax_chunked`); envpool's do not.
+
+An offline dataset reaches a chunked run as the same decisions (gprl.decision_data).
 """
 
 import dataclasses
@@ -71,8 +73,8 @@ def check_fits(spec: EnvSpec, chunking: Chunking) -> None:
         raise EnvError(
             f"{spec.env_id} truncates episodes at {limit} steps, not a multiple of the "
             f"{execute} executed actions per chunk, so a truncation would fall inside a chunk "
-            "and its bootstrap could not be discounted exactly; pretrain with --execute-steps "
-            f"dividing {limit}"
+            "and its bootstrap could not be discounted exactly; execute chunks of a length "
+            f"dividing {limit} (--execute-steps of a pretrain run, a method's chunk_length)"
         )
 
 

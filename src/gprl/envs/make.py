@@ -41,7 +41,9 @@ def make_env(
         source: a Gymnasium id (``Hopper-v5``), one in Gymnasium's ``module:EnvId-v0`` form
             (``my_pkg.envs:MyEnv-v0`` imports ``my_pkg.envs`` to register it first), a DeepMind
             Control id (``dm_control/hopper-stand-v0``) or its short form (``dmc:hopper-stand``),
-            a Meta-World id (``metaworld:pick-place-v3``), a JAX id (``playground:CheetahRun``);
+            a Meta-World id (``metaworld:pick-place-v3``), an OGBench single-task id
+            (``ogbench:cube-single-play-singletask-task2-v0``), a JAX id
+            (``playground:CheetahRun``);
             a ``gymnasium.Env`` instance (env 0 is the instance, the others deep copies of it;
             closing the envs closes it), a zero-argument function returning a new
             ``gymnasium.Env``, or a JAX task object
@@ -61,8 +63,8 @@ def make_env(
         end_on_success: a step where the env reports success terminates its episode.
         env_workers: worker processes stepping blocks of the Gymnasium backend's envs beside
             this process, with the same results as without them (0: none); None chooses (see
-            :func:`~gprl.envs.vector.worker_count`: Meta-World tasks get one process per CPU
-            core). envpool and JAX envs ignore it.
+            :func:`~gprl.envs.vector.worker_count`: Meta-World and OGBench tasks get one process
+            per CPU core). envpool and JAX envs ignore it.
         chunking: each step executes an action chunk (:mod:`gprl.envs.chunked`); not on
             envpool.
 

@@ -4,7 +4,8 @@ An env source is one of:
 
 - an id string: a Gymnasium id (``Hopper-v5``, ``my_pkg.envs:MyEnv-v0``), a DeepMind Control id
   (``dm_control/hopper-stand-v0`` or ``dmc:hopper-stand``), a Meta-World id
-  (``metaworld:pick-place-v3``, see :mod:`gprl.envs.metaworld`), or a JAX id
+  (``metaworld:pick-place-v3``, see :mod:`gprl.envs.metaworld`), an OGBench single-task id
+  (``ogbench:cube-single-play-singletask-task2-v0``, see :mod:`gprl.envs.ogbench`), or a JAX id
   (``playground:CheetahRun``, or a diagnostic id with backend ``"jax"``);
 - a ``gymnasium.Env`` instance: it becomes env 0 of the first set of envs built from it, and
   every other env is a ``copy.deepcopy`` of it;
@@ -32,6 +33,7 @@ from gprl.envs.envpool_backend import (
     envpool_unavailable_reason,
 )
 from gprl.envs.metaworld import is_metaworld_id, metaworld_task_name
+from gprl.envs.ogbench import is_ogbench_id, ogbench_env_name
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | Any
 """An id, a gymnasium.Env instance, a factory returning one, or a JAX task object."""
@@ -151,15 +153,15 @@ def resolve_env(
     """Decide once which backend runs source: the only place gprl chooses a backend.
 
     ``"auto"`` runs JAX tasks and ``playground:`` ids on JAX, gymnasium.Env instances,
-    factories and ``metaworld:`` ids on Gymnasium, and other ids on envpool when it is
-    installed, has the task, its port was checked against the original (Gymnasium MuJoCo v4/v5
-    tasks; the cheetah, hopper and walker DeepMind Control domains) and nothing is rendered, else
-    on Gymnasium. Envs restarted in groups from one initial state (start_state_group > 1) rule
-    envpool out.
+    factories, ``metaworld:`` and ``ogbench:`` ids on Gymnasium, and other ids on envpool when
+    it is installed, has the task, its port was checked against the original (Gymnasium MuJoCo
+    v4/v5 tasks; the cheetah, hopper and walker DeepMind Control domains) and nothing is
+    rendered, else on Gymnasium. Envs restarted in groups from one initial state
+    (start_state_group > 1) rule envpool out.
 
     Raises:
         EnvError: an unknown backend, a source the backend cannot run, an unknown Meta-World
-            task, or rendering on envpool or JAX.
+            task or OGBench env, or rendering on envpool or JAX.
     """
     if backend not in BACKENDS:
         raise EnvError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -192,8 +194,9 @@ def _resolve_id(env_id: str, backend: str, start_state_group: int, render: bool)
         if backend not in ("auto", "jax"):
             raise EnvError(f"{env_id} is a JAX environment; use --env-backend jax (or auto)")
         return ResolvedEnv(env_id, env_id, "jax")
-    if is_metaworld_id(env_id):
-        metaworld_task_name(env_id)  # an unknown task fails here, before anything is built
+    if is_metaworld_id(env_id) or is_ogbench_id(env_id):
+        # An unknown task fails here, before anything is built.
+        (metaworld_task_name if is_metaworld_id(env_id) else ogbench_env_name)(env_id)
         if backend not in ("auto", "gymnasium"):
             raise EnvError(
                 f"{env_id} runs on Gymnasium only; use --env-backend gymnasium (or auto)"

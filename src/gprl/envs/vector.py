@@ -33,6 +33,7 @@ from gprl.envs.common import (
     reported_success,
 )
 from gprl.envs.metaworld import is_metaworld_id, make_metaworld_env
+from gprl.envs.ogbench import is_ogbench_id, make_ogbench_env
 from gprl.envs.sources import InstanceCopies, ResolvedEnv, can_reopen, gymnasium_env_name
 from gprl.envs.workers import WorkerVectorEnv, sync_vector_env
 from gprl.types import StepResult
@@ -263,14 +264,16 @@ def _open_vector_env(
 def worker_count(resolved: ResolvedEnv, num_envs: int, env_workers: int | None) -> int:
     """Worker processes for a :class:`VecEnv` of num_envs envs of resolved, besides this process,
     which steps a block of the envs too: env_workers (at most num_envs - 1; 0 keeps every env
-    here) or, if None, enough for one process per CPU core on Meta-World tasks and none for other
-    envs. On 2 cores (benchmarks/env_workers.py) one worker stepped Meta-World 1.25-1.8x as fast
-    as this process alone at 2-16 envs; Hopper-v5 gained only from 4 envs up, and runs on
-    envpool anyway; gprl's diagnostic tasks step in microseconds, far less than a pipe's round
-    trip. On a machine busy with other processes, workers lose (each step waits for every block):
-    pass 0 there, and when several runs share the cores."""
+    here) or, if None, enough for one process per CPU core on Meta-World and OGBench tasks and
+    none for other envs. On 2 cores (benchmarks/env_workers.py) one worker stepped Meta-World
+    1.25-1.8x as fast as this process alone at 2-16 envs; Hopper-v5 gained only from 4 envs up,
+    and runs on envpool anyway; gprl's diagnostic tasks step in microseconds, far less than a
+    pipe's round trip. On a machine busy with other processes, workers lose (each step waits for
+    every block): pass 0 there, and when several runs share the cores."""
     if env_workers is None:
-        slow = isinstance(resolved.source, str) and is_metaworld_id(resolved.source)
+        slow = is_ogbench_id(resolved.source) or (
+            isinstance(resolved.source, str) and is_metaworld_id(resolved.source)
+        )
         cores = _usable_cores()
         return min(cores, num_envs) - 1 if slow else 0
     if env_workers < 0:
@@ -293,13 +296,15 @@ def sub_env_makers(
     resolved: ResolvedEnv, num_envs: int, *, render: bool = False
 ) -> list[Callable[[], gym.Env]]:
     """One maker per env for a :class:`VecEnv` of a Gymnasium source: ``gym.make`` for an id
-    (:func:`~gprl.envs.metaworld.make_metaworld_env` for a Meta-World one; env 0 made to render
-    if asked), the factory itself, or the instance followed by deep copies of it."""
+    (:func:`~gprl.envs.metaworld.make_metaworld_env` for a Meta-World one,
+    :func:`~gprl.envs.ogbench.make_ogbench_env` for an OGBench one; env 0 made to render if
+    asked), the factory itself, or the instance followed by deep copies of it."""
     source = resolved.source
-    if isinstance(source, str) and is_metaworld_id(source):
+    if isinstance(source, str) and (is_metaworld_id(source) or is_ogbench_id(source)):
+        make = make_metaworld_env if is_metaworld_id(source) else make_ogbench_env
         # Only env 0 is ever rendered; renderers for the others would waste GL contexts.
         return [
-            functools.partial(make_metaworld_env, source, render=render and index == 0)
+            functools.partial(make, source, render=render and index == 0)
             for index in range(num_envs)
         ]
     if isinstance(source, str):

@@ -1,0 +1,191 @@
+"""Q-chunking (QC, QC-FQL): a dataset's steps windowed into decisions as chunked envs execute
+them, a probe task that only a chunk planned from the first observation solves, learnt offline
+then online, the algorithm's own chunk length against --init, and exact resume."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from test_fql import Interrupted, interrupt_at, offline_run, read_rows, rows_without_timing
+from test_pretrain import CUE_RECALL
+
+from gprl.algos import QC, QCConfig, QCFQLConfig
+from gprl.checkpoint import read_meta
+from gprl.datasets import DatasetError, Demonstrations, Episode, write_dataset
+from gprl.decision_data import decision_transitions
+from gprl.envs.chunked import Chunking
+from gprl.initial_policy import chunk_options, run_chunking
+from gprl.policies import FlowPolicyConfig
+from gprl.pretrained import PretrainConfig
+from gprl.trainer import RunConfig, train
+from gprl.types import EnvSpec
+
+# Two steps: the first observation shows a cue c = +-1, the second hides it, and only the second
+# step is rewarded, -(a - 0.8 c)^2, which ends the episode. A chunk of both actions planned from
+# the first observation earns 0 with (anything, 0.8 c); a policy of single actions cannot tell c
+# at the second step (its best, a = 0, earns -0.64).
+CUE = CUE_RECALL
+SPEC = EnvSpec(CUE, 2, 1, -np.ones(1, np.float32), np.ones(1, np.float32), 2)
+GOOD, BAD = 0.8, -0.8
+
+
+pytestmark = pytest.mark.usefixtures("minari_root")
+
+
+def cue_dataset(dataset_id: str, episodes: int = 200, seed: int = 0) -> str:
+    """Episodes whose first action is uniform noise and whose second is, half the time, the
+    good 0.8 c (reward 0), else its mirror -0.8 c (reward -2.56)."""
+    rng = np.random.default_rng(seed)
+    recorded = []
+    for _ in range(episodes):
+        cue = rng.choice([-1.0, 1.0])
+        second = cue * (GOOD if rng.random() < 0.5 else BAD)
+        recorded.append(
+            Episode(
+                observations=np.array([[cue, 0.0], [0.0, 1.0], [0.0, 1.0]], np.float32),
+                actions=np.array([[rng.uniform(-1, 1)], [second]], np.float32),
+                rewards=np.array([0.0, -((second - GOOD * cue) ** 2)]),
+                terminations=np.array([False, True]),
+                truncations=np.array([False, False]),
+            )
+        )
+    write_dataset(dataset_id, recorded, SPEC, "half good, half mirrored", "scripted")
+    return dataset_id
+
+
+def probe_demonstrations(episodes) -> Demonstrations:
+    """Demonstrations of (length, ended by termination) episodes: observation [100 e + p] at
+    position p of episode e, action 10 e + p and reward 10^e (p + 1) at its step p."""
+    obs, actions, rewards, terminations, truncations, next_obs = ([] for _ in range(6))
+    for number, (length, terminates) in enumerate(episodes):
+        positions = np.arange(length, dtype=np.float32)
+        obs.append(100 * number + positions)
+        next_obs.append(100 * number + positions + 1)
+        actions.append(10 * number + positions)
+        rewards.append(10.0**number * (positions + 1))
+        terminations.append(np.arange(length) == length - 1 if terminates else np.zeros(length))
+        truncations.append(np.arange(length) == length - 1 if not terminates else np.zeros(length))
+    column = [np.concatenate(x).astype(np.float32)[:, None] for x in (obs, actions, next_obs)]
+    flags = [np.concatenate(x).astype(bool) for x in (terminations, truncations)]
+    return Demonstrations(
+        "probe/windows-v0", None, column[0], column[1], np.array([e[0] for e in episodes]),
+        np.zeros(len(episodes)), np.concatenate(rewards).astype(np.float32), flags[0], flags[1],
+        column[2], -np.ones(1), np.ones(1), "",
+    )  # fmt: skip
+
+
+def test_dataset_steps_are_windowed_into_decisions_as_chunked_envs_execute_them():
+    # Episode 0: 5 steps cut by a time limit; episode 1: 3 steps, then terminal; episode 2: one
+    # step, cut. Chunks of 3 actions, 2 executed, 2 observations, discount 0.5.
+    demos = probe_demonstrations([(5, False), (3, True), (1, False)])
+    windows = decision_transitions(demos, Chunking(3, 2, obs_history=2, discount=0.5))
+    # Windows start at every step that has 2 steps left or terminates sooner: 0-3 of episode 0
+    # (step 4 would run past the time limit), all of episode 1 (steps 5-7), none of episode 2.
+    np.testing.assert_array_equal(
+        windows["obs"], [[0, 0], [0, 1], [1, 2], [2, 3], [100, 100], [100, 101], [101, 102]]
+    )
+    # Three actions from each start; past an episode's end its last action is repeated.
+    np.testing.assert_array_equal(
+        windows["action"],
+        [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4], [10, 11, 12], [11, 12, 12], [12, 12, 12]],
+    )
+    # r_t + 0.5 r_{t+1} over the executed steps; the last window of episode 1 executes one.
+    np.testing.assert_array_equal(windows["reward"], [2, 3.5, 5, 6.5, 20, 35, 30])
+    np.testing.assert_array_equal(windows["terminated"], [0, 0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(windows["truncated"], [0, 0, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(
+        windows["next_obs"], [[1, 2], [2, 3], [3, 4], [4, 5], [101, 102], [102, 103], [102, 103]]
+    )
+
+    short = probe_demonstrations([(1, False), (1, False)])
+    with pytest.raises(DatasetError, match="no episode of 2 steps, the actions a chunk executes"):
+        decision_transitions(short, Chunking(3, 2))
+
+
+def test_an_algorithm_of_its_own_chunk_length_refuses_an_init_that_predicts_other_chunks():
+    config = QCConfig(chunk_length=2, gamma=0.9)
+    assert run_chunking(QC, config) == Chunking(2, 2, 1, 0.9)
+    assert run_chunking(QC, replace(config, chunk_length=1)) is None
+    assert run_chunking(QC, config, PretrainConfig(chunk_length=2, execute_steps=2)) == Chunking(
+        2, 2, 1, 0.9
+    )
+    for other in (PretrainConfig(), PretrainConfig(chunk_length=4, execute_steps=2)):
+        with pytest.raises(ValueError, match="this method acts in whole chunks of 2"):
+            run_chunking(QC, config, other)
+    with pytest.raises(ValueError, match="chunk_length must be at least 1, got 0"):
+        run_chunking(QC, replace(config, chunk_length=0))
+
+
+def test_bad_chunked_input_is_refused_in_one_line_with_nothing_written(tmp_path, cli_error):
+    short = Episode(np.zeros((2, 2)), np.zeros((1, 1)), np.zeros(1), np.zeros(1), np.ones(1))
+    write_dataset("probe/short-v0", [short] * 3, SPEC, "one step each, cut", "scripted")
+    out = tmp_path / "run"
+    base = ["train", "qc", "--env", CUE, "--qc.chunk-length", "2", "--out", str(out)]
+    for extra, message in (
+        (["--dataset", "probe/short-v0"], "has no episode of 2 steps, the actions a chunk"),
+        (["--qc.num-samples", "0"], "num_samples must be at least 1, got 0"),
+        (["--qc.chunk-length", "0"], "chunk_length must be at least 1, got 0"),
+        (["--qc.chunk-length", "3"], "truncates episodes at 2 steps, not a multiple of the 3"),
+        (["--init", str(tmp_path)], "qc cannot start from a pretrained policy"),
+    ):
+        assert message in cli_error([*base, *extra])
+    assert not out.exists()
+
+
+SMALL = (64, 64)
+# An iteration: 32 env steps, 16 decisions of 4 envs, 8 gradient steps per decision.
+FAST = dict(
+    chunk_length=2,
+    flow=FlowPolicyConfig(hidden=SMALL, num_steps=4),
+    critic_hidden=SMALL,
+    batch_size=64,
+    learning_rate=1e-3,
+    update_every=8,
+    update_to_data=8,
+    steps_per_iteration=32,
+    offline_updates=256,
+)
+FAST_QC = QCConfig(num_samples=8, **FAST)
+FAST_QC_FQL = QCFQLConfig(actor_hidden=SMALL, alpha=0.1, **FAST)
+
+
+def cue_run(tmp_path, name, dataset, **overrides) -> RunConfig:
+    fields = dict(env=CUE, total_steps=32, eval_episodes=16)
+    return offline_run(tmp_path, name, dataset, **(fields | overrides))
+
+
+@pytest.mark.parametrize(("algo", "config"), [("qc", FAST_QC), ("qc-fql", FAST_QC_FQL)])
+def test_offline_qc_plans_the_chunk_that_only_the_first_observation_reveals(tmp_path, algo, config):
+    dataset = cue_dataset(f"probe/cue-{algo}-v0")
+    run_dir = train(algo, cue_run(tmp_path, algo, dataset), config)
+    rows = read_rows(run_dir)
+    offline = [r for r in rows if int(r["env_steps"]) == 0]
+    # 256 gradient steps in iterations of 16 decisions x 8, before the first env step.
+    assert len(offline) == 2 and offline[-1]["offline_updates"] == "256"
+    # Optimal 0; the dataset's chunks earn -1.28 on average, their mean chunk -0.64.
+    assert float(offline[-1]["eval_return"]) > -0.1
+    # Online: env steps counted, two per decision.
+    assert rows[-1]["env_steps"] == "32" and float(rows[-1]["eval_return"]) > -0.1
+    # `gprl eval` opens the run's envs as it trained: chunks of 2 executed whole.
+    assert chunk_options(run_dir)["chunking"] == Chunking(2, 2, 1, config.gamma)
+
+
+@pytest.mark.slow
+def test_a_qc_run_interrupted_offline_then_online_resumes_exactly(tmp_path):
+    # 4 offline iterations of 32 gradient steps, then 4 online ones of 32 env steps; the clock
+    # (env steps + offline updates) checkpoints at 64 (iteration 2), at the end of the offline
+    # phase (4) and at 192 (6). Interrupted at 3, the run resumes from the offline phase into
+    # the online one; interrupted at 7, from within the online phase.
+    config = replace(FAST_QC, update_to_data=2, offline_updates=128)
+    dataset = cue_dataset("probe/cue-resume-v0", episodes=50)
+    run = cue_run(tmp_path, "run", dataset, total_steps=128, eval_every=96, checkpoint_every=64)
+    reference = train("qc", replace(run, out=tmp_path / "uninterrupted"), config)
+    resume = RunConfig(resume=run.out, progress=False)
+    for start, stop_at, resumed_from in ((run, 3, 2), (resume, 7, 6)):
+        with pytest.raises(Interrupted):
+            train("qc", start, config, on_iteration=interrupt_at(stop_at))
+        assert read_meta(run.out)["progress"]["iteration"] == resumed_from
+    train("qc", resume, config)
+    rows = rows_without_timing(reference)
+    assert rows_without_timing(run.out) == rows
+    assert [r["env_steps"] for r in rows] == ["0"] * 4 + ["32", "64", "96", "128"]
