@@ -58,6 +58,7 @@ LONGEST_MODULES = (
     "test_offpolicy.py",
     "test_algorithms.py",
     "test_fql.py",
+    "test_qc.py",
     "test_options.py",
 )
 

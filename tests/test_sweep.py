@@ -136,9 +136,6 @@ def iterations_by_process(tmp_path) -> list[list[int]]:
     return list(processes.values())
 
 
-# The default suite keeps the resume test below (a killed trial continues from its checkpoint);
-# Tune's own retry within one sweep runs with -m slow.
-@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
     local_ray, single_runs, tmp_path
 ):
@@ -151,6 +148,9 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
     assert metric_rows(cell_dir(out, 0, 1e-3)) == single_runs[0, 1e-3]
 
 
+# Three sweeps of Ray trial processes, -m slow: a trial continuing from its checkpoint stays
+# covered by default in the test above (one sweep, Tune's retry).
+@pytest.mark.slow
 def test_an_interrupted_sweep_needs_resume_and_continues_from_its_checkpoints(
     local_ray, single_runs, tmp_path, capsys
 ):
