@@ -196,18 +196,10 @@ def test_dsrl_acts_through_every_policy_kind_from_the_noise_it_reports(kind):
     # An untrained policy of each kind with random observation and action statistics: the
     # action is pi_base(s, w) for the w kept in the extras, w stays in the box, and the
     # starting deterministic action is pi_base(s, 0).
-    with make_env(ENV, 1, 0, backend="gymnasium") as env:
-        spec = env.spec
-    policy = POLICIES[kind].policy(2, replace(POLICIES[kind].config(), hidden=(16, 16)))
     rng = np.random.default_rng(0)
-    acting = {
-        "params": policy.init(jax.random.PRNGKey(0), 3),
-        "obs_norm": {"mean": rng.normal(size=3), "var": rng.uniform(0.5, 2, 3), "count": 1.0},
-        "action_norm": {"center": rng.uniform(-0.2, 0.2, 2), "half_range": np.full(2, 0.5)},
-    }
-    acting = jax.tree.map(lambda x: np.asarray(x, np.float32), acting)
-    pretrained = load_pretrained_like(kind, ChunkPolicy(policy, 1, 2, 1.0), acting)
-    dsrl = DSRL(FAST_DSRL, spec, 4, 1024, pretrained=pretrained)
+    pretrained = untrained_base(kind, rng)
+    acting = pretrained.acting
+    dsrl = DSRL(FAST_DSRL, probe_spec(), 4, 1024, pretrained=pretrained)
     state = dsrl.init(jax.random.PRNGKey(1))
     obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
     # Compiled like DSRL's: DDIM's division by sqrt(alpha_bar) amplifies float differences.
@@ -220,6 +212,54 @@ def test_dsrl_acts_through_every_policy_kind_from_the_noise_it_reports(kind):
     start = jax.jit(dsrl.act_deterministic)(dsrl.acting_params(state), obs)
     np.testing.assert_allclose(start, decode(obs, np.zeros((64, 2), np.float32))[:, 0], atol=1e-4)
     assert np.abs(np.asarray(action) - np.asarray(start)).max() > 0.01  # the noise matters
+
+
+def probe_spec():
+    with make_env(ENV, 1, 0, backend="gymnasium") as env:
+        return env.spec
+
+
+def untrained_base(kind: str, rng):
+    """An untrained policy of this kind for ContextualTarget, with random observation and
+    action statistics."""
+    policy = POLICIES[kind].policy(2, replace(POLICIES[kind].config(), hidden=(16, 16)))
+    acting = {
+        "params": policy.init(jax.random.PRNGKey(0), 3),
+        "obs_norm": {"mean": rng.normal(size=3), "var": rng.uniform(0.5, 2, 3), "count": 1.0},
+        "action_norm": {"center": rng.uniform(-0.2, 0.2, 2), "half_range": np.full(2, 0.5)},
+    }
+    acting = jax.tree.map(lambda x: np.asarray(x, np.float32), acting)
+    return load_pretrained_like(kind, ChunkPolicy(policy, 1, 2, 1.0), acting)
+
+
+class RecordingCritic:
+    """A critic module whose apply keeps the actions (noises) it is called on."""
+
+    def __init__(self, critic):
+        self.critic, self.inputs = critic, []
+
+    def apply(self, params, obs, action):
+        self.inputs.append(np.asarray(action))
+        return self.critic.apply(params, obs, action)
+
+
+def test_the_noise_critic_learns_the_noises_the_actor_can_produce():
+    dsrl = DSRL(
+        replace(FAST_DSRL, variant="noise_aliased"),
+        probe_spec(),
+        4,
+        1024,
+        pretrained=untrained_base("flow", np.random.default_rng(0)),
+    )
+    state = dsrl.init(jax.random.PRNGKey(0))
+    dsrl.noise_critic = RecordingCritic(dsrl.noise_critic)
+    obs = np.random.default_rng(1).uniform(-1, 1, (512, 3)).astype(np.float32)
+    dsrl._distill(state, obs, jax.random.PRNGKey(1))
+    (inputs,) = dsrl.noise_critic.inputs
+    # Scaled by the box: the actor's squashed noises lie in [-1, 1]. The prior restricted to
+    # the box, not clipped onto its faces, and as wide as the prior there (std 0.74 at 1.5).
+    assert np.abs(inputs).max() < 1.0
+    assert 0.6 < float(inputs.std()) * 1.5 < 0.9
 
 
 def load_pretrained_like(kind, policy, acting):

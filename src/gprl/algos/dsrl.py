@@ -244,8 +244,12 @@ class DSRL(SAC):
         return state, metrics | state["noise_critic_info"]
 
     def _distill(self, state, obs, key):
-        """One step of Q_w(s, w) towards Q(s, pi_base(s, w)), member by member, w ~ N(0, I)."""
-        noise = jax.random.normal(key, (obs.shape[0], self.base.noise_dim))
+        """One step of Q_w(s, w) towards Q(s, pi_base(s, w)), member by member, w ~ N(0, I)
+        restricted to the box the actor acts in: outside it Q_w would be fitted where the actor
+        never asks it, and inside it be fitted on fewer samples."""
+        bound = self.config.noise_bound
+        shape = (obs.shape[0], self.base.noise_dim)
+        noise = jax.random.truncated_normal(key, -bound, bound, shape)
         action = self._decode(state["frozen"], obs, noise)
         target = self.critic.apply(state["critic"], obs, action)
 
