@@ -207,6 +207,7 @@ NETWORKS_USED = {
     "grpo": {"velocity"},
     "sac": {"actor", "critic"},
     "dsrl": {"actor", "critic"},
+    "residual": {"actor", "critic"},
     "fql": {"velocity", "critic"},
     "qc-fql": {"velocity", "critic"},
     "qc": {"velocity", "critic"},

@@ -105,6 +105,12 @@ ALGORITHMS = {
         "DSRL: SAC over the input noise of a frozen pretrained policy (--init RUN_DIR), plain or "
         "noise-aliased",
     ),
+    "residual": Registered(
+        "gprl.algos.residual:Residual",
+        "gprl.algos.residual:ResidualConfig",
+        "Residual off-policy RL: SAC on a small bounded correction of a frozen pretrained "
+        "policy's action (--init RUN_DIR)",
+    ),
     "fql": Registered(
         "gprl.algos.fql:FQL",
         "gprl.algos.fql:FQLConfig",

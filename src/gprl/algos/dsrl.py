@@ -122,6 +122,34 @@ class NoiseActor(nn.Module):
         return jnp.concatenate([mean, raw_log_std + self.raw_log_std_start], axis=-1)
 
 
+def check_frozen_base(pretrained, method: str, verb: str) -> None:
+    """Refuse a missing base, and one of chunks not seen through its flat chunk."""
+    if pretrained is None:
+        raise ValueError(f"{method} {verb} a pretrained policy: pass --init RUN_DIR")
+    if pretrained.policy.chunk_length != 1:
+        raise ValueError(
+            f"{method} {verb} a policy of one action per decision; this one plans chunks of "
+            f"{pretrained.policy.chunk_length}: pass its flat-chunk view "
+            f"(gprl.initial_policy.flat_chunk_policy), as `gprl train {method} --init` does"
+        )
+
+
+def starting_actor(config: SACConfig, out_dim: int, torso=None) -> "NoiseActor":
+    """The squashed actor of out_dim outputs, at mean 0 and config.initial_log_std (a config
+    with the actor fields of DSRLConfig)."""
+    # SAC's squashing maps raw log std r to min + (max - min) (tanh(r) + 1) / 2.
+    span = config.log_std_max - config.log_std_min
+    raw_start = float(np.arctanh(2 * (config.initial_log_std - config.log_std_min) / span - 1))
+    return NoiseActor(
+        config.actor_hidden,
+        out_dim,
+        config.activation,
+        config.actor_layer_norm,
+        raw_start,
+        torso,
+    )
+
+
 class DSRL(SAC):
     pretrained_policy = "required"
     # A chunked --init arrives as the policy of the flat chunk, so the noise the actor picks is
@@ -142,27 +170,10 @@ class DSRL(SAC):
         torso(obs, noise)); the frozen base policy keeps its own network."""
         super().__init__(config, spec, num_envs, total_steps, networks)
         given = networks or CustomNetworks()
-        if pretrained is None:
-            raise ValueError("dsrl steers a pretrained policy: pass --init RUN_DIR")
-        if pretrained.policy.chunk_length != 1:
-            raise ValueError(
-                f"dsrl steers a policy of one action per decision; this one plans chunks of "
-                f"{pretrained.policy.chunk_length}: pass its flat-chunk view "
-                "(gprl.initial_policy.flat_chunk_policy), as `gprl train dsrl --init` does"
-            )
+        check_frozen_base(pretrained, "dsrl", "steers")
         self.pretrained = pretrained
         self.base = pretrained.policy
-        # SAC's squashing maps raw log std r to min + (max - min) (tanh(r) + 1) / 2.
-        span = config.log_std_max - config.log_std_min
-        raw_start = float(np.arctanh(2 * (config.initial_log_std - config.log_std_min) / span - 1))
-        self.actor = NoiseActor(
-            config.actor_hidden,
-            self.base.noise_dim,
-            config.activation,
-            config.actor_layer_norm,
-            raw_start,
-            given.actor,
-        )
+        self.actor = starting_actor(config, self.base.noise_dim, given.actor)
         self.noise_critic = QEnsemble(
             config.critic_hidden,
             config.num_critics,
