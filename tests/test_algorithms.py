@@ -211,6 +211,7 @@ NETWORKS_USED = {
     "fql": {"velocity", "critic"},
     "qc-fql": {"velocity", "critic"},
     "qc": {"velocity", "critic"},
+    "expo": {"velocity", "critic"},
 }
 
 

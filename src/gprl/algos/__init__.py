@@ -129,6 +129,12 @@ ALGORITHMS = {
         "Q-chunking's QC: critics over action chunks (h = 5) pick the best of N chunks sampled "
         "from a BC flow, to act and in the TD target",
     ),
+    "expo": Registered(
+        "gprl.algos.expo:EXPO",
+        "gprl.algos.expo:EXPOConfig",
+        "EXPO: a BC flow trained by imitation, a bounded Gaussian edit of its actions, and the "
+        "best by Q of N samples and their edits, to act and in the TD target",
+    ),
 }
 
 
