@@ -253,11 +253,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
-    raw = {}
+    # Raw stepping of every task asked for, measured in this run beside its cells.
+    raw = {task: round(raw_steps_per_second(task), 1) for task in args.tasks}
     if not args.report_only:
         for seed in args.seeds:
             for task in args.tasks:
-                raw.setdefault(task, round(raw_steps_per_second(task), 1))
                 for method in args.methods:
                     run_cell(method, task, seed, args)
     report(raw)
