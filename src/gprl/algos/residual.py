@@ -129,16 +129,7 @@ class Residual(SAC):
         seen = jnp.zeros((1, self.spec.obs_dim + self.spec.action_dim))
         actor = self.actor.init(actor_key, seen)
         critic = self.critic.init(critic_key, seen, jnp.zeros((1, self.spec.action_dim)))
-        log_alpha = jnp.log(jnp.asarray(self.config.initial_alpha, jnp.float32))
-        return {
-            "actor": actor,
-            "critic": critic,
-            "target_critic": critic,
-            "log_alpha": log_alpha,
-            "actor_opt": self.actor_optimizer.init(actor),
-            "critic_opt": self.critic_optimizer.init(critic),
-            "alpha_opt": self.alpha_optimizer.init(log_alpha),
-            "iteration": jnp.asarray(0, jnp.int32),
+        return self.state_of(actor, critic) | {
             "gradient_steps": jnp.asarray(0, jnp.int32),
             # Copies: the loop donates the state's arrays to its compiled calls.
             "frozen": jax.tree.map(jnp.array, self.pretrained.acting),

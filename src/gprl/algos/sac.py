@@ -114,7 +114,10 @@ class SAC(OffPolicyAlgorithm):
         obs = jnp.zeros((1, self.spec.obs_dim))
         action = jnp.zeros((1, self.spec.action_dim))
         actor = self.actor.init(actor_key, obs)
-        critic = self.critic.init(critic_key, obs, action)
+        return self.state_of(actor, self.critic.init(critic_key, obs, action))
+
+    def state_of(self, actor, critic) -> dict:
+        """A fresh training state around initialised actor and critic parameters."""
         log_alpha = jnp.log(jnp.asarray(self.config.initial_alpha, jnp.float32))
         return {
             "actor": actor,
