@@ -8,14 +8,14 @@ from dataclasses import replace
 import jax
 import numpy as np
 import pytest
+from test_dsrl import dsrl_run, probe_spec, untrained_base
 
 from gprl.algos import Residual, ResidualConfig
 from gprl.checkpoint import read_meta
 from gprl.datasets import Episode, write_dataset
-from gprl.envs import make_env
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import POLICIES
-from gprl.pretrain import ChunkPolicy, PretrainConfig, Pretrained, PretrainRun, pretrain
+from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
 from gprl.trainer import RunConfig, load_run, train
 
 ENV = "gprl/ContextualTarget-v0"
@@ -38,9 +38,9 @@ FAST = ResidualConfig(
 EVAL_EPISODES = 32
 
 
-def probe_spec():
-    with make_env(ENV, 1, 0, backend="gymnasium") as env:
-        return env.spec
+def residual_run(base, out, **overrides) -> RunConfig:
+    # The pretrain run's backend, so that their evaluations compare.
+    return dsrl_run(base, out, backend="gymnasium", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +76,6 @@ def weak_base(tmp_path_factory):
 def read_rows(run_dir):
     with open(run_dir / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def residual_run(base, out, total_steps=1536, **overrides) -> RunConfig:
-    fields = dict(
-        env=ENV,
-        env_backend="gymnasium",  # the pretrain run's, so that their evaluations compare
-        total_steps=total_steps,
-        num_envs=4,
-        out=out,
-        progress=False,
-        eval_every=512,
-        eval_episodes=EVAL_EPISODES,
-        init=base,
-    )
-    return RunConfig(**(fields | overrides))
 
 
 def test_the_residual_reaches_the_optimum_its_frozen_base_misses(tmp_path, weak_base):
@@ -144,20 +129,6 @@ def test_the_executed_action_stays_within_the_bound_of_the_base_action(kind):
         offset = np.abs(np.asarray(actions) - base)
         assert offset.max() <= 0.1 + 1e-6 and np.abs(actions).max() <= 1.0
     assert np.abs(np.asarray(explored) - base).std() > 0.02  # exploration spans the bound
-
-
-def untrained_base(kind: str, rng) -> Pretrained:
-    """An untrained policy of this kind for ContextualTarget, with random observation and
-    action statistics."""
-    policy = POLICIES[kind].policy(2, replace(POLICIES[kind].config(), hidden=(16, 16)))
-    acting = {
-        "params": policy.init(jax.random.PRNGKey(0), 3),
-        "obs_norm": {"mean": rng.normal(size=3), "var": rng.uniform(0.5, 2, 3), "count": 1.0},
-        "action_norm": {"center": rng.uniform(-0.2, 0.2, 2), "half_range": np.full(2, 0.5)},
-    }
-    acting = jax.tree.map(lambda x: np.asarray(x, np.float32), acting)
-    chunk = ChunkPolicy(policy, 1, 2, 1.0)
-    return Pretrained(kind, chunk, acting, PretrainConfig(), None, ENV, "gymnasium", 3, 2)
 
 
 @pytest.mark.slow
