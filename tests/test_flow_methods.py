@@ -73,6 +73,20 @@ def test_ratio_is_one_before_the_first_gradient_step(name):
     assert float(metrics["clip_fraction"]) == 0.0
 
 
+@pytest.mark.parametrize("name", ("fpo", "reinflow", "dppo-flow"))
+def test_noise_scale_schedule_contracts_the_spread(name):
+    algo = make_algo(name, final_noise_scale=0.1)
+    first = algo.init(jax.random.PRNGKey(0))
+    last = first | {"iteration": jnp.asarray(algo.num_iterations - 1, jnp.int32)}
+    obs = jnp.zeros((512, SPEC.obs_dim))
+
+    def spread(state):
+        actions, _ = jax.jit(algo.act)(algo.acting_params(state), obs, jax.random.PRNGKey(1))
+        return float(jnp.mean(jnp.std(actions, axis=0)))
+
+    assert spread(last) < 0.2 * spread(first)
+
+
 def scored_rollout(algo, state, key):
     """The flattened data an update scores: normalised obs and the stored extras."""
     batch = rollout(algo, state, key)
@@ -93,7 +107,7 @@ def independent_step_log_probs(algo, params, data):
             x, t = chains[b, k][None], k / steps
             velocity = algo.policy.velocity(params["policy"], obs, x, jnp.full((1,), t))
             mean, std = algo.transition(params, obs, aux, k, x, velocity, t)
-            mean, std = np.asarray(mean)[0], np.asarray(std)[0]
+            mean, std = np.asarray(mean)[0], np.asarray(std)[0] * float(data["noise_scale"][b])
             if np.all(std > 0):
                 log_probs[b, k] = norm.logpdf(chains[b, k + 1], mean, std).sum()
             else:  # a deterministic step lands exactly on its mean
@@ -103,8 +117,10 @@ def independent_step_log_probs(algo, params, data):
 
 @pytest.mark.parametrize("name", CHAIN_METHODS)
 def test_chain_log_likelihood_equals_independent_gaussian_densities(name):
-    algo = make_algo(name)
+    # Half-way through a noise-scale schedule: each sample's stds are scaled by its own s.
+    algo = make_algo(name, final_noise_scale=0.2)
     state = algo.init(jax.random.PRNGKey(3))
+    state["iteration"] = jnp.asarray(algo.num_iterations // 2, jnp.int32)
     data = scored_rollout(algo, state, jax.random.PRNGKey(4))
     data = {k: v[:6] for k, v in data.items()}
     batched, _ = algo.step_log_probs(state["params"], data)

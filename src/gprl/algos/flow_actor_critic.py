@@ -78,7 +78,7 @@ class FlowActorCritic(FlowOnPolicy):
 
     def acting_params(self, state) -> dict:
         actor = {k: v for k, v in state["params"].items() if k != "critic"}
-        return {"params": actor, "obs_norm": state["obs_norm"]}
+        return super().acting_params(state) | {"params": actor}
 
     def value(self, params, obs_normalized):
         return self.critic.apply(params["critic"], obs_normalized)[..., 0]

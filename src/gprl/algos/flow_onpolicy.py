@@ -51,11 +51,20 @@ class FlowOnPolicyConfig(OnPolicyConfig):
     num_epochs: int = 4
     """Passes over each rollout per update (4, as brax PPO's locomotion configs, rather than
     PPO's 10: every pass re-scores each sample K or N_mc times)."""
+    final_noise_scale: float = 1.0
+    """Scale of the policy's sampling noise at the last update, reached linearly from 1 at the
+    first: the source noise is x_0 ~ N(0, s^2 I) and every stochastic Euler step's std is
+    multiplied by s. Below 1 it contracts the stochastic policy's spread as training proceeds,
+    which nothing in these objectives asks of a flow (its randomness is the source noise carried
+    through the velocity field); 1 keeps the noise as it is. Evaluation (zero noise) is
+    unaffected."""
 
     def validate(self) -> None:
         super().validate()
         if self.flow.num_steps < 1:
             raise ValueError(f"flow.num_steps must be positive, got {self.flow.num_steps}")
+        if not self.final_noise_scale > 0:
+            raise ValueError(f"final_noise_scale must be positive, got {self.final_noise_scale}")
 
 
 class FlowOnPolicy(OnPolicyAlgorithm):
@@ -147,6 +156,11 @@ class FlowOnPolicy(OnPolicyAlgorithm):
     def acting_params(self, state) -> dict:
         return {"params": state["params"], "obs_norm": state["obs_norm"]}
 
+    def noise_scale(self, iteration):
+        """The sampling noise's scale s during update `iteration` (see final_noise_scale)."""
+        progress = jnp.minimum(iteration / max(self.num_iterations - 1, 1), 1.0)
+        return 1.0 + (self.config.final_noise_scale - 1.0) * progress
+
     def normalized(self, acting, obs):
         return normalize(obs, acting["obs_norm"], self.config.normalize_observations)
 
@@ -188,23 +202,30 @@ class GaussianChainFlow(FlowOnPolicy):
     aux_names: tuple[str, ...] = ()
     """The keys `sampling_aux` returns, read back from the minibatch when re-scoring."""
 
+    def acting_params(self, state) -> dict:
+        return super().acting_params(state) | {"noise_scale": self.noise_scale(state["iteration"])}
+
     def act(self, acting, obs, key):
         obs = self.normalized(acting, obs)
         noise_key, step_key, aux_key = jax.random.split(key, 3)
         shape = (*obs.shape[:-1], self.spec.action_dim)
-        noise = jax.random.normal(noise_key, shape)
+        # Kept with each sample, so that re-scoring uses the scale the sample was drawn with.
+        scale = jnp.broadcast_to(acting["noise_scale"], obs.shape[:-1])
+        noise = scale[..., None] * jax.random.normal(noise_key, shape)
         step_noise = jax.random.normal(step_key, (self.num_steps, *shape))
         aux = self.sampling_aux(acting, obs, aux_key)
         params = acting["params"]
 
         def transition(k, x, velocity, t):
-            return self.transition(params, obs, aux, k, x, velocity, t)
+            mean, std = self.transition(params, obs, aux, k, x, velocity, t)
+            return mean, scale[..., None] * std
 
         action, chain = self.policy.sample_stochastic(
             params["policy"], obs, noise, step_noise, transition
         )
         # Batch-major, as the collector stacks extras along time: (T, N, K + 1, d).
-        return self.to_action(action), {"chain": jnp.moveaxis(chain, 0, -2)} | aux
+        extras = {"chain": jnp.moveaxis(chain, 0, -2), "noise_scale": scale}
+        return self.to_action(action), extras | aux
 
     def chain_transitions(self, params, minibatch: dict):
         """(chain (K + 1, B, d), means (K, B, d), stds (K, B, d)) of a stored minibatch."""
@@ -216,7 +237,7 @@ class GaussianChainFlow(FlowOnPolicy):
         means, stds = self.transition(
             params, minibatch["obs"], aux, steps, chain[:-1], velocities, times
         )
-        return chain, means, stds
+        return chain, means, minibatch["noise_scale"][..., None] * stds
 
     def step_log_probs(self, params, minibatch: dict):
         """Per-step log-likelihoods (B, K) and the transitions' stds (K, B, d)."""

@@ -6,7 +6,8 @@ Each update draws N_mc pairs (t_i, eps_i) per stored action and keeps them for a
 the old per-pair losses are computed once, under the pre-update parameters. The ratio is
 exp(mean_i l_old_i - mean_i l_new_i) per action, or per pair exp(clip(l_old_i - l_new_i, -3, 3))
 (FPO++). FPO++ also replaces the clip for negative advantages by the SPO penalty. Actions are
-sampled by the deterministic ODE from fresh noise; evaluation starts from zero noise.
+sampled by the deterministic ODE from fresh noise; evaluation starts from zero noise. With
+final_noise_scale below 1 the source noise, and with it the CFM pairs' noise, is N(0, s^2 I).
 """
 
 from dataclasses import dataclass
@@ -47,11 +48,16 @@ class FPO(FlowActorCritic):
         super().__init__(config, *args, **kwargs)
         self.negative_advantages = config.negative_advantages
 
+    def acting_params(self, state) -> dict:
+        return super().acting_params(state) | {"noise_scale": self.noise_scale(state["iteration"])}
+
     def act(self, acting, obs, key):
         obs = self.normalized(acting, obs)
-        noise = jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
+        # Kept with each sample: its CFM pairs are drawn from the same source N(0, s^2 I).
+        scale = jnp.broadcast_to(acting["noise_scale"], obs.shape[:-1])
+        noise = scale[..., None] * jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
         sample = self.policy.sample(acting["params"]["policy"], obs, noise)
-        return jnp.clip(sample, -1.0, 1.0), {"sample": sample}
+        return jnp.clip(sample, -1.0, 1.0), {"sample": sample, "noise_scale": scale}
 
     def cfm_losses(self, policy_params, obs, actions, times, noises):
         """Per-pair CFM losses (B, N_mc) of actions (B, d) at times (B, N_mc) with noises
@@ -75,6 +81,7 @@ class FPO(FlowActorCritic):
         else:
             times = jax.random.uniform(time_key, pairs)
         noises = jax.random.normal(noise_key, (*pairs, actions.shape[-1]))
+        noises = data["noise_scale"][:, None, None] * noises
         old = self.cfm_losses(params["policy"], data["obs"], actions, times, noises)
         return {"cfm_times": times, "cfm_noises": noises, "old_cfm_loss": old}
 
