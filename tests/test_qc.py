@@ -17,7 +17,7 @@ from gprl.envs.chunked import Chunking
 from gprl.initial_policy import chunk_options, run_chunking
 from gprl.policies import FlowPolicyConfig
 from gprl.pretrained import PretrainConfig
-from gprl.trainer import RunConfig, train
+from gprl.trainer import RunConfig, as_run_sees, train
 from gprl.types import EnvSpec
 
 # Two steps: the first observation shows a cue c = +-1, the second hides it, and only the second
@@ -100,6 +100,30 @@ def test_dataset_steps_are_windowed_into_decisions_as_chunked_envs_execute_them(
     short = probe_demonstrations([(1, False), (1, False)])
     with pytest.raises(DatasetError, match="no episode of 2 steps, the actions a chunk executes"):
         decision_transitions(short, Chunking(3, 2))
+
+
+def test_recorded_successes_become_the_runs_rewards_and_terminal_steps():
+    # Episode 0: 5 steps cut by a time limit, successful at steps 1 and 2; episode 1: 3 steps,
+    # then terminal, never successful.
+    demos = probe_demonstrations([(5, False), (3, True)])
+    with pytest.raises(DatasetError, match="records no success on its steps"):
+        demos.with_success_options(sparse_reward=True, end_on_success=False)
+    demos = demos._replace(step_successes=np.array([0, 1, 1, 0, 0, 0, 0, 0], bool))
+    sparse = demos.with_success_options(sparse_reward=True, end_on_success=False)
+    np.testing.assert_array_equal(sparse.rewards, [0, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(sparse.episode_returns, [2, 0])
+    np.testing.assert_array_equal(sparse.terminations, demos.terminations)
+    # Ending on success: OGBench's single tasks do it by themselves (as FQL's masks).
+    run = RunConfig(env="ogbench:cube-single-play-singletask-task2-v0")
+    ended = as_run_sees(demos, run)
+    np.testing.assert_array_equal(ended.rewards, demos.rewards)
+    np.testing.assert_array_equal(ended.transitions()["terminated"], [0, 1, 1, 0, 0, 0, 0, 1])
+    # A decision stops at the first terminal step it reaches, mid-episode too (compare the
+    # windows of the same episodes in the test above: rewards 2, 3.5, 5 without the successes).
+    windows = decision_transitions(ended, Chunking(3, 2, obs_history=1, discount=0.5))
+    np.testing.assert_array_equal(windows["reward"], [2, 2, 3, 6.5, 20, 35, 30])
+    np.testing.assert_array_equal(windows["terminated"], [1, 1, 1, 0, 0, 1, 1])
+    np.testing.assert_array_equal(windows["next_obs"], [[2], [2], [3], [5], [102], [103], [103]])
 
 
 def test_an_algorithm_of_its_own_chunk_length_refuses_an_init_that_predicts_other_chunks():

@@ -20,21 +20,23 @@ def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> di
     - terminated, truncated: those of its last executed step; next_obs: the H observations
       after it.
 
-    A window that an episode's termination cuts short is kept: the decision ends there without
-    a bootstrap, as in the envs. Its actions past the episode's last step repeat that step's
-    action, as pretraining pads chunks (gprl.pretrained.chunk_targets): they are never
-    executed, and a repeat keeps the chunk among the actions the data shows in that state,
+    A window that an episode's termination cuts short is kept: the decision ends there without a
+    bootstrap, as in the envs (so does a window reaching a terminal step mid-episode: a success,
+    in a dataset relabelled to end on success). Its actions past the episode's last step repeat
+    that step's action, as pretraining pads chunks (gprl.pretrained.chunk_targets): they are
+    never executed, and a repeat keeps the chunk among the actions the data shows in that state,
     where zeros would be an action nobody took for a BC policy to imitate. A window that runs
     past the end of an episode that did not terminate is dropped: its bootstrap would need
     discount^k with k < Te, which one discount per decision cannot give (the envs refuse such
-    time limits: gprl.envs.chunked.check_fits). DatasetError in one line where no window is left."""
+    time limits: gprl.envs.chunked.check_fits). DatasetError in one line where no window is
+    left."""
     if chunking is None:
         return demos.transitions()
     lengths = demos.episode_lengths
     first = np.repeat(np.cumsum(lengths) - lengths, lengths)
     last = first + np.repeat(lengths, lengths) - 1
     starts = np.arange(len(demos.rewards))
-    stop = np.minimum(starts + chunking.execute_steps - 1, last)
+    stop = np.minimum(starts + chunking.execute_steps - 1, _next_terminal(demos, last))
     terminated = demos.terminations[stop]
     keep = (stop - starts + 1 == chunking.execute_steps) | terminated
     if not keep.any():
@@ -54,6 +56,15 @@ def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> di
         "truncated": demos.truncations[stop],
         "next_obs": _history(demos, first, stop - first + 1, chunking.obs_history),
     }
+
+
+def _next_terminal(demos: Demonstrations, last: np.ndarray) -> np.ndarray:
+    """(N,) the first step at or after each step that ends its episode's bootstrap: a terminal
+    step (one that reported success, where success ends episodes, may lie mid-episode), else
+    the episode's last step."""
+    index = np.where(demos.terminations, np.arange(len(last)), len(last))
+    following = np.minimum.accumulate(index[::-1])[::-1]
+    return np.minimum(following, last)
 
 
 def _discounted_sums(rewards, starts, stop, chunking) -> np.ndarray:

@@ -31,6 +31,7 @@ from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, check_fits_env, check_records_env, load_demonstrations
 from gprl.decision_data import decision_transitions
 from gprl.envs import EnvError, can_reopen, env_source_name
+from gprl.envs.sources import ends_on_success
 from gprl.evaluation import default_eval_episodes
 from gprl.initial_policy import RunStart, keep_initial_policy, run_start
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, check_sinks, plot_learning_curve
@@ -124,7 +125,9 @@ class RunConfig:
     buffer of an off-policy algorithm, kept there for the whole run; its --ALGO.offline-updates
     gradient steps on it alone come before the first env step. It must record --env (the
     default env) with the env's shapes and action bounds. A run that executes action chunks
-    stores its windows of steps as decisions (gprl.decision_data.decision_transitions)."""
+    stores its windows of steps as decisions (gprl.decision_data.decision_transitions). With
+    --sparse-reward or --end-on-success (or an env that ends episodes on success, as OGBench's
+    single tasks) its rewards and terminal steps are relabelled from its recorded successes."""
     sparse_reward: bool = False
     """Replace the env's reward by 1 on steps where it reports success and 0 elsewhere, in
     training and evaluation (envs that report success only, e.g. metaworld: tasks)."""
@@ -198,7 +201,9 @@ def train(
         check_fits_env(demos, spec)
     start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
     # A chunked run learns from the dataset's decisions: windows of its steps.
-    offline = None if demos is None else decision_transitions(demos, start.chunking)
+    offline = (
+        None if demos is None else decision_transitions(as_run_sees(demos, run), start.chunking)
+    )
     algo = build_algorithm(algo_name, start, run, networks)
     envs = open_environments(
         source,
@@ -219,6 +224,12 @@ def train(
         return job.run(on_iteration)
     finally:
         envs.close()
+
+
+def as_run_sees(demos, run: RunConfig):
+    """The dataset's steps with the run's envs' rewards and episode ends on success."""
+    end_on_success = run.end_on_success or ends_on_success(run.env)
+    return demos.with_success_options(run.sparse_reward, end_on_success)
 
 
 def success_options(run: RunConfig) -> dict[str, bool]:

@@ -102,6 +102,12 @@ def env_source_name(source: EnvSource) -> str:
     return python_name(source if kind == "factory" else type(source))
 
 
+def ends_on_success(source: EnvSource) -> bool:
+    """Whether the env ends its episodes on success by itself (OGBench's single tasks do), as
+    --end-on-success makes any env that reports success do."""
+    return is_ogbench_id(source)
+
+
 def can_reopen(name: str) -> bool:
     """Whether an env name recorded by a run (:func:`env_source_name`, ``EnvSpec.env_id``)
     opens the env again on its own: ids do, ``python:...`` descriptions of objects do not."""
