@@ -142,6 +142,10 @@ class EvalArgs:
     """Seeds the evaluation envs, and the plot's observations and samples."""
 
 
+PLOT_SEED = EvalArgs.seed
+"""Seeds the observations and samples of the plot `gprl train` draws, as `gprl eval`'s."""
+
+
 def _train(argv) -> None:
     from gprl.trainer import RunConfig, train
 
@@ -153,6 +157,21 @@ def _train(argv) -> None:
     run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     run_dir = train(algo_name, run, algo_config)
     _print_summary(run_dir)
+    _plot_modes(run_dir, run.env)
+
+
+def _plot_modes(run_dir: Path, env_id: str) -> None:
+    """On a task whose optimal actions are known (the multimodal diagnostic tasks), show which
+    of them the trained stochastic policy keeps, as `gprl eval --plot-actions` does."""
+    from gprl.envs.diagnostics import OPTIMAL_MODES
+    from gprl.initial_policy import chunk_options
+    from gprl.trainer import load_run
+
+    # A chunked run's actions and observations are not the task's, which the modes describe.
+    if env_id not in OPTIMAL_MODES or chunk_options(run_dir):
+        return
+    algo, state, _ = load_run(run_dir)
+    _plot_actions(env_id, algo, algo.acting_params(state), run_dir, seed=PLOT_SEED)
 
 
 def _pretrain(argv) -> None:
@@ -242,7 +261,7 @@ def _eval(argv) -> None:
             f"success rate {rate:.3f} ({round(rate * args.episodes)} of {args.episodes} episodes)"
         )
     if args.plot_actions:
-        _plot_actions(env_id, sampler, acting, args)
+        _plot_actions(env_id, sampler, acting, args.run_dir, args.seed)
 
 
 def _run_eval_episodes(run_dir: Path) -> int:
@@ -312,14 +331,12 @@ def _eval_pretrain_run(args: EvalArgs):
     return env_id, result, _PretrainedSampler(pretrained), pretrained.acting
 
 
-def _plot_actions(env_id: str, sampler, acting, args: EvalArgs) -> None:
+def _plot_actions(env_id: str, sampler, acting, run_dir: Path, seed: int) -> None:
     from gprl.action_plots import coverage_lines, plot_actions
     from gprl.envs import make_env
 
-    with make_env(env_id, 1, args.seed, backend="gymnasium") as env:
-        plot = plot_actions(
-            sampler, acting, env, args.run_dir / "plots" / "actions.png", seed=args.seed
-        )
+    with make_env(env_id, 1, seed, backend="gymnasium") as env:
+        plot = plot_actions(sampler, acting, env, run_dir / "plots" / "actions.png", seed=seed)
     print(f"action plot: {plot.path}")
     for line in coverage_lines(plot):
         print(line)
