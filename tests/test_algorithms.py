@@ -212,6 +212,7 @@ NETWORKS_USED = {
     "qc-fql": {"velocity", "critic"},
     "qc": {"velocity", "critic"},
     "expo": {"velocity", "critic"},
+    "pa-rl": {"critic"},
 }
 
 

@@ -147,11 +147,12 @@ def test_chunked_envs_that_do_not_fit_are_refused_in_one_line():
 # ----- fine-tuning a chunked pretrain run ----------------------------------------------------
 
 CHUNK_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 30)
-# gorl-reference is GoRL's class under other defaults.
+# gorl-reference is GoRL's class under other defaults; pa-rl decides with its critics' pick of
+# N base samples from the start (tests/test_parl.py covers its chunked bases).
 CHUNK_FINE_TUNERS = sorted(
     name
     for name, entry in ALGORITHMS.items()
-    if entry.algorithm.fine_tunes_chunks and name != "gorl-reference"
+    if entry.algorithm.fine_tunes_chunks and name not in ("gorl-reference", "pa-rl")
 )
 BASE_KINDS = {"ppo": "gaussian", "dppo": "ddpm"}
 """The pretrain kind each fine-tuner starts from; the rest fine-tune flows."""

@@ -135,6 +135,12 @@ ALGORITHMS = {
         "EXPO: a BC flow trained by imitation, a bounded Gaussian edit of its actions, and the "
         "best by Q of N samples and their edits, to act and in the TD target",
     ),
+    "pa-rl": Registered(
+        "gprl.algos.parl:PARL",
+        "gprl.algos.parl:PARLConfig",
+        "PA-RL: the top base samples by Q, refined by gradient steps on Q, to act and in the TD "
+        "target, distilled into a base of any kind (--init RUN_DIR optional) by its own loss",
+    ),
 }
 
 

@@ -1,0 +1,309 @@
+"""PA-RL, policy-agnostic RL (Sobol Mark et al. 2024, "Policy Agnostic RL: Offline RL and Online
+RL Fine-Tuning of Any Class and Backbone"; reference code MaxSobolMark/PolicyAgnosticRL): a base
+policy of any kind, trained only by its own imitation loss, on actions a critic has improved.
+
+The acting policy is an optimisation over the base's samples, at every decision:
+
+1. global: sample N actions from the base for the state and keep the top m by Q;
+2. local: take a few gradient-ascent steps on each kept action w.r.t. Q, clipped to the action
+   box, each keeping the iterate of highest Q (the reference's keep_action_with_max_value);
+3. act with the argmax of Q over the m optimised actions.
+
+The base learns by distillation: its own loss of gprl.policies (flow matching, DDPM noise
+prediction, Gaussian likelihood, ...) on the optimised action for each replayed state. So one
+code path serves every `gprl pretrain` kind. The critics learn by TD with the same optimised-action
+policy in the backup, r + gamma Q'(s', argmax), the online critics optimising and the target
+critics valuing, as in gprl.algos.expo. The critic is a plain TD ensemble (gprl.algos.fql's
+FlowCritic, whose BC flow's place the base takes): the paper's Cal-QL / IQL critic pre-trains
+offline; here offline updates (--dataset, offline_updates) use the same TD critic, and online
+runs may keep the dataset in the buffer (offline_fraction: RLPD-style balanced batches). Critics
+and base learn in one gradient step on the sum of their losses (Adam at learning_rate for the
+critics, base_learning_rate for the base).
+
+The base: a `gprl pretrain` run (--init) of any kind, chunked or not (a chunked one arrives as its
+flat chunk: one decision of Ta x d actions, see gprl.algos.base); without --init, an untrained
+policy of base_kind (flow by default) that learns online by the same distillation. Its samples
+use unit noise whatever the run's noise_scale (a Gaussian base acts from its mean in `gprl eval`;
+here its spread is what the global optimisation ranks). Its observation and action maps stay
+those of its pretrain run, fixed: the run keeps its --init (RUN_DIR/initial_policy), so a resumed
+run rebuilds them. Before learning starts the run acts with the base's own samples.
+
+A base learns toward actions only as far as its kind reaches them: a DDPM clips its denoised
+action to its pretrain data's per-dimension range (clip_denoised), so a pretrained DDPM's samples,
+and what distillation can teach it, stay within the range of its demonstrations.
+
+Reference settings (its state-task configs): N = 32, top m = 10, 10 local steps of 3e-4 along
+the gradient of the critics' mean, the online critics ranking and optimising, acting and
+evaluating with the argmax; a DDPM base (3 residual blocks x 256, 5 denoising steps, distilled
+at learning rate 5e-5); Cal-QL critics of 2 x 256 with LayerNorm (an ensemble of 10,
+distributional), learning rate 3e-4, batch 256, offline and online data half and half
+(mixing_ratio 0.5: offline_fraction here). Departures: the critic (above); the base distils the
+argmax, where those configs distil all m optimised actions (distill_argmax False).
+
+CPU defaults here: N = 8, m = 4, 5 local steps of 3e-4, 2 x 64 critics and flow, both learning
+rates 3e-4, UTD 1. Each gradient step samples N base actions (K flow steps each) and takes
+m x local_steps critic gradients, for the batch's states (distillation targets) and for their
+next states (TD target).
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gprl.algos.base import check_learning_rates, check_networks
+from gprl.algos.dsrl import check_frozen_base
+from gprl.algos.fql import FlowCritic, FlowCriticConfig
+from gprl.algos.qc import EVALUATION_NOISE_SEED
+from gprl.policies import POLICIES
+from gprl.pretrained import PretrainConfig, build_policy
+from gprl.rl_math import running_stats_init
+
+OPTIMISED = "optimised_action"
+"""The batch's extras entry that carries the distillation targets into the base's loss."""
+
+
+@dataclass(frozen=True)
+class PARLConfig(FlowCriticConfig):
+    """The critics as FQL's, with their CPU defaults (2 x 64; reference: 2 x 256, Cal-QL);
+    `flow` is the network of an untrained flow base (no --init)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size of the critics (reference: 3e-4)."""
+
+    num_samples: int = 8
+    """Base actions sampled per state, ranked by Q (reference N: 32)."""
+    num_kept: int = 4
+    """Of them, the top m by Q that the local optimisation refines (reference: 10)."""
+    local_steps: int = 5
+    """Gradient-ascent steps on each kept action w.r.t. Q (reference: 10); 0: global only."""
+    local_step_size: float = 3e-4
+    """Step size of the local ascent, in action units per unit of dQ/da (reference: 3e-4; it
+    moves an action by step x |dQ/da| per step, so its reach follows the reward scale)."""
+    base_kind: str = "flow"
+    """Kind of the untrained base when there is no --init (a `gprl pretrain` kind: flow, ddpm,
+    gaussian, ...); its network is `flow` for a flow, else the kind's RL defaults. With --init
+    the pretrain run's kind and network are used."""
+    base_sampling_steps: int | None = None
+    """Integration (denoising) steps of the base when sampled; None: its own (flow.num_steps
+    untrained, the pretrain run's with --init)."""
+    base_learning_rate: float = 3e-4
+    """Adam step size of the base's distillation (reference: 5e-5 for its pretrained DDPM)."""
+
+    def validate(self) -> None:
+        super().validate()
+        check_learning_rates(self, "base_learning_rate")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        if not 1 <= self.num_kept <= self.num_samples:
+            raise ValueError(
+                f"num_kept must be between 1 and num_samples ({self.num_samples}), got "
+                f"{self.num_kept}"
+            )
+        if self.local_steps < 0:
+            raise ValueError(f"local_steps must be non-negative, got {self.local_steps}")
+        if not (np.isfinite(self.local_step_size) and self.local_step_size >= 0):
+            raise ValueError(
+                f"local_step_size must be a non-negative number, got {self.local_step_size}"
+            )
+        if self.base_kind not in POLICIES:
+            raise ValueError(
+                f"base_kind must be one of {', '.join(POLICIES)}, got '{self.base_kind}'"
+            )
+        if self.base_sampling_steps is not None and self.base_sampling_steps < 1:
+            raise ValueError(
+                f"base_sampling_steps must be at least 1, got {self.base_sampling_steps}"
+            )
+
+
+class DistilledBase:
+    """The base policy in the place of FlowCritic's BC flow (init, sample, loss over actions in
+    [-1, 1]): a gprl.pretrained.ChunkPolicy of one decision, its observation and action maps
+    fixed, its weights trained by the kind's own imitation loss."""
+
+    def __init__(self, chunk_policy, maps: dict, sampling_steps: int | None, start=None):
+        self.chunk_policy = chunk_policy
+        self.maps = maps
+        """{"obs_norm", "action_norm"} of the pretrain run (the identity without one)."""
+        self.sampling_steps = sampling_steps
+        self.start = start
+        """The pretrained weights, or None for a fresh initialisation."""
+
+    @property
+    def noise_dim(self) -> int:
+        return self.chunk_policy.noise_dim
+
+    def step_noise_steps(self) -> int:
+        """Noises a sample draws at each sampling step beside its initial one (DDPM's)."""
+        counted = getattr(self.chunk_policy.policy, "step_noise_steps", lambda _: 0)
+        return counted(self.sampling_steps)
+
+    def init(self, key, obs_dim: int):
+        if self.start is None:
+            return self.chunk_policy.policy.init(key, obs_dim)
+        # Copies: the loop donates the state's arrays to its compiled calls.
+        return jax.tree.map(jnp.array, self.start)
+
+    def sample(self, params, obs, noise, step_noise=None):
+        """Actions in [-1, 1] for noise (..., noise_dim), and step noises (S, ..., noise_dim)
+        where the kind draws them (None: zero)."""
+        acting = self.maps | {"params": params}
+        chunk = self.chunk_policy.plan_from_noise(
+            acting, obs, noise, self.sampling_steps, step_noise
+        )
+        return chunk[..., 0, :]
+
+    def loss(self, params, obs, action, key):
+        """The kind's imitation loss of actions in [-1, 1], mapped as its pretrain run's data."""
+        cond = self.chunk_policy.condition(self.maps | {"params": params}, obs)
+        norm = self.maps["action_norm"]
+        return self.chunk_policy.policy.loss(
+            params, cond, (action - norm["center"]) / norm["half_range"], key
+        )
+
+
+def distilled_base(config: PARLConfig, spec, pretrained) -> DistilledBase:
+    """The base of a run: the --init policy (over its flat chunk), else an untrained one."""
+    if pretrained is not None:
+        maps = {name: pretrained.acting[name] for name in ("obs_norm", "action_norm")}
+        return DistilledBase(
+            pretrained.policy, maps, config.base_sampling_steps, pretrained.acting["params"]
+        )
+    registered = POLICIES[config.base_kind]
+    policy_config = config.flow if config.base_kind == "flow" else registered.config()
+    chunk_policy, _ = build_policy(
+        config.base_kind, PretrainConfig(), policy_config, spec.obs_dim, spec.action_dim
+    )
+    maps = {
+        "obs_norm": running_stats_init((spec.obs_dim,)),
+        "action_norm": {
+            "center": jnp.zeros(spec.action_dim),
+            "half_range": jnp.ones(spec.action_dim),
+        },
+    }
+    return DistilledBase(chunk_policy, maps, config.base_sampling_steps)
+
+
+def check_base(pretrained, spec) -> None:
+    """Refuse a base that does not act in this run's decisions (one action or one flat chunk)."""
+    if pretrained is None:
+        return
+    check_frozen_base(pretrained, "pa-rl", "distils into")
+    if pretrained.policy.noise_dim != spec.action_dim:
+        raise ValueError(
+            f"--init decides {pretrained.policy.noise_dim} action values at once; this run's "
+            f"decisions have {spec.action_dim}"
+        )
+
+
+class PARL(FlowCritic):
+    pretrained_policy = "optional"
+    fine_tunes_chunks = True
+
+    def __init__(
+        self,
+        config: PARLConfig,
+        spec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
+    ):
+        """networks (gprl.networks.CustomNetworks): a critic torso, torso(obs, action), for every
+        critic; the base keeps its own network (its pretrain run's, or base_kind's)."""
+        check_networks(networks, ("critic",), "pa-rl")
+        super().__init__(config, spec, num_envs, total_steps, networks)
+        check_base(pretrained, spec)
+        self.flow = distilled_base(config, spec, pretrained)
+        rates = {"base": config.base_learning_rate, "critic": config.learning_rate}
+        self.optimizer = optax.multi_transform(
+            {part: optax.adam(rate) for part, rate in rates.items()},
+            {"flow": "base", "critic": "critic"},
+        )
+
+    def _policy_params(self, params):
+        return {"base": params["flow"], "critic": params["critic"]}
+
+    def _sample(self, policy, obs, key):
+        noise_key, step_key = jax.random.split(key)
+        noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1])
+        return self.optimised(policy, obs, noise, step_noise)[0]
+
+    def act_deterministic(self, acting, obs):
+        # The same N noises for every state (as EXPO and QC), zero step noises.
+        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
+        noise = jax.random.normal(key, (self.config.num_samples, self.flow.noise_dim))
+        noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
+        return self.optimised(acting, obs, noise)[0]
+
+    def explore(self, acting, obs, key):
+        """Before learning starts: one sample of the base per state."""
+        noise_key, step_key = jax.random.split(key)
+        noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1], 1)
+        step_noise = None if step_noise is None else step_noise[..., 0, :]
+        return self.flow.sample(acting["base"], obs, noise[..., 0, :], step_noise), {}
+
+    def _noises(self, key, step_key, batch_shape, count=None):
+        """Unit noises of `count` (default N) base samples per state, and their step noises."""
+        shape = (*batch_shape, count or self.config.num_samples, self.flow.noise_dim)
+        steps = self.flow.step_noise_steps()
+        step_noise = jax.random.normal(step_key, (steps, *shape)) if steps else None
+        return jax.random.normal(key, shape), step_noise
+
+    def optimised(self, policy, obs, noise, step_noise=None):
+        """The PA-RL action for obs (..., obs_dim) from base noises (..., N, noise_dim): the top
+        num_kept of the N base samples by Q, each ascended along dQ/da, then the best by Q.
+        Returns (action, the mean Q of the base samples, the Q of the action)."""
+        config = self.config
+        repeated = jnp.broadcast_to(obs[..., None, :], (*noise.shape[:-1], obs.shape[-1]))
+        samples = self.flow.sample(policy["base"], repeated, noise, step_noise)
+        sample_q = self._q(policy["critic"], repeated, samples)
+        _, top = jax.lax.top_k(sample_q, config.num_kept)
+        kept = jnp.take_along_axis(samples, top[..., None], axis=-2)
+        kept_obs = repeated[..., : config.num_kept, :]
+        ascended, q = self._ascend(policy["critic"], kept_obs, kept)
+        best = jnp.argmax(q, axis=-1)
+        action = jnp.take_along_axis(ascended, best[..., None, None], axis=-2)[..., 0, :]
+        return action, sample_q.mean(), jnp.max(q, axis=-1).mean()
+
+    def _ascend(self, critic, obs, actions):
+        """local_steps of a <- clip(a + step dQ/da) on each action, keeping each one's iterate
+        of highest Q; returns (those iterates, their Q)."""
+
+        def summed_q(actions):
+            q = self._q(critic, obs, actions)
+            return q.sum(), q
+
+        def step(carry, _):
+            current, best, best_q = carry
+            (_, q), grad = jax.value_and_grad(summed_q, has_aux=True)(current)
+            better = q > best_q
+            best = jnp.where(better[..., None], current, best)
+            best_q = jnp.maximum(q, best_q)
+            moved = jnp.clip(current + self.config.local_step_size * grad, -1.0, 1.0)
+            return (moved, best, best_q), None
+
+        start_q = jnp.full(actions.shape[:-1], -jnp.inf)
+        (last, best, best_q), _ = jax.lax.scan(
+            step, (actions, actions, start_q), None, length=self.config.local_steps
+        )
+        last_q = self._q(critic, obs, last)
+        better = last_q > best_q
+        return jnp.where(better[..., None], last, best), jnp.maximum(last_q, best_q)
+
+    def update(self, state, batch, key):
+        """FlowCritic's gradient step, the base imitating the optimised actions of the batch's
+        states (found with the parameters before the step)."""
+        target_key, noise_key, step_key = jax.random.split(key, 3)
+        noise, step_noise = self._noises(noise_key, step_key, batch.obs.shape[:-1])
+        policy = self._policy_params(state["params"])
+        optimised, base_q, optimised_q = self.optimised(policy, batch.obs, noise, step_noise)
+        batch = batch._replace(extras=batch.extras | {OPTIMISED: optimised})
+        state, info = super().update(state, batch, target_key)
+        return state, info | {"base/q": base_q, "base/optimised_q": optimised_q}
+
+    def _flow_loss(self, flow, batch, key):
+        loss, _ = self.flow.loss(flow, batch.obs, batch.extras[OPTIMISED], key)
+        return loss, {"base/distill_loss": loss}
