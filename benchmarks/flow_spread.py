@@ -136,6 +136,38 @@ def summary_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted({r["final_noise_scale"] for r in summary}, reverse=True)
+    fig, axes = plt.subplots(2, len(TASKS), figsize=(5 * len(TASKS), 6), squeeze=False)
+    for column, task in enumerate(TASKS):
+        for row, (metric, label) in enumerate(
+            (("final_eval_return", "final eval return"), ("final_action_spread", "action spread"))
+        ):
+            ax = axes[row, column]
+            for offset, scale in enumerate(scales):
+                values = [
+                    next((r[metric] for r in summary if (r["task"], r["algo"]) == (task, algo)
+                          and r["final_noise_scale"] == scale), np.nan)
+                    for algo in ALGOS
+                ]  # fmt: skip
+                width = 0.8 / len(scales)
+                x = np.arange(len(ALGOS)) + offset * width
+                ax.bar(x, values, width, label=f"final_noise_scale {scale:g}")
+            ax.set_xticks(np.arange(len(ALGOS)) + 0.4 - 0.4 / len(scales), ALGOS)
+            ax.set_ylabel(label)
+            ax.set_title(task, fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Flow methods from scratch, {STEPS} env steps: return and spread", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
@@ -161,6 +193,7 @@ def main() -> None:
     provenance |= {"load": load_average(), "date": now()}
     write_csv(RESULTS_DIR / CSV_NAME, [row | provenance for row in rows])
     summary = summary_rows(rows)
+    plot(summary, RESULTS_DIR / "flow_spread.png")
     columns = ["task", "algo", "final_noise_scale", "seeds", "final_eval_return"]
     print(markdown_table(summary, [*columns, "final_action_spread"]))
 
