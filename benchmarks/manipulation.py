@@ -12,14 +12,32 @@ Per task and seed s:
    each method's defaults otherwise. On-policy methods: --onpolicy-steps env steps on 16 envs;
    DSRL (off-policy, slower per env step) --offpolicy-steps on 4 envs; PPO from scratch on the
    same sparse reward at the on-policy budget, single actions.
+3. Off-policy methods on the demonstrations (issue 21's sample-efficiency comparison), at the
+   off-policy budget on 4 envs, evaluated --offpolicy-evaluations times (DSRL keeps
+   --evaluations, as its committed cells ran). Each gets the 5-demonstration dataset its task's
+   BC starts were cloned from (--dataset, relabelled by --sparse-reward --end-on-success) and
+   its paper's settings for fine-tuning from demonstrations, each method's CPU defaults (network
+   widths, update-to-data 1 per decision) otherwise:
+   - residual: --init the chunked flow start (frozen; corrected per decision of 4 actions); the
+     reference's RLPD-style 50/50 batches from demonstrations and online data.
+   - expo: takes no --init: its BC flow learns from the demonstrations, --offline-updates
+     first (default 5000: the BC starts' imitation steps), then online with RLPD's 50/50 batches.
+   - qc, qc-fql, fql: offline-to-online as the references (--offline-updates where they run 1M;
+     then uniform batches over demonstrations and online data); QC chunks of h = 5 (the
+     reference's; 500-step episodes are 100 chunks), QC-FQL alpha 100 (the reference's), FQL
+     alpha 100 (the Q-chunking paper's FQL baseline, next to QC-FQL).
+   - pa-rl: --init the chunked flow start; --offline-updates on the demonstrations (the paper's
+     offline phase, Cal-QL critics there), then Cal-QL's 50/50 batches online.
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
-it; PPO from scratch: its initial policy), "after" its final one. Throughput is the cell's env
+it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
+final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
+(blank if none), resolved only to its evaluation interval. Throughput is the cell's env
 steps over its process's wall time, next to one Meta-World env stepped in a plain loop in this
 process (the raw stepping the share is taken of).
 
-Run directories go to benchmarks/runs/manipulation/ (git-ignored); finished cells are skipped and
-an interrupted one resumes, so the grid finishes across sessions. Results:
-benchmarks/results/manipulation.csv (a row per cell), manipulation_summary.csv,
+Run directories go to benchmarks/runs/manipulation/ (git-ignored; --runs-dir); finished cells
+are skipped and an interrupted one resumes, so the grid finishes across sessions. Results
+(--results-dir): benchmarks/results/manipulation.csv (a row per cell), manipulation_summary.csv,
 manipulation.png and an rliable report over success rates (`gprl report`) in
 benchmarks/results/manipulation_report/.
 
@@ -73,8 +91,27 @@ METHODS = {
     "dsrl": ("dsrl", "flow"),
     "ppo-bc": ("ppo", "gaussian"),
     "ppo-scratch": ("ppo", None),
+    "residual": ("residual", "flow"),
+    "expo": ("expo", None),
+    "qc": ("qc", None),
+    "qc-fql": ("qc-fql", None),
+    "fql": ("fql", None),
+    "pa-rl": ("pa-rl", "flow"),
 }
-OFF_POLICY = {"dsrl"}
+# Off-policy methods on the demonstrations: their options beside --dataset (see the docstring).
+ON_DEMONSTRATIONS = {
+    "residual": ["--residual.offline-fraction", "0.5"],
+    "expo": ["--expo.offline-fraction", "0.5"],
+    "qc": [],
+    "qc-fql": [],
+    "fql": ["--fql.alpha", "100"],
+    "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
+}
+OFFLINE_FIRST = {"expo", "qc", "qc-fql", "fql", "pa-rl"}
+"""Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
+OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
+SUCCESS_THRESHOLD = 0.8
+THRESHOLD_COLUMN = "env_steps_to_0.8_success"
 DONE_FILE = "benchmark_info.json"
 
 
@@ -98,24 +135,44 @@ def bc_start(task: str, kind: str, seed: int, args) -> Path:
     return run_dir
 
 
+def demonstration_dataset(task: str, args) -> str:
+    """The id of the dataset the task's BC starts were cloned from (collected if missing); the
+    gprl processes this one starts find it through MINARI_DATASETS_PATH."""
+    os.environ["MINARI_DATASETS_PATH"] = str(IMITATION_ROOT / "datasets")
+    return demonstrations(task, args.demos, args.action_noise)[0]
+
+
 def cell_command(method: str, task: str, seed: int, run_dir: Path, args) -> list[str]:
     algorithm, start = METHODS[method]
     off_policy = method in OFF_POLICY
     budget = args.offpolicy_steps if off_policy else args.onpolicy_steps
+    evaluations = args.offpolicy_evaluations if method in ON_DEMONSTRATIONS else args.evaluations
     options = [
         "train", algorithm, "--env", f"metaworld:{task}", "--sparse-reward", "--end-on-success",
         "--total-steps", str(budget), "--num-envs", "4" if off_policy else "16",
-        "--eval-every", str(budget // args.evaluations), "--eval-episodes",
+        "--eval-every", str(budget // evaluations), "--eval-episodes",
         str(args.eval_episodes), "--seed", str(seed), "--out", str(run_dir), "--overwrite",
         "--no-progress",
     ]  # fmt: skip
     if start is not None:
         options += ["--init", str(bc_start(task, start, seed, args))]
+    if method in ON_DEMONSTRATIONS:
+        options += ["--dataset", demonstration_dataset(task, args), *ON_DEMONSTRATIONS[method]]
+    if method in OFFLINE_FIRST:
+        options += [f"--{algorithm}.offline-updates", str(args.offline_updates)]
     return options
 
 
+def shown_command(train: list[str]) -> str:
+    """The command as a user would type it, with the dataset folder where it reads one."""
+    shown = shlex.join(["gprl", *train])
+    if "--dataset" in train:
+        shown = f"MINARI_DATASETS_PATH={shlex.quote(os.environ['MINARI_DATASETS_PATH'])} {shown}"
+    return shown
+
+
 def run_cell(method: str, task: str, seed: int, args) -> None:
-    run_dir = ROOT / task / f"{method}-s{seed}"
+    run_dir = args.runs_dir / task / f"{method}-s{seed}"
     if (run_dir / DONE_FILE).exists():
         return
     train = cell_command(method, task, seed, run_dir, args)
@@ -135,7 +192,7 @@ def run_cell(method: str, task: str, seed: int, args) -> None:
         "load_after": load_average(),
         "finished": now(),
         "gprl_commit": gprl_commit(),
-        "train_command": shlex.join(["gprl", *train]),
+        "train_command": shown_command(train),
     }
     (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
 
@@ -148,14 +205,19 @@ def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
     info = json.loads((run_dir / DONE_FILE).read_text())
     env_steps = int(evaluated[-1]["env_steps"])
     speed = None if info["resumed"] else env_steps / info["process_seconds"]
+    reached = [r for r in evaluated if float(r["eval_success_rate"]) >= SUCCESS_THRESHOLD]
+    # An offline phase evaluates at env step 0 more than once: "before" is after all of it.
+    before = [r for r in evaluated if int(r["env_steps"]) == 0] or evaluated[:1]
     return {
         "task": task,
         "method": method,
         "seed": int(seed),
         "env_steps": env_steps,
-        "success_before": float(evaluated[0]["eval_success_rate"]),
+        "success_before": float(before[-1]["eval_success_rate"]),
         "success_after": float(evaluated[-1]["eval_success_rate"]),
         "best_success": max(float(r["eval_success_rate"]) for r in evaluated),
+        THRESHOLD_COLUMN: int(reached[0]["env_steps"]) if reached else None,
+        "wall_seconds": None if info["resumed"] else info["process_seconds"],
         "env_steps_per_second": None if speed is None else round(speed, 1),
         "raw_steps_per_second": raw.get(task),
         "share_of_raw": None if speed is None or task not in raw else round(speed / raw[task], 3),
@@ -174,6 +236,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                 continue
             speeds = [r["env_steps_per_second"] for r in cell if r["env_steps_per_second"]]
             shares = [r["share_of_raw"] for r in cell if r["share_of_raw"]]
+            walls = [r["wall_seconds"] for r in cell if r["wall_seconds"]]
+            to_threshold = [r[THRESHOLD_COLUMN] for r in cell if r[THRESHOLD_COLUMN] is not None]
             summary.append(
                 {
                     "task": task,
@@ -184,6 +248,10 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "success_after": float(np.mean([r["success_after"] for r in cell])),
                     "min_after": min(r["success_after"] for r in cell),
                     "max_after": max(r["success_after"] for r in cell),
+                    # Median over the seeds that reached it; how many did, beside it.
+                    THRESHOLD_COLUMN: float(np.median(to_threshold)) if to_threshold else None,
+                    "seeds_reaching_0.8": len(to_threshold),
+                    "wall_seconds": float(np.mean(walls)) if walls else None,
                     "env_steps_per_second": float(np.mean(speeds)) if speeds else None,
                     "share_of_raw": float(np.mean(shares)) if shares else None,
                 }
@@ -216,24 +284,25 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(raw: dict[str, float]) -> None:
-    finished = sorted(ROOT.glob(f"*/*/{DONE_FILE}"))
+def report(raw: dict[str, float], results_dir: Path, runs_dir: Path) -> None:
+    finished = sorted(runs_dir.glob(f"*/*/{DONE_FILE}"))
     if not finished:
         print("no cells yet")
         return
-    raw_path = RESULTS_DIR / "manipulation_raw.json"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    raw_path = results_dir / "manipulation_raw.json"
     known = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     raw_path.write_text(json.dumps(known | raw, indent=2))
     rows = [cell_row(path.parent, known | raw) for path in finished]
     rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
     provenance = {"machine": machine(), "reported": now(), "command": command()}
-    write_csv(RESULTS_DIR / "manipulation.csv", [row | provenance for row in rows])
+    write_csv(results_dir / "manipulation.csv", [row | provenance for row in rows])
     summary = summarise(rows)
-    write_csv(RESULTS_DIR / "manipulation_summary.csv", summary)
-    plot(summary, RESULTS_DIR / "manipulation.png")
+    write_csv(results_dir / "manipulation_summary.csv", summary)
+    plot(summary, results_dir / "manipulation.png")
     gprl(
         "report", *(str(path.parent) for path in finished), "--metric", "success_rate",
-        "--out", str(RESULTS_DIR / "manipulation_report"),
+        "--out", str(results_dir / "manipulation_report"),
         "--title", "Fine-tuning on sparse-reward Meta-World (benchmarks/manipulation.py)",
     )  # fmt: skip
     print(markdown_table(summary, list(summary[0])))
@@ -249,7 +318,23 @@ def main() -> None:
     parser.add_argument("--onpolicy-steps", type=int, default=500_000)
     parser.add_argument("--offpolicy-steps", type=int, default=100_000)
     parser.add_argument("--evaluations", type=int, default=5)
+    parser.add_argument(
+        "--offpolicy-evaluations",
+        type=int,
+        default=10,
+        help="evaluations of the off-policy cells on the demonstrations (not DSRL's): env steps "
+        "to 0.8 success resolve to budget / this; each costs up to eval-episodes x 500 env steps",
+    )
+    parser.add_argument(
+        "--offline-updates",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="gradient steps on the demonstrations before the first env step, of the methods "
+        "that learn offline first (default: the BC starts' imitation steps)",
+    )
     parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
@@ -260,7 +345,7 @@ def main() -> None:
             for task in args.tasks:
                 for method in args.methods:
                     run_cell(method, task, seed, args)
-    report(raw)
+    report(raw, args.results_dir, args.runs_dir)
 
 
 if __name__ == "__main__":
