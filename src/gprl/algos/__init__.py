@@ -141,6 +141,12 @@ ALGORITHMS = {
         "PA-RL: the top base samples by Q, refined by gradient steps on Q, to act and in the TD "
         "target, distilled into a base of any kind (--init RUN_DIR optional) by its own loss",
     ),
+    "dpmd": Registered(
+        "gprl.algos.dpmd:DPMD",
+        "gprl.algos.dpmd:DPMDConfig",
+        "DPMD / SDAC-style max-entropy flow policy (off-policy): the flow fitted to its own "
+        "samples weighted by softmax(Q / alpha), alpha auto-tuned; keeps equally good modes",
+    ),
 }
 
 
