@@ -213,6 +213,7 @@ NETWORKS_USED = {
     "qc": {"velocity", "critic"},
     "expo": {"velocity", "critic"},
     "pa-rl": {"critic"},
+    "maxentdp": {"velocity", "critic"},
     "dpmd": {"velocity", "critic"},
 }
 

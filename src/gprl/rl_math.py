@@ -1,10 +1,13 @@
-"""Math shared by every on-policy method: returns, advantages, PPO surrogate, normalisation.
+"""Math shared by the methods: returns, advantages, PPO surrogate, normalisation, and an entropy
+estimate from samples (for policies without a tractable likelihood).
 
 Everything here is a pure jax function, so a whole rollout-and-update can run inside `jit`.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import digamma, gammaln
 
 NORMALIZE_EPS = 1e-8
 NORMALIZE_CLIP = 10.0
@@ -99,3 +102,22 @@ def normalize(x, stats: dict, enabled: bool = True):
         return x
     std = jnp.sqrt(stats["var"] + NORMALIZE_EPS)
     return jnp.clip((x - stats["mean"]) / std, -NORMALIZE_CLIP, NORMALIZE_CLIP)
+
+
+MIN_NEIGHBOUR_DISTANCE = 1e-4
+"""Floor of a sample's distance to its nearest neighbour in the entropy estimate: clipping to
+[-1, 1] stacks samples on the same point, whose log-distance would be -inf."""
+
+
+def nearest_neighbour_entropy(samples):
+    """Kozachenko-Leonenko estimate of the differential entropy of the distribution that drew
+    samples (..., M, d), per leading index: psi(M) - psi(1) + log V_d + d mean_i log r_i, r_i
+    the distance from sample i to its nearest other sample, V_d the unit d-ball's volume.
+    Consistent for multimodal distributions."""
+    count, dim = samples.shape[-2:]
+    squared = jnp.sum((samples[..., :, None, :] - samples[..., None, :, :]) ** 2, axis=-1)
+    squared = jnp.where(jnp.eye(count, dtype=bool), jnp.inf, squared)
+    nearest = jnp.sqrt(jnp.maximum(squared.min(-1), MIN_NEIGHBOUR_DISTANCE**2))
+    log_unit_ball = 0.5 * dim * np.log(np.pi) - gammaln(0.5 * dim + 1.0)
+    bias = digamma(float(count)) - digamma(1.0) + log_unit_ball
+    return bias + dim * jnp.mean(jnp.log(nearest), axis=-1)

@@ -147,6 +147,12 @@ ALGORITHMS = {
         "DPMD / SDAC-style max-entropy flow policy (off-policy): the flow fitted to its own "
         "samples weighted by softmax(Q / alpha), alpha auto-tuned; keeps equally good modes",
     ),
+    "maxentdp": Registered(
+        "gprl.algos.maxentdp:MaxEntDP",
+        "gprl.algos.maxentdp:MaxEntDPConfig",
+        "MaxEntDP (off-policy): a DDPM fitted at every noise level to the noise of "
+        "exp(Q / alpha) by Q-weighted importance sampling, alpha auto-tuned",
+    ),
 }
 
 

@@ -52,9 +52,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.scipy.special import digamma, gammaln
 
 from gprl.algos.base import check_learning_rates
 from gprl.algos.fql import FlowCritic, FlowCriticConfig
@@ -63,9 +61,6 @@ from gprl.algos.qc import EVALUATION_NOISE_SEED
 SPANNING_TIME = 0.5
 """Flow times below which the candidates' posterior (std >= 0.71 per dimension) spans the
 action space: the temperature reads the weights' effective sample size there alone."""
-MIN_NEIGHBOUR_DISTANCE = 1e-4
-"""Floor of a sample's distance to its nearest neighbour in the entropy estimate: clipping to
-[-1, 1] stacks samples on the same point, whose log-distance would be -inf."""
 
 
 @dataclass(frozen=True)
@@ -103,20 +98,6 @@ class DPMDConfig(FlowCriticConfig):
                 f"target_effective_share must lie strictly between 1 / num_candidates "
                 f"({1.0 / self.num_candidates:g}) and 1, got {self.target_effective_share}"
             )
-
-
-def nearest_neighbour_entropy(samples):
-    """Kozachenko-Leonenko estimate of the differential entropy of the distribution that drew
-    samples (..., M, d), per leading index: psi(M) - psi(1) + log V_d + d mean_i log r_i, r_i
-    the distance from sample i to its nearest other sample, V_d the unit d-ball's volume.
-    Consistent for multimodal distributions (gprl.algos.maxentdp's temperature uses it)."""
-    count, dim = samples.shape[-2:]
-    squared = jnp.sum((samples[..., :, None, :] - samples[..., None, :, :]) ** 2, axis=-1)
-    squared = jnp.where(jnp.eye(count, dtype=bool), jnp.inf, squared)
-    nearest = jnp.sqrt(jnp.maximum(squared.min(-1), MIN_NEIGHBOUR_DISTANCE**2))
-    log_unit_ball = 0.5 * dim * np.log(np.pi) - gammaln(0.5 * dim + 1.0)
-    bias = digamma(float(count)) - digamma(1.0) + log_unit_ball
-    return bias + dim * jnp.mean(jnp.log(nearest), axis=-1)
 
 
 def _temperature_labels(params):
