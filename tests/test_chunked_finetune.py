@@ -147,8 +147,8 @@ def test_chunked_envs_that_do_not_fit_are_refused_in_one_line():
 # ----- fine-tuning a chunked pretrain run ----------------------------------------------------
 
 CHUNK_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 30)
-# gorl-reference is GoRL's class under other defaults; pa-rl decides with its critics' pick of
-# N base samples from the start (tests/test_parl.py covers its chunked bases).
+# gorl-reference is GoRL's class under other defaults; pa-rl's chunked bases and its warm-up
+# acting with the base's own chunk are tested in tests/test_parl.py.
 CHUNK_FINE_TUNERS = sorted(
     name
     for name, entry in ALGORITHMS.items()

@@ -97,6 +97,47 @@ def test_the_global_then_local_optimisation_climbs_a_known_q():
     assert np.abs(ascended).max() <= 1.0
 
 
+def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
+    warmup = 12
+    config = replace(FAST, critic_warmup_updates=warmup, num_samples=4, num_kept=2)
+    algo = PARL(config, probe_spec(), 4, 1024)
+    state = algo.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
+    batch = Transition(
+        obs=obs,
+        action=actions,
+        reward=-np.sum((actions - 0.5) ** 2, axis=1),
+        terminated=np.ones(64, bool),
+        truncated=np.zeros(64, bool),
+        next_obs=obs,
+        extras={},
+    )
+    # While warming up the run acts with the base's own sample from the first noise.
+    noise = jax.random.normal(jax.random.PRNGKey(1), (64, 4, 2))
+    acted, *_ = algo.decide(algo.acting_params(state), obs, noise)
+    sampled = algo.flow.sample(state["params"]["flow"], obs, noise[:, 0])
+    np.testing.assert_allclose(acted, sampled, atol=1e-6)
+
+    update = jax.jit(lambda state, key: algo.update(state, batch, key))
+    warm, losses = state, []
+    for key in jax.random.split(jax.random.PRNGKey(2), warmup):
+        warm, info = update(warm, key)
+        losses.append(float(info["critic/loss"]))
+        assert info["base/distilling"] == 0
+    jax.tree.map(np.testing.assert_array_equal, warm["params"]["flow"], state["params"]["flow"])
+    assert losses[-1] < 0.8 * losses[0], losses
+    # The first distillation step is a fresh Adam's: the weights move by its rate, at most.
+    distilled, info = update(warm, jax.random.PRNGKey(3))
+    assert info["base/distilling"] == 1 and not algo.acting_params(distilled)["warming_up"]
+    moved = jax.tree.leaves(
+        jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), distilled["params"]["flow"],
+                     warm["params"]["flow"])
+    )  # fmt: skip
+    np.testing.assert_allclose(max(moved), FAST.base_learning_rate, rtol=1e-3)
+
+
 def chunked_algo(kind: str, config=FAST):
     """PA-RL on an untrained policy of chunks of 3 actions (2 executed) on 2 observations, with
     action and observation maps (test_chunked_finetune's), seen as the run sees it."""
@@ -131,7 +172,7 @@ def test_a_chunked_gaussian_base_acts_in_chunks_and_is_fitted_by_its_own_loss():
 def test_a_chunked_base_of_another_kind_is_distilled_toward_the_best_chunks(kind):
     # A fixed batch whose reward -|chunk - 0.5|^2 the critic learns: the base's own samples
     # move toward the best chunk.
-    algo, _ = chunked_algo(kind, replace(FAST, batch_size=128))
+    algo, _ = chunked_algo(kind, replace(FAST, batch_size=128, critic_warmup_updates=0))
     state = algo.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     histories = rng.normal(size=(128, 6)).astype(np.float32)
@@ -176,6 +217,10 @@ def test_cli_rejects_bad_pa_rl_input_in_one_line(tmp_path, cli_error):
     for args, message in [
         (["--pa-rl.num-kept", "9"], "num_kept must be between 1 and num_samples (8), got 9"),
         (["--pa-rl.local-steps", "-1"], "local_steps must be non-negative, got -1"),
+        (
+            ["--pa-rl.critic-warmup-updates", "-1"],
+            "critic_warmup_updates must be non-negative, got -1",
+        ),
         (["--pa-rl.base-kind", "mlp"], "base_kind must be one of gaussian, flow,"),
         (["--init", str(tmp_path)], "--init: no checkpoint in"),
     ]:
@@ -191,7 +236,8 @@ def test_an_interrupted_pa_rl_run_on_a_pretrained_base_and_a_dataset_resumes_exa
     minari_root,
 ):
     dataset = spread_dataset("probe/spread-parl-v0", episodes=200)
-    config = replace(FAST, offline_updates=128, offline_fraction=0.5)
+    # The critic warm-up spans the offline phase; the online iterations distil.
+    config = replace(FAST, offline_updates=128, offline_fraction=0.5, critic_warmup_updates=128)
     run = residual_run(
         flow_base, tmp_path / "interrupted", dataset=dataset, total_steps=640,
         eval_every=256, checkpoint_every=256,
@@ -203,3 +249,5 @@ def test_an_interrupted_pa_rl_run_on_a_pretrained_base_and_a_dataset_resumes_exa
 
     checked = resume_check.train("pa-rl", run, config, 5, checkpointed_in_the_online_phase)
     assert len(checked.rows) == 7 and checked.rows[-1]["base/distill_loss"]
+    distilling = [row["base/distilling"] for row in checked.rows[1:]]
+    assert distilling[0] == "0.0" and distilling[-1] == "1.0", distilling

@@ -20,11 +20,33 @@ runs may keep the dataset in the buffer (offline_fraction: RLPD-style balanced b
 and base learn in one gradient step on the sum of their losses (Adam at learning_rate for the
 critics, base_learning_rate for the base).
 
+The critic warm-up: the first critic_warmup_updates gradient steps (offline ones included; by
+default with --init, the whole offline phase and 1000 online steps, none without) train only
+the critics. Meanwhile the run acts, and the TD backup values, with the base's own sample (noise
+scaled as its pretrain run draws it), so the critics learn Q of the base (policy evaluation,
+which an argmax over an untrained critic cannot overestimate) from data as good as the base's;
+the online part puts the base's own actions, which the critics will rank, into their training
+data. The base's weights and its Adam state stay exactly as they were; distillation then starts
+from a critic that ranks the base's samples by their returns. Distilling from the first step
+pulled a pretrained base toward the argmax of random critics (Meta-World pick-place from a BC
+start of 0.5 success: 0.0 after 240 gradient steps). Acting with the optimisation during the
+warm-up, only without distillation, was the alternative: it would collect data, and evaluate,
+with an untrained critic's choices, and back up their overestimated values.
+The limit (that smoke, 10 episodes per evaluation, success 0.7 at the base's mode): the default
+warm-up (480 offline, 1000 online steps) keeps it to its end, 3800 env steps; after it success
+fell to 0.1, then 0.0. A frozen base (learning rate 1e-12) acting by the argmax held 0.3-0.5,
+about its random samples' 0.46: this plain TD critic, without the conservatism of the
+reference's Cal-QL, ranks the base's samples no better than chance, and distilling its choices
+undoes the base (after 240 and 480 distillation steps: 0.0 and 0.0 at 5e-5, 0.4 and 0.2 at
+1e-5).
+
 The base: a `gprl pretrain` run (--init) of any kind, chunked or not (a chunked one arrives as its
 flat chunk: one decision of Ta x d actions, see gprl.algos.base); without --init, an untrained
 policy of base_kind (flow by default) that learns online by the same distillation. Its samples
 use unit noise whatever the run's noise_scale (a Gaussian base acts from its mean in `gprl eval`;
-here its spread is what the global optimisation ranks). Its observation and action maps stay
+here its spread is what the global optimisation ranks), but for the warm-up's. The deterministic
+policy ranks N fixed noises, the first zero (the base's mode, which alone decides during the
+warm-up, as every fine-tuner evaluates its pretrained start). Its observation and action maps stay
 those of its pretrain run, fixed: the run keeps its --init (RUN_DIR/initial_policy), so a resumed
 run rebuilds them. Before learning starts the run acts with the base's own samples.
 
@@ -37,16 +59,20 @@ the gradient of the critics' mean, the online critics ranking and optimising, ac
 evaluating with the argmax; a DDPM base (3 residual blocks x 256, 5 denoising steps, distilled
 at learning rate 5e-5); Cal-QL critics of 2 x 256 with LayerNorm (an ensemble of 10,
 distributional), learning rate 3e-4, batch 256, offline and online data half and half
-(mixing_ratio 0.5: offline_fraction here). Departures: the critic (above); the base distils the
-argmax, where those configs distil all m optimised actions (distill_argmax False).
+(mixing_ratio 0.5: offline_fraction here); the critic pre-trained offline (Cal-QL) before the
+base distils. Departures: the critic (above) and its warm-up in place of Cal-QL's pre-training;
+the base distils the argmax, where those configs distil all m optimised actions (distill_argmax
+False).
 
-CPU defaults here: N = 8, m = 4, 5 local steps of 3e-4, 2 x 64 critics and flow, both learning
-rates 3e-4, UTD 1. Each gradient step samples N base actions (K flow steps each) and takes
-m x local_steps critic gradients, for the batch's states (distillation targets) and for their
-next states (TD target).
+CPU defaults here: N = 8, m = 4, 5 local steps of 3e-4, 2 x 64 critics and flow, critic
+learning rate 3e-4, the base's 5e-5 with --init (as the reference) and 3e-4 without, a critic
+warm-up with --init of the offline phase and 1000 online gradient steps, UTD 1. Each gradient
+step samples N base actions (K flow steps each) and takes m x local_steps critic gradients, for
+the batch's states (distillation targets) and for their next states (TD target); a warm-up step
+samples one base action each.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +89,8 @@ from gprl.rl_math import running_stats_init
 
 OPTIMISED = "optimised_action"
 """The batch's extras entry that carries the distillation targets into the base's loss."""
+PRETRAINED_BASE_LEARNING_RATE = 5e-5
+PRETRAINED_ONLINE_WARMUP_UPDATES = 1000
 
 
 @dataclass(frozen=True)
@@ -89,12 +117,25 @@ class PARLConfig(FlowCriticConfig):
     base_sampling_steps: int | None = None
     """Integration (denoising) steps of the base when sampled; None: its own (flow.num_steps
     untrained, the pretrain run's with --init)."""
-    base_learning_rate: float = 3e-4
-    """Adam step size of the base's distillation (reference: 5e-5 for its pretrained DDPM)."""
+    base_learning_rate: float | None = None
+    """Adam step size of the base's distillation; None: 5e-5 with --init (the reference's, for
+    its pretrained DDPM: a pretrained base moves slowly toward the critic's choices), else
+    learning_rate."""
+    critic_warmup_updates: int | None = None
+    """Gradient steps at the start (offline ones included) that train only the critics, the run
+    acting, and backing up, with the base's own samples as its pretrain run draws them; the base
+    then distils from a critic of its own returns, not an untrained one. None: with --init, all
+    offline updates and 1000 online ones (five time constants of the target critics at tau
+    0.005, on the base's own actions), else 0."""
 
     def validate(self) -> None:
         super().validate()
-        check_learning_rates(self, "base_learning_rate")
+        if self.base_learning_rate is not None:
+            check_learning_rates(self, "base_learning_rate")
+        if self.critic_warmup_updates is not None and self.critic_warmup_updates < 0:
+            raise ValueError(
+                f"critic_warmup_updates must be non-negative, got {self.critic_warmup_updates}"
+            )
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if not 1 <= self.num_kept <= self.num_samples:
@@ -198,6 +239,18 @@ def check_base(pretrained, spec) -> None:
         )
 
 
+def resolved_config(config: PARLConfig, pretrained: bool, offline_updates: int) -> PARLConfig:
+    """config with its defaults that depend on --init and the offline phase (offline_updates
+    gradient steps) filled in."""
+    if config.base_learning_rate is None:
+        rate = PRETRAINED_BASE_LEARNING_RATE if pretrained else config.learning_rate
+        config = replace(config, base_learning_rate=rate)
+    if config.critic_warmup_updates is None:
+        updates = offline_updates + PRETRAINED_ONLINE_WARMUP_UPDATES if pretrained else 0
+        config = replace(config, critic_warmup_updates=updates)
+    return config
+
+
 class PARL(FlowCritic):
     pretrained_policy = "optional"
     fine_tunes_chunks = True
@@ -216,6 +269,11 @@ class PARL(FlowCritic):
         check_networks(networks, ("critic",), "pa-rl")
         super().__init__(config, spec, num_envs, total_steps, networks)
         check_base(pretrained, spec)
+        schedule = self.schedule
+        offline_updates = (
+            schedule.offline_iterations * schedule.calls_per_iteration * schedule.gradient_steps
+        )
+        self.config = config = resolved_config(config, pretrained is not None, offline_updates)
         self.flow = distilled_base(config, spec, pretrained)
         rates = {"base": config.base_learning_rate, "critic": config.learning_rate}
         self.optimizer = optax.multi_transform(
@@ -223,20 +281,52 @@ class PARL(FlowCritic):
             {"flow": "base", "critic": "critic"},
         )
 
+    def init(self, key) -> dict:
+        return super().init(key) | {"updates": jnp.asarray(0, jnp.int32)}
+
+    def acting_params(self, state):
+        warming_up = state["updates"] < self.config.critic_warmup_updates
+        return self._policy_params(state["params"]) | {"warming_up": warming_up}
+
     def _policy_params(self, params):
         return {"base": params["flow"], "critic": params["critic"]}
 
     def _sample(self, policy, obs, key):
         noise_key, step_key = jax.random.split(key)
         noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1])
-        return self.optimised(policy, obs, noise, step_noise)[0]
+        return self.decide(policy, obs, noise, step_noise)[0]
 
     def act_deterministic(self, acting, obs):
-        # The same N noises for every state (as EXPO and QC), zero step noises.
+        # The same N noises for every state (as EXPO and QC), zero step noises. The first is
+        # zero: during the warm-up the base's mode decides, as other fine-tuners evaluate their
+        # pretrained start, and after it the mode stays among the candidates.
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.flow.noise_dim))
+        noise = noise.at[0].set(0.0)
         noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
-        return self.optimised(acting, obs, noise)[0]
+        return self.decide(acting, obs, noise)[0]
+
+    def _td_target(self, state, batch, key):
+        # FlowCritic's backup, with the acting parameters (the warm-up flag among them).
+        next_action = self._sample(self.acting_params(state), batch.next_obs, key)
+        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
+        continues = 1.0 - batch.terminated.astype(jnp.float32)
+        return batch.reward + self.config.gamma * continues * next_q
+
+    def decide(self, policy, obs, noise, step_noise=None):
+        """`optimised`, or during the critic warm-up the base's own sample from the first noise
+        (scaled as its pretrain run draws it: a Gaussian base acts from its mean)."""
+        return jax.lax.cond(
+            policy["warming_up"], self._base_decision, self.optimised, policy, obs, noise,
+            step_noise,
+        )  # fmt: skip
+
+    def _base_decision(self, policy, obs, noise, step_noise=None):
+        scale = self.flow.chunk_policy.noise_scale
+        first_step_noise = None if step_noise is None else scale * step_noise[..., 0, :]
+        action = self.flow.sample(policy["base"], obs, scale * noise[..., 0, :], first_step_noise)
+        q = self._q(policy["critic"], obs, action).mean()
+        return action, q, q
 
     def explore(self, acting, obs, key):
         """Before learning starts: one sample of the base per state."""
@@ -295,15 +385,38 @@ class PARL(FlowCritic):
 
     def update(self, state, batch, key):
         """FlowCritic's gradient step, the base imitating the optimised actions of the batch's
-        states (found with the parameters before the step)."""
+        states (found with the parameters before the step); during the critic warm-up only the
+        critics learn."""
         target_key, noise_key, step_key = jax.random.split(key, 3)
         noise, step_noise = self._noises(noise_key, step_key, batch.obs.shape[:-1])
-        policy = self._policy_params(state["params"])
-        optimised, base_q, optimised_q = self.optimised(policy, batch.obs, noise, step_noise)
+        policy = self.acting_params(state)
+        optimised, base_q, optimised_q = self.decide(policy, batch.obs, noise, step_noise)
         batch = batch._replace(extras=batch.extras | {OPTIMISED: optimised})
-        state, info = super().update(state, batch, target_key)
-        return state, info | {"base/q": base_q, "base/optimised_q": optimised_q}
+        updated, info = super().update(state, batch, target_key)
+        updated = held_base(state, updated, policy["warming_up"])
+        return updated | {"updates": state["updates"] + 1}, info | {
+            "base/q": base_q,
+            "base/optimised_q": optimised_q,
+            "base/distilling": 1.0 - policy["warming_up"].astype(jnp.float32),
+        }
 
     def _flow_loss(self, flow, batch, key):
         loss, _ = self.flow.loss(flow, batch.obs, batch.extras[OPTIMISED], key)
         return loss, {"base/distill_loss": loss}
+
+
+def held_base(before: dict, after: dict, holding) -> dict:
+    """after, with the base's weights and its Adam state as in before where holding: exactly
+    unchanged, and its first distillation steps then a fresh Adam's (after a warm-up of zero
+    gradients, its spent bias correction would make them several times too large)."""
+
+    def keep(old, new):
+        return jnp.where(holding, old, new)
+
+    flow = jax.tree.map(keep, before["params"]["flow"], after["params"]["flow"])
+    inner = after["opt"].inner_states
+    base_opt = jax.tree.map(keep, before["opt"].inner_states["base"], inner["base"])
+    return after | {
+        "params": after["params"] | {"flow": flow},
+        "opt": after["opt"]._replace(inner_states=inner | {"base": base_opt}),
+    }
