@@ -12,12 +12,12 @@ from test_pretrain import CUE_RECALL
 from gprl.algos import QC, QCConfig, QCFQLConfig
 from gprl.checkpoint import read_meta
 from gprl.datasets import DatasetError, Demonstrations, Episode, write_dataset
-from gprl.decision_data import decision_transitions
+from gprl.decision_data import as_run_sees, decision_transitions
 from gprl.envs.chunked import Chunking
 from gprl.initial_policy import chunk_options, run_chunking
 from gprl.policies import FlowPolicyConfig
 from gprl.pretrained import PretrainConfig
-from gprl.trainer import RunConfig, as_run_sees, train
+from gprl.trainer import RunConfig, train
 from gprl.types import EnvSpec
 
 # Two steps: the first observation shows a cue c = +-1, the second hides it, and only the second
@@ -107,15 +107,14 @@ def test_recorded_successes_become_the_runs_rewards_and_terminal_steps():
     # then terminal, never successful.
     demos = probe_demonstrations([(5, False), (3, True)])
     with pytest.raises(DatasetError, match="records no success on its steps"):
-        demos.with_success_options(sparse_reward=True, end_on_success=False)
+        as_run_sees(demos, None, sparse_reward=True, end_on_success=False)
     demos = demos._replace(step_successes=np.array([0, 1, 1, 0, 0, 0, 0, 0], bool))
-    sparse = demos.with_success_options(sparse_reward=True, end_on_success=False)
+    sparse = as_run_sees(demos, None, sparse_reward=True, end_on_success=False)
     np.testing.assert_array_equal(sparse.rewards, [0, 1, 1, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(sparse.episode_returns, [2, 0])
     np.testing.assert_array_equal(sparse.terminations, demos.terminations)
     # Ending on success: OGBench's single tasks do it by themselves (as FQL's masks).
-    run = RunConfig(env="ogbench:cube-single-play-singletask-task2-v0")
-    ended = as_run_sees(demos, run)
+    ended = as_run_sees(demos, "ogbench:cube-single-play-singletask-task2-v0", False, False)
     np.testing.assert_array_equal(ended.rewards, demos.rewards)
     np.testing.assert_array_equal(ended.transitions()["terminated"], [0, 1, 1, 0, 0, 0, 0, 1])
     # A decision stops at the first terminal step it reaches, mid-episode too (compare the

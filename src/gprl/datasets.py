@@ -87,30 +87,6 @@ class Demonstrations(NamedTuple):
     step_successes: np.ndarray | None = None
     """(N,) bool: the step reported success; None unless every episode records success."""
 
-    def with_success_options(self, sparse_reward: bool, end_on_success: bool) -> "Demonstrations":
-        """The steps as envs with these options (gprl.envs.make_env) would have recorded them:
-        reward 1 on a step that reported success and 0 elsewhere (sparse_reward); a step that
-        reported success terminal, so that learning does not bootstrap past it (end_on_success),
-        the steps after it kept as transitions of their own. DatasetError in one line where an
-        option is asked of a dataset that records no success."""
-        if not (sparse_reward or end_on_success):
-            return self
-        if self.step_successes is None:
-            raise DatasetError(
-                f"dataset {self.dataset_id} records no success on its steps, so it cannot be "
-                "relabelled for --sparse-reward or --end-on-success (or an env that ends "
-                "episodes on success)"
-            )
-        demos = self
-        if sparse_reward:
-            rewards = self.step_successes.astype(np.float32)
-            starts = np.cumsum(self.episode_lengths) - self.episode_lengths
-            returns = np.add.reduceat(rewards, starts).astype(np.float64)
-            demos = demos._replace(rewards=rewards, episode_returns=returns)
-        if end_on_success:
-            demos = demos._replace(terminations=self.terminations | self.step_successes)
-        return demos
-
     @property
     def obs_dim(self) -> int:
         return self.obs.shape[1]

@@ -6,6 +6,33 @@ import numpy as np
 
 from gprl.datasets import DatasetError, Demonstrations
 from gprl.envs.chunked import Chunking
+from gprl.envs.sources import ends_on_success
+
+
+def as_run_sees(demos: Demonstrations, env_id, sparse_reward: bool, end_on_success: bool):
+    """The dataset's steps as envs with the run's options would have recorded them: reward 1 on
+    a step that reported success and 0 elsewhere (sparse_reward); a step that reported success
+    terminal, so that learning does not bootstrap past it (end_on_success, or an env that ends
+    episodes on success by itself), the steps after it kept as transitions of their own.
+    DatasetError in one line where an option is asked of a dataset that records no success."""
+    end_on_success = end_on_success or ends_on_success(env_id)
+    if not (sparse_reward or end_on_success):
+        return demos
+    successes = demos.step_successes
+    if successes is None:
+        raise DatasetError(
+            f"dataset {demos.dataset_id} records no success on its steps, so it cannot be "
+            "relabelled for --sparse-reward or --end-on-success (or an env that ends "
+            "episodes on success)"
+        )
+    if sparse_reward:
+        rewards = successes.astype(np.float32)
+        starts = np.cumsum(demos.episode_lengths) - demos.episode_lengths
+        returns = np.add.reduceat(rewards, starts).astype(np.float64)
+        demos = demos._replace(rewards=rewards, episode_returns=returns)
+    if end_on_success:
+        demos = demos._replace(terminations=demos.terminations | successes)
+    return demos
 
 
 def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> dict:

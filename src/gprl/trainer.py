@@ -29,9 +29,8 @@ from gprl.backends import make_collector, make_evaluator, open_environments, pro
 from gprl.checkpoint import CONFIG_JSON, CheckpointError, load_checkpoint, save_checkpoint
 from gprl.configs import Count, CountOrNone, from_jsonable, to_jsonable
 from gprl.datasets import DatasetError, check_fits_env, check_records_env, load_demonstrations
-from gprl.decision_data import decision_transitions
+from gprl.decision_data import as_run_sees, decision_transitions
 from gprl.envs import EnvError, can_reopen, env_source_name
-from gprl.envs.sources import ends_on_success
 from gprl.evaluation import default_eval_episodes
 from gprl.initial_policy import RunStart, keep_initial_policy, run_start
 from gprl.logger import CURVE_PNG, METRICS_CSV, MetricsLogger, check_sinks, plot_learning_curve
@@ -201,9 +200,7 @@ def train(
         check_fits_env(demos, spec)
     start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
     # A chunked run learns from the dataset's decisions: windows of its steps.
-    offline = (
-        None if demos is None else decision_transitions(as_run_sees(demos, run), start.chunking)
-    )
+    offline = None if demos is None else decision_transitions(demos, start.chunking)
     algo = build_algorithm(algo_name, start, run, networks)
     envs = open_environments(
         source,
@@ -224,12 +221,6 @@ def train(
         return job.run(on_iteration)
     finally:
         envs.close()
-
-
-def as_run_sees(demos, run: RunConfig):
-    """The dataset's steps with the run's envs' rewards and episode ends on success."""
-    end_on_success = run.end_on_success or ends_on_success(run.env)
-    return demos.with_success_options(run.sparse_reward, end_on_success)
 
 
 def success_options(run: RunConfig) -> dict[str, bool]:
@@ -294,7 +285,8 @@ def _check_networks(saved: dict, networks, run_dir) -> None:
 
 
 def _load_dataset(algo_name: str, run: RunConfig):
-    """The demonstrations of --dataset (the env defaults to the one they record), or None."""
+    """The demonstrations of --dataset (the env defaults to the one they record) as the run's
+    envs would have recorded them (gprl.decision_data.as_run_sees), or None."""
     if run.dataset is None:
         return None
     if not issubclass(ALGORITHMS[algo_name].algorithm, OffPolicyAlgorithm):
@@ -306,7 +298,7 @@ def _load_dataset(algo_name: str, run: RunConfig):
     if run.env is None and demos.env_id is None:
         raise DatasetError(f"dataset {run.dataset} records no environment; pass --env ID")
     run.env = demos.env_id if run.env is None else run.env
-    return demos
+    return as_run_sees(demos, run.env, run.sparse_reward, run.end_on_success)
 
 
 def build_algorithm(algo_name, start: RunStart, run: RunConfig, networks=None):
