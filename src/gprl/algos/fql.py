@@ -129,7 +129,7 @@ class FlowCritic(OffPolicyAlgorithm):
         self.num_iterations = self.schedule.num_iterations
         self.config = config
         self.spec = spec
-        self.flow = FlowPolicy(spec.action_dim, config.flow, given.velocity)
+        self.flow = self._build_flow(given.velocity)
         self.critic = QEnsemble(
             config.critic_hidden,
             config.num_critics,
@@ -138,6 +138,10 @@ class FlowCritic(OffPolicyAlgorithm):
             given.critic,
         )
         self.optimizer = optax.adam(config.learning_rate)
+
+    def _build_flow(self, velocity_torso):
+        """The policy in the BC flow's place (a subclass may put another kind there)."""
+        return FlowPolicy(self.spec.action_dim, self.config.flow, velocity_torso)
 
     def init(self, key) -> dict:
         flow_key, policy_key, critic_key = jax.random.split(key, 3)

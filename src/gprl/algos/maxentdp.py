@@ -63,11 +63,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gprl.algos.base import check_learning_rates, check_networks
+from gprl.algos.base import check_learning_rates
 from gprl.algos.fql import DEFAULT_HIDDEN, FlowCritic
-from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule
+from gprl.algos.offpolicy import OffPolicyConfig
 from gprl.algos.qc import EVALUATION_NOISE_SEED
-from gprl.networks import CustomNetworks, QEnsemble
 from gprl.policies.ddpm import DDPMPolicy, DDPMPolicyConfig
 from gprl.rl_math import nearest_neighbour_entropy
 from gprl.types import EnvSpec
@@ -173,21 +172,7 @@ class MaxEntDP(FlowCritic):
     ):
         """networks (gprl.networks.CustomNetworks): a velocity torso for the noise prediction,
         torso(obs, x, t), and a critic torso, torso(obs, action), for every critic."""
-        # FlowCritic's parts, with the diffusion policy where it builds a BC flow.
-        self.schedule = off_policy_schedule(config, num_envs, total_steps)
-        check_networks(networks, ("critic", "velocity"), type(self).__name__)
-        given = networks or CustomNetworks()
-        self.num_iterations = self.schedule.num_iterations
-        self.config = config
-        self.spec = spec
-        self.flow = DDPMPolicy(spec.action_dim, config.policy, given.velocity)
-        self.critic = QEnsemble(
-            config.critic_hidden,
-            config.num_critics,
-            config.activation,
-            config.critic_layer_norm,
-            given.critic,
-        )
+        super().__init__(config, spec, num_envs, total_steps, networks)
         rates = {"networks": config.learning_rate, "alpha": config.alpha_learning_rate}
         self.optimizer = optax.multi_transform(
             {part: optax.adam(rate) for part, rate in rates.items()}, _temperature_labels
@@ -195,6 +180,10 @@ class MaxEntDP(FlowCritic):
         self.target_entropy = (
             -float(spec.action_dim) if config.target_entropy is None else config.target_entropy
         )
+
+    def _build_flow(self, velocity_torso):
+        # The diffusion policy where FlowCritic builds its BC flow.
+        return DDPMPolicy(self.spec.action_dim, self.config.policy, velocity_torso)
 
     def _init_policy(self, key) -> dict:
         return {"log_alpha": jnp.log(jnp.asarray(self.config.initial_alpha, jnp.float32))}
