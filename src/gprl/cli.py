@@ -157,21 +157,21 @@ def _train(argv) -> None:
     run = RunConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)})
     run_dir = train(algo_name, run, algo_config)
     _print_summary(run_dir)
-    _plot_modes(run_dir, run.env)
+    _plot_modes(run_dir)
 
 
-def _plot_modes(run_dir: Path, env_id: str) -> None:
+def _plot_modes(run_dir: Path) -> None:
     """On a task whose optimal actions are known (the multimodal diagnostic tasks), show which
     of them the trained stochastic policy keeps, as `gprl eval --plot-actions` does."""
     from gprl.envs.diagnostics import OPTIMAL_MODES
     from gprl.initial_policy import chunk_options
     from gprl.trainer import load_run
 
+    algo, state, run = load_run(run_dir)
     # A chunked run's actions and observations are not the task's, which the modes describe.
-    if env_id not in OPTIMAL_MODES or chunk_options(run_dir):
+    if run.env not in OPTIMAL_MODES or chunk_options(run_dir):
         return
-    algo, state, _ = load_run(run_dir)
-    _plot_actions(env_id, algo, algo.acting_params(state), run_dir, seed=PLOT_SEED)
+    _plot_actions(run.env, algo, algo.acting_params(state), run_dir, seed=PLOT_SEED)
 
 
 def _pretrain(argv) -> None:
