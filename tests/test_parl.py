@@ -97,6 +97,19 @@ def test_the_global_then_local_optimisation_climbs_a_known_q():
     assert np.abs(ascended).max() <= 1.0
 
 
+def quadratic_batch(obs, actions) -> Transition:
+    """One-step transitions of actions at obs, rewarded -|action - 0.5|^2."""
+    return Transition(
+        obs=obs,
+        action=actions,
+        reward=-np.sum((actions - 0.5) ** 2, axis=1),
+        terminated=np.ones(len(obs), bool),
+        truncated=np.zeros(len(obs), bool),
+        next_obs=obs,
+        extras={},
+    )
+
+
 def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
     warmup = 12
     config = replace(FAST, critic_warmup_updates=warmup, num_samples=4, num_kept=2)
@@ -105,15 +118,7 @@ def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (64, 3)).astype(np.float32)
     actions = rng.uniform(-1, 1, (64, 2)).astype(np.float32)
-    batch = Transition(
-        obs=obs,
-        action=actions,
-        reward=-np.sum((actions - 0.5) ** 2, axis=1),
-        terminated=np.ones(64, bool),
-        truncated=np.zeros(64, bool),
-        next_obs=obs,
-        extras={},
-    )
+    batch = quadratic_batch(obs, actions)
     # While warming up the run acts with the base's own sample from the first noise.
     noise = jax.random.normal(jax.random.PRNGKey(1), (64, 4, 2))
     acted, *_ = algo.decide(algo.acting_params(state), obs, noise)
@@ -177,15 +182,7 @@ def test_a_chunked_base_of_another_kind_is_distilled_toward_the_best_chunks(kind
     rng = np.random.default_rng(0)
     histories = rng.normal(size=(128, 6)).astype(np.float32)
     chunks = rng.uniform(-1, 1, (128, 6)).astype(np.float32)
-    batch = Transition(
-        obs=histories,
-        action=chunks,
-        reward=-np.sum((chunks - 0.5) ** 2, axis=1),
-        terminated=np.ones(128, bool),
-        truncated=np.zeros(128, bool),
-        next_obs=histories,
-        extras={},
-    )
+    batch = quadratic_batch(histories, chunks)
 
     def base_error(state):
         sampled, _ = algo.explore(algo.acting_params(state), histories, jax.random.PRNGKey(1))

@@ -165,13 +165,16 @@ def _plot_modes(run_dir: Path) -> None:
     of them the trained stochastic policy keeps, as `gprl eval --plot-actions` does."""
     from gprl.envs.diagnostics import OPTIMAL_MODES
     from gprl.initial_policy import chunk_options
+    from gprl.rundir import saved_configs
     from gprl.trainer import load_run
 
-    algo, state, run = load_run(run_dir)
+    # The saved config first: a run on any other task is not rebuilt from its checkpoint.
+    env_id = saved_configs(run_dir)["run"]["env"]
     # A chunked run's actions and observations are not the task's, which the modes describe.
-    if run.env not in OPTIMAL_MODES or chunk_options(run_dir):
+    if env_id not in OPTIMAL_MODES or chunk_options(run_dir):
         return
-    _plot_actions(run.env, algo, algo.acting_params(state), run_dir, seed=PLOT_SEED)
+    algo, state, _ = load_run(run_dir)
+    _plot_actions(env_id, algo, algo.acting_params(state), run_dir, seed=PLOT_SEED)
 
 
 def _pretrain(argv) -> None:
