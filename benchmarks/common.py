@@ -1,7 +1,9 @@
-"""Helpers shared by the benchmark scripts: provenance strings, CSV and markdown output."""
+"""Helpers shared by the benchmark scripts: provenance strings, CSV and markdown output, and
+default configs as JSON (to tell whether a recorded run used gprl's current default)."""
 
 import csv
 import functools
+import json
 import os
 import platform
 import shlex
@@ -9,6 +11,9 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+
+from gprl.algos import ALGORITHMS
+from gprl.configs import from_jsonable, to_jsonable
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -75,3 +80,14 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def default_config_json(algo_name: str) -> dict:
+    return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name].default_config())))
+
+
+def completed_config_json(algo_name: str, saved: dict) -> dict:
+    """A saved config with the fields added to the config class since it was saved, at their
+    defaults (a new option that keeps the old behaviour by default does not make a run stale)."""
+    config = from_jsonable(ALGORITHMS[algo_name].config, saved)
+    return json.loads(json.dumps(to_jsonable(config)))

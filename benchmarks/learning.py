@@ -25,6 +25,8 @@ from common import (
     BENCH_DIR,
     RESULTS_DIR,
     command,
+    completed_config_json,
+    default_config_json,
     gprl_commit,
     load_average,
     machine,
@@ -36,7 +38,6 @@ from common import (
 from gprl.algos import ALGORITHMS
 from gprl.backends import BACKENDS
 from gprl.checkpoint import CheckpointError, read_config, read_meta
-from gprl.configs import from_jsonable, to_jsonable
 from gprl.envs import make_env
 from gprl.envs.diagnostics import bimodal_modes
 from gprl.trainer import RunConfig, load_run, train
@@ -64,17 +65,6 @@ def budget_of(task: str, args) -> tuple[int, int]:
 
 def run_dir_of(task: str, algo: str, seed: int, steps: int, tag: str = "") -> Path:
     return RUNS_DIR / (f"{slug(task)}-{steps}" + (f"-{tag}" if tag else "")) / f"{algo}-s{seed}"
-
-
-def default_config_json(algo_name: str) -> dict:
-    return json.loads(json.dumps(to_jsonable(ALGORITHMS[algo_name].default_config())))
-
-
-def completed_config_json(algo_name: str, saved: dict) -> dict:
-    """A saved config with the fields added to the config class since it was saved, at their
-    defaults (a new option that keeps the old behaviour by default does not make a run stale)."""
-    config = from_jsonable(ALGORITHMS[algo_name].config, saved)
-    return json.loads(json.dumps(to_jsonable(config)))
 
 
 def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:

@@ -4,7 +4,17 @@ For each algorithm, task and seed: train with `gprl train` (default config, one 
 then sample the stochastic policy (`act`) at fixed reset observations (64 x 256 actions) and
 measure the share of samples on each optimal mode (gprl.envs.diagnostics.OPTIMAL_MODES). One CSV
 row per run; cells already in the CSV (same budget, envs and default config) are skipped, so an
-interrupted invocation continues where it stopped.
+interrupted invocation continues where it stopped. The summary has one row per task, method and
+budget among the CSV's rows with today's default config (--report-only rebuilds it from the CSV).
+
+Which default config a row used: a row keeps its config as JSON (`algo_config_json`), completed
+with the fields added to the config class since, at their defaults, before it is compared with
+today's default, as benchmarks/learning.py does with its run directories; an option added later
+with a default that keeps the old behaviour does not orphan the row. The first rows kept only a
+short hash (`algo_config`), which cannot be completed: EQUIVALENT_HASHES lists, for those, the
+hash of the config each one completes to, checked by rebuilding the default configs from the
+source at the rows' gprl_commit (the recorded hashes reproduce) and completing them. A row whose
+config differs in anything else (GoRL's defaults changed since its rows) stays out.
 
     python benchmarks/multimodality.py                       # every algorithm, 3 tasks, 3 seeds
     python benchmarks/multimodality.py --algos ppo gorl --seeds 0
@@ -14,11 +24,13 @@ interrupted invocation continues where it stopped.
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -27,6 +39,8 @@ from common import (
     BENCH_DIR,
     RESULTS_DIR,
     command,
+    completed_config_json,
+    default_config_json,
     gprl_commit,
     load_average,
     machine,
@@ -56,13 +70,28 @@ MEASURE_SEED = 12345
 PLOT_SEED = 0
 # A mode counts as kept at an observation when it holds this share of the samples.
 KEPT_SHARE = 0.05
-CELL_KEY = ("algo", "task", "seed", "budget", "num_envs", "algo_config")
+CELL_KEY = ("algo", "task", "seed", "budget", "num_envs")
+# (method, algo_config) of rows that kept only the hash -> (method, hash) of the config it
+# completes to today; followed until no entry applies, so a later addition of fields needs one
+# entry from the hash before it. Fields added since at their defaults (critic_warmup_iterations
+# 0, final_noise_scale 1, w2_coef 0, GRPO's polychromic_set_size 0 = off) keep the behaviour the
+# rows measured. GRPO's config also dropped the critic fields of its base (gamma, gae_lambda,
+# vf_coef, ...), which critic-free GRPO never read. The dppo of 814831c was the flow variant,
+# since renamed dppo-flow.
+EQUIVALENT_HASHES = {
+    ("fpo", "e95b96ef93"): ("fpo", "8cd824eda3"),
+    ("reinflow", "fb92a85abb"): ("reinflow", "7d455c2533"),
+    ("flow-sde", "d5e40dbfe7"): ("flow-sde", "c38ceca6ac"),
+    ("grpo", "f5a1661cfd"): ("grpo", "37e725d4b2"),
+    ("dppo", "db04e9f5ef"): ("dppo-flow", "81d44aaad9"),
+}
 
 
 def slug(text: str) -> str:
     return text.replace("/", "_")
 
 
+@functools.cache
 def config_id(algo_name: str) -> str:
     """A short fingerprint of an algorithm's default config: rows measured with another one
     are stale."""
@@ -95,9 +124,26 @@ def cell_of(row: dict) -> tuple:
     return tuple(str(row[key]) for key in CELL_KEY)
 
 
-def cell_key(algo_name: str, task: str, seed: int, budget: int, num_envs: int) -> tuple:
-    """The CSV cell a run with the current default config of algo_name fills."""
-    return tuple(map(str, (algo_name, task, seed, budget, num_envs, config_id(algo_name))))
+@functools.cache
+def is_default_config(algo_name: str, saved_json: str) -> bool:
+    """Whether a recorded config, completed with the fields added since, is today's default."""
+    try:
+        return completed_config_json(algo_name, json.loads(saved_json)) == default_config_json(
+            algo_name
+        )
+    except ValueError:  # a field removed since, or a record its config class refuses
+        return False
+
+
+def current_method(row: dict) -> str | None:
+    """The method a row measured under today's name, if it used today's default config; None
+    for a row measured with another config."""
+    if row.get("algo_config_json"):
+        return row["algo"] if is_default_config(row["algo"], row["algo_config_json"]) else None
+    method, config = row["algo"], row["algo_config"]
+    while (method, config) in EQUIVALENT_HASHES:
+        method, config = EQUIVALENT_HASHES[method, config]
+    return method if method in ALGORITHMS and config == config_id(method) else None
 
 
 def train_run(algo_name: str, task: str, seed: int, budget: int, run_dir: Path, args) -> float:
@@ -183,6 +229,7 @@ def run_cell(algo_name: str, task: str, seed: int, budget: int, args) -> dict:
         "budget": budget,
         "num_envs": args.num_envs,
         "algo_config": config_id(algo_name),
+        "algo_config_json": json.dumps(default_config_json(algo_name), sort_keys=True),
         **final_metrics(run_dir),
         **measure(run_dir, task, args, plot_path),
         "wall_time_s": round(wall_time, 1),
@@ -202,36 +249,54 @@ def run_cell(algo_name: str, task: str, seed: int, budget: int, args) -> dict:
     return row
 
 
+def method_budgets(rows: list[dict], algos: list[str]) -> list[tuple[str, int]]:
+    """The (method, budget) pairs present in rows, in the order of algos, largest budget first."""
+    return [
+        (algo_name, budget)
+        for algo_name in algos
+        for budget in sorted({int(r["budget"]) for r in rows if r["algo"] == algo_name})[::-1]
+    ]
+
+
+def summary_row(runs: list[dict]) -> dict:
+    """Means over the seeds of one task, method and budget, and the per-seed minority shares."""
+    minority = np.array([float(row["minority_mode_share"]) for row in runs])
+    returns = np.array([float(row["final_eval_return"]) for row in runs])
+    shares = np.array([[float(x) for x in row["mode_shares"].split()] for row in runs])
+    return {
+        "task": runs[0]["task"],
+        "algo": runs[0]["algo"],
+        "budget": runs[0]["budget"],
+        "seeds": " ".join(row["seed"] for row in runs),
+        "minority_mode_share": f"{minority.mean():.3f} ± {minority.std():.3f}",
+        "minority_per_seed": " ".join(f"{x:.3f}" for x in minority),
+        "mode_shares": " ".join(f"{x:.2f}" for x in shares.mean(0)),
+        "on_no_mode": round(np.mean([float(r["on_no_mode"]) for r in runs]), 3),
+        "modes_kept": round(np.mean([float(r["modes_kept"]) for r in runs]), 2),
+        "final_eval_return": f"{returns.mean():.3f} ± {returns.std():.3f}",
+        "wall_time_s_mean": round(np.mean([float(r["wall_time_s"]) for r in runs]), 1),
+    }
+
+
+def runs_of(rows: list[dict], task: str, algo_name: str, budget: int) -> list[dict]:
+    return sorted(
+        (
+            row
+            for row in rows
+            if row["task"] == task and row["algo"] == algo_name and int(row["budget"]) == budget
+        ),
+        key=lambda row: int(row["seed"]),
+    )
+
+
 def summarize(rows: list[dict], args) -> list[dict]:
-    """One row per (task, algo): means over seeds, and the per-seed minority shares."""
-    summary = []
-    for task in args.tasks:
-        for algo_name in args.algos:
-            runs = sorted(
-                (row for row in rows if row["task"] == task and row["algo"] == algo_name),
-                key=lambda row: int(row["seed"]),
-            )
-            if not runs:
-                continue
-            minority = np.array([float(row["minority_mode_share"]) for row in runs])
-            returns = np.array([float(row["final_eval_return"]) for row in runs])
-            shares = np.array([[float(x) for x in row["mode_shares"].split()] for row in runs])
-            summary.append(
-                {
-                    "task": task,
-                    "algo": algo_name,
-                    "budget": runs[0]["budget"],
-                    "seeds": " ".join(row["seed"] for row in runs),
-                    "minority_mode_share": f"{minority.mean():.3f} ± {minority.std():.3f}",
-                    "minority_per_seed": " ".join(f"{x:.3f}" for x in minority),
-                    "mode_shares": " ".join(f"{x:.2f}" for x in shares.mean(0)),
-                    "on_no_mode": round(np.mean([float(r["on_no_mode"]) for r in runs]), 3),
-                    "modes_kept": round(np.mean([float(r["modes_kept"]) for r in runs]), 2),
-                    "final_eval_return": f"{returns.mean():.3f} ± {returns.std():.3f}",
-                    "wall_time_s_mean": round(np.mean([float(r["wall_time_s"]) for r in runs]), 1),
-                }
-            )
-    return summary
+    """One row per task, method and budget present in rows."""
+    return [
+        summary_row(runs)
+        for task in args.tasks
+        for algo_name, budget in method_budgets(rows, args.algos)
+        if (runs := runs_of(rows, task, algo_name, budget))
+    ]
 
 
 def plot_summary(rows: list[dict], args, path: Path) -> None:
@@ -240,21 +305,20 @@ def plot_summary(rows: list[dict], args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    algos = [a for a in args.algos if any(row["algo"] == a for row in rows)]
+    groups = method_budgets(rows, args.algos)
     width = 0.8 / len(args.tasks)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(algos) + 2.0), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2.0), 4.2))
     for task_index, task in enumerate(args.tasks):
         color = f"C{task_index}"
-        for algo_index, algo_name in enumerate(algos):
-            values = [
-                float(row["minority_mode_share"])
-                for row in rows
-                if row["task"] == task and row["algo"] == algo_name
-            ]
+        labelled = False
+        for group_index, (algo_name, budget) in enumerate(groups):
+            runs = runs_of(rows, task, algo_name, budget)
+            values = [float(row["minority_mode_share"]) for row in runs]
             if not values:
                 continue
-            x = algo_index + (task_index - (len(args.tasks) - 1) / 2) * width
-            label = task if algo_index == 0 else None
+            x = group_index + (task_index - (len(args.tasks) - 1) / 2) * width
+            label = None if labelled else task
+            labelled = True
             ax.bar(x, np.mean(values), width, color=color, alpha=0.6, label=label)
             ax.plot([x] * len(values), values, "o", color="black", markersize=3)
     # The most a policy can hold off its dominant mode: (K - 1) / K, an even split over K modes.
@@ -270,11 +334,11 @@ def plot_summary(rows: list[dict], args, path: Path) -> None:
             fontsize=7,
             color="grey",
         )
-    ax.set_xticks(range(len(algos)), algos)
+    ax.set_xticks(range(len(groups)), [f"{name}\n{budget // 1000}k" for name, budget in groups])
     ax.set_ylabel("minority-mode share (mean over observations)")
     ax.set_title(
         "Stochastic actions on optimal modes other than the dominant one\n"
-        "bars: mean over seeds; dots: seeds",
+        "bars: mean over seeds; dots: seeds; below each method: env steps per run",
         fontsize=9,
     )
     ax.set_ylim(0.0, 1.0)
@@ -282,6 +346,54 @@ def plot_summary(rows: list[dict], args, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def train_missing(csv_path: Path, budgets: dict[str, int], args) -> list[str]:
+    """Train and measure every cell without a row of today's default config; returns the
+    failures."""
+    rows = read_rows(csv_path)
+    done = {cell_of(row | {"algo": method}) for row in rows if (method := current_method(row))}
+    failures = []
+    for task in args.tasks:
+        for seed in args.seeds:
+            for algo_name in args.algos:
+                key = tuple(map(str, (algo_name, task, seed, budgets[task], args.num_envs)))
+                if key in done:
+                    print(f"skip {algo_name} {task} seed {seed}: in {csv_path}", flush=True)
+                    continue
+                try:
+                    row = run_cell(algo_name, task, seed, budgets[task], args)
+                except Exception as error:
+                    # One algorithm's failure should not cost the others their runs.
+                    message = f"{type(error).__name__}: {error}"
+                    print(f"  FAILED: {message}", flush=True)
+                    failures.append(f"{algo_name} {task} seed {seed}: {message}")
+                    continue
+                # The new row replaces the cell's row of another default config; a row that
+                # counts for a method under its new name stays.
+                rows = [r for r in rows if cell_of(r) != key or current_method(r)] + [row]
+                write_csv(csv_path, rows)
+    return failures
+
+
+def current_rows(rows: list[dict], args) -> list[dict]:
+    """The rows these flags select that used today's default config, under today's method
+    names, at every budget present; says which rows were left out for another config."""
+    chosen, stale = [], []
+    for row in rows:
+        method = current_method(row)
+        if row["task"] not in args.tasks or int(row["seed"]) not in args.seeds:
+            continue
+        if int(row["num_envs"]) != args.num_envs or (method or row["algo"]) not in args.algos:
+            continue
+        if method:
+            chosen.append(row | {"algo": method})
+        else:
+            stale.append(row["algo"])
+    if stale:
+        counts = ", ".join(f"{name} {count}" for name, count in Counter(stale).items())
+        print(f"left out {len(stale)} rows of another default config ({counts})")
+    return chosen
 
 
 def main() -> None:
@@ -313,38 +425,8 @@ def main() -> None:
     csv_path = args.out / CSV_NAME
     gprl_commit()
 
-    rows = read_rows(csv_path)
-    done = {cell_of(row) for row in rows}
-    failures = []
-    if not args.report_only:
-        for task in args.tasks:
-            for seed in args.seeds:
-                for algo_name in args.algos:
-                    key = cell_key(algo_name, task, seed, budgets[task], args.num_envs)
-                    if key in done:
-                        print(f"skip {algo_name} {task} seed {seed}: in {csv_path}", flush=True)
-                        continue
-                    try:
-                        row = run_cell(algo_name, task, seed, budgets[task], args)
-                    except Exception as error:
-                        # One algorithm's failure should not cost the others their runs.
-                        message = f"{type(error).__name__}: {error}"
-                        print(f"  FAILED: {message}", flush=True)
-                        failures.append(f"{algo_name} {task} seed {seed}: {message}")
-                        continue
-                    # A rerun with another default config replaces the earlier row.
-                    rows = [r for r in rows if cell_of(r)[:-1] != key[:-1]] + [row]
-                    write_csv(csv_path, rows)
-
-    current = [
-        row
-        for row in read_rows(csv_path)
-        if row["task"] in args.tasks
-        and row["algo"] in args.algos
-        and int(row["seed"]) in args.seeds
-        and cell_of(row)
-        == cell_key(row["algo"], row["task"], row["seed"], budgets[row["task"]], args.num_envs)
-    ]
+    failures = [] if args.report_only else train_missing(csv_path, budgets, args)
+    current = current_rows(read_rows(csv_path), args)
     if not current:
         raise SystemExit(f"no rows in {csv_path} match these flags")
     summary = summarize(current, args)
@@ -360,7 +442,10 @@ def main() -> None:
         f"samples; final_eval_return: deterministic, {args.eval_episodes} episodes."
     )
     print(f"machine: {machine()}; date: {now()}; command: {command()}")
-    print(f"wrote {csv_path}, {SUMMARY_NAME}.csv, {SUMMARY_NAME}.png and {args.plots_dir}/")
+    if args.report_only:
+        print(f"wrote {SUMMARY_NAME}.csv and {SUMMARY_NAME}.png in {args.out}")
+    else:
+        print(f"wrote {csv_path}, {SUMMARY_NAME}.csv, {SUMMARY_NAME}.png and {args.plots_dir}/")
     if failures:
         print("failed runs:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)
