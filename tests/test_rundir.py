@@ -92,8 +92,12 @@ def test_an_impossible_out_is_one_line(tmp_path, where, cli_error):
 
 def test_a_config_json_edited_by_hand_is_refused_not_ignored(tmp_path):
     out = tmp_path / "run"
-    train("ppo", quick_run(out), FAST_PPO)
+    train("ppo", quick_run(out, env_workers=0), FAST_PPO)
     record = json.loads((out / "config.json").read_text())
+    # A run resumed without --env-workers writes that into config.json: not an edit.
+    record["run"]["env_workers"] = None
+    (out / "config.json").write_text(json.dumps(record))
+    load_run(out)
     record["algo_config"]["learning_rate"] = 0.5
     (out / "config.json").write_text(json.dumps(record))
     for attempt in (

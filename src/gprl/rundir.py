@@ -72,7 +72,8 @@ def saved_configs(run_dir: Path) -> dict:
 
 
 # Run options that a resumed run sets anew: its checkpoint records them, config.json does not.
-RESUME_OPTIONS = ("resume", "out", "progress", "overwrite")
+# Env worker processes leave results unchanged, so a run may resume with other ones.
+RESUME_OPTIONS = ("resume", "out", "progress", "overwrite", "env_workers")
 
 
 def _comparable(record: dict) -> dict:
