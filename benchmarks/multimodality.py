@@ -426,6 +426,9 @@ def main() -> None:
     gprl_commit()
 
     failures = [] if args.report_only else train_missing(csv_path, budgets, args)
+    # The committed summary covers every method, task and seed, whichever cells this call trained.
+    for option in ("algos", "tasks", "seeds"):
+        setattr(args, option, parser.get_default(option))
     current = current_rows(read_rows(csv_path), args)
     if not current:
         raise SystemExit(f"no rows in {csv_path} match these flags")
