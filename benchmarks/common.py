@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: provenance strings, CSV and markdown output, and
-default configs as JSON (to tell whether a recorded run used gprl's current default)."""
+"""Helpers shared by the benchmark scripts: provenance strings, CSV and markdown output,
+default configs as JSON (to tell whether a recorded run used gprl's current default), and
+`gprl train` cells that resume and record how they ran."""
 
 import csv
 import functools
@@ -9,14 +10,18 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 from gprl.algos import ALGORITHMS
+from gprl.checkpoint import CheckpointError, read_meta
 from gprl.configs import from_jsonable, to_jsonable
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+DONE_FILE = "benchmark_info.json"
+"""Written into a cell's run directory when its `gprl train` process finishes."""
 
 
 def machine() -> str:
@@ -91,3 +96,40 @@ def completed_config_json(algo_name: str, saved: dict) -> dict:
     defaults (a new option that keeps the old behaviour by default does not make a run stale)."""
     config = from_jsonable(ALGORITHMS[algo_name].config, saved)
     return json.loads(json.dumps(to_jsonable(config)))
+
+
+def gprl(*args: str) -> float:
+    """Run one gprl command as a user would; its wall seconds. A failure ends the script in one
+    line (gprl's own message is above it)."""
+    start = time.perf_counter()
+    code = subprocess.run([sys.executable, "-m", "gprl.cli", *args]).returncode
+    if code:
+        script = Path(sys.argv[0]).name
+        sys.exit(f"{script}: error: gprl {args[0]} exited with {code} (its message is above)")
+    return time.perf_counter() - start
+
+
+def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str = "") -> None:
+    """Run the `gprl train` command train (its arguments), or resume it from run_dir's
+    checkpoint, then write DONE_FILE with its process time, load, commit and shown_command."""
+    try:
+        resumed = read_meta(run_dir)["progress"] is not None
+    except CheckpointError:
+        resumed = False
+    load_before = load_average()
+    if label:
+        print(f"{now()}  {label}{' (resumed)' if resumed else ''}")
+    if resumed:
+        seconds = gprl("train", train[1], "--resume", str(run_dir), "--no-progress")
+    else:
+        seconds = gprl(*train)
+    info = {
+        "process_seconds": round(seconds, 1),
+        "resumed": resumed,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "finished": now(),
+        "gprl_commit": gprl_commit(),
+        "train_command": shown_command,
+    }
+    (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))

@@ -50,21 +50,21 @@ import csv
 import json
 import os
 import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from common import (
     BENCH_DIR,
+    DONE_FILE,
     RESULTS_DIR,
     command,
+    gprl,
     gprl_commit,
     load_average,
     machine,
     markdown_table,
     now,
+    train_cell,
     write_csv,
 )
 from imitation import (
@@ -78,8 +78,6 @@ from imitation import (
 from imitation import (
     ROOT as IMITATION_ROOT,
 )
-
-from gprl.checkpoint import CheckpointError, read_meta
 
 ROOT = BENCH_DIR / "runs" / "manipulation"
 METHODS = {
@@ -112,14 +110,6 @@ OFFLINE_FIRST = {"expo", "qc", "qc-fql", "fql", "pa-rl"}
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
 SUCCESS_THRESHOLD = 0.8
 THRESHOLD_COLUMN = "env_steps_to_0.8_success"
-DONE_FILE = "benchmark_info.json"
-
-
-def gprl(*args: str) -> float:
-    """Run one gprl command as a user would; its wall seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gprl.cli", *args], check=True)
-    return time.perf_counter() - start
 
 
 def bc_start(task: str, kind: str, seed: int, args) -> Path:
@@ -176,25 +166,7 @@ def run_cell(method: str, task: str, seed: int, args) -> None:
     if (run_dir / DONE_FILE).exists():
         return
     train = cell_command(method, task, seed, run_dir, args)
-    try:
-        resumed = read_meta(run_dir)["progress"] is not None
-    except CheckpointError:
-        resumed = False
-    load_before = load_average()
-    if resumed:
-        seconds = gprl("train", train[1], "--resume", str(run_dir), "--no-progress")
-    else:
-        seconds = gprl(*train)
-    info = {
-        "process_seconds": round(seconds, 1),
-        "resumed": resumed,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "finished": now(),
-        "gprl_commit": gprl_commit(),
-        "train_command": shown_command(train),
-    }
-    (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
+    train_cell(run_dir, train, shown_command(train))
 
 
 def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:

@@ -73,25 +73,25 @@ import argparse
 import csv
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from common import (
     BENCH_DIR,
+    DONE_FILE,
     RESULTS_DIR,
     command,
+    gprl,
     gprl_commit,
     load_average,
     machine,
     markdown_table,
     now,
+    train_cell,
     write_csv,
 )
 
-from gprl.checkpoint import CheckpointError, read_meta
 from gprl.datasets import dataset_path, datasets_root
 
 ROOT = BENCH_DIR / "runs" / "ogbench"
@@ -123,16 +123,6 @@ OFFLINE_ALPHA = "300"
 OFFLINE_ENV_STEPS = 50
 """The shortest online phase gprl's loop allows with the settings below: one call of 50 env
 steps, update-to-data 20 making it (and every offline iteration) 1000 gradient steps."""
-DONE_FILE = "benchmark_info.json"
-
-
-def gprl(*args: str) -> float:
-    """Run one gprl command as a user would; its wall seconds."""
-    start = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", "gprl.cli", *args]).returncode
-    if code:
-        sys.exit(f"ogbench.py: error: gprl {args[0]} exited with {code} (its message is above)")
-    return time.perf_counter() - start
 
 
 def dataset_id(task: str, args, validation: bool = False) -> str:
@@ -232,26 +222,7 @@ def run_cell(phase: str, task: str, method: str, seed: int, args) -> bool:
     if (run_dir / DONE_FILE).exists():
         return False
     train = cell_command(phase, task, method, seed, run_dir, args)
-    try:
-        resumed = read_meta(run_dir)["progress"] is not None
-    except CheckpointError:
-        resumed = False
-    load_before = load_average()
-    print(f"{now()}  {phase} {task} {method} seed {seed}{' (resumed)' if resumed else ''}")
-    if resumed:
-        seconds = gprl("train", method, "--resume", str(run_dir), "--no-progress")
-    else:
-        seconds = gprl(*train)
-    info = {
-        "process_seconds": round(seconds, 1),
-        "resumed": resumed,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "finished": now(),
-        "gprl_commit": gprl_commit(),
-        "train_command": shown_command(train),
-    }
-    (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
+    train_cell(run_dir, train, shown_command(train), f"{phase} {task} {method} seed {seed}")
     return True
 
 
