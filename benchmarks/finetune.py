@@ -32,21 +32,20 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from common import (
     BENCH_DIR,
+    DONE_FILE,
     RESULTS_DIR,
     command,
+    gprl,
     gprl_commit,
-    load_average,
     machine,
     markdown_table,
     now,
+    train_cell,
     write_csv,
 )
 
@@ -57,9 +56,6 @@ TASKS = ["Hopper-v5", "Walker2d-v5"]
 ONPOLICY = ["reinflow", "dppo-flow", "gorl"]
 OFFPOLICY = ["dsrl", "fql", "sac"]
 METHODS = ONPOLICY + OFFPOLICY
-DONE_FILE = "benchmark_info.json"
-"""Written when a run of this script finishes (a budget is rounded down to whole iterations, so
-a finished run may hold fewer env steps than asked for)."""
 
 
 def slug(text: str) -> str:
@@ -71,13 +67,6 @@ def progress_of(run_dir: Path) -> dict | None:
         return read_meta(run_dir)["progress"]
     except CheckpointError:
         return None
-
-
-def gprl(*args: str) -> float:
-    """Run one gprl command as a user would; its wall seconds."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gprl.cli", *args], check=True)
-    return time.perf_counter() - start
 
 
 def evaluations(run_dir: Path) -> list[tuple[int, float]]:
@@ -205,25 +194,9 @@ def run_cell(method: str, task: str, seed: int, dataset_id: str, pretrain_dir: P
     budget, options = cell_args(method, task, seed, dataset_id, pretrain_dir, args)
     run_dir = cell_dir(method, task, seed, budget)
     train = train_command(method, options, run_dir)
-    progress = progress_of(run_dir)
-    info_path = run_dir / DONE_FILE
-    if info_path.exists():
-        return run_dir
-    load_before = load_average()
-    if progress is not None:
-        seconds = gprl("train", method, "--resume", str(run_dir), "--no-progress")
-    else:
-        seconds = gprl(*train)
-    info = {
-        "process_seconds": round(seconds, 1),
-        "resumed": progress is not None,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "started": now(),
-        "gprl_commit": gprl_commit(),
-        "train_command": shlex.join(["gprl", *train]),
-    }
-    info_path.write_text(json.dumps(info, indent=2))
+    # A finished cell may hold fewer env steps than asked for: budgets round down to iterations.
+    if not (run_dir / DONE_FILE).exists():
+        train_cell(run_dir, train, shlex.join(["gprl", *train]))
     return run_dir
 
 
