@@ -22,6 +22,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 DONE_FILE = "benchmark_info.json"
 """Written into a cell's run directory when its `gprl train` process finishes."""
+RECORDED = ("config.json", DONE_FILE)
+"""What `record_cell` copies whole from a finished cell's run directory."""
 
 
 def machine() -> str:
@@ -133,3 +135,24 @@ def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str =
         "train_command": shown_command,
     }
     (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
+
+
+def record_cell(run_dir: Path, record_dir: Path) -> None:
+    """Keep what reports read of a finished cell in record_dir, which is committed: its config,
+    DONE_FILE and the metrics rows that matter (the first two, every evaluation, the last at env
+    step 0 and the last). Run directories (checkpoints, replay buffers) are git-ignored and gone
+    in a fresh clone; the record is what marks the cell done there and what it is reported from.
+    `gprl report` reads a record as a run directory."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    at_start = [i for i, row in enumerate(rows) if float(row["env_steps"]) == 0]
+    kept = {0, 1, len(rows) - 1, *at_start[-1:]}
+    kept |= {i for i, row in enumerate(rows) if row.get("eval_return")}
+    record_dir.mkdir(parents=True, exist_ok=True)
+    with open(record_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows[i] for i in sorted(kept) if i < len(rows))
+    for name in RECORDED:
+        (record_dir / name).write_bytes((run_dir / name).read_bytes())

@@ -35,11 +35,15 @@ final one; "env steps to 0.8 success" the env step of its first evaluation at or
 steps over its process's wall time, next to one Meta-World env stepped in a plain loop in this
 process (the raw stepping the share is taken of).
 
-Run directories go to benchmarks/runs/manipulation/ (git-ignored; --runs-dir); finished cells
-are skipped and an interrupted one resumes, so the grid finishes across sessions. Results
-(--results-dir): benchmarks/results/manipulation.csv (a row per cell), manipulation_summary.csv,
-manipulation.png and an rliable report over success rates (`gprl report`) in
-benchmarks/results/manipulation_report/.
+Run directories go to benchmarks/runs/manipulation/ (git-ignored; --runs-dir); an interrupted
+cell resumes from its checkpoint there. A finished cell is recorded in
+benchmarks/results/manipulation_runs/ (config, benchmark info and its evaluation rows;
+committed) and skipped from then on, also in a fresh clone, so the grid finishes across
+sessions; cells reported before records existed stay as their manipulation.csv rows. Results
+(--results-dir): manipulation.csv (a row per cell), manipulation_summary.csv, manipulation.png,
+manipulation_intervals.csv (rliable IQM and mean of the final success rate with 95% intervals,
+over every cell) and `gprl report` over the recorded cells in manipulation_report/. A report
+alone (--report-only) keeps the raw stepping speeds recorded with the cells.
 
     python benchmarks/manipulation.py --tasks pick-place-v3 --seeds 0
     python benchmarks/manipulation.py --report-only
@@ -64,6 +68,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    record_cell,
     train_cell,
     write_csv,
 )
@@ -80,6 +85,8 @@ from imitation import (
 )
 
 ROOT = BENCH_DIR / "runs" / "manipulation"
+RECORDS = "manipulation_runs"
+"""Under --results-dir: each finished cell's record (`common.record_cell`), committed."""
 METHODS = {
     # cell name: (gprl algorithm, the BC start's kind, or None for no start)
     "reinflow": ("reinflow", "flow"),
@@ -161,12 +168,44 @@ def shown_command(train: list[str]) -> str:
     return shown
 
 
-def run_cell(method: str, task: str, seed: int, args) -> None:
-    run_dir = args.runs_dir / task / f"{method}-s{seed}"
-    if (run_dir / DONE_FILE).exists():
+def record_of(task: str, method: str, seed: int, results_dir: Path) -> Path:
+    return results_dir / RECORDS / task / f"{method}-s{seed}"
+
+
+def run_cell(method: str, task: str, seed: int, args, legacy: set) -> None:
+    """Train (or resume) one cell and record it, unless it is recorded already."""
+    record = record_of(task, method, seed, args.results_dir)
+    if (record / DONE_FILE).exists() or (task, method, seed) in legacy:
         return
-    train = cell_command(method, task, seed, run_dir, args)
-    train_cell(run_dir, train, shown_command(train))
+    run_dir = args.runs_dir / task / f"{method}-s{seed}"
+    if not (run_dir / DONE_FILE).exists():
+        train = cell_command(method, task, seed, run_dir, args)
+        train_cell(run_dir, train, shown_command(train))
+    record_cell(run_dir, record)
+
+
+def legacy_rows(results_dir: Path) -> list[dict]:
+    """Rows of the committed CSV whose cells ran before cells were recorded (their run
+    directories are gone); they are kept as they were reported."""
+    path = results_dir / "manipulation.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    unrecorded = [
+        r for r in rows
+        if not (record_of(r["task"], r["method"], r["seed"], results_dir) / DONE_FILE).exists()
+    ]  # fmt: skip
+    return [_typed(row) for row in unrecorded]
+
+
+def _typed(row: dict) -> dict:
+    """A CSV row with its numbers as numbers (blank: None)."""
+    text = {"task", "method", "gprl_commit", "train_command", "machine", "reported", "command"}
+    return {
+        key: value if key in text else (None if value == "" else json.loads(value))
+        for key, value in row.items()
+    }
 
 
 def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
@@ -256,28 +295,60 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def report(raw: dict[str, float], results_dir: Path, runs_dir: Path) -> None:
-    finished = sorted(runs_dir.glob(f"*/*/{DONE_FILE}"))
-    if not finished:
+def report(raw: dict[str, float], results_dir: Path) -> None:
+    """Rows from the recorded cells and the legacy ones; the summary, plot, rliable intervals
+    over every row's final success, and `gprl report` over the recorded cells."""
+    records = sorted((results_dir / RECORDS).glob(f"*/*/{DONE_FILE}"))
+    legacy = legacy_rows(results_dir)
+    if not records and not legacy:
         print("no cells yet")
         return
-    results_dir.mkdir(parents=True, exist_ok=True)
     raw_path = results_dir / "manipulation_raw.json"
     known = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     raw_path.write_text(json.dumps(known | raw, indent=2))
-    rows = [cell_row(path.parent, known | raw) for path in finished]
-    rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
     provenance = {"machine": machine(), "reported": now(), "command": command()}
-    write_csv(results_dir / "manipulation.csv", [row | provenance for row in rows])
+    rows = [cell_row(path.parent, known | raw) | provenance for path in records] + legacy
+    rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
+    write_csv(results_dir / "manipulation.csv", rows)
     summary = summarise(rows)
     write_csv(results_dir / "manipulation_summary.csv", summary)
+    write_csv(results_dir / "manipulation_intervals.csv", intervals(rows))
     plot(summary, results_dir / "manipulation.png")
-    gprl(
-        "report", *(str(path.parent) for path in finished), "--metric", "success_rate",
-        "--out", str(results_dir / "manipulation_report"),
-        "--title", "Fine-tuning on sparse-reward Meta-World (benchmarks/manipulation.py)",
-    )  # fmt: skip
+    if records:
+        gprl(
+            "report", *(str(path.parent) for path in records), "--metric", "success_rate",
+            "--out", str(results_dir / "manipulation_report"),
+            "--title", "Fine-tuning on sparse-reward Meta-World, recorded cells "
+            "(benchmarks/manipulation.py)",
+        )  # fmt: skip
     print(markdown_table(summary, list(summary[0])))
+
+
+def intervals(rows: list[dict]) -> list[dict]:
+    """rliable IQM and mean of the final success rate over tasks and seeds, with 95%
+    stratified-bootstrap intervals, per method that has every task (the first n seeds of each
+    task, n the fewest any task has)."""
+    from gprl.report import interval_estimates
+
+    matrices = {}
+    for method in METHODS:
+        per_task = [
+            [r["success_after"] for r in sorted(rows, key=lambda r: r["seed"])
+             if r["method"] == method and r["task"] == task]
+            for task in TASKS
+        ]  # fmt: skip
+        seeds = min(len(scores) for scores in per_task)
+        if seeds:
+            matrices[method] = np.array([scores[:seeds] for scores in per_task]).T
+    points, ranges = interval_estimates(matrices)
+    return [
+        {"method": method, "seeds_per_task": len(matrices[method]), "tasks": len(TASKS)}
+        | {name: round(float(value), 4) for name, value in zip(
+            ("iqm", "iqm_low", "iqm_high", "mean", "mean_low", "mean_high"),
+            (points[method][0], *ranges[method][:, 0], points[method][1], *ranges[method][:, 1]),
+            strict=True)}
+        for method in matrices
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -310,14 +381,17 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
-    # Raw stepping of every task asked for, measured in this run beside its cells.
-    raw = {task: round(raw_steps_per_second(task), 1) for task in args.tasks}
+    raw = {}
     if not args.report_only:
+        # Raw stepping of every task asked for, measured in this run beside its cells; a
+        # report alone keeps the speeds recorded beside the cells it reports.
+        raw = {task: round(raw_steps_per_second(task), 1) for task in args.tasks}
+        legacy = {(r["task"], r["method"], r["seed"]) for r in legacy_rows(args.results_dir)}
         for seed in args.seeds:
             for task in args.tasks:
                 for method in args.methods:
-                    run_cell(method, task, seed, args)
-    report(raw, args.results_dir, args.runs_dir)
+                    run_cell(method, task, seed, args, legacy)
+    report(raw, args.results_dir)
 
 
 if __name__ == "__main__":
