@@ -62,7 +62,10 @@ included), load before and after, gprl commit, command, machine, the reference a
 points; ogbench_curves.csv, every evaluation of every cell; ogbench_summary.csv (means over
 seeds); ogbench.png; an rliable report over final success rates (`gprl report`) per phase in
 ogbench_report_offline/ and ogbench_report_online/. Run directories: benchmarks/runs/ogbench/
-(git-ignored; --runs-dir).
+(git-ignored; --runs-dir), where an interrupted cell resumes. A finished cell is recorded in
+ogbench_runs/ (config, benchmark info, evaluation rows; committed), which marks it done also in
+a fresh clone and is what the results are made from. Datasets are not committed: a fresh
+machine collects them again (phase 1).
 
     MINARI_DATASETS_PATH=/work/minari python benchmarks/ogbench.py
     MINARI_DATASETS_PATH=/work/minari python benchmarks/ogbench.py --phases offline --seeds 0
@@ -88,6 +91,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    record_cell,
     train_cell,
     write_csv,
 )
@@ -102,6 +106,8 @@ ENVS = {
 }
 OFFLINE_TASKS = ("cube-single", "scene")
 ONLINE_TASK = "cube-double"
+RECORDS = "ogbench_runs"
+"""Under --results-dir: each finished cell's record (`common.record_cell`), committed."""
 PHASES = ("datasets", "offline", "online")
 FQL_PAPER = {"cube-single": 97.0, "scene": 76.0}
 FQL_PAPER_SOURCE = "FQL paper, default task (github.com/Xyu-Chern/Xyu-Chern README)"
@@ -216,13 +222,21 @@ def shown_command(train: list[str]) -> str:
     )
 
 
+def record_of(run_dir: Path, results_dir: Path) -> Path:
+    """Where a cell's record lives: its run directory's phase/task/cell under RECORDS."""
+    return results_dir / RECORDS / run_dir.relative_to(run_dir.parents[2])
+
+
 def run_cell(phase: str, task: str, method: str, seed: int, args) -> bool:
-    """Run (or resume) one cell; whether it ran."""
+    """Run (or resume) one cell and record it; whether it ran."""
     run_dir = args.runs_dir / phase / task / f"{method}-s{seed}"
-    if (run_dir / DONE_FILE).exists():
+    record = record_of(run_dir, args.results_dir)
+    if (record / DONE_FILE).exists():
         return False
-    train = cell_command(phase, task, method, seed, run_dir, args)
-    train_cell(run_dir, train, shown_command(train), f"{phase} {task} {method} seed {seed}")
+    if not (run_dir / DONE_FILE).exists():
+        train = cell_command(phase, task, method, seed, run_dir, args)
+        train_cell(run_dir, train, shown_command(train), f"{phase} {task} {method} seed {seed}")
+    record_cell(run_dir, record)
     return True
 
 
@@ -356,7 +370,12 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def report(args, rliable: bool) -> None:
-    finished = sorted(args.runs_dir.glob(f"*/*/*/{DONE_FILE}"))
+    """Everything under Results from the recorded cells (cells finished by an earlier version
+    of this script in --runs-dir are recorded first)."""
+    for done in args.runs_dir.glob(f"*/*/*/{DONE_FILE}"):
+        if not (record_of(done.parent, args.results_dir) / DONE_FILE).exists():
+            record_cell(done.parent, record_of(done.parent, args.results_dir))
+    finished = sorted((args.results_dir / RECORDS).glob(f"*/*/*/{DONE_FILE}"))
     if not finished:
         print("no cells yet")
         return
