@@ -78,6 +78,21 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def read_rows(path: Path, text_columns: set[str]) -> list[dict]:
+    """A CSV written by `write_csv` with its numbers as numbers (blank: None); text_columns
+    stay text (a commit hash can look like a number). No file: no rows."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [
+            {
+                key: value if key in text_columns else (None if value == "" else json.loads(value))
+                for key, value in row.items()
+            }
+            for row in csv.DictReader(f)
+        ]
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value) -> str:
         if isinstance(value, float):

@@ -35,6 +35,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    read_rows,
     write_csv,
 )
 
@@ -159,11 +160,14 @@ def main() -> None:
     parser.add_argument("--offpolicy-steps", type=int, default=50_000)
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     args = parser.parse_args()
-    gprl_commit()
-    rows = []
+    # The committed CSV is the record of finished cells: a fresh clone skips them.
+    text = {"method", "trained", "machine", "command", "commit", "date"}
+    recorded = {(r["method"], r["seed"]): r for r in read_rows(RESULTS_DIR / CSV_NAME, text)}
     for seed in args.seeds:
         for method in args.methods:
             run_dir = ROOT / f"{method}-s{seed}"
+            if (method, seed) in recorded:
+                continue
             if not (run_dir / ROW_FILE).exists():
                 if args.report_only:
                     continue
@@ -171,10 +175,12 @@ def main() -> None:
                 row = measure(method, seed, run_dir) | {"train_seconds": round(seconds)}
                 (run_dir / ROW_FILE).write_text(json.dumps(row | {"trained": now()}))
                 print(row, flush=True)
-            rows.append(json.loads((run_dir / ROW_FILE).read_text()))
-    provenance = {"machine": machine(), "command": command(), "commit": gprl_commit()}
-    provenance |= {"load": load_average(), "date": now()}
-    write_csv(RESULTS_DIR / CSV_NAME, [row | provenance for row in rows])
+            provenance = {"machine": machine(), "command": command(), "commit": gprl_commit()}
+            provenance |= {"load": load_average(), "date": now()}
+            recorded[method, seed] = json.loads((run_dir / ROW_FILE).read_text()) | provenance
+    order = [*ON_POLICY, *OFF_POLICY]
+    rows = sorted(recorded.values(), key=lambda r: (r["seed"], order.index(r["method"])))
+    write_csv(RESULTS_DIR / CSV_NAME, rows)
     plot(rows, RESULTS_DIR / "gridworld.png")
     summary = summary_rows(rows)
     write_csv(RESULTS_DIR / "gridworld_summary.csv", summary)

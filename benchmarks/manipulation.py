@@ -68,6 +68,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    read_rows,
     record_cell,
     train_cell,
     write_csv,
@@ -187,25 +188,12 @@ def run_cell(method: str, task: str, seed: int, args, legacy: set) -> None:
 def legacy_rows(results_dir: Path) -> list[dict]:
     """Rows of the committed CSV whose cells ran before cells were recorded (their run
     directories are gone); they are kept as they were reported."""
-    path = results_dir / "manipulation.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    unrecorded = [
+    text = {"task", "method", "gprl_commit", "train_command", "machine", "reported", "command"}
+    rows = read_rows(results_dir / "manipulation.csv", text)
+    return [
         r for r in rows
         if not (record_of(r["task"], r["method"], r["seed"], results_dir) / DONE_FILE).exists()
     ]  # fmt: skip
-    return [_typed(row) for row in unrecorded]
-
-
-def _typed(row: dict) -> dict:
-    """A CSV row with its numbers as numbers (blank: None)."""
-    text = {"task", "method", "gprl_commit", "train_command", "machine", "reported", "command"}
-    return {
-        key: value if key in text else (None if value == "" else json.loads(value))
-        for key, value in row.items()
-    }
 
 
 def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
