@@ -414,7 +414,7 @@ def cells(args) -> list[tuple[str, str, str, int]]:
     QC-FQL, the target's pair, before QC, whose cells take several times longer)."""
     grid = []
     if "offline" in args.phases:
-        grid += [("offline", task, "fql", seed) for seed in args.seeds for task in OFFLINE_TASKS]
+        grid += [("offline", task, "fql", s) for s in args.seeds for task in args.offline_tasks]
     if "online" in args.phases:
         grid += [("online", ONLINE_TASK, method, s) for method in args.methods for s in args.seeds]
     return grid
@@ -435,6 +435,8 @@ def parse_args() -> argparse.Namespace:
     add("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add("--methods", nargs="+", default=list(ONLINE_METHODS), choices=ONLINE_METHODS,
         help="methods of the online phase")  # fmt: skip
+    add("--offline-tasks", nargs="+", default=list(OFFLINE_TASKS), choices=OFFLINE_TASKS,
+        help="tasks of the offline phase")  # fmt: skip
     add("--dataset-tasks", nargs="+", default=list(ENVS), choices=ENVS,
         help="tasks whose datasets the datasets phase collects")  # fmt: skip
     add("--dataset-namespace", default="ogbench", help="Minari namespace of the datasets")
