@@ -63,8 +63,10 @@ def budget_of(task: str, args) -> tuple[int, int]:
     return args.dmc_steps, args.dmc_eval_every
 
 
-def run_dir_of(task: str, algo: str, seed: int, steps: int, tag: str = "") -> Path:
-    return RUNS_DIR / (f"{slug(task)}-{steps}" + (f"-{tag}" if tag else "")) / f"{algo}-s{seed}"
+def run_dir_of(
+    task: str, algo: str, seed: int, steps: int, tag: str = "", runs_dir: Path = RUNS_DIR
+) -> Path:
+    return runs_dir / (f"{slug(task)}-{steps}" + (f"-{tag}" if tag else "")) / f"{algo}-s{seed}"
 
 
 def run_status(run_dir: Path, algo_name: str, task: str, steps: int, num_envs: int) -> str:
@@ -98,8 +100,8 @@ def claim(lock: Path) -> bool:
     return True
 
 
-def run_one(task: str, algo_name: str, seed: int, args) -> None:
-    run_dir = run_dir_of(task, algo_name, seed, budget_of(task, args)[0], args.tag)
+def run_one(task: str, algo_name: str, seed: int, args, runs_dir: Path = RUNS_DIR) -> None:
+    run_dir = run_dir_of(task, algo_name, seed, budget_of(task, args)[0], args.tag, runs_dir)
     lock = run_dir.with_name(run_dir.name + ".lock")
     if not claim(lock):
         print(f"skip {run_dir}: another process is training it", flush=True)
