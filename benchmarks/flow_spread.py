@@ -7,8 +7,9 @@ every Euler step's noise linearly to s over the run. Each cell trains one method
 one s, with the DMC-6 harness (16 envs, 1M env steps, evaluation every 50k steps over 10
 episodes), and measures the final return and the spread of the stochastic policy (per-dimension
 std of clipped actions at observations the trained policy visits, as exploration.py); s = 1 is
-the noise as it was. Cells already trained are skipped, so an interrupted invocation continues
-where it stopped.
+the noise as it was. Cells in the committed results/flow_spread.csv are skipped (also in a fresh
+clone, whose run directories are gone) and keep their rows; a trained run in benchmarks/runs/ is
+measured without training again, so an interrupted invocation continues where it stopped.
 
     python benchmarks/flow_spread.py                          # cheetah-run and walker-walk
     python benchmarks/flow_spread.py --scales 0.3 --algos fpo --seeds 0 1
@@ -29,6 +30,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    read_rows,
     write_csv,
 )
 from exploration import action_spread, visited_observations
@@ -46,6 +48,10 @@ SCALES = [1.0, 0.2]
 STEPS, EVAL_EVERY, NUM_ENVS, EVAL_EPISODES = 1_000_000, 50_000, 16, 10
 SPREAD_STEPS, SPREAD_SAMPLES = 100, 64
 CSV_NAME = "flow_spread.csv"
+
+
+def cell_of(row: dict) -> tuple:
+    return row["task"], row["algo"], float(row["final_noise_scale"]), int(row["seed"])
 
 
 def run_dir_at(task: str, algo: str, scale: float, seed: int) -> Path:
@@ -176,22 +182,27 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     args = parser.parse_args()
-    gprl_commit()
-    rows = []
+    # The committed CSV is the record of finished cells: a fresh clone skips them.
+    text = {"task", "algo", "machine", "command", "commit", "date"}
+    recorded = {cell_of(row): row for row in read_rows(RESULTS_DIR / CSV_NAME, text)}
     for seed in args.seeds:
         for task in args.tasks:
             for scale in args.scales:
                 for algo in args.algos:
                     run_dir = run_dir_at(task, algo, scale, seed)
+                    if (task, algo, scale, seed) in recorded:
+                        continue
                     if not finished(run_dir, algo, task, scale):
                         if args.report_only:
                             continue
                         train_cell(task, algo, scale, seed, run_dir)
-                    rows.append(measure(task, algo, scale, seed, run_dir))
-                    print(rows[-1], flush=True)
-    provenance = {"machine": machine(), "command": command(), "commit": gprl_commit()}
-    provenance |= {"load": load_average(), "date": now()}
-    write_csv(RESULTS_DIR / CSV_NAME, [row | provenance for row in rows])
+                    row = measure(task, algo, scale, seed, run_dir)
+                    print(row, flush=True)
+                    provenance = {"machine": machine(), "command": command()}
+                    provenance |= {"commit": gprl_commit(), "load": load_average(), "date": now()}
+                    recorded[cell_of(row)] = row | provenance
+    rows = list(recorded.values())
+    write_csv(RESULTS_DIR / CSV_NAME, rows)
     summary = summary_rows(rows)
     plot(summary, RESULTS_DIR / "flow_spread.png")
     columns = ["task", "algo", "final_noise_scale", "seeds", "final_eval_return"]
