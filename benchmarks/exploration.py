@@ -6,7 +6,8 @@ For every finished DMC-6 run of the chosen tasks, the trained policy acts determ
 (the run's own config and seed) and the trained one draw `--samples` stochastic actions. The
 spread is the per-dimension standard deviation of those actions (clipped to [-1, 1]: what the
 env receives), averaged over dimensions and observations.
-Results: benchmarks/results/exploration.csv.
+Results: benchmarks/results/exploration.csv; rows of cells not measured in this call (their runs
+absent, as in a fresh clone) are kept as committed.
 
     python benchmarks/exploration.py                       # seed 0 of the six tasks
     python benchmarks/exploration.py --seeds 0 1 2 --tasks dm_control/walker-walk-v0
@@ -17,7 +18,16 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS_DIR, command, gprl_commit, load_average, machine, now, write_csv
+from common import (
+    RESULTS_DIR,
+    command,
+    gprl_commit,
+    load_average,
+    machine,
+    now,
+    read_rows,
+    write_csv,
+)
 from dmc6 import ALGOS, TAG, TASKS
 from learning import run_dir_of, run_status
 
@@ -45,6 +55,10 @@ def action_spread(algo, state, observations: np.ndarray, samples: int, seed: int
     actions = np.asarray(sample(jax.random.split(jax.random.PRNGKey(seed), samples)))
     # (samples, observations, dims); clipped as the envs clip a Gaussian policy's draws
     return float(np.clip(actions, -1.0, 1.0).std(axis=0).mean())
+
+
+def cell_of(row: dict) -> tuple:
+    return row["task"], row["algo"], int(row["seed"])
 
 
 def main():
@@ -90,7 +104,13 @@ def main():
         "load": load_average(),
         "date": now(),
     }
-    write_csv(RESULTS_DIR / "exploration.csv", [row | provenance for row in rows])
+    rows = [row | provenance for row in rows]
+    # Committed rows of cells not measured now stay (their DMC-6 runs may be gone).
+    measured = {cell_of(row) for row in rows}
+    text = {"task", "algo", "machine", "command", "commit", "date"}
+    committed = read_rows(RESULTS_DIR / "exploration.csv", text)
+    kept = [row for row in committed if cell_of(row) not in measured]
+    write_csv(RESULTS_DIR / "exploration.csv", kept + rows)
     for task in args.tasks:
         for algo_name in args.algos:
             found = [r for r in rows if r["task"] == task and r["algo"] == algo_name]
