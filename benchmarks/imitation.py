@@ -74,19 +74,27 @@ def append_row(row: dict) -> None:
         writer.writerow(row)
 
 
-def raw_steps_per_second(task: str, seconds: float = 3.0) -> float:
+def raw_steps_per_second(task: str, windows: int = 3, seconds: float = 1.0) -> float:
     """One Meta-World env stepped in a plain loop with random actions: the fastest stepping
-    this process can do, to compare collection and evaluation with."""
+    this process can do, to compare collection and evaluation with. The best of `windows`
+    timed windows after a warm-up: a single window at a process's start once read 242
+    steps/s on pick-place, where warm windows read ~1,500 under more load."""
     from gprl.envs import make_env
 
     with make_env(f"metaworld:{task}", 1, 0, backend="gymnasium") as env:
         env.reset(0)
         rng = np.random.default_rng(0)
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            env.step(rng.uniform(-1, 1, (1, env.spec.action_dim)).astype(np.float32))
-            steps += 1
-        return steps / (time.perf_counter() - start)
+        action_dim = env.spec.action_dim
+
+        def steps_in(duration: float) -> float:
+            steps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < duration:
+                env.step(rng.uniform(-1, 1, (1, action_dim)).astype(np.float32))
+                steps += 1
+            return steps / (time.perf_counter() - start)
+
+        steps_in(seconds)
+        return max(steps_in(seconds) for _ in range(windows))
 
 
 def demonstrations(task: str, episodes: int, noise: float) -> tuple[str, dict]:
