@@ -2,8 +2,10 @@
 next to PPO, on one harness (gprl.trainer.train, same budget, seeds, envs and backend).
 
 Each (variant, task, seed) is a run in benchmarks/runs/gorl_defaults/TASK-BUDGET/VARIANT-sSEED;
-a finished run is skipped and an interrupted one resumed from its checkpoint, so the grid can be
-finished across sessions. PPO's cells are the DMC-6 benchmark's (benchmarks/dmc6.py), shared.
+a cell with a row in the committed results/gorl_defaults.csv is skipped and keeps its row (also in
+a fresh clone, whose run directories are gone), and an interrupted run resumes from its
+checkpoint, so the grid can be finished across sessions. PPO's cells are the DMC-6 benchmark's
+(benchmarks/dmc6.py), shared.
 Results: benchmarks/results/gorl_defaults.csv (one row per run: final evaluation, the evaluation
 right before and right after every decoder refit, env steps/s) and gorl_defaults_summary.csv.
 
@@ -27,6 +29,7 @@ from common import (
     load_average,
     machine,
     now,
+    read_rows,
     write_csv,
 )
 from dmc6 import TAG as DMC6_TAG
@@ -135,19 +138,30 @@ def summarise(run_dir: Path, task: str, variant: str, seed: int) -> dict:
     }
 
 
+def committed_rows(out: Path) -> dict[tuple, dict]:
+    """The committed CSV's rows by (task, variant, seed): the record of finished cells, whose run
+    directories a fresh clone does not have."""
+    text = {"variant", "task", "returns_before_refits", "returns_after_refits"}
+    text |= {"retention_after_refits", "gprl_commit", "machine", "reported", "command"}
+    rows = read_rows(out / "gorl_defaults.csv", text)
+    return {(row["task"], row["variant"], row["seed"]): row for row in rows}
+
+
 def report(args) -> None:
-    rows = []
+    recorded = committed_rows(args.out)
+    provenance = {"machine": machine(), "reported": now(), "command": command()}
     for task in args.tasks:
         for seed in args.seeds:
             ppo_dir = BENCH_DIR / "runs" / f"{slug(task)}-{args.steps}-{DMC6_TAG}" / f"ppo-s{seed}"
-            if (ppo_dir / "metrics.csv").exists():
-                rows.append(summarise(ppo_dir, task, "ppo", seed))
+            if (task, "ppo", seed) not in recorded and (ppo_dir / "metrics.csv").exists():
+                recorded[task, "ppo", seed] = summarise(ppo_dir, task, "ppo", seed) | provenance
             for variant, config in variants().items():
                 run_dir = run_dir_of(task, variant, seed, args.steps)
-                if is_finished(run_dir, config):
-                    rows.append(summarise(run_dir, task, variant, seed))
-    provenance = {"machine": machine(), "reported": now(), "command": command()}
-    write_csv(args.out / "gorl_defaults.csv", [row | provenance for row in rows])
+                if (task, variant, seed) not in recorded and is_finished(run_dir, config):
+                    row = summarise(run_dir, task, variant, seed)
+                    recorded[task, variant, seed] = row | provenance
+    rows = list(recorded.values())
+    write_csv(args.out / "gorl_defaults.csv", rows)
     summary = []
     for task in args.tasks:
         for variant in ["ppo", *variants()]:
@@ -196,9 +210,12 @@ def main() -> None:
             env_backend="auto",
             tag=DMC6_TAG,
         )
+        recorded = committed_rows(args.out)
         for seed in args.seeds:
             for task in args.tasks:
                 for variant in args.variants:
+                    if (task, variant, seed) in recorded:
+                        continue
                     if variant == "ppo":
                         run_one(task, "ppo", seed, dmc6_args)
                     else:
