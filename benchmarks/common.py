@@ -14,6 +14,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.configs import from_jsonable, to_jsonable
@@ -91,6 +93,37 @@ def read_rows(path: Path, text_columns: set[str]) -> list[dict]:
             }
             for row in csv.DictReader(f)
         ]
+
+
+def interval_rows(scores: dict[str, list[list[float]]], key: str, gap: bool = False) -> list[dict]:
+    """rliable IQM and mean (and optimality gap, with gap) of each group's final scores, with 95%
+    stratified-bootstrap intervals. scores: {group: per task, its scores in seed order}; a
+    group missing a task is left out, one with unequal seeds per task uses the first n of each
+    (n the fewest any task has). key names the group's column."""
+    from gprl.report import interval_estimates
+
+    matrices = {
+        group: np.array([task[: min(map(len, per_task))] for task in per_task]).T
+        for group, per_task in scores.items()
+        if min(map(len, per_task))
+    }
+    if not matrices:
+        return []
+    points, ranges = interval_estimates(matrices)
+    names = ("iqm", "mean", "optimality_gap")[: 3 if gap else 2]
+    return [
+        {key: group, "seeds_per_task": len(matrix), "tasks": matrix.shape[1]}
+        | {
+            column: round(float(value), 4)
+            for i, name in enumerate(names)
+            for column, value in zip(
+                (name, f"{name}_low", f"{name}_high"),
+                (points[group][i], *ranges[group][:, i]),
+                strict=True,
+            )
+        }
+        for group, matrix in matrices.items()
+    ]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -38,13 +38,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from common import (
     RESULTS_DIR,
     command,
     completed_config_json,
     default_config_json,
     gprl_commit,
+    interval_rows,
     markdown_table,
     now,
     read_rows,
@@ -53,7 +53,7 @@ from common import (
 )
 from learning import INFO_FILE, RUNS_DIR, run_dir_of, run_one, run_status, slug
 
-from gprl.report import interval_estimates, read_run, write_report
+from gprl.report import read_run, write_report
 
 TASKS = [
     "dm_control/cheetah-run-v0",
@@ -159,35 +159,19 @@ def recorded_cell(record: Path, reported: dict) -> tuple[dict, list[dict]]:
 
 
 def intervals(rows: list[dict]) -> list[dict]:
-    """rliable IQM, mean and optimality gap of the final return / 1000 over tasks and seeds,
-    with 95% stratified-bootstrap intervals, per method that has every task (the first n seeds
-    of each task, n the fewest any task has)."""
-    matrices = {}
-    for algo in ROW_ORDER:
-        per_task = [
-            [r["final_eval_return"] / DMC_MAX_RETURN for r in sorted(rows, key=cell_key)
-             if r["algo"] == algo and r["task"] == task]
-            for task in TASKS
-        ]  # fmt: skip
-        seeds = min(len(scores) for scores in per_task)
-        if seeds:
-            matrices[algo] = np.array([scores[:seeds] for scores in per_task]).T
-    if not matrices:
-        return []
-    points, ranges = interval_estimates(matrices)
-    return [
-        {"algo": algo, "seeds_per_task": len(matrices[algo]), "tasks": len(TASKS)}
-        | {
-            column: round(float(value), 4)
-            for i, name in enumerate(("iqm", "mean", "optimality_gap"))
-            for column, value in zip(
-                (name, f"{name}_low", f"{name}_high"),
-                (points[algo][i], *ranges[algo][:, i]),
-                strict=True,
-            )
-        }
-        for algo in matrices
-    ]
+    """rliable intervals of the final return / 1000 over tasks and seeds, per method."""
+    by_seed = sorted(rows, key=cell_key)
+
+    def score(row: dict) -> float:
+        return row["final_eval_return"] / DMC_MAX_RETURN
+
+    scores = {
+        algo: [
+            [score(r) for r in by_seed if r["algo"] == algo and r["task"] == task] for task in TASKS
+        ]
+        for algo in ROW_ORDER
+    }
+    return interval_rows(scores, "algo", gap=True)
 
 
 def report(args) -> None:

@@ -64,6 +64,7 @@ from common import (
     command,
     gprl,
     gprl_commit,
+    interval_rows,
     load_average,
     machine,
     markdown_table,
@@ -313,30 +314,16 @@ def report(raw: dict[str, float], results_dir: Path) -> None:
 
 
 def intervals(rows: list[dict]) -> list[dict]:
-    """rliable IQM and mean of the final success rate over tasks and seeds, with 95%
-    stratified-bootstrap intervals, per method that has every task (the first n seeds of each
-    task, n the fewest any task has)."""
-    from gprl.report import interval_estimates
-
-    matrices = {}
-    for method in METHODS:
-        per_task = [
-            [r["success_after"] for r in sorted(rows, key=lambda r: r["seed"])
-             if r["method"] == method and r["task"] == task]
+    """rliable intervals of the final success rate over tasks and seeds, per method."""
+    by_seed = sorted(rows, key=lambda r: r["seed"])
+    scores = {
+        method: [
+            [r["success_after"] for r in by_seed if r["method"] == method and r["task"] == task]
             for task in TASKS
-        ]  # fmt: skip
-        seeds = min(len(scores) for scores in per_task)
-        if seeds:
-            matrices[method] = np.array([scores[:seeds] for scores in per_task]).T
-    points, ranges = interval_estimates(matrices)
-    return [
-        {"method": method, "seeds_per_task": len(matrices[method]), "tasks": len(TASKS)}
-        | {name: round(float(value), 4) for name, value in zip(
-            ("iqm", "iqm_low", "iqm_high", "mean", "mean_low", "mean_high"),
-            (points[method][0], *ranges[method][:, 0], points[method][1], *ranges[method][:, 1]),
-            strict=True)}
-        for method in matrices
-    ]  # fmt: skip
+        ]
+        for method in METHODS
+    }
+    return interval_rows(scores, "method")
 
 
 def main() -> None:
