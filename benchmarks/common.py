@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -180,9 +181,26 @@ def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str =
         "load_after": load_average(),
         "finished": now(),
         "gprl_commit": gprl_commit(),
+        "machine": machine(),
         "train_command": shown_command,
     }
     (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
+
+
+def train_recorded(
+    run_dir: Path, record_dir: Path, train_of: Callable[[], list[str]],
+    shown_of: Callable[[list[str]], str], label: str = "",
+) -> bool:  # fmt: skip
+    """Train (or resume) a cell unless its run finished, and record it, unless record_dir holds
+    it already; whether anything was done. train_of builds the `gprl train` arguments only when
+    they are needed (building them can train a cell's starting policy)."""
+    if (record_dir / DONE_FILE).exists():
+        return False
+    if not (run_dir / DONE_FILE).exists():
+        train = train_of()
+        train_cell(run_dir, train, shown_of(train), label)
+    record_cell(run_dir, record_dir)
+    return True
 
 
 def record_cell(run_dir: Path, record_dir: Path) -> None:

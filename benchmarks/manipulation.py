@@ -70,8 +70,7 @@ from common import (
     markdown_table,
     now,
     read_rows,
-    record_cell,
-    train_cell,
+    train_recorded,
     write_csv,
 )
 from imitation import (
@@ -176,14 +175,13 @@ def record_of(task: str, method: str, seed: int, results_dir: Path) -> Path:
 
 def run_cell(method: str, task: str, seed: int, args, legacy: set) -> None:
     """Train (or resume) one cell and record it, unless it is recorded already."""
-    record = record_of(task, method, seed, args.results_dir)
-    if (record / DONE_FILE).exists() or (task, method, seed) in legacy:
+    if (task, method, seed) in legacy:
         return
     run_dir = args.runs_dir / task / f"{method}-s{seed}"
-    if not (run_dir / DONE_FILE).exists():
-        train = cell_command(method, task, seed, run_dir, args)
-        train_cell(run_dir, train, shown_command(train))
-    record_cell(run_dir, record)
+    train_recorded(
+        run_dir, record_of(task, method, seed, args.results_dir),
+        lambda: cell_command(method, task, seed, run_dir, args), shown_command,
+    )  # fmt: skip
 
 
 def legacy_rows(results_dir: Path) -> list[dict]:
@@ -224,6 +222,7 @@ def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
         "load_before": info["load_before"],
         "gprl_commit": info["gprl_commit"],
         "train_command": info["train_command"],
+        "machine": info.get("machine"),
     }
 
 
@@ -295,8 +294,8 @@ def report(raw: dict[str, float], results_dir: Path) -> None:
     raw_path = results_dir / "manipulation_raw.json"
     known = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     raw_path.write_text(json.dumps(known | raw, indent=2))
-    provenance = {"machine": machine(), "reported": now(), "command": command()}
-    rows = [cell_row(path.parent, known | raw) | provenance for path in records] + legacy
+    reported = {"reported": now(), "command": command()}
+    rows = [cell_row(path.parent, known | raw) | reported for path in records] + legacy
     rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
     write_csv(results_dir / "manipulation.csv", rows)
     summary = summarise(rows)

@@ -92,7 +92,7 @@ from common import (
     markdown_table,
     now,
     record_cell,
-    train_cell,
+    train_recorded,
     write_csv,
 )
 
@@ -230,14 +230,11 @@ def record_of(run_dir: Path, results_dir: Path) -> Path:
 def run_cell(phase: str, task: str, method: str, seed: int, args) -> bool:
     """Run (or resume) one cell and record it; whether it ran."""
     run_dir = args.runs_dir / phase / task / f"{method}-s{seed}"
-    record = record_of(run_dir, args.results_dir)
-    if (record / DONE_FILE).exists():
-        return False
-    if not (run_dir / DONE_FILE).exists():
-        train = cell_command(phase, task, method, seed, run_dir, args)
-        train_cell(run_dir, train, shown_command(train), f"{phase} {task} {method} seed {seed}")
-    record_cell(run_dir, record)
-    return True
+    return train_recorded(
+        run_dir, record_of(run_dir, args.results_dir),
+        lambda: cell_command(phase, task, method, seed, run_dir, args), shown_command,
+        f"{phase} {task} {method} seed {seed}",
+    )  # fmt: skip
 
 
 def read_cell(run_dir: Path) -> tuple[list[dict], dict, dict]:
@@ -293,6 +290,7 @@ def cell_row(run_dir: Path) -> tuple[dict, list[dict]]:
     }
     row |= reference_columns(phase, task, method, row["success"])
     row |= {"gprl_commit": info["gprl_commit"], "train_command": info["train_command"]}
+    row |= {"machine": info.get("machine")}
     return row, curve
 
 
@@ -373,8 +371,9 @@ def report(args, rliable: bool) -> None:
     """Everything under Results from the recorded cells (cells finished by an earlier version
     of this script in --runs-dir are recorded first)."""
     for done in args.runs_dir.glob(f"*/*/*/{DONE_FILE}"):
-        if not (record_of(done.parent, args.results_dir) / DONE_FILE).exists():
-            record_cell(done.parent, record_of(done.parent, args.results_dir))
+        record = record_of(done.parent, args.results_dir)
+        if not (record / DONE_FILE).exists():
+            record_cell(done.parent, record)
     finished = sorted((args.results_dir / RECORDS).glob(f"*/*/*/{DONE_FILE}"))
     if not finished:
         print("no cells yet")
@@ -383,9 +382,9 @@ def report(args, rliable: bool) -> None:
     order = {name: i for i, name in enumerate([*PHASES, *ENVS, *ONLINE_METHODS])}
     cells.sort(key=lambda c: tuple(order[c[0][k]] for k in ("phase", "task", "method")))
     rows = [row for row, _ in cells]
-    provenance = {"machine": machine(), "reported": now(), "command": command()}
+    reported = {"reported": now(), "command": command()}
     results = args.results_dir
-    write_csv(results / "ogbench.csv", [row | provenance for row in rows])
+    write_csv(results / "ogbench.csv", [row | reported for row in rows])
     write_csv(results / "ogbench_curves.csv", [point for _, curve in cells for point in curve])
     summary = summarise(rows)
     write_csv(results / "ogbench_summary.csv", summary)
