@@ -28,6 +28,9 @@ an interrupted one resumes, so the grid finishes across sessions.
    gradient step per env step (update-to-data 5 per decision of a chunk, 1 for FQL). FQL and
    QC-FQL cells run before QC's.
 
+Every cell keeps observations as OGBench gives them (--ALGO.no-normalize-observations), as the
+references do.
+
 Networks: --hidden widths for all three networks (BC flow, one-step policy, critics) with
 --activation. The papers' 4 x 512 GELU took 211 ms per gradient step on this 2-core CPU
 (results/offpolicy_throughput.csv): 1M steps would take 2.4 days per cell. Measured here
@@ -212,6 +215,7 @@ def cell_command(phase: str, task: str, method: str, seed: int, run_dir: Path, a
         "--eval-episodes", str(args.eval_episodes), "--checkpoint-every",
         str(args.checkpoint_every), "--seed", str(seed), "--out", str(run_dir), "--overwrite",
         "--no-progress", *settings, *network_options(method, args),
+        f"--{method}.no-normalize-observations",
     ]  # fmt: skip
 
 

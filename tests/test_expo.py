@@ -75,7 +75,7 @@ def test_offline_edits_reach_the_optimum_that_one_bc_sample_misses(tmp_path):
 def test_every_candidate_lies_within_the_edit_bound_of_a_base_action():
     algo = EXPO(replace(FAST, edit_scale=0.2), SPEC, num_envs=1, total_steps=1024)
     state = algo.init(jax.random.PRNGKey(0))
-    policy = algo.acting_params(state)
+    policy = algo.acting_params(state)["policy"]
     # Large weights saturate tanh: the edits' magnitudes reach the bound itself.
     policy["edit"] = jax.tree.map(lambda w: 50.0 * w + 1.0, policy["edit"])
     obs = jax.random.uniform(jax.random.PRNGKey(1), (256, 3), minval=-1.0)
@@ -91,9 +91,9 @@ def test_every_candidate_lies_within_the_edit_bound_of_a_base_action():
 
 def test_the_edit_policy_starts_at_a_zero_mean_edit():
     algo = EXPO(FAST, SPEC, num_envs=1, total_steps=1024)
-    acting = algo.acting_params(algo.init(jax.random.PRNGKey(0)))
+    policy = algo.acting_params(algo.init(jax.random.PRNGKey(0)))["policy"]
     obs = jax.random.uniform(jax.random.PRNGKey(1), (64, 3), minval=-1.0)
-    mean, _ = algo._edit_distribution(acting["edit"], obs, np.zeros((64, 2), np.float32))
+    mean, _ = algo._edit_distribution(policy["edit"], obs, np.zeros((64, 2), np.float32))
     assert np.all(np.asarray(mean) == 0.0)
 
 

@@ -79,7 +79,7 @@ def test_the_global_then_local_optimisation_climbs_a_known_q():
     algo = PARL(replace(FAST, num_samples=8, num_kept=3), probe_spec(), 4, 1024)
     optimum = jnp.array([0.3, -0.6])
     algo._q = lambda critic, obs, action: -jnp.sum((action - optimum) ** 2, axis=-1)
-    policy = algo.acting_params(algo.init(jax.random.PRNGKey(0)))
+    policy = algo.acting_params(algo.init(jax.random.PRNGKey(0)))["policy"]
     obs = jax.random.uniform(jax.random.PRNGKey(1), (64, 3), minval=-1.0)
     noise = jax.random.normal(jax.random.PRNGKey(2), (64, 8, 2))
     samples = algo.flow.sample(policy["base"], jnp.repeat(obs[:, None], 8, axis=1), noise)
@@ -121,7 +121,7 @@ def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
     batch = quadratic_batch(obs, actions)
     # While warming up the run acts with the base's own sample from the first noise.
     noise = jax.random.normal(jax.random.PRNGKey(1), (64, 4, 2))
-    acted, *_ = algo.decide(algo.acting_params(state), obs, noise)
+    acted, *_ = algo.decide(algo.acting_params(state)["policy"], obs, noise)
     sampled = algo.flow.sample(state["params"]["flow"], obs, noise[:, 0])
     np.testing.assert_allclose(acted, sampled, atol=1e-6)
 
@@ -135,7 +135,9 @@ def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
     assert losses[-1] < 0.8 * losses[0], losses
     # The first distillation step is a fresh Adam's: the weights move by its rate, at most.
     distilled, info = update(warm, jax.random.PRNGKey(3))
-    assert info["base/distilling"] == 1 and not algo.acting_params(distilled)["warming_up"]
+    assert (
+        info["base/distilling"] == 1 and not algo.acting_params(distilled)["policy"]["warming_up"]
+    )
     moved = jax.tree.leaves(
         jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), distilled["params"]["flow"],
                      warm["params"]["flow"])
@@ -207,6 +209,10 @@ def test_a_base_that_does_not_act_in_this_runs_decisions_is_refused_in_one_line(
     flat = initial_policy.flat_chunk_policy(pretrained)
     with pytest.raises(ValueError, match="--init decides 6 action values at once; this run's "):
         PARL(FAST, CHUNK_SPEC, 4, 20_000, pretrained=flat)
+    # A pretrained base standardises observations itself: standardising them first is refused.
+    standardising = replace(FAST, normalize_observations=True)
+    with pytest.raises(ValueError, match=r"a pretrained base \(--init\) standardises them itself"):
+        chunked_algo("gaussian", standardising)
 
 
 def test_cli_rejects_bad_pa_rl_input_in_one_line(tmp_path, cli_error):

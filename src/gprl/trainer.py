@@ -340,7 +340,10 @@ class TrainJob:
             self.record["custom_networks"] = networks.describe()
         self.identity = identity(algo_name, run.env, envs.spec, demos)
         init_key, key = jax.random.split(jax.random.PRNGKey(run.seed))
-        self.state = {"algo": algo.init(init_key), "key": key}
+        algo_state = algo.init(init_key)
+        if offline is not None:
+            algo_state = algo.with_offline_data(algo_state, offline)
+        self.state = {"algo": algo_state, "key": key}
         self.pretrained = run.init is not None
 
     # ----- the run loop's interface -----------------------------------------------------------

@@ -209,6 +209,13 @@ class OffPolicyAlgorithm(Algorithm):
         (state, metrics). Terminations end the bootstrap, truncations do not."""
         raise NotImplementedError
 
+    def with_offline_data(self, state, transitions: dict) -> dict:
+        """A fresh run's state once it knows the offline dataset that pre-fills the buffer
+        (--dataset; transitions as the buffer holds them, gprl.replay.DATASET_FIELDS), before
+        the first update: where the method takes something from the data as a whole (the
+        statistics it standardises observations with). Default: unchanged."""
+        return state
+
     def explore(self, acting, obs, key) -> tuple[Any, dict]:
         """How to act before learning starts (the schedule's warm-up, skipped when an offline
         dataset pre-fills the buffer): jittable like `act`, with extras shaped like `act`'s, as

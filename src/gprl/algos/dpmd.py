@@ -127,11 +127,11 @@ class DPMD(FlowCritic):
         noise = jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
         return jnp.clip(self.flow.sample(policy["flow"], obs, noise), -1.0, 1.0)
 
-    def act_deterministic(self, acting, obs):
+    def _deterministic(self, policy, obs):
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_candidates, self.spec.action_dim))
         noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
-        candidates, q = self._candidates(acting, obs, noise)
+        candidates, q = self._candidates(policy, obs, noise)
         best = jnp.argmax(q, axis=-1)
         return jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
 

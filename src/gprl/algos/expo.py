@@ -122,10 +122,10 @@ class EXPO(FlowCritic):
         shape = (*obs.shape[:-1], self.config.num_samples, self.spec.action_dim)
         return self._best_of(policy, obs, jax.random.normal(base_key, shape), edit_key)
 
-    def act_deterministic(self, acting, obs):
+    def _deterministic(self, policy, obs):
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
-        return self._best_of(acting, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
+        return self._best_of(policy, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
 
     def _best_of(self, policy, obs, noise, edit_key=None):
         """Of the base actions the BC flow maps noise (..., N, action_dim) to and their edits

@@ -205,7 +205,7 @@ class MaxEntDP(FlowCritic):
         step_noise = jax.random.normal(step_key, (steps, *shape))
         return self._chain(policy["flow"], obs, jax.random.normal(start_key, shape), step_noise)
 
-    def act_deterministic(self, acting, obs):
+    def _deterministic(self, policy, obs):
         count, dim = self.config.eval_samples, self.spec.action_dim
         start_key, step_key = jax.random.split(jax.random.PRNGKey(EVALUATION_NOISE_SEED))
         # The same fixed noises at every state: one size-1 axis per batch axis of obs.
@@ -216,16 +216,16 @@ class MaxEntDP(FlowCritic):
         shape = (*obs.shape[:-1], count, dim)
         repeated = jnp.broadcast_to(obs[..., None, :], (*shape[:-1], obs.shape[-1]))
         candidates = self._chain(
-            acting["flow"],
+            policy["flow"],
             repeated,
             jnp.broadcast_to(noise, shape),
             jnp.broadcast_to(step_noise, (steps, *shape)),
         )
-        best = jnp.argmax(self._q(acting["critic"], repeated, candidates), axis=-1)
+        best = jnp.argmax(self._q(policy["critic"], repeated, candidates), axis=-1)
         return jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
 
-    def update(self, state, batch, key):
-        state, info = super().update(state, batch, key)
+    def _update(self, state, batch, key):
+        state, info = super()._update(state, batch, key)
         log_range = np.log(np.asarray(self.config.alpha_range, np.float32))
         log_alpha = jnp.clip(state["params"]["log_alpha"], *log_range)
         return state | {"params": state["params"] | {"log_alpha": log_alpha}}, info

@@ -100,6 +100,11 @@ class PARLConfig(FlowCriticConfig):
 
     learning_rate: float = 3e-4
     """Adam step size of the critics (reference: 3e-4)."""
+    normalize_observations: bool | None = None
+    """Standardise observations with the offline dataset's statistics (FQL's option); None: on
+    without --init, off with it, whose base standardises them with its pretrain statistics
+    (the critics then see them as the env gives them). On with --init is refused: the base
+    would standardise them twice."""
 
     num_samples: int = 8
     """Base actions sampled per state, ranked by Q (reference N: 32)."""
@@ -242,6 +247,13 @@ def check_base(pretrained, spec) -> None:
 def resolved_config(config: PARLConfig, pretrained: bool, offline_updates: int) -> PARLConfig:
     """config with its defaults that depend on --init and the offline phase (offline_updates
     gradient steps) filled in."""
+    if pretrained and config.normalize_observations:
+        raise ValueError(
+            "normalize_observations standardises observations before the base sees them, and a "
+            "pretrained base (--init) standardises them itself: leave it unset"
+        )
+    if config.normalize_observations is None:
+        config = replace(config, normalize_observations=not pretrained)
     if config.base_learning_rate is None:
         rate = PRETRAINED_BASE_LEARNING_RATE if pretrained else config.learning_rate
         config = replace(config, base_learning_rate=rate)
@@ -284,7 +296,7 @@ class PARL(FlowCritic):
     def init(self, key) -> dict:
         return super().init(key) | {"updates": jnp.asarray(0, jnp.int32)}
 
-    def acting_params(self, state):
+    def _acting_policy(self, state):
         warming_up = state["updates"] < self.config.critic_warmup_updates
         return self._policy_params(state["params"]) | {"warming_up": warming_up}
 
@@ -296,7 +308,7 @@ class PARL(FlowCritic):
         noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1])
         return self.decide(policy, obs, noise, step_noise)[0]
 
-    def act_deterministic(self, acting, obs):
+    def _deterministic(self, policy, obs):
         # The same N noises for every state (as EXPO and QC), zero step noises. The first is
         # zero: during the warm-up the base's mode decides, as other fine-tuners evaluate their
         # pretrained start, and after it the mode stays among the candidates.
@@ -304,11 +316,11 @@ class PARL(FlowCritic):
         noise = jax.random.normal(key, (self.config.num_samples, self.flow.noise_dim))
         noise = noise.at[0].set(0.0)
         noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
-        return self.decide(acting, obs, noise)[0]
+        return self.decide(policy, obs, noise)[0]
 
     def _td_target(self, state, batch, key):
         # FlowCritic's backup, with the acting parameters (the warm-up flag among them).
-        next_action = self._sample(self.acting_params(state), batch.next_obs, key)
+        next_action = self._sample(self._acting_policy(state), batch.next_obs, key)
         next_q = self._q(state["target_critic"], batch.next_obs, next_action)
         continues = 1.0 - batch.terminated.astype(jnp.float32)
         return batch.reward + self.config.gamma * continues * next_q
@@ -333,7 +345,9 @@ class PARL(FlowCritic):
         noise_key, step_key = jax.random.split(key)
         noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1], 1)
         step_noise = None if step_noise is None else step_noise[..., 0, :]
-        return self.flow.sample(acting["base"], obs, noise[..., 0, :], step_noise), {}
+        obs = self._standardised(acting["obs_norm"], obs)
+        base = acting["policy"]["base"]
+        return self.flow.sample(base, obs, noise[..., 0, :], step_noise), {}
 
     def _noises(self, key, step_key, batch_shape, count=None):
         """Unit noises of `count` (default N) base samples per state, and their step noises."""
@@ -383,16 +397,16 @@ class PARL(FlowCritic):
         better = last_q > best_q
         return jnp.where(better[..., None], last, best), jnp.maximum(last_q, best_q)
 
-    def update(self, state, batch, key):
+    def _update(self, state, batch, key):
         """FlowCritic's gradient step, the base imitating the optimised actions of the batch's
         states (found with the parameters before the step); during the critic warm-up only the
         critics learn."""
         target_key, noise_key, step_key = jax.random.split(key, 3)
         noise, step_noise = self._noises(noise_key, step_key, batch.obs.shape[:-1])
-        policy = self.acting_params(state)
+        policy = self._acting_policy(state)
         optimised, base_q, optimised_q = self.decide(policy, batch.obs, noise, step_noise)
         batch = batch._replace(extras=batch.extras | {OPTIMISED: optimised})
-        updated, info = super().update(state, batch, target_key)
+        updated, info = super()._update(state, batch, target_key)
         updated = held_base(state, updated, policy["warming_up"])
         return updated | {"updates": state["updates"] + 1}, info | {
             "base/q": base_q,
