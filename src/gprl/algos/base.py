@@ -17,6 +17,8 @@ a method overrides only the hooks it needs:
   policy and change the algorithm with it (a refit of a part of the policy, a new stage);
 - `on_evaluation`: see every deterministic evaluation's summary (to keep the best policy);
 - `explore` (off-policy): how to act before learning starts;
+- `with_offline_data` (off-policy): take what the method needs of an offline dataset as a
+  whole (its observation statistics) into a fresh state, before the first update;
 - `fine_tunes_chunks`, `chunk_length`, `step_discount`, `per_decision_config`: acting in
   action chunks (below).
 
