@@ -340,10 +340,9 @@ class TrainJob:
             self.record["custom_networks"] = networks.describe()
         self.identity = identity(algo_name, run.env, envs.spec, demos)
         init_key, key = jax.random.split(jax.random.PRNGKey(run.seed))
-        algo_state = algo.init(init_key)
-        if offline is not None:
-            algo_state = algo.with_offline_data(algo_state, offline)
-        self.state = {"algo": algo_state, "key": key}
+        fresh = algo.init(init_key)
+        fresh = fresh if offline is None else algo.with_offline_data(fresh, offline)
+        self.state = {"algo": fresh, "key": key}
         self.pretrained = run.init is not None
 
     # ----- the run loop's interface -----------------------------------------------------------
