@@ -28,6 +28,9 @@ Per task and seed s:
      alpha 100 (the Q-chunking paper's FQL baseline, next to QC-FQL).
    - pa-rl: --init the chunked flow start; --offline-updates on the demonstrations (the paper's
      offline phase, Cal-QL critics there), then Cal-QL's 50/50 batches online.
+   expo, qc, qc-fql and fql standardise observations with the demonstrations' statistics (their
+   default since gprl 0a0f12c; their pick-place seed-0 cells from before it, on raw
+   observations, started at 0.00-0.04 and were run again).
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
