@@ -92,6 +92,9 @@ from imitation import (
     ROOT as IMITATION_ROOT,
 )
 
+from gprl.pretrain import POLICIES
+from gprl.pretrained import PretrainConfig
+
 ROOT = BENCH_DIR / "runs" / "manipulation"
 RECORDS = "manipulation_runs"
 """Under --results-dir: each finished cell's record (`common.record_cell`), committed."""
@@ -112,14 +115,25 @@ METHODS = {
     "fql": ("fql", None),
     "pa-rl": ("pa-rl", "flow"),
 }
+
+
+def bc_start_flow_options(algorithm: str) -> list[str]:
+    """Options giving an algorithm's BC flow the flow network and Adam step of the BC starts
+    (`gprl pretrain flow`'s defaults, which the imitation benchmark trains them with)."""
+    flow, step = POLICIES["flow"].default_config, PretrainConfig().learning_rate
+    return [
+        f"--{algorithm}.flow.hidden", *map(str, flow.hidden),
+        f"--{algorithm}.flow.activation", flow.activation,
+        f"--{algorithm}.learning-rate", str(step),
+    ]  # fmt: skip
+
+
 # Off-policy methods on the demonstrations: their options beside --dataset (see the docstring).
 ON_DEMONSTRATIONS = {
     "residual": ["--residual.offline-fraction", "0.5"],
     "expo": ["--expo.offline-fraction", "0.5"],
     "qc": [],
-    "qc-wide": shlex.split(
-        "--qc.flow.hidden 256 256 256 --qc.flow.activation silu --qc.learning-rate 1e-3"
-    ),
+    "qc-wide": bc_start_flow_options("qc"),
     "qc-fql": [],
     "fql": ["--fql.alpha", "100"],
     "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
