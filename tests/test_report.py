@@ -171,6 +171,17 @@ def test_task_inputs_split_a_group_only_where_one_task_has_several(tmp_path):
     }
 
 
+def test_a_base_per_seed_pools_and_two_bases_on_one_seed_split(tmp_path):
+    # Each seed fine-tuning its own seed's imitation run is one configuration over 3 seeds.
+    own = [fake_run(tmp_path, "dppo", "x", s, [1.0], init=f"bases/x-s{s}") for s in range(3)]
+    runs, _ = read_runs(own)
+    assert {r.group for r in runs} == {"dppo"}
+    # Two bases tried on the same seed are two configurations, not one seed twice.
+    other = fake_run(tmp_path, "dppo", "x", 0, [1.0], name="other", init="bases/other")
+    runs, _ = read_runs([own[0], other])
+    assert sorted(r.group for r in runs) == ["dppo [init=bases/other]", "dppo [init=bases/x-s0]"]
+
+
 def test_one_directory_given_twice_counts_once(tmp_path, monkeypatch):
     run = fake_run(tmp_path, "a", "x", 0, [1.0])
     other = fake_run(tmp_path, "a", "x", 1, [3.0])

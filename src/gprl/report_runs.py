@@ -5,10 +5,12 @@ config and one set of run options (all but `UNPOOLED_OPTIONS`, which do not chan
 learns, and the env, which is the task); its runs are that configuration's seeds on each task.
 A group is named by its algorithm where the algorithm has one configuration, else by the fields
 that tell its configurations apart ("ppo [learning_rate=0.0001]"). `init` and `dataset` name a
-task's own pretrained policy or dataset, so they differ across the tasks of one configuration;
-they split a group only where one task holds several. What was pooled is printed and written to
-report.md. The configs read are those saved with the checkpoint, which resume and eval use; a
-config.json edited by hand since is refused.
+task's own pretrained policy or dataset, or a seed's own (each seed fine-tuning the imitation run
+of that seed), so they differ across the tasks and seeds of one configuration; they split a group
+only where one task holds several that are not one per seed (one of them shared by several seeds,
+or several on one seed). What was pooled is printed and written to report.md. The configs read
+are those saved with the checkpoint, which resume and eval use; a config.json edited by hand
+since is refused.
 
 A directory given twice (under any paths) counts once. Two runs of one configuration with one
 seed on one task are one sample, not two seeds: the report refuses them in one line naming both,
@@ -222,15 +224,26 @@ def group_runs(runs: list[RunSummary]) -> list[RunSummary]:
 
 def _configuration_keys(runs: list[RunSummary]) -> list[tuple]:
     """Each run's configuration: its settings, with its task inputs where one task holds runs
-    of those settings with several task inputs."""
-    inputs = defaultdict(set)
+    of those settings with several task inputs that are not one per seed."""
+    cells = defaultdict(set)
     for r in runs:
-        inputs[r.algo, r.settings, r.env].add(r.task_inputs)
-    split = {(algo, settings) for (algo, settings, _), found in inputs.items() if len(found) > 1}
+        cells[r.algo, r.settings, r.env].add((r.seed, r.task_inputs))
+    split = {
+        (algo, settings)
+        for (algo, settings, _), found in cells.items()
+        if not _one_input_per_seed(found)
+    }
     return [
         tuple(sorted(r.settings + r.task_inputs)) if (r.algo, r.settings) in split else r.settings
         for r in runs
     ]
+
+
+def _one_input_per_seed(cells: set[tuple]) -> bool:
+    """Whether the (seed, task inputs) pairs of one task are one input, or one per seed."""
+    seeds = {seed for seed, _ in cells}
+    inputs = {found for _, found in cells}
+    return len(inputs) == 1 or len(seeds) == len(inputs) == len(cells)
 
 
 def _differing_fields(configurations: list[dict]) -> set[str]:
