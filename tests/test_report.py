@@ -180,6 +180,12 @@ def test_a_base_per_seed_pools_and_two_bases_on_one_seed_split(tmp_path):
     other = fake_run(tmp_path, "dppo", "x", 0, [1.0], name="other", init="bases/other")
     runs, _ = read_runs([own[0], other])
     assert sorted(r.group for r in runs) == ["dppo [init=bases/other]", "dppo [init=bases/x-s0]"]
+    # From scratch beside the per-seed starts: two configurations, each over its seeds.
+    scratch = [fake_run(tmp_path, "dppo", "x", s, [0.0], name=f"scratch{s}") for s in range(3)]
+    runs, _ = read_runs(own + scratch)
+    groups = {r.run_dir.name: r.group for r in runs}
+    assert {groups[d.name] for d in own} == {"dppo [init=given]"}
+    assert {groups[d.name] for d in scratch} == {"dppo [init=null]"}
 
 
 def test_one_directory_given_twice_counts_once(tmp_path, monkeypatch):

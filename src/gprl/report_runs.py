@@ -8,9 +8,10 @@ that tell its configurations apart ("ppo [learning_rate=0.0001]"). `init` and `d
 task's own pretrained policy or dataset, or a seed's own (each seed fine-tuning the imitation run
 of that seed), so they differ across the tasks and seeds of one configuration; they split a group
 only where one task holds several that are not one per seed (one of them shared by several seeds,
-or several on one seed). What was pooled is printed and written to report.md. The configs read
-are those saved with the checkpoint, which resume and eval use; a config.json edited by hand
-since is refused.
+or several on one seed). Whether a run has one is part of its configuration ("ppo [init=null]",
+from scratch, beside "ppo [init=given]"). What was pooled is printed and written to report.md.
+The configs read are those saved with the checkpoint, which resume and eval use; a config.json
+edited by hand since is refused.
 
 A directory given twice (under any paths) counts once. Two runs of one configuration with one
 seed on one task are one sample, not two seeds: the report refuses them in one line naming both,
@@ -40,6 +41,7 @@ UNPOOLED_OPTIONS = frozenset(
 )
 """Run options that runs of one group may differ in (the env is the task axis instead)."""
 TASK_INPUTS = ("init", "dataset")
+NONE, GIVEN = json.dumps(None), json.dumps("given")
 """Run options naming a task's own pretrained policy or dataset."""
 METRICS = ("return", "success_rate")
 """What a report can score runs by; "auto" chooses (see `choose_metric`)."""
@@ -177,7 +179,10 @@ def _settings(config: dict) -> tuple[tuple, tuple]:
         name: value for name, value in run.items() if name not in UNPOOLED_OPTIONS
     }
     encoded = {name: json.dumps(value, sort_keys=True) for name, value in fields.items()}
-    inputs = tuple((name, encoded.pop(name)) for name in TASK_INPUTS if name in encoded)
+    inputs = tuple((name, encoded[name]) for name in TASK_INPUTS if encoded.get(name, NONE) != NONE)
+    # Whether a run has an init or a dataset stays in its settings: from scratch and from a
+    # pretrained start are two configurations, whatever start each task or seed has.
+    encoded |= {name: GIVEN for name, _ in inputs}
     return tuple(sorted(encoded.items())), inputs
 
 
@@ -234,7 +239,9 @@ def _configuration_keys(runs: list[RunSummary]) -> list[tuple]:
         if not _one_input_per_seed(found)
     }
     return [
-        tuple(sorted(r.settings + r.task_inputs)) if (r.algo, r.settings) in split else r.settings
+        tuple(sorted((dict(r.settings) | dict(r.task_inputs)).items()))
+        if (r.algo, r.settings) in split
+        else r.settings
         for r in runs
     ]
 
