@@ -41,8 +41,10 @@ UNPOOLED_OPTIONS = frozenset(
 )
 """Run options that runs of one group may differ in (the env is the task axis instead)."""
 TASK_INPUTS = ("init", "dataset")
+"""Run options naming a task's or a seed's own pretrained policy or dataset."""
 NONE, GIVEN = json.dumps(None), json.dumps("given")
-"""Run options naming a task's own pretrained policy or dataset."""
+"""A task input's settings value: unset (from scratch, no dataset) or given (its value is then
+among the run's task inputs)."""
 METRICS = ("return", "success_rate")
 """What a report can score runs by; "auto" chooses (see `choose_metric`)."""
 
@@ -64,9 +66,9 @@ class RunSummary:
     """(n, 2): env steps and deterministic evaluation return at each evaluation."""
     settings: tuple = ()
     """Sorted (field, JSON value) pairs of the algorithm config and the run options that shape
-    what the run learns, except the task inputs."""
+    what the run learns; a task input there is only `NONE` or `GIVEN`."""
     task_inputs: tuple = ()
-    """(field, JSON value) pairs of `TASK_INPUTS`."""
+    """(field, JSON value) pairs of the `TASK_INPUTS` the run was given."""
     group: str = ""
     """The name of the group the run pools into; set by `group_runs`."""
     success_curve: np.ndarray | None = None
