@@ -79,6 +79,7 @@ def test_cli_rejects_bad_dpmd_input_in_one_line(tmp_path, cli_error):
     base = ["train", "dpmd", "--env", BANDIT, "--out", str(tmp_path / "bad")]
     for args, message in [
         (["--dpmd.num-candidates", "1"], "num_candidates must be at least 2, got 1"),
+        (["--dpmd.backup-samples", "-2"], "backup_samples must be 0 or more, got -2"),
         (["--dpmd.initial-alpha", "0"], "initial_alpha must be positive, got 0.0"),
         (
             ["--dpmd.target-effective-share", "0.01"],

@@ -85,10 +85,18 @@ class DPMDConfig(FlowCriticConfig):
     q_aggregation: Literal["mean", "min"] = "min"
     """How the critics combine, in the TD target, the weights and the evaluation's choice: min
     (reference: the minimum of 2 critics) or mean."""
+    backup_samples: int = 0
+    """0: the TD target takes Q' at one fresh policy sample at s' (the reference's plain
+    backup). K > 0: the max of Q' over K policy samples and K uniform actions, an estimate of
+    Q-learning's max (2K critic calls per batch entry): the critics then value every optimum
+    the data reached, where the plain backup values the one the policy heads for. Measured on
+    gprl/TwoGoalPoint-v0 in the README ("Keeping modes")."""
 
     def validate(self) -> None:
         super().validate()
         check_learning_rates(self, "alpha_learning_rate")
+        if self.backup_samples < 0:
+            raise ValueError(f"backup_samples must be 0 or more, got {self.backup_samples}")
         if self.num_candidates < 2:
             raise ValueError(f"num_candidates must be at least 2, got {self.num_candidates}")
         if not self.initial_alpha > 0:
@@ -126,6 +134,9 @@ class DPMD(FlowCritic):
     def _sample(self, policy, obs, key):
         noise = jax.random.normal(key, (*obs.shape[:-1], self.spec.action_dim))
         return jnp.clip(self.flow.sample(policy["flow"], obs, noise), -1.0, 1.0)
+
+    def _next_q(self, state, next_obs, key):
+        return self._best_next_q(state, next_obs, key, self.config.backup_samples)
 
     def _deterministic(self, policy, obs):
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)

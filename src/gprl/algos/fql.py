@@ -201,11 +201,39 @@ class FlowCritic(OffPolicyAlgorithm):
         return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
 
     def _td_target(self, state, batch, key):
-        """r + gamma Q_target(s', pi(s')), ended only by terminations."""
-        next_action = self._sample(self._policy_params(state["params"]), batch.next_obs, key)
-        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
+        """r + gamma V(s'), ended only by terminations."""
         continues = 1.0 - batch.terminated.astype(jnp.float32)
+        next_q = self._next_q(state, batch.next_obs, key)
         return batch.reward + self.config.gamma * continues * next_q
+
+    def _next_q(self, state, next_obs, key):
+        return self._sampled_next_q(state, next_obs, key)
+
+    def _sampled_next_q(self, state, next_obs, key):
+        """Q_target(s', a'), a' a sample of the policy."""
+        next_action = self._sample(self._policy_params(state["params"]), next_obs, key)
+        return self._q(state["target_critic"], next_obs, next_action)
+
+    def _best_next_q(self, state, next_obs, key, count: int):
+        """The max of Q_target(s', a) over count policy samples and count uniform actions in the
+        box (count 0: one policy sample). Q-learning's max, estimated: the critics then value every
+        optimum the data reached, not only those the current policy heads for."""
+        if count == 0:
+            return self._sampled_next_q(state, next_obs, key)
+        sample_key, uniform_key = jax.random.split(key)
+        shape = (*next_obs.shape[:-1], count, self.spec.action_dim)
+        obs_shape = (*shape[:-1], next_obs.shape[-1])
+        sampled = self._sample(
+            self._policy_params(state["params"]),
+            jnp.broadcast_to(next_obs[..., None, :], obs_shape),
+            sample_key,
+        )
+        uniform = jax.random.uniform(uniform_key, shape, minval=-1.0, maxval=1.0)
+        candidates = jnp.concatenate([sampled, uniform], axis=-2)
+        candidate_obs = jnp.broadcast_to(
+            next_obs[..., None, :], (*shape[:-2], 2 * count, obs_shape[-1])
+        )
+        return self._q(state["target_critic"], candidate_obs, candidates).max(-1)
 
     def _critic_loss(self, critic, batch, target):
         q = self.critic.apply(critic, batch.obs, batch.action)

@@ -318,12 +318,10 @@ class PARL(FlowCritic):
         noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
         return self.decide(policy, obs, noise)[0]
 
-    def _td_target(self, state, batch, key):
-        # FlowCritic's backup, with the acting parameters (the warm-up flag among them).
-        next_action = self._sample(self._acting_policy(state), batch.next_obs, key)
-        next_q = self._q(state["target_critic"], batch.next_obs, next_action)
-        continues = 1.0 - batch.terminated.astype(jnp.float32)
-        return batch.reward + self.config.gamma * continues * next_q
+    def _next_q(self, state, next_obs, key):
+        # FlowCritic's, with the acting parameters (the warm-up flag among them).
+        next_action = self._sample(self._acting_policy(state), next_obs, key)
+        return self._q(state["target_critic"], next_obs, next_action)
 
     def decide(self, policy, obs, noise, step_noise=None):
         """`optimised`, or during the critic warm-up the base's own sample from the first noise
