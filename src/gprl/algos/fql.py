@@ -210,8 +210,8 @@ class FlowCritic(OffPolicyAlgorithm):
         return self._sampled_next_q(state, next_obs, key)
 
     def _sampled_next_q(self, state, next_obs, key):
-        """Q_target(s', a'), a' a sample of the policy."""
-        next_action = self._sample(self._policy_params(state["params"]), next_obs, key)
+        """Q_target(s', a'), a' a sample of the acting policy."""
+        next_action = self._sample(self._acting_policy(state), next_obs, key)
         return self._q(state["target_critic"], next_obs, next_action)
 
     def _best_next_q(self, state, next_obs, key, count: int):
@@ -224,7 +224,7 @@ class FlowCritic(OffPolicyAlgorithm):
         shape = (*next_obs.shape[:-1], count, self.spec.action_dim)
         obs_shape = (*shape[:-1], next_obs.shape[-1])
         sampled = self._sample(
-            self._policy_params(state["params"]),
+            self._acting_policy(state),
             jnp.broadcast_to(next_obs[..., None, :], obs_shape),
             sample_key,
         )

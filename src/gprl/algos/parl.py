@@ -318,11 +318,6 @@ class PARL(FlowCritic):
         noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
         return self.decide(policy, obs, noise)[0]
 
-    def _next_q(self, state, next_obs, key):
-        # FlowCritic's, with the acting parameters (the warm-up flag among them).
-        next_action = self._sample(self._acting_policy(state), next_obs, key)
-        return self._q(state["target_critic"], next_obs, next_action)
-
     def decide(self, policy, obs, noise, step_noise=None):
         """`optimised`, or during the critic warm-up the base's own sample from the first noise
         (scaled as its pretrain run draws it: a Gaussian base acts from its mean)."""
