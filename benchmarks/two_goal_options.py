@@ -1,9 +1,10 @@
 """Which options make the maximum-entropy methods keep both goals of gprl/TwoGoalPoint-v0.
 
-Every cell (method, backup samples, seed) runs, as a user would,
+Every cell (method, backup samples, warm-up hold, seed) runs, as a user would,
 
     gprl train METHOD --env gprl/TwoGoalPoint-v0 --total-steps 40000 --num-envs 16 --seed S \
-        --METHOD.gamma 0.9 --METHOD.alpha-learning-rate 1e-4 --METHOD.backup-samples K
+        --METHOD.gamma 0.9 --METHOD.alpha-learning-rate 1e-4 --METHOD.backup-samples K \
+        [--METHOD.explore-hold H, where H is above 1]
 
 and is then measured as benchmarks/multimodality.py measures: the share of 256 stochastic first
 actions at each of 64 reset observations heading for the +x and the -x goal. One row per cell in
@@ -12,11 +13,12 @@ resumes from its checkpoint, so the grid finishes across invocations. The README
 modes" reads the table.
 
     python benchmarks/two_goal_options.py
-    python benchmarks/two_goal_options.py --methods dpmd --backups 32 --seeds 2
+    python benchmarks/two_goal_options.py --methods dpmd --backups 32 --holds 8 --seeds 2
 """
 
 import argparse
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -36,23 +38,30 @@ from multimodality import measure
 TASK = "gprl/TwoGoalPoint-v0"
 OPTIONS = {"gamma": "0.9", "alpha-learning-rate": "1e-4"}
 CSV_NAME = "two_goal_options.csv"
-CELL_KEY = ("method", "backup_samples", "seed", "total_steps")
+CELL_KEY = ("method", "backup_samples", "explore_hold", "seed", "total_steps")
 TEXT_COLUMNS = {"method", "mode_shares", "gprl_commit", "machine", "date", "train_command"}
 
 
-def train_arguments(method: str, backup: int, seed: int, args, run_dir: Path) -> list[str]:
+def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
     train = ["train", method, "--env", TASK, "--total-steps", str(args.total_steps)]
-    train += ["--num-envs", "16", "--seed", str(seed), "--out", str(run_dir), "--no-progress"]
-    for name, value in {**OPTIONS, "backup-samples": str(backup)}.items():
+    train += ["--num-envs", "16", "--seed", str(cell["seed"])]
+    train += ["--out", str(run_dir), "--no-progress"]
+    options = OPTIONS | {"backup-samples": str(cell["backup"])}
+    if cell["hold"] > 1:
+        options["explore-hold"] = str(cell["hold"])
+    for name, value in options.items():
         train += [f"--{method}.{name}", value]
     return train
 
 
-def run_cell(method: str, backup: int, seed: int, args) -> dict:
-    run_dir = args.runs_dir / f"{method}-backup{backup}-s{seed}-{args.total_steps}"
+def run_cell(method: str, backup: int, hold: int, seed: int, args) -> dict:
+    held = f"-hold{hold}" if hold > 1 else ""
+    name = f"{method}-backup{backup}{held}-s{seed}-{args.total_steps}"
+    run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
-        train = train_arguments(method, backup, seed, args, run_dir)
-        train_cell(run_dir, train, "gprl " + " ".join(train), f"{method} backup {backup} s{seed}")
+        cell = {"backup": backup, "hold": hold, "seed": seed}
+        train = train_arguments(method, cell, args, run_dir)
+        train_cell(run_dir, train, "gprl " + " ".join(train), name)
     info = json.loads((run_dir / DONE_FILE).read_text())
     with open(run_dir / "metrics.csv", newline="") as f:
         metrics = list(csv.DictReader(f))
@@ -61,6 +70,7 @@ def run_cell(method: str, backup: int, seed: int, args) -> dict:
     return {
         "method": method,
         "backup_samples": backup,
+        "explore_hold": hold,
         "seed": seed,
         "total_steps": args.total_steps,
         "mode_shares": coverage["mode_shares"],
@@ -77,10 +87,17 @@ def run_cell(method: str, backup: int, seed: int, args) -> dict:
     }
 
 
+def with_hold(row: dict) -> dict:
+    """row with an explore_hold column after backup_samples (1 where it has none)."""
+    first = {key: row[key] for key in ("method", "backup_samples")}
+    return first | {"explore_hold": row.get("explore_hold") or 1} | row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["maxentdp", "dpmd"])
     parser.add_argument("--backups", nargs="+", type=int, default=[0, 32])
+    parser.add_argument("--holds", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--total-steps", type=int, default=40_000)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -88,17 +105,18 @@ def main() -> None:
     args = parser.parse_args()
     args.observations, args.samples = 64, 256  # multimodality.measure's sample sizes
     path = args.out / CSV_NAME
-    rows = read_rows(path, TEXT_COLUMNS)
+    # Rows from before the warm-up hold was an option drew afresh at every step.
+    rows = [with_hold(row) for row in read_rows(path, TEXT_COLUMNS)]
     done = {tuple(row[k] for k in CELL_KEY) for row in rows}
     print(f"{now()}  {command()}")
     for method in args.methods:
-        for backup in args.backups:
-            for seed in args.seeds:
-                if (method, backup, seed, args.total_steps) in done:
-                    continue
-                rows.append(run_cell(method, backup, seed, args))
-                write_csv(path, rows)
-    columns = ["method", "backup_samples", "seed", "mode_shares", "on_no_mode", "eval_return"]
+        for backup, hold, seed in itertools.product(args.backups, args.holds, args.seeds):
+            if (method, backup, hold, seed, args.total_steps) in done:
+                continue
+            rows.append(run_cell(method, backup, hold, seed, args))
+            write_csv(path, rows)
+    columns = ["method", "backup_samples", "explore_hold", "seed", "mode_shares", "on_no_mode"]
+    columns.append("eval_return")
     print(markdown_table(rows, columns))
 
 

@@ -353,3 +353,39 @@ def test_a_prefilled_buffer_needs_no_budget_beyond_learning_starts():
     assert loop(SAC(SACConfig(), envs.spec, 1, 5000), dataset).warmup_calls == 0
     fql = FQL(FQLConfig(offline_updates=1000), envs.spec, 1, 5000)
     assert loop(fql, dataset).warmup_calls == 0 and fql.num_iterations == 6
+
+
+def warmup_replay(explore_hold: int) -> Transition:
+    """The replay after 200 vector steps of warm-up on TwoGoalPoint (16 envs, 2 per call)."""
+    from gprl.backends import make_collector, open_environments
+    from gprl.loops import OffPolicyLoop
+
+    envs = open_environments("gprl/TwoGoalPoint-v0", "jax", 16, 2, 0, 1)
+    config = replace(
+        FAST_SAC,
+        learning_starts=3200,
+        update_every=32,
+        steps_per_iteration=3200,
+        explore_hold=explore_hold,
+    )
+    algo = SAC(config, envs.spec, 16, 6400)
+    loop = OffPolicyLoop(algo, lambda act: make_collector(envs, act))
+    loop.reset(0)
+    loop.iterate(algo.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    return jax.tree.map(lambda x: np.asarray(x[:3200]), loop.replay.data)
+
+
+def test_held_warmup_draws_repeat_for_their_steps_and_reach_far_goals():
+    fresh, held = warmup_replay(1), warmup_replay(8)
+    actions = held.action.reshape(25, 8, 16, 2)
+    np.testing.assert_array_equal(actions, np.broadcast_to(actions[:, :1], actions.shape))
+    assert (np.abs(np.diff(actions[:, 0], axis=0)) > 1e-3).all(axis=-1).mean() > 0.95
+    steps = fresh.action.reshape(200, 16, 2)
+    assert (np.abs(np.diff(steps, axis=0)) > 1e-3).all(axis=-1).mean() > 0.95
+
+    # i.i.d. draws wander ~sqrt(25) x 0.06 ~ 0.3 in an episode; the goals sit at x = +-0.7.
+    def far_share(replay):
+        return (np.abs(replay.next_obs[:, 0]) > 0.4).mean()
+
+    assert far_share(held) > 4 * far_share(fresh)
+    assert (held.reward > 0.5).sum() > 2 * (fresh.reward > 0.5).sum()

@@ -154,12 +154,19 @@ class OffPolicyLoop:
         return replay_prefill(buffer, offline_data)
 
     def _act(self, acting, obs, key):
+        explore_key = acting.get("held_draw", key)
         return jax.lax.cond(
-            acting["explore"], self.algo.explore, self.algo.act, acting["policy"], obs, key
+            acting["explore"],
+            lambda policy: self.algo.explore(policy, obs, explore_key),
+            lambda policy: self.algo.act(policy, obs, key),
+            acting["policy"],
         )
 
     def _explore_acting(self, state):
-        return {"policy": self.algo.acting_params(state["algo"]), "explore": np.True_}
+        acting = {"policy": self.algo.acting_params(state["algo"]), "explore": np.True_}
+        if "held_draw" in state:
+            acting["held_draw"] = state["held_draw"]
+        return acting
 
     def _policy_acting(self, state):
         return {"policy": self.algo.acting_params(state["algo"]), "explore": np.False_}
@@ -201,6 +208,16 @@ class OffPolicyLoop:
 
     def reset(self, seed: int) -> None:
         self.collector.reset(seed)
+        # Apart from the run's own key stream, which starts from PRNGKey(seed).
+        self._held_draws = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+    def _held(self, carry, call: int) -> dict:
+        """The carry of a warm-up call, with the key its random draws share when they are held
+        (schedule.explore_hold_calls consecutive calls draw with one key)."""
+        hold_calls = self.schedule.explore_hold_calls
+        if hold_calls is None:
+            return carry
+        return carry | {"held_draw": jax.random.fold_in(self._held_draws, call // hold_calls)}
 
     def at_stage_boundary(self, state) -> bool:
         """Never (see the class docstring)."""
@@ -219,8 +236,11 @@ class OffPolicyLoop:
         carry = _unaliased({"algo": state, "replay": self.replay})
         updates, counts = [], np.zeros(4)
         for call in range(first_call, first_call + schedule.calls_per_iteration):
-            step = self._explore_call if call < self.warmup_calls else self._train_call
-            carry, key, metrics, episodes = step(carry, key)
+            if call < self.warmup_calls:
+                carry, key, metrics, episodes = self._explore_call(self._held(carry, call), key)
+                carry.pop("held_draw", None)
+            else:
+                carry, key, metrics, episodes = self._train_call(carry, key)
             if metrics:
                 updates.append(metrics)
             counts += (

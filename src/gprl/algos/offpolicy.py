@@ -30,6 +30,11 @@ class OffPolicyConfig:
     """Env steps of uniformly random actions before the first update (rounded up to whole
     update calls); none when --dataset pre-fills the buffer (the policy acts and learns from
     the first env step, and the budget need not exceed learning_starts)."""
+    explore_hold: int = 1
+    """Vector steps each random draw of the warm-up is held for (rounded up to whole update
+    calls once above 1): 1 draws afresh at every step. Held draws carry the agent further from
+    its start, as action repeat does; i.i.d. uniform actions stay within ~sqrt(steps) of it.
+    Raise it where rewards lie beyond that (gprl/TwoGoalPoint-v0's goals, for one)."""
     update_to_data: float = 1.0
     """Gradient steps per env step (UTD ratio); per decision (stored transition) where the run
     executes action chunks, whose env-step counts here become decisions."""
@@ -55,7 +60,8 @@ class OffPolicyConfig:
         """Raise ValueError naming the first nonsensical field."""
         if self.offline_updates < 0:
             raise ValueError(f"offline_updates must be non-negative, got {self.offline_updates}")
-        for name in ("buffer_size", "batch_size", "update_every", "steps_per_iteration"):
+        names = ("buffer_size", "batch_size", "update_every", "steps_per_iteration", "explore_hold")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.update_to_data > 0:
@@ -81,6 +87,8 @@ class OffPolicySchedule(NamedTuple):
     warmup_calls: int
     """Update calls at the start of the online phase that explore and store without updating
     (none when the buffer holds an offline dataset)."""
+    explore_hold_calls: int | None
+    """Update calls each warm-up draw is held for; None: a fresh draw at every vector step."""
     warmup_refusal: str | None
     """Why the warm-up would leave no update to run, or None (see check_warmup_fits)."""
     offline_iterations: int
@@ -142,6 +150,9 @@ def off_policy_schedule(
         gradient_steps=int(gradient_steps),
         calls_per_iteration=calls_per_iteration,
         warmup_calls=warmup_calls,
+        explore_hold_calls=-(-config.explore_hold // update_interval)
+        if config.explore_hold > 1
+        else None,
         warmup_refusal=warmup_refusal,
         offline_iterations=offline_iterations,
         num_iterations=offline_iterations + num_iterations,
