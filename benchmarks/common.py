@@ -20,6 +20,7 @@ import numpy as np
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.configs import from_jsonable, to_jsonable
+from gprl.rundir import is_run_directory
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -170,7 +171,8 @@ def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str =
     load_before = load_average()
     if label:
         print(f"{now()}  {label}{' (resumed)' if resumed else ''}")
-    if resumed:
+    # A run stopped before its first checkpoint has only its config.json: `--resume` restarts it.
+    if is_run_directory(run_dir):
         seconds = gprl("train", train[1], "--resume", str(run_dir), "--no-progress")
     else:
         seconds = gprl(*train)
