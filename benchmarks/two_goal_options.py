@@ -93,6 +93,15 @@ def with_hold(row: dict) -> dict:
     return first | {"explore_hold": row.get("explore_hold") or 1} | row
 
 
+def recorded_rows(path: Path) -> list[dict]:
+    # Rows from before the warm-up hold was an option drew afresh at every step.
+    return [with_hold(row) for row in read_rows(path, TEXT_COLUMNS)]
+
+
+def cell_key(row: dict) -> tuple:
+    return tuple(row[key] for key in CELL_KEY)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["maxentdp", "dpmd"])
@@ -105,16 +114,16 @@ def main() -> None:
     args = parser.parse_args()
     args.observations, args.samples = 64, 256  # multimodality.measure's sample sizes
     path = args.out / CSV_NAME
-    # Rows from before the warm-up hold was an option drew afresh at every step.
-    rows = [with_hold(row) for row in read_rows(path, TEXT_COLUMNS)]
-    done = {tuple(row[k] for k in CELL_KEY) for row in rows}
     print(f"{now()}  {command()}")
     for method in args.methods:
         for backup, hold, seed in itertools.product(args.backups, args.holds, args.seeds):
-            if (method, backup, hold, seed, args.total_steps) in done:
+            cell = (method, backup, hold, seed, args.total_steps)
+            if cell in {cell_key(row) for row in recorded_rows(path)}:
                 continue
-            rows.append(run_cell(method, backup, hold, seed, args))
-            write_csv(path, rows)
+            row = run_cell(method, backup, hold, seed, args)
+            # Read again: another invocation may have recorded other cells meanwhile.
+            write_csv(path, [*recorded_rows(path), row])
+    rows = recorded_rows(path)
     columns = ["method", "backup_samples", "explore_hold", "seed", "mode_shares", "on_no_mode"]
     columns.append("eval_return")
     print(markdown_table(rows, columns))
