@@ -1,10 +1,10 @@
 """Which options make the maximum-entropy methods keep both goals of gprl/TwoGoalPoint-v0.
 
-Every cell (method, backup samples, warm-up hold, seed) runs, as a user would,
+Every cell (method, backup samples, warm-up hold, alpha floor, seed) runs, as a user would,
 
     gprl train METHOD --env gprl/TwoGoalPoint-v0 --total-steps 40000 --num-envs 16 --seed S \
         --METHOD.gamma 0.9 --METHOD.alpha-learning-rate 1e-4 --METHOD.backup-samples K \
-        [--METHOD.explore-hold H, where H is above 1]
+        [--METHOD.explore-hold H, where H is above 1] [--maxentdp.alpha-range FLOOR 10]
 
 and is then measured as benchmarks/multimodality.py measures: the share of 256 stochastic first
 actions at each of 64 reset observations heading for the +x and the -x goal. One row per cell in
@@ -38,7 +38,8 @@ from multimodality import measure
 TASK = "gprl/TwoGoalPoint-v0"
 OPTIONS = {"gamma": "0.9", "alpha-learning-rate": "1e-4"}
 CSV_NAME = "two_goal_options.csv"
-CELL_KEY = ("method", "backup_samples", "explore_hold", "seed", "total_steps")
+CELL_KEY = ("method", "backup_samples", "explore_hold", "alpha_floor", "seed", "total_steps")
+ALPHA_CEILING = "10"  # maxentdp's default upper bound of alpha
 TEXT_COLUMNS = {"method", "mode_shares", "gprl_commit", "machine", "date", "train_command"}
 
 
@@ -51,15 +52,18 @@ def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
         options["explore-hold"] = str(cell["hold"])
     for name, value in options.items():
         train += [f"--{method}.{name}", value]
+    if cell["floor"] is not None:
+        train += [f"--{method}.alpha-range", str(cell["floor"]), ALPHA_CEILING]
     return train
 
 
-def run_cell(method: str, backup: int, hold: int, seed: int, args) -> dict:
+def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int, args) -> dict:
     held = f"-hold{hold}" if hold > 1 else ""
-    name = f"{method}-backup{backup}{held}-s{seed}-{args.total_steps}"
+    floored = "" if floor is None else f"-floor{floor:g}"
+    name = f"{method}-backup{backup}{held}{floored}-s{seed}-{args.total_steps}"
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
-        cell = {"backup": backup, "hold": hold, "seed": seed}
+        cell = {"backup": backup, "hold": hold, "floor": floor, "seed": seed}
         train = train_arguments(method, cell, args, run_dir)
         train_cell(run_dir, train, "gprl " + " ".join(train), name)
     info = json.loads((run_dir / DONE_FILE).read_text())
@@ -71,6 +75,7 @@ def run_cell(method: str, backup: int, hold: int, seed: int, args) -> dict:
         "method": method,
         "backup_samples": backup,
         "explore_hold": hold,
+        "alpha_floor": floor,
         "seed": seed,
         "total_steps": args.total_steps,
         "mode_shares": coverage["mode_shares"],
@@ -87,15 +92,16 @@ def run_cell(method: str, backup: int, hold: int, seed: int, args) -> dict:
     }
 
 
-def with_hold(row: dict) -> dict:
-    """row with an explore_hold column after backup_samples (1 where it has none)."""
+def with_defaults(row: dict) -> dict:
+    """row with explore_hold and alpha_floor columns after backup_samples, from before they
+    were options: 1 (a fresh draw at every step) and None (the method's own)."""
     first = {key: row[key] for key in ("method", "backup_samples")}
-    return first | {"explore_hold": row.get("explore_hold") or 1} | row
+    added = {"explore_hold": row.get("explore_hold") or 1, "alpha_floor": row.get("alpha_floor")}
+    return first | added | row
 
 
 def recorded_rows(path: Path) -> list[dict]:
-    # Rows from before the warm-up hold was an option drew afresh at every step.
-    return [with_hold(row) for row in read_rows(path, TEXT_COLUMNS)]
+    return [with_defaults(row) for row in read_rows(path, TEXT_COLUMNS)]
 
 
 def cell_key(row: dict) -> tuple:
@@ -107,6 +113,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["maxentdp", "dpmd"])
     parser.add_argument("--backups", nargs="+", type=int, default=[0, 32])
     parser.add_argument("--holds", nargs="+", type=int, default=[1, 8])
+    parser.add_argument(
+        "--alpha-floors",
+        nargs="+",
+        type=float,
+        default=[None],
+        help="maxentdp's lower bound of alpha (default: its own, 0.01); dpmd has none",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--total-steps", type=int, default=40_000)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
@@ -116,16 +129,19 @@ def main() -> None:
     path = args.out / CSV_NAME
     print(f"{now()}  {command()}")
     for method in args.methods:
-        for backup, hold, seed in itertools.product(args.backups, args.holds, args.seeds):
-            cell = (method, backup, hold, seed, args.total_steps)
+        grid = itertools.product(args.backups, args.holds, args.alpha_floors, args.seeds)
+        for backup, hold, floor, seed in grid:
+            cell = (method, backup, hold, floor, seed, args.total_steps)
+            if floor is not None and method != "maxentdp":
+                continue
             if cell in {cell_key(row) for row in recorded_rows(path)}:
                 continue
-            row = run_cell(method, backup, hold, seed, args)
+            row = run_cell(method, backup, hold, floor, seed, args)
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
     rows = recorded_rows(path)
-    columns = ["method", "backup_samples", "explore_hold", "seed", "mode_shares", "on_no_mode"]
-    columns.append("eval_return")
+    columns = ["method", "backup_samples", "explore_hold", "alpha_floor", "seed", "mode_shares"]
+    columns += ["on_no_mode", "eval_return"]
     print(markdown_table(rows, columns))
 
 
