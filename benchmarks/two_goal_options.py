@@ -33,7 +33,7 @@ from common import (
     train_cell,
     write_csv,
 )
-from multimodality import measure
+from multimodality import MEASURE_SEED, measure
 
 TASK = "gprl/TwoGoalPoint-v0"
 OPTIONS = {"gamma": "0.9", "alpha-learning-rate": "1e-4"}
@@ -57,10 +57,14 @@ def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
     return train
 
 
-def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int, args) -> dict:
+def run_name(method: str, backup: int, hold: int, floor: float | None, seed: int, steps: int):
     held = f"-hold{hold}" if hold > 1 else ""
     floored = "" if floor is None else f"-floor{floor:g}"
-    name = f"{method}-backup{backup}{held}{floored}-s{seed}-{args.total_steps}"
+    return f"{method}-backup{backup}{held}{floored}-s{seed}-{steps}"
+
+
+def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int, args) -> dict:
+    name = run_name(method, backup, hold, floor, seed, args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
         cell = {"backup": backup, "hold": hold, "floor": floor, "seed": seed}
@@ -98,6 +102,41 @@ def with_defaults(row: dict) -> dict:
     first = {key: row[key] for key in ("method", "backup_samples")}
     added = {"explore_hold": row.get("explore_hold") or 1, "alpha_floor": row.get("alpha_floor")}
     return first | added | row
+
+
+def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
+    """One row of panels per option set, one column per seed: 512 stochastic first actions of
+    each recorded run at its first measured start state, titled with the run's goal shares."""
+    import jax
+    import matplotlib.pyplot as plt
+
+    from gprl.action_plots import reset_observations, sample_actions
+    from gprl.envs import make_env
+    from gprl.trainer import load_run
+
+    variants = list(dict.fromkeys(cell_key(row)[:4] for row in rows))
+    seeds = sorted({row["seed"] for row in rows})
+    figure, axes = plt.subplots(
+        len(variants), len(seeds), figsize=(2.6 * len(seeds), 2.6 * len(variants)), squeeze=False
+    )
+    with make_env(TASK, 1, backend="gymnasium") as env:
+        observation = reset_observations(env, 1, MEASURE_SEED)
+    for row in rows:
+        ax = axes[variants.index(cell_key(row)[:4]), seeds.index(row["seed"])]
+        algo, state, _ = load_run(runs_dir / run_name(*cell_key(row)))
+        key = jax.random.PRNGKey(MEASURE_SEED)
+        actions = sample_actions(algo.act, algo.acting_params(state), observation, 512, key)[0]
+        ax.scatter(actions[:, 0], actions[:, 1], s=2, alpha=0.4)
+        ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xticks=[-1, 0, 1], yticks=[-1, 0, 1])
+        ax.set_title(f"seed {row['seed']}: {row['mode_shares']}", fontsize=8)
+    for ax, variant in zip(axes[:, 0], variants, strict=True):
+        method, backup, hold, floor = variant
+        floored = "" if floor is None else f", floor {floor:g}"
+        ax.set_ylabel(f"{method}, backup {backup},\nhold {hold}{floored}", fontsize=8)
+    figure.suptitle(f"{TASK}: first actions (+x goal right, -x goal left; shares +x -x)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def recorded_rows(path: Path) -> list[dict]:
@@ -140,6 +179,7 @@ def main() -> None:
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
     rows = recorded_rows(path)
+    plot_first_actions(rows, args.runs_dir, path.with_suffix(".png"))
     columns = ["method", "backup_samples", "explore_hold", "alpha_floor", "seed", "mode_shares"]
     columns += ["on_no_mode", "eval_return"]
     print(markdown_table(rows, columns))
