@@ -179,7 +179,11 @@ def main() -> None:
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
     rows = recorded_rows(path)
-    plot_first_actions(rows, args.runs_dir, path.with_suffix(".png"))
+    missing = [row for row in rows if not (args.runs_dir / run_name(*cell_key(row))).is_dir()]
+    if missing:  # a clone has the CSV but not the run directories
+        print(f"{path.with_suffix('.png').name} not redrawn: {len(missing)} runs not here")
+    else:
+        plot_first_actions(rows, args.runs_dir, path.with_suffix(".png"))
     columns = ["method", "backup_samples", "explore_hold", "alpha_floor", "seed", "mode_shares"]
     columns += ["on_no_mode", "eval_return"]
     print(markdown_table(rows, columns))
