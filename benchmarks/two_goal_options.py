@@ -121,20 +121,22 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
     )
     with make_env(TASK, 1, backend="gymnasium") as env:
         observation = reset_observations(env, 1, MEASURE_SEED)
+    for ax in axes.flat:
+        ax.set_axis_off()  # drawn again where a run fills it
     for row in rows:
         ax = axes[variants.index(cell_key(row)[:4]), seeds.index(row["seed"])]
         algo, state, _ = load_run(runs_dir / run_name(*cell_key(row)))
         key = jax.random.PRNGKey(MEASURE_SEED)
         actions = sample_actions(algo.act, algo.acting_params(state), observation, 512, key)[0]
+        ax.set_axis_on()
         ax.scatter(actions[:, 0], actions[:, 1], s=2, alpha=0.4)
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xticks=[-1, 0, 1], yticks=[-1, 0, 1])
-        ax.set_title(f"seed {row['seed']}: {row['mode_shares']}", fontsize=8)
-    for ax, variant in zip(axes[:, 0], variants, strict=True):
-        method, backup, hold, floor = variant
+        method, backup, hold, floor = cell_key(row)[:4]
         floored = "" if floor is None else f", floor {floor:g}"
-        ax.set_ylabel(f"{method}, backup {backup},\nhold {hold}{floored}", fontsize=8)
+        label = f"{method}, backup {backup}, hold {hold}{floored}"
+        ax.set_title(f"{label}\nseed {row['seed']}: {row['mode_shares']}", fontsize=7)
     figure.suptitle(f"{TASK}: first actions (+x goal right, -x goal left; shares +x -x)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
