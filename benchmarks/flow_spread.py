@@ -1,22 +1,25 @@
-"""Does contracting a flow policy's sampling noise close its gap to Gaussian PPO from scratch?
+"""Which settings close a flow method's gap to Gaussian PPO from scratch on DMC?
 
 The DMC-6 grid (benchmarks/dmc6.py) found FPO, ReinFlow and DPPO-flow below PPO, and
-benchmarks/exploration.py found why: their stochastic actions stay as wide as at
-initialisation. `final_noise_scale` (gprl.algos.flow_onpolicy) shrinks the source noise and
-every Euler step's noise linearly to s over the run. Each cell trains one method on one task at
-one s, with the DMC-6 harness (16 envs, 1M env steps, evaluation every 50k steps over 10
-episodes), and measures the final return and the spread of the stochastic policy (per-dimension
-std of clipped actions at observations the trained policy visits, as exploration.py); s = 1 is
-the noise as it was. Cells in the committed results/flow_spread.csv are skipped (also in a fresh
-clone, whose run directories are gone) and keep their rows; a trained run in benchmarks/runs/ is
-measured without training again, so an interrupted invocation continues where it stopped.
+benchmarks/exploration.py found their stochastic actions as wide as at initialisation. Each cell
+trains one method on one task with one named setting (SETTINGS: config fields changed from the
+method's defaults; "noise-0.2" contracts the sampling noise to 0.2 over the run through
+`final_noise_scale`), with the DMC-6 harness (16 envs, 1M env steps, evaluation every 50k
+steps over 10 episodes from zero noise), and measures the final return, the mean return of the
+stochastic policy's training episodes over the last 100k env steps, and the spread of the
+stochastic policy (per-dimension std of clipped actions at observations the trained policy
+visits, as exploration.py). Cells in the committed results/flow_spread.csv are skipped (also in
+a fresh clone, whose run directories are gone) and keep their rows; a trained run in
+benchmarks/runs/ is measured without training again, so an interrupted invocation continues
+where it stopped.
 
     python benchmarks/flow_spread.py                          # cheetah-run and walker-walk
-    python benchmarks/flow_spread.py --scales 0.3 --algos fpo --seeds 0 1
+    python benchmarks/flow_spread.py --settings fpo++ --algos fpo --seeds 0 1
     python benchmarks/flow_spread.py --report-only
 """
 
 import argparse
+import csv
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,36 +47,73 @@ from gprl.trainer import RunConfig, load_run, train
 
 TASKS = ["dm_control/cheetah-run-v0", "dm_control/walker-walk-v0"]
 ALGOS = ["fpo", "reinflow", "dppo-flow"]
-SCALES = [1.0, 0.2]
+FPO_PAPER = {"ratio": "per_action", "loss_mode": "epsilon", "num_epochs": 4}
+"""FPO's defaults before this benchmark chose new ones: the FPO paper's ratio and loss, 4 epochs."""
+SETTINGS = {
+    "default": {},
+    "noise-0.2": {"final_noise_scale": 0.2},
+    "clip-0.05": {"clip_eps": 0.05},
+    "epochs-10": {"num_epochs": 10},
+    "fpo-paper": FPO_PAPER,
+    "fpo-paper-noise-0.2": FPO_PAPER | {"final_noise_scale": 0.2},
+    "fpo++": FPO_PAPER | {"ratio": "per_pair", "negative_advantages": "spo"},
+    "spo": FPO_PAPER | {"negative_advantages": "spo"},
+    "fpo-paper-epochs-10": FPO_PAPER | {"num_epochs": 10},
+    "fpo-paper-minibatches-4": FPO_PAPER | {"num_minibatches": 4},
+    "per-pair": FPO_PAPER | {"ratio": "per_pair"},
+    "per-pair-clip-0.2": FPO_PAPER | {"ratio": "per_pair", "clip_eps": 0.2},
+    "per-pair-clip-0.02": FPO_PAPER | {"ratio": "per_pair", "clip_eps": 0.02},
+    "per-pair-epochs-10": FPO_PAPER | {"ratio": "per_pair", "num_epochs": 10},
+    "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
+    "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
+}
+"""Named settings: config fields (dotted for a nested config, "flow.hidden") and their values;
+a setting runs for the methods that have all its fields. FPO's default since this benchmark is
+"per-pair-velocity-epochs-10" (its rows, not "default", hold those runs)."""
 STEPS, EVAL_EVERY, NUM_ENVS, EVAL_EPISODES = 1_000_000, 50_000, 16, 10
 SPREAD_STEPS, SPREAD_SAMPLES = 100, 64
+TRAIN_RETURN_WINDOW = 100_000
 CSV_NAME = "flow_spread.csv"
 
 
 def cell_of(row: dict) -> tuple:
-    return row["task"], row["algo"], float(row["final_noise_scale"]), int(row["seed"])
+    return row["task"], row["algo"], row["setting"], int(row["seed"])
 
 
-def run_dir_at(task: str, algo: str, scale: float, seed: int) -> Path:
-    return RUNS_DIR / "flow_spread" / slug(task) / f"{algo}-scale{scale:g}-s{seed}"
+def run_dir_at(task: str, algo: str, setting: str, seed: int) -> Path:
+    return RUNS_DIR / "flow_spread" / slug(task) / f"{algo}-{setting}-s{seed}"
 
 
-def config_at(algo: str, scale: float):
-    return replace(ALGORITHMS[algo].default_config(), final_noise_scale=scale)
+def with_field(config, name: str, value):
+    """config with the (dotted) field name set to value; a tuple where the default is one."""
+    head, _, rest = name.partition(".")
+    if rest:
+        return replace(config, **{head: with_field(getattr(config, head), rest, value)})
+    if not hasattr(config, head):
+        raise ValueError(f"{type(config).__name__} has no field {head}")
+    return replace(config, **{head: tuple(value) if isinstance(value, list) else value})
 
 
-def finished(run_dir: Path, algo: str, task: str, scale: float) -> bool:
+def config_at(algo: str, setting: str):
+    config = ALGORITHMS[algo].default_config()
+    for name, value in SETTINGS[setting].items():
+        config = with_field(config, name, value)
+    return config
+
+
+def finished(run_dir: Path, algo: str, task: str, setting: str) -> bool:
     try:
         iteration = read_meta(run_dir)["progress"]["iteration"]
     except CheckpointError:
         return False
     with make_env(task, 1, backend="gymnasium") as env:
-        algorithm = ALGORITHMS[algo].algorithm(config_at(algo, scale), env.spec, NUM_ENVS, STEPS)
+        config = config_at(algo, setting)
+        algorithm = ALGORITHMS[algo].algorithm(config, env.spec, NUM_ENVS, STEPS)
     return iteration >= algorithm.num_iterations
 
 
-def train_cell(task: str, algo: str, scale: float, seed: int, run_dir: Path) -> None:
-    config = config_at(algo, scale)
+def train_cell(task: str, algo: str, setting: str, seed: int, run_dir: Path) -> None:
+    config = config_at(algo, setting)
     partial = (run_dir / "checkpoint").exists()
     run = (
         RunConfig(resume=run_dir, progress=False)
@@ -92,51 +132,65 @@ def train_cell(task: str, algo: str, scale: float, seed: int, run_dir: Path) -> 
         )
     )
     started = time.perf_counter()
-    print(f"train {algo} {task} s={scale} seed {seed} -> {run_dir}", flush=True)
+    print(f"train {algo} {task} {setting} seed {seed} -> {run_dir}", flush=True)
     train(algo, run, config)
     print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def measure(task: str, algo_name: str, scale: float, seed: int, run_dir: Path) -> dict:
+def late_train_return(run_dir: Path) -> float:
+    """Mean training-episode return (the stochastic policy) over the last TRAIN_RETURN_WINDOW
+    env steps."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = [(int(r["env_steps"]), r["train_return"]) for r in csv.DictReader(f)]
+    last = rows[-1][0]
+    late = [float(v) for steps, v in rows if steps > last - TRAIN_RETURN_WINDOW and v]
+    return float(np.nanmean(late))
+
+
+def measure(task: str, algo_name: str, setting: str, seed: int, run_dir: Path) -> dict:
     algo, state, _ = load_run(run_dir)
     summary = read_run(run_dir)
     observations = visited_observations(algo, state, task, SPREAD_STEPS, seed)
+    spread = action_spread(algo, state, observations, SPREAD_SAMPLES, seed)
     return {
         "task": task,
         "algo": algo_name,
-        "final_noise_scale": scale,
+        "setting": setting,
         "seed": seed,
         "final_eval_return": round(summary.final_eval_return, 1),
-        "final_action_spread": round(
-            action_spread(algo, state, observations, SPREAD_SAMPLES, seed), 3
-        ),
+        "late_train_return": round(late_train_return(run_dir), 1),
+        "final_action_spread": round(spread, 3),
         "env_steps_per_second": round(summary.steps_per_second, 1),
     }
+
+
+def mean_of(rows: list[dict], metric: str) -> float:
+    values = [r.get(metric) for r in rows]
+    return round(float(np.mean(values)), 3) if None not in values else None
 
 
 def summary_rows(rows: list[dict]) -> list[dict]:
     out = []
     for task in TASKS:
         for algo in ALGOS:
-            for scale in SCALES:
-                cell = [
-                    r
-                    for r in rows
-                    if (r["task"], r["algo"], r["final_noise_scale"]) == (task, algo, scale)
-                ]
+            for setting in SETTINGS:
+                key = (task, algo, setting)
+                cell = [r for r in rows if (r["task"], r["algo"], r["setting"]) == key]
                 if cell:
                     out.append(
                         {
                             "task": task,
                             "algo": algo,
-                            "final_noise_scale": scale,
+                            "setting": setting,
                             "seeds": " ".join(str(r["seed"]) for r in cell),
-                            "final_eval_return": round(
-                                float(np.mean([r["final_eval_return"] for r in cell])), 1
-                            ),
-                            "final_action_spread": round(
-                                float(np.mean([r["final_action_spread"] for r in cell])), 3
-                            ),
+                            **{
+                                metric: mean_of(cell, metric)
+                                for metric in (
+                                    "final_eval_return",
+                                    "late_train_return",
+                                    "final_action_spread",
+                                )
+                            },
                         }
                     )
     return out
@@ -148,23 +202,23 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = sorted({r["final_noise_scale"] for r in summary}, reverse=True)
+    settings = [s for s in SETTINGS if any(r["setting"] == s for r in summary)]
     fig, axes = plt.subplots(2, len(TASKS), figsize=(5 * len(TASKS), 6), squeeze=False)
+    width = 0.8 / len(settings)
     for column, task in enumerate(TASKS):
         for row, (metric, label) in enumerate(
             (("final_eval_return", "final eval return"), ("final_action_spread", "action spread"))
         ):
             ax = axes[row, column]
-            for offset, scale in enumerate(scales):
+            for offset, setting in enumerate(settings):
                 values = [
-                    next((r[metric] for r in summary if (r["task"], r["algo"]) == (task, algo)
-                          and r["final_noise_scale"] == scale), np.nan)
+                    next((r[metric] for r in summary if (r["task"], r["algo"], r["setting"])
+                          == (task, algo, setting)), np.nan)
                     for algo in ALGOS
                 ]  # fmt: skip
-                width = 0.8 / len(scales)
                 x = np.arange(len(ALGOS)) + offset * width
-                ax.bar(x, values, width, label=f"final_noise_scale {scale:g}")
-            ax.set_xticks(np.arange(len(ALGOS)) + 0.4 - 0.4 / len(scales), ALGOS)
+                ax.bar(x, values, width, label=setting)
+            ax.set_xticks(np.arange(len(ALGOS)) + 0.4 - width / 2, ALGOS)
             ax.set_ylabel(label)
             ax.set_title(task, fontsize=9)
     axes[0, 0].legend(fontsize=8)
@@ -178,35 +232,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=TASKS, choices=TASKS)
     parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
-    parser.add_argument("--scales", nargs="+", type=float, default=SCALES)
+    parser.add_argument("--settings", nargs="+", default=["default", "noise-0.2"], choices=SETTINGS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--report-only", action="store_true", help="train nothing")
     args = parser.parse_args()
     # The committed CSV is the record of finished cells: a fresh clone skips them.
-    text = {"task", "algo", "machine", "command", "commit", "date"}
-    recorded = {cell_of(row): row for row in read_rows(RESULTS_DIR / CSV_NAME, text)}
+    text = {"task", "algo", "setting", "machine", "command", "commit", "date"}
     for seed in args.seeds:
         for task in args.tasks:
-            for scale in args.scales:
+            for setting in args.settings:
                 for algo in args.algos:
-                    run_dir = run_dir_at(task, algo, scale, seed)
-                    if (task, algo, scale, seed) in recorded:
-                        continue
-                    if not finished(run_dir, algo, task, scale):
-                        if args.report_only:
-                            continue
-                        train_cell(task, algo, scale, seed, run_dir)
-                    row = measure(task, algo, scale, seed, run_dir)
-                    print(row, flush=True)
-                    provenance = {"machine": machine(), "command": command()}
-                    provenance |= {"commit": gprl_commit(), "load": load_average(), "date": now()}
-                    recorded[cell_of(row)] = row | provenance
-    rows = list(recorded.values())
-    write_csv(RESULTS_DIR / CSV_NAME, rows)
+                    record_cell(task, algo, setting, seed, args.report_only, text)
+    rows = read_rows(RESULTS_DIR / CSV_NAME, text)
     summary = summary_rows(rows)
     plot(summary, RESULTS_DIR / "flow_spread.png")
-    columns = ["task", "algo", "final_noise_scale", "seeds", "final_eval_return"]
+    columns = ["task", "algo", "setting", "seeds", "final_eval_return", "late_train_return"]
     print(markdown_table(summary, [*columns, "final_action_spread"]))
+
+
+def record_cell(task: str, algo: str, setting: str, seed: int, report_only: bool, text) -> None:
+    """Train (unless report_only) and measure one cell, and add its row to the CSV, read again
+    first so that invocations running at once keep each other's rows."""
+    fields = vars(config_at(algo, "default"))
+    if not all(name.split(".")[0] in fields for name in SETTINGS[setting]):
+        return
+    recorded = {cell_of(row) for row in read_rows(RESULTS_DIR / CSV_NAME, text)}
+    if (task, algo, setting, seed) in recorded:
+        return
+    run_dir = run_dir_at(task, algo, setting, seed)
+    if not finished(run_dir, algo, task, setting):
+        if report_only:
+            return
+        train_cell(task, algo, setting, seed, run_dir)
+    row = measure(task, algo, setting, seed, run_dir)
+    print(row, flush=True)
+    provenance = {"machine": machine(), "command": command()}
+    provenance |= {"commit": gprl_commit(), "load": load_average(), "date": now()}
+    rows = [*read_rows(RESULTS_DIR / CSV_NAME, text), row | provenance]
+    write_csv(RESULTS_DIR / CSV_NAME, rows)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ both goals each reached by >= 25% of rollouts.
 
 Settings: FPO and Gaussian PPO with the FPO GridWorld's PPO settings (2048-step batches of 16
 envs x 128 steps, 10 epochs, lr 3e-4, gamma 0.99, GAE 0.98, clip 0.2; FPO: a 64-64 velocity
-network, 10 Euler steps, 50 (t, noise) pairs per action; 8 minibatches, not the reference's 6,
-which do not divide the batch), --onpolicy-steps env steps; the off-policy max-entropy methods
+network, 10 Euler steps, 50 (t, noise) pairs per action, the paper's per-action ratio and
+epsilon loss; 8 minibatches, not the reference's 6, which do not divide the batch),
+--onpolicy-steps env steps; the off-policy max-entropy methods
 at their defaults, --offpolicy-steps env steps on 4 envs. Finished cells are skipped.
 
     python benchmarks/gridworld.py                      # every method, seeds 0 1 2
@@ -63,6 +64,7 @@ def method_config(method: str):
     grid |= dict(gamma=0.99, gae_lambda=0.98, clip_eps=0.2)
     if method == "fpo":
         grid |= dict(flow=FlowPolicyConfig(hidden=(64, 64), num_steps=10), num_mc_pairs=50)
+        grid |= dict(ratio="per_action", loss_mode="epsilon")  # the FPO paper's
     return replace(config, **grid)
 
 

@@ -202,7 +202,10 @@ def test_grouped_restarts_start_a_group_from_one_state():
 GRPO_SMALL = ALGORITHMS["grpo"].config(group_size=4)
 
 PROBE_OVERRIDES = {
-    "fpo": {"negative_advantages": "spo"},
+    # The velocity loss (FPO's default, chosen on DMC) weights every flow time alike; on this
+    # task, whose reward asks for a precise action, it ends at -0.04 to -0.06 in 20k steps, the
+    # epsilon loss (the pairs near the action weighted by t^2) at -0.02.
+    "fpo": {"negative_advantages": "spo", "loss_mode": "epsilon"},
 }
 
 
