@@ -15,6 +15,9 @@ whose run directories are gone) are skipped and kept as they were reported: with
 compare, a legacy row is never found stale; delete its row from dmc6.csv to train it again.
 Legacy "dppo" rows are the flow DPPO under its name before issue 19: its cells now train as
 dppo-flow (gprl refuses runs saved under the old name).
+FPO's legacy rows (its former default, the paper's settings) were moved out of dmc6.csv when its
+defaults changed, to dmc6_fpo_paper.csv and dmc6_fpo_paper_curves.csv; this script does not
+read them.
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per
