@@ -90,7 +90,7 @@ def offline_run(tmp_path, name, dataset, **overrides) -> RunConfig:
     return RunConfig(**(fields | overrides))
 
 
-def imitated_error(config: FQLConfig, obs, optimum, updates: int = 1500) -> tuple[float, dict]:
+def imitated_error(config: FQLConfig, obs, optimum, updates: int = 1000) -> tuple[float, dict]:
     """Mean squared error of FQL's evaluation actions after `updates` gradient steps on a dataset
     of optimal actions alone (no reward to climb: the one-step policy distils the BC flow), and
     the observation statistics it kept (predicting 0 everywhere errs by 0.24)."""
