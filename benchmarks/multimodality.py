@@ -84,6 +84,10 @@ EQUIVALENT_HASHES = {
     ("flow-sde", "d5e40dbfe7"): ("flow-sde", "c38ceca6ac"),
     ("grpo", "f5a1661cfd"): ("grpo", "37e725d4b2"),
     ("dppo", "db04e9f5ef"): ("dppo-flow", "81d44aaad9"),
+    # normalize_observations (no dataset: raw observations, as before), backup_samples 0 (the
+    # plain backup) and explore_hold 1 (i.i.d. warm-up draws), added since these rows.
+    ("dpmd", "b125b9ffa5"): ("dpmd", "a8c929e4ca"),
+    ("maxentdp", "c9efbc3154"): ("maxentdp", "3260b98a04"),
 }
 
 
