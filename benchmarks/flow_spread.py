@@ -67,8 +67,8 @@ SETTINGS = {
     "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
-"""Named settings: config fields (dotted for a nested config, "flow.hidden") and their values;
-a setting runs for the methods that have all its fields. FPO's default since this benchmark is
+"""Named settings: config fields and their values; a setting runs for the methods that have all
+its fields. FPO's default since this benchmark is
 "per-pair-velocity-epochs-10" (its rows, not "default", hold those runs)."""
 STEPS, EVAL_EVERY, NUM_ENVS, EVAL_EPISODES = 1_000_000, 50_000, 16, 10
 SPREAD_STEPS, SPREAD_SAMPLES = 100, 64
@@ -84,21 +84,8 @@ def run_dir_at(task: str, algo: str, setting: str, seed: int) -> Path:
     return RUNS_DIR / "flow_spread" / slug(task) / f"{algo}-{setting}-s{seed}"
 
 
-def with_field(config, name: str, value):
-    """config with the (dotted) field name set to value; a tuple where the default is one."""
-    head, _, rest = name.partition(".")
-    if rest:
-        return replace(config, **{head: with_field(getattr(config, head), rest, value)})
-    if not hasattr(config, head):
-        raise ValueError(f"{type(config).__name__} has no field {head}")
-    return replace(config, **{head: tuple(value) if isinstance(value, list) else value})
-
-
 def config_at(algo: str, setting: str):
-    config = ALGORITHMS[algo].default_config()
-    for name, value in SETTINGS[setting].items():
-        config = with_field(config, name, value)
-    return config
+    return replace(ALGORITHMS[algo].default_config(), **SETTINGS[setting])
 
 
 def finished(run_dir: Path, algo: str, task: str, setting: str) -> bool:
@@ -164,7 +151,7 @@ def measure(task: str, algo_name: str, setting: str, seed: int, run_dir: Path) -
     }
 
 
-def mean_of(rows: list[dict], metric: str) -> float:
+def mean_of(rows: list[dict], metric: str) -> float | None:
     values = [r.get(metric) for r in rows]
     return round(float(np.mean(values)), 3) if None not in values else None
 
@@ -253,8 +240,7 @@ def main() -> None:
 def record_cell(task: str, algo: str, setting: str, seed: int, report_only: bool, text) -> None:
     """Train (unless report_only) and measure one cell, and add its row to the CSV, read again
     first so that invocations running at once keep each other's rows."""
-    fields = vars(config_at(algo, "default"))
-    if not all(name.split(".")[0] in fields for name in SETTINGS[setting]):
+    if not SETTINGS[setting].keys() <= vars(ALGORITHMS[algo].default_config()).keys():
         return
     recorded = {cell_of(row) for row in read_rows(RESULTS_DIR / CSV_NAME, text)}
     if (task, algo, setting, seed) in recorded:
