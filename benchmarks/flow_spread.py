@@ -65,6 +65,7 @@ SETTINGS = {
     "per-pair-clip-0.02": FPO_PAPER | {"ratio": "per_pair", "clip_eps": 0.02},
     "per-pair-epochs-10": FPO_PAPER | {"ratio": "per_pair", "num_epochs": 10},
     "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
+    "learned-source": {"learned_source_std": True},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
 """Named settings: config fields and their values; a setting runs for the methods that have all

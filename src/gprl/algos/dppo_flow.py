@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
+from gprl.algos.flow_actor_critic import GaussianChainActorCritic, GaussianChainActorCriticConfig
 
 
 @dataclass(frozen=True)
-class DPPOFlowConfig(FlowActorCriticConfig):
+class DPPOFlowConfig(GaussianChainActorCriticConfig):
     denoising_std: float = 0.05
     """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
     fine_tuned_steps: int | None = None
@@ -65,8 +65,12 @@ class DPPOFlow(GaussianChainActorCritic):
         return x + dt * velocity, jnp.full_like(x, self.config.denoising_std)
 
     def policy_terms(self, params, minibatch, frozen):
-        log_probs, _ = self.step_log_probs(params, minibatch)
-        trained = slice(self.first_trained_step, None)
-        log_ratio = log_probs[:, trained] - minibatch["old_step_log_prob"][:, trained]
+        log_ratios, _ = self.step_log_ratios(params, minibatch)
+        num_terms = log_ratios.shape[-1]
+        trained = log_ratios[:, num_terms - len(self.step_weights) :]
+        weights = self.step_weights
+        if num_terms > self.num_steps:  # x_0's learned std: its own ratio, always trained
+            trained = jnp.concatenate([log_ratios[:, :1], trained], axis=-1)
+            weights = jnp.concatenate([jnp.ones(1), weights])
         penalty, info = self.reference_penalty(params, minibatch, frozen)
-        return log_ratio, self.step_weights, penalty, info
+        return trained, weights, penalty, info | self.source_info(params)

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicy, FlowOnPolicyConfig, GaussianChainFlow
+from gprl.algos.flow_onpolicy import (
+    FlowOnPolicy,
+    FlowOnPolicyConfig,
+    GaussianChainConfig,
+    GaussianChainFlow,
+)
 from gprl.algos.onpolicy import (
     ActorCriticConfig,
     annealed_learning_rate,
@@ -51,6 +56,11 @@ class ValueCriticConfig(ActorCriticConfig):
 @dataclass(frozen=True)
 class FlowActorCriticConfig(FlowOnPolicyConfig, ValueCriticConfig):
     """A flow policy beside a value critic."""
+
+
+@dataclass(frozen=True)
+class GaussianChainActorCriticConfig(FlowActorCriticConfig, GaussianChainConfig):
+    """A Gaussian-chain flow policy beside a value critic."""
 
 
 class FlowActorCritic(FlowOnPolicy):

@@ -31,6 +31,7 @@ from gprl.algos.onpolicy import (
 )
 from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.policies.flow import chain_log_prob, time_grid
+from gprl.policies.gaussian import gaussian_log_prob
 from gprl.rl_math import normalize, running_stats_init
 from gprl.types import EnvSpec
 
@@ -65,6 +66,18 @@ class FlowOnPolicyConfig(OnPolicyConfig):
             raise ValueError(f"flow.num_steps must be positive, got {self.flow.num_steps}")
         if not self.final_noise_scale > 0:
             raise ValueError(f"final_noise_scale must be positive, got {self.final_noise_scale}")
+
+
+@dataclass(frozen=True)
+class GaussianChainConfig(FlowOnPolicyConfig):
+    """The settings of the flow methods whose Euler steps are Gaussian transitions."""
+
+    learned_source_std: bool = False
+    """Learn the source noise's std (x_0 ~ N(0, diag(std^2)), one std per action dimension,
+    starting at 1) and count x_0's density in the chain's likelihood. With the fixed N(0, I)
+    source the spread x_0 gives the actions (most of a flow's randomness) enters no likelihood,
+    so nothing credits or contracts it: the advantage then mostly measures noise the update
+    cannot attribute. Learned, x_0 is scored like a Gaussian policy's action noise."""
 
 
 class FlowOnPolicy(OnPolicyAlgorithm):
@@ -195,6 +208,30 @@ class GaussianChainFlow(FlowOnPolicy):
         (K, 1, 1) when re-scoring (k broadcasts against the batch, t against x)."""
         raise NotImplementedError
 
+    def init_params(self, key) -> dict:
+        params = super().init_params(key)
+        if self.config.learned_source_std:
+            # log 1: a pretrained flow starts from the source it was fitted with.
+            params["source_log_std"] = jnp.zeros(self.spec.action_dim)
+        return params
+
+    def source_std(self, params):
+        """The source noise's std: learned per action dimension, else 1."""
+        if self.config.learned_source_std:
+            return jnp.exp(params["source_log_std"])
+        return 1.0
+
+    def source_info(self, params) -> dict:
+        """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
+        if not self.config.learned_source_std:
+            return {}
+        return {"source_std": jnp.mean(self.source_std(params))}
+
+    def source_log_prob(self, params, minibatch: dict):
+        """Log density (B,) of each stored x_0 under the source it was drawn from."""
+        std = minibatch["noise_scale"][..., None] * self.source_std(params)
+        return gaussian_log_prob(0.0, std, minibatch["chain"][..., 0, :])
+
     def sampling_aux(self, acting, obs, key) -> dict:
         """Per-action random choices the transitions depend on (kept with the transition)."""
         return {}
@@ -211,7 +248,8 @@ class GaussianChainFlow(FlowOnPolicy):
         shape = (*obs.shape[:-1], self.spec.action_dim)
         # Kept with each sample, so that re-scoring uses the scale the sample was drawn with.
         scale = jnp.broadcast_to(acting["noise_scale"], obs.shape[:-1])
-        noise = scale[..., None] * jax.random.normal(noise_key, shape)
+        source_std = scale[..., None] * self.source_std(acting["params"])
+        noise = source_std * jax.random.normal(noise_key, shape)
         step_noise = jax.random.normal(step_key, (self.num_steps, *shape))
         aux = self.sampling_aux(acting, obs, aux_key)
         params = acting["params"]
@@ -244,5 +282,18 @@ class GaussianChainFlow(FlowOnPolicy):
         chain, means, stds = self.chain_transitions(params, minibatch)
         return chain_log_prob(chain, means, stds).T, stds
 
+    def step_log_ratios(self, params, minibatch: dict):
+        """Log ratios, new over old, of the chain's terms (B, K), with x_0's first (B, K + 1)
+        when its std is learned; and the transitions' stds (K, B, d)."""
+        log_probs, stds = self.step_log_probs(params, minibatch)
+        log_ratios = log_probs - minibatch["old_step_log_prob"]
+        if self.config.learned_source_std:
+            source = self.source_log_prob(params, minibatch) - minibatch["old_source_log_prob"]
+            log_ratios = jnp.concatenate([source[:, None], log_ratios], axis=-1)
+        return log_ratios, stds
+
     def score_rollout(self, params, data, key):
-        return {"old_step_log_prob": self.step_log_probs(params, data)[0]}
+        old = {"old_step_log_prob": self.step_log_probs(params, data)[0]}
+        if self.config.learned_source_std:
+            old["old_source_log_prob"] = self.source_log_prob(params, data)
+        return old

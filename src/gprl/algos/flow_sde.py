@@ -11,12 +11,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
+from gprl.algos.flow_actor_critic import GaussianChainActorCritic, GaussianChainActorCriticConfig
 from gprl.policies.flow import ode_transition, sde_transition
 
 
 @dataclass(frozen=True)
-class FlowSDEConfig(FlowActorCriticConfig):
+class FlowSDEConfig(GaussianChainActorCriticConfig):
     sde_steps: Literal["one", "all"] = "one"
     """Where the SDE replaces the ODE: one uniformly chosen step per action, or every step."""
     noise_level: float = 0.7
@@ -48,6 +48,5 @@ class FlowSDE(GaussianChainActorCritic):
         return jnp.where(stochastic, sde_mean, ode_mean), jnp.where(stochastic, sde_std, ode_std)
 
     def policy_terms(self, params, minibatch, frozen):
-        log_probs, _ = self.step_log_probs(params, minibatch)
-        log_ratio = jnp.sum(log_probs - minibatch["old_step_log_prob"], axis=-1)
-        return log_ratio, 1.0, 0.0, {}
+        log_ratios, _ = self.step_log_ratios(params, minibatch)
+        return jnp.sum(log_ratios, axis=-1), 1.0, 0.0, self.source_info(params)

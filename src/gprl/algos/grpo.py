@@ -33,7 +33,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.flow_onpolicy import FlowOnPolicyConfig, GaussianChainFlow
+from gprl.algos.flow_onpolicy import GaussianChainConfig, GaussianChainFlow
 from gprl.algos.onpolicy import (
     advance_state,
     annealed_learning_rate,
@@ -49,7 +49,7 @@ STD_EPS = 1e-8
 
 
 @dataclass(frozen=True)
-class GRPOConfig(FlowOnPolicyConfig):
+class GRPOConfig(GaussianChainConfig):
     group_size: int = 8
     """Envs per group (G): they start every rollout from the same initial state."""
     noise_level: float = 0.7
@@ -197,8 +197,7 @@ class GRPO(GaussianChainFlow):
     def loss(self, params, minibatch, frozen):
         """Per-step clipped surrogate on the group-relative advantages, plus the KL term."""
         config = self.config
-        log_probs, stds = self.step_log_probs(params, minibatch)
-        log_ratio = log_probs - minibatch["old_step_log_prob"]
+        log_ratio, stds = self.step_log_ratios(params, minibatch)
         if config.normalize_step_ratios:
             centre = jax.lax.stop_gradient(log_ratio.mean(axis=0))
             spread = jax.lax.stop_gradient(log_ratio.std(axis=0))
@@ -206,13 +205,17 @@ class GRPO(GaussianChainFlow):
         advantages = minibatch["advantages"][:, None]
         if config.reweight_noise_levels:
             variance = jnp.mean(stds**2, axis=(1, 2))
+            if config.learned_source_std:  # x_0's term comes first
+                source_std = minibatch["noise_scale"][:, None] * self.source_std(params)
+                variance = jnp.concatenate([jnp.mean(source_std**2)[None], variance])
+            variance = jax.lax.stop_gradient(variance)
             advantages = advantages * variance / variance.mean()
         loss, info = ppo_policy_loss(log_ratio, advantages, config.clip_eps)
         if config.kl_coef > 0:
             kl = self.kl_to_reference(params, minibatch, frozen["reference_policy"])
             loss = loss + config.kl_coef * kl
             info = info | {"kl_to_reference": kl}
-        return loss, info | {"policy_loss": loss}
+        return loss, info | {"policy_loss": loss} | self.source_info(params)
 
     def kl_to_reference(self, params, minibatch, reference_policy):
         """Mean per-step KL between this and the reference policy's transitions from the stored

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.flow_actor_critic import FlowActorCriticConfig, GaussianChainActorCritic
+from gprl.algos.flow_actor_critic import GaussianChainActorCritic, GaussianChainActorCriticConfig
 from gprl.networks import MLP
 from gprl.policies import gaussian_entropy
 
 
 @dataclass(frozen=True)
-class ReinFlowConfig(FlowActorCriticConfig):
+class ReinFlowConfig(GaussianChainActorCriticConfig):
     min_noise_std: float = 0.08
     """Lower bound of the learned per-step noise std."""
     max_noise_std: float = 0.16
@@ -79,8 +79,8 @@ class ReinFlow(GaussianChainActorCritic):
             config.min_noise_std,
             config.max_noise_std,
         )
-        # The initial noise x_0 ~ N(0, I) counts among the K + 1 normalised terms (its density
-        # does not depend on the parameters, so it adds nothing to the log ratio).
+        # The initial noise x_0 counts among the K + 1 normalised terms (with the fixed N(0, I)
+        # source its density does not depend on the parameters and adds nothing to the ratio).
         self.ratio_scale = 1.0 / ((self.num_steps + 1) * self.spec.action_dim)
 
     def extra_params(self, key):
@@ -93,11 +93,11 @@ class ReinFlow(GaussianChainActorCritic):
         return x + velocity / self.num_steps, std
 
     def policy_terms(self, params, minibatch, frozen):
-        log_probs, stds = self.step_log_probs(params, minibatch)
-        old = minibatch["old_step_log_prob"]
-        log_ratio = jnp.sum(log_probs - old, axis=-1) * self.ratio_scale
+        log_ratios, stds = self.step_log_ratios(params, minibatch)
+        log_ratio = jnp.sum(log_ratios, axis=-1) * self.ratio_scale
         entropy = jnp.mean(gaussian_entropy(stds))
         penalty, penalty_info = self.reference_penalty(params, minibatch, frozen)
         extra_loss = penalty - self.config.ent_coef * entropy
         info = {"entropy": entropy, "noise_std": jnp.mean(stds)} | penalty_info
+        info = info | self.source_info(params)
         return log_ratio, 1.0, extra_loss, info
