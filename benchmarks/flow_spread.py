@@ -66,6 +66,8 @@ SETTINGS = {
     "per-pair-epochs-10": FPO_PAPER | {"ratio": "per_pair", "num_epochs": 10},
     "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
     "learned-source": {"learned_source_std": True},
+    "learned-source-0.1": {"learned_source_std": True, "source_std": 0.1},
+    "source-0.1": {"source_std": 0.1},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
 """Named settings: config fields and their values; a setting runs for the methods that have all

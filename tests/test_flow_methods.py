@@ -60,11 +60,17 @@ def rollout(algo, state, key):
     return Transition(obs, actions, rewards, done, ~done, obs, extras)
 
 
-@pytest.mark.parametrize("name", FLOW_METHODS)
-def test_ratio_is_one_before_the_first_gradient_step(name):
+RATIO_CASES = [pytest.param(name, {}, id=name) for name in FLOW_METHODS] + [
+    pytest.param(name, {"learned_source_std": True}, id=f"{name}-learned-source")
+    for name in CHAIN_METHODS
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), RATIO_CASES)
+def test_ratio_is_one_before_the_first_gradient_step(name, overrides):
     # One epoch of one minibatch: the only ratio the update computes is at the parameters the
     # rollout was sampled with, so it must be 1 up to float rounding, with nothing clipped.
-    algo = make_algo(name)
+    algo = make_algo(name, **overrides)
     state = algo.init(jax.random.PRNGKey(0))
     batch = rollout(algo, state, jax.random.PRNGKey(1))
     _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
@@ -85,6 +91,36 @@ def test_noise_scale_schedule_contracts_the_spread(name):
         return float(jnp.mean(jnp.std(actions, axis=0)))
 
     assert spread(last) < 0.2 * spread(first)
+
+
+@pytest.mark.parametrize("name", ("reinflow", "dppo-flow"))
+def test_a_learned_source_std_contracts_where_only_a_precise_action_pays(name):
+    # Reward -|a|^2: the best policy puts every action at 0. Scored in the likelihood, x_0's std
+    # gets the policy gradient a Gaussian policy's std gets, and falls from its start at 1.
+    algo = make_algo(name, learned_source_std=True, learning_rate=1e-2)
+    state = algo.init(jax.random.PRNGKey(0))
+    assert float(jnp.max(jnp.abs(state["params"]["source_log_std"]))) == 0.0
+    update = jax.jit(algo.update)
+    for i in range(60):
+        batch = rollout(algo, state, jax.random.PRNGKey(100 + i))
+        batch = batch._replace(reward=-jnp.sum(batch.action**2, axis=-1))
+        state, metrics = update(state, batch, jax.random.PRNGKey(200 + i))
+    assert float(metrics["source_std"]) < 0.7
+    assert float(jnp.max(jnp.exp(state["params"]["source_log_std"]))) < 0.8
+
+
+def test_the_source_density_is_that_of_the_learned_std_times_the_noise_scale():
+    algo = make_algo("reinflow", learned_source_std=True, final_noise_scale=0.2)
+    state = algo.init(jax.random.PRNGKey(3))
+    state["iteration"] = jnp.asarray(algo.num_iterations // 2, jnp.int32)
+    state["params"]["source_log_std"] = jnp.log(jnp.array([0.5, 2.0]))
+    data = scored_rollout(algo, state, jax.random.PRNGKey(4))
+    std = np.asarray(data["noise_scale"])[:, None] * np.array([0.5, 2.0])
+    x0 = np.asarray(data["chain"])[:, 0]
+    np.testing.assert_allclose(x0.std(axis=0) / std.mean(axis=0), 1.0, atol=0.3)
+    expected = norm.logpdf(x0, 0.0, std).sum(axis=-1)
+    batched = algo.source_log_prob(state["params"], data)
+    np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-5, atol=1e-5)
 
 
 def scored_rollout(algo, state, key):

@@ -72,12 +72,19 @@ class FlowOnPolicyConfig(OnPolicyConfig):
 class GaussianChainConfig(FlowOnPolicyConfig):
     """The settings of the flow methods whose Euler steps are Gaussian transitions."""
 
+    source_std: float = 1.0
+    """Std of the source noise x_0 ~ N(0, source_std^2 I); where it is learned, its start. The
+    flow's randomness is mostly this noise carried through the velocity field, and the chain's
+    likelihood credits only the Euler steps' noise for the velocity field's gradient: below 1,
+    more of the exploration is noise the update can attribute."""
     learned_source_std: bool = False
-    """Learn the source noise's std (x_0 ~ N(0, diag(std^2)), one std per action dimension,
-    starting at 1) and count x_0's density in the chain's likelihood. With the fixed N(0, I)
-    source the spread x_0 gives the actions (most of a flow's randomness) enters no likelihood,
-    so nothing credits or contracts it: the advantage then mostly measures noise the update
-    cannot attribute. Learned, x_0 is scored like a Gaussian policy's action noise."""
+    """Learn the source noise's std (one per action dimension) and count x_0's density in the
+    chain's likelihood, so that it is contracted or widened as a Gaussian policy's std is."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.source_std > 0:
+            raise ValueError(f"source_std must be positive, got {self.source_std}")
 
 
 class FlowOnPolicy(OnPolicyAlgorithm):
@@ -211,15 +218,15 @@ class GaussianChainFlow(FlowOnPolicy):
     def init_params(self, key) -> dict:
         params = super().init_params(key)
         if self.config.learned_source_std:
-            # log 1: a pretrained flow starts from the source it was fitted with.
-            params["source_log_std"] = jnp.zeros(self.spec.action_dim)
+            log_std = jnp.log(self.config.source_std)
+            params["source_log_std"] = jnp.full(self.spec.action_dim, log_std)
         return params
 
     def source_std(self, params):
-        """The source noise's std: learned per action dimension, else 1."""
+        """The source noise's std: learned per action dimension, or the configured one."""
         if self.config.learned_source_std:
             return jnp.exp(params["source_log_std"])
-        return 1.0
+        return self.config.source_std
 
     def source_info(self, params) -> dict:
         """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
