@@ -13,11 +13,11 @@ gprl's current one is trained again and replaced when that run finishes. A finis
 cell's legacy row, if any). Cells reported before records existed (legacy rows of dmc6.csv,
 whose run directories are gone) are skipped and kept as they were reported: with no config to
 compare, a legacy row is never found stale; delete its row from dmc6.csv to train it again.
-Legacy "dppo" rows are the flow DPPO under its name before issue 19: its cells now train as
-dppo-flow (gprl refuses runs saved under the old name).
 FPO's legacy rows (its former default, the paper's settings) were moved out of dmc6.csv when its
 defaults changed, to dmc6_fpo_paper.csv and dmc6_fpo_paper_curves.csv; this script does not
-read them.
+read them. Likewise ReinFlow's and the flow DPPO's legacy rows (x_0 ~ N(0, I), their former
+source; the latter's under "dppo", its name before issue 19) went to dmc6_fixed_source.csv and
+dmc6_fixed_source_curves.csv when their source std from scratch became 0.1.
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per
@@ -67,9 +67,8 @@ TASKS = [
     "dm_control/walker-walk-v0",
 ]
 ALGOS = ["ppo", "gorl", "fpo", "dppo-flow", "reinflow"]
-ROW_ORDER = ["ppo", "gorl", "fpo", "dppo", "dppo-flow", "reinflow"]
-"""The methods in the order of the results files. "dppo": the flow DPPO under its name before
-issue 19 (now dppo-flow; gprl refuses runs saved under the old name), in legacy rows only."""
+ROW_ORDER = ["ppo", "gorl", "fpo", "dppo-flow", "reinflow"]
+"""The methods in the order of the results files."""
 SEEDS = [0, 1, 2]
 TAG = "dmc6"
 DMC_MAX_RETURN = 1000.0

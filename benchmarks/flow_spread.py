@@ -65,7 +65,7 @@ SETTINGS = {
     "per-pair-clip-0.02": FPO_PAPER | {"ratio": "per_pair", "clip_eps": 0.02},
     "per-pair-epochs-10": FPO_PAPER | {"ratio": "per_pair", "num_epochs": 10},
     "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
-    "learned-source": {"learned_source_std": True},
+    "learned-source": {"learned_source_std": True, "source_std": 1.0},
     "learned-source-0.1": {"learned_source_std": True, "source_std": 0.1},
     "source-0.1": {"source_std": 0.1},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},

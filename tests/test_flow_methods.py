@@ -20,6 +20,7 @@ import gprl.policies.flow as flow_module
 from gprl.algos import ALGORITHMS
 from gprl.algos.grpo import group_relative_advantages
 from gprl.algos.onpolicy import flatten_time
+from gprl.configs import from_jsonable, to_jsonable
 from gprl.policies import FlowPolicyConfig
 from gprl.policies.flow import sde_transition, time_grid
 from gprl.trainer import RunConfig, train
@@ -97,7 +98,7 @@ def test_noise_scale_schedule_contracts_the_spread(name):
 def test_a_learned_source_std_contracts_where_only_a_precise_action_pays(name):
     # Reward -|a|^2: the best policy puts every action at 0. Scored in the likelihood, x_0's std
     # gets the policy gradient a Gaussian policy's std gets, and falls from its start at 1.
-    algo = make_algo(name, learned_source_std=True, learning_rate=1e-2)
+    algo = make_algo(name, learned_source_std=True, source_std=1.0, learning_rate=1e-2)
     state = algo.init(jax.random.PRNGKey(0))
     assert float(jnp.max(jnp.abs(state["params"]["source_log_std"]))) == 0.0
     update = jax.jit(algo.update)
@@ -107,6 +108,26 @@ def test_a_learned_source_std_contracts_where_only_a_precise_action_pays(name):
         state, metrics = update(state, batch, jax.random.PRNGKey(200 + i))
     assert float(metrics["source_std"]) < 0.7
     assert float(jnp.max(jnp.exp(state["params"]["source_log_std"]))) < 0.8
+
+
+@pytest.mark.parametrize("name", ("reinflow", "dppo-flow"))
+def test_the_source_is_narrow_from_scratch_and_n01_for_a_pretrained_flow_or_an_older_run(name):
+    def source_spread(config):
+        algo = ALGORITHMS[name].algorithm(config, SPEC, NUM_ENVS, 10_000)
+        _, extras = algo.act(
+            algo.acting_params(algo.init(jax.random.PRNGKey(0))),
+            jnp.zeros((4096, SPEC.obs_dim)),
+            jax.random.PRNGKey(1),
+        )
+        return float(jnp.std(extras["chain"][:, 0]))
+
+    config = small_config(name)
+    assert abs(source_spread(config) - 0.1) < 0.01
+    assert config.starting_source_std(fine_tuning=True) == 1.0
+    # A run saved before the option existed resumes with the N(0, I) source it trained with.
+    saved = to_jsonable(config)
+    del saved["source_std"]
+    assert abs(source_spread(from_jsonable(type(config), saved)) - 1.0) < 0.05
 
 
 def test_the_source_density_is_that_of_the_learned_std_times_the_noise_scale():

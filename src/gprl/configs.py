@@ -81,10 +81,14 @@ def _convert(tp, value):
 
 def from_jsonable(cls, data: dict):
     """An instance of the dataclass cls from its JSON record. A class with a `refuse_saved(data)`
-    classmethod first gets to refuse, in its own words, a record it no longer reads."""
+    classmethod first gets to refuse, in its own words, a record it no longer reads; one with a
+    `values_before_added` dict gives its fields' values for records saved before they existed."""
     refuse_saved = getattr(cls, "refuse_saved", None)
     if refuse_saved is not None:
         refuse_saved(data)
+    # A field added since the record was saved takes today's default, unless the class names the
+    # value that kept the record's behaviour (its default changed the behaviour when it came).
+    data = getattr(cls, "values_before_added", {}) | data
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

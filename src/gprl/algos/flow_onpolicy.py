@@ -17,6 +17,7 @@ step 0 is then the pretrained policy acting from zero noise.
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -72,19 +73,30 @@ class FlowOnPolicyConfig(OnPolicyConfig):
 class GaussianChainConfig(FlowOnPolicyConfig):
     """The settings of the flow methods whose Euler steps are Gaussian transitions."""
 
-    source_std: float = 1.0
-    """Std of the source noise x_0 ~ N(0, source_std^2 I); where it is learned, its start. The
-    flow's randomness is mostly this noise carried through the velocity field, and the chain's
-    likelihood credits only the Euler steps' noise for the velocity field's gradient: below 1,
-    more of the exploration is noise the update can attribute."""
+    source_std: float | None = None
+    """Std of the source noise x_0 ~ N(0, source_std^2 I); where it is learned, its start. None:
+    1 with --init (the source the pretrained flow was fitted with), else the method's default
+    from scratch (`scratch_source_std`; README). The flow's randomness is mostly this noise
+    carried through the velocity field, while the chain's likelihood credits only the Euler
+    steps' noise for the velocity field's gradient: below 1, more of the exploration is noise
+    the update can attribute."""
     learned_source_std: bool = False
     """Learn the source noise's std (one per action dimension) and count x_0's density in the
     chain's likelihood, so that it is contracted or widened as a Gaussian policy's std is."""
 
+    scratch_source_std: ClassVar[float] = 1.0
+    """The source std from scratch where source_std is None."""
+
     def validate(self) -> None:
         super().validate()
-        if not self.source_std > 0:
+        if self.source_std is not None and not self.source_std > 0:
             raise ValueError(f"source_std must be positive, got {self.source_std}")
+
+    def starting_source_std(self, fine_tuning: bool) -> float:
+        """The source std a run starts with (see source_std)."""
+        if self.source_std is not None:
+            return self.source_std
+        return 1.0 if fine_tuning else self.scratch_source_std
 
 
 class FlowOnPolicy(OnPolicyAlgorithm):
@@ -215,10 +227,14 @@ class GaussianChainFlow(FlowOnPolicy):
         (K, 1, 1) when re-scoring (k broadcasts against the batch, t against x)."""
         raise NotImplementedError
 
+    @property
+    def initial_source_std(self) -> float:
+        return self.config.starting_source_std(fine_tuning=self.pretrained is not None)
+
     def init_params(self, key) -> dict:
         params = super().init_params(key)
         if self.config.learned_source_std:
-            log_std = jnp.log(self.config.source_std)
+            log_std = jnp.log(self.initial_source_std)
             params["source_log_std"] = jnp.full(self.spec.action_dim, log_std)
         return params
 
@@ -226,7 +242,7 @@ class GaussianChainFlow(FlowOnPolicy):
         """The source noise's std: learned per action dimension, or the configured one."""
         if self.config.learned_source_std:
             return jnp.exp(params["source_log_std"])
-        return self.config.source_std
+        return self.initial_source_std
 
     def source_info(self, params) -> dict:
         """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
