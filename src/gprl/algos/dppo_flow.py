@@ -10,23 +10,14 @@ keeps the deterministic flow near the pretrained policy (--init) or the initial 
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import jax.numpy as jnp
 
-from gprl.algos.flow_actor_critic import GaussianChainActorCritic, GaussianChainActorCriticConfig
+from gprl.algos.flow_actor_critic import GaussianChainActorCritic, NarrowSourceConfig
 
 
 @dataclass(frozen=True)
-class DPPOFlowConfig(GaussianChainActorCriticConfig):
-    source_std: float | None = None
-    """Std of the source noise x_0 ~ N(0, source_std^2 I); where it is learned, its start. None:
-    1 with --init (the source the pretrained flow was fitted with), else 0.1, which the update
-    can credit far better than N(0, I) (chosen on DMC cheetah-run and walker-walk; README)."""
-    scratch_source_std: ClassVar[float] = 0.1
-    values_before_added: ClassVar[dict] = {"source_std": 1.0}
-    """Runs saved before source_std existed sampled x_0 from N(0, I)."""
-
+class DPPOFlowConfig(NarrowSourceConfig):
     denoising_std: float = 0.05
     """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
     fine_tuned_steps: int | None = None

@@ -9,28 +9,19 @@ from the same initial noise: the pretrained one when fine-tuning (--init), else 
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gprl.algos.flow_actor_critic import GaussianChainActorCritic, GaussianChainActorCriticConfig
+from gprl.algos.flow_actor_critic import GaussianChainActorCritic, NarrowSourceConfig
 from gprl.networks import MLP
 from gprl.policies import gaussian_entropy
 
 
 @dataclass(frozen=True)
-class ReinFlowConfig(GaussianChainActorCriticConfig):
-    source_std: float | None = None
-    """Std of the source noise x_0 ~ N(0, source_std^2 I); where it is learned, its start. None:
-    1 with --init (the source the pretrained flow was fitted with), else 0.1, which the update
-    can credit far better than N(0, I) (chosen on DMC cheetah-run and walker-walk; README)."""
-    scratch_source_std: ClassVar[float] = 0.1
-    values_before_added: ClassVar[dict] = {"source_std": 1.0}
-    """Runs saved before source_std existed sampled x_0 from N(0, I)."""
-
+class ReinFlowConfig(NarrowSourceConfig):
     min_noise_std: float = 0.08
     """Lower bound of the learned per-step noise std."""
     max_noise_std: float = 0.16
