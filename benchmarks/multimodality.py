@@ -88,6 +88,9 @@ EQUIVALENT_HASHES = {
     # plain backup) and explore_hold 1 (i.i.d. warm-up draws), added since these rows.
     ("dpmd", "b125b9ffa5"): ("dpmd", "a8c929e4ca"),
     ("maxentdp", "c9efbc3154"): ("maxentdp", "3260b98a04"),
+    # source_std None (Flow-SDE and GRPO keep x_0 ~ N(0, I)) and learned_source_std off.
+    ("flow-sde", "c38ceca6ac"): ("flow-sde", "f5dac154ff"),
+    ("grpo", "37e725d4b2"): ("grpo", "b3402a79ef"),
 }
 
 

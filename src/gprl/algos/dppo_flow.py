@@ -66,10 +66,9 @@ class DPPOFlow(GaussianChainActorCritic):
 
     def policy_terms(self, params, minibatch, frozen):
         log_ratios, _ = self.step_log_ratios(params, minibatch)
-        num_terms = log_ratios.shape[-1]
-        trained = log_ratios[:, num_terms - len(self.step_weights) :]
+        trained = log_ratios[:, log_ratios.shape[-1] - len(self.step_weights) :]
         weights = self.step_weights
-        if num_terms > self.num_steps:  # x_0's learned std: its own ratio, always trained
+        if self.config.learned_source_std:  # x_0's term, first: its own ratio, always trained
             trained = jnp.concatenate([log_ratios[:, :1], trained], axis=-1)
             weights = jnp.concatenate([jnp.ones(1), weights])
         penalty, info = self.reference_penalty(params, minibatch, frozen)

@@ -228,13 +228,13 @@ class GaussianChainFlow(FlowOnPolicy):
         raise NotImplementedError
 
     @property
-    def initial_source_std(self) -> float:
+    def starting_source_std(self) -> float:
         return self.config.starting_source_std(fine_tuning=self.pretrained is not None)
 
     def init_params(self, key) -> dict:
         params = super().init_params(key)
         if self.config.learned_source_std:
-            log_std = jnp.log(self.initial_source_std)
+            log_std = jnp.log(self.starting_source_std)
             params["source_log_std"] = jnp.full(self.spec.action_dim, log_std)
         return params
 
@@ -242,7 +242,7 @@ class GaussianChainFlow(FlowOnPolicy):
         """The source noise's std: learned per action dimension, or the configured one."""
         if self.config.learned_source_std:
             return jnp.exp(params["source_log_std"])
-        return self.initial_source_std
+        return self.starting_source_std
 
     def source_info(self, params) -> dict:
         """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
@@ -251,7 +251,8 @@ class GaussianChainFlow(FlowOnPolicy):
         return {"source_std": jnp.mean(self.source_std(params))}
 
     def source_log_prob(self, params, minibatch: dict):
-        """Log density (B,) of each stored x_0 under the source it was drawn from."""
+        """Log density (B,) of each stored x_0 under the source std of `params`, times the
+        noise scale the sample was drawn with."""
         std = minibatch["noise_scale"][..., None] * self.source_std(params)
         return gaussian_log_prob(0.0, std, minibatch["chain"][..., 0, :])
 
