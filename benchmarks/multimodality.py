@@ -4,7 +4,8 @@ For each algorithm, task and seed: train with `gprl train` (default config, one 
 then sample the stochastic policy (`act`) at fixed reset observations (64 x 256 actions) and
 measure the share of samples on each optimal mode (gprl.envs.diagnostics.OPTIMAL_MODES). One CSV
 row per run; cells already in the CSV (same budget, envs and default config) are skipped, so an
-interrupted invocation continues where it stopped. The summary has one row per task, method and
+interrupted invocation continues where it stopped, and the CSV is read again before each row is
+added, so two invocations at once (other --algos) keep each other's rows. The summary has one row per task, method and
 budget among the CSV's rows with today's default config (--report-only rebuilds it from the CSV).
 
 Which default config a row used: a row keeps its config as JSON (`algo_config_json`), completed
@@ -377,7 +378,9 @@ def train_missing(csv_path: Path, budgets: dict[str, int], args) -> list[str]:
                     failures.append(f"{algo_name} {task} seed {seed}: {message}")
                     continue
                 # The new row replaces the cell's row of another default config; a row that
-                # counts for a method under its new name stays.
+                # counts for a method under its new name stays. Read again: another invocation
+                # may have added rows meanwhile.
+                rows = read_rows(csv_path)
                 rows = [r for r in rows if cell_of(r) != key or current_method(r)] + [row]
                 write_csv(csv_path, rows)
     return failures
