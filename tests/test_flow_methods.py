@@ -111,7 +111,7 @@ def test_a_learned_source_std_contracts_where_only_a_precise_action_pays(name):
 
 
 @pytest.mark.parametrize("name", ("reinflow", "dppo-flow"))
-def test_the_source_is_narrow_from_scratch_and_n01_for_a_pretrained_flow_or_an_older_run(name):
+def test_the_source_is_narrow_from_scratch_and_standard_to_fine_tune_or_resume_older_runs(name):
     def source_spread(config):
         algo = ALGORITHMS[name].algorithm(config, SPEC, NUM_ENVS, 10_000)
         _, extras = algo.act(
