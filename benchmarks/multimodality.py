@@ -5,8 +5,9 @@ then sample the stochastic policy (`act`) at fixed reset observations (64 x 256 
 measure the share of samples on each optimal mode (gprl.envs.diagnostics.OPTIMAL_MODES). One CSV
 row per run; cells already in the CSV (same budget, envs and default config) are skipped, so an
 interrupted invocation continues where it stopped, and the CSV is read again before each row is
-added, so two invocations at once (other --algos) keep each other's rows. The summary has one row per task, method and
-budget among the CSV's rows with today's default config (--report-only rebuilds it from the CSV).
+added, so two invocations at once (other --algos) keep each other's rows. The summary has one
+row per task, method and budget among the CSV's rows with today's default config (--report-only
+rebuilds it from the CSV).
 
 Which default config a row used: a row keeps its config as JSON (`algo_config_json`), completed
 with the fields added to the config class since, at their defaults, before it is compared with
