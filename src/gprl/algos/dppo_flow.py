@@ -66,7 +66,7 @@ class DPPOFlow(GaussianChainActorCritic):
 
     def policy_terms(self, params, minibatch, frozen):
         log_ratios, _ = self.step_log_ratios(params, minibatch)
-        trained = log_ratios[:, log_ratios.shape[-1] - len(self.step_weights) :]
+        trained = log_ratios[:, -len(self.step_weights) :]  # the last fine-tuned steps
         weights = self.step_weights
         if self.config.learned_source_std:  # x_0's term, first: its own ratio, always trained
             trained = jnp.concatenate([log_ratios[:, :1], trained], axis=-1)

@@ -244,6 +244,10 @@ class GaussianChainFlow(FlowOnPolicy):
             return jnp.exp(params["source_log_std"])
         return self.starting_source_std
 
+    def scaled_source_std(self, params, noise_scale):
+        """(..., d) std of the source a sample with this noise scale is drawn from."""
+        return noise_scale[..., None] * self.source_std(params)
+
     def source_info(self, params) -> dict:
         """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
         if not self.config.learned_source_std:
@@ -253,7 +257,7 @@ class GaussianChainFlow(FlowOnPolicy):
     def source_log_prob(self, params, minibatch: dict):
         """Log density (B,) of each stored x_0 under the source std of `params`, times the
         noise scale the sample was drawn with."""
-        std = minibatch["noise_scale"][..., None] * self.source_std(params)
+        std = self.scaled_source_std(params, minibatch["noise_scale"])
         return gaussian_log_prob(0.0, std, minibatch["chain"][..., 0, :])
 
     def sampling_aux(self, acting, obs, key) -> dict:
@@ -272,11 +276,10 @@ class GaussianChainFlow(FlowOnPolicy):
         shape = (*obs.shape[:-1], self.spec.action_dim)
         # Kept with each sample, so that re-scoring uses the scale the sample was drawn with.
         scale = jnp.broadcast_to(acting["noise_scale"], obs.shape[:-1])
-        source_std = scale[..., None] * self.source_std(acting["params"])
-        noise = source_std * jax.random.normal(noise_key, shape)
+        params = acting["params"]
+        noise = self.scaled_source_std(params, scale) * jax.random.normal(noise_key, shape)
         step_noise = jax.random.normal(step_key, (self.num_steps, *shape))
         aux = self.sampling_aux(acting, obs, aux_key)
-        params = acting["params"]
 
         def transition(k, x, velocity, t):
             mean, std = self.transition(params, obs, aux, k, x, velocity, t)
