@@ -17,7 +17,9 @@ FPO's legacy rows (its former default, the paper's settings) were moved out of d
 defaults changed, to dmc6_fpo_paper.csv and dmc6_fpo_paper_curves.csv; this script does not
 read them. Likewise ReinFlow's and the flow DPPO's legacy rows (x_0 ~ N(0, I), their former
 source; the latter's under "dppo", its name before issue 19) went to dmc6_fixed_source.csv and
-dmc6_fixed_source_curves.csv when their source std from scratch became 0.1.
+dmc6_fixed_source_curves.csv when their source std from scratch became 0.1, and DPPO-flow's cells
+with that fixed 0.1 to dmc6_dppo_flow_fixed_source.csv and dmc6_dppo_flow_fixed_source_curves.csv
+when it came to learn the std from scratch (their records were retrained and replaced).
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per

@@ -130,6 +130,22 @@ def test_the_source_is_narrow_from_scratch_and_standard_to_fine_tune_or_resume_o
     assert abs(source_spread(from_jsonable(type(config), saved)) - 1.0) < 0.05
 
 
+def test_dppo_flow_learns_its_source_std_from_scratch_only():
+    config = small_config("dppo-flow")
+    algo = ALGORITHMS["dppo-flow"].algorithm(config, SPEC, NUM_ENVS, 10_000)
+    state = algo.init(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.exp(state["params"]["source_log_std"]), 0.1, rtol=1e-6)
+    batch = rollout(algo, state, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
+    assert abs(float(metrics["source_std"]) - 0.1) < 0.01
+    assert not config.learns_source_std(fine_tuning=True)
+    assert not small_config("reinflow").learns_source_std(fine_tuning=False)
+    # A run saved before the option existed resumes with the fixed source it trained with.
+    saved = to_jsonable(config)
+    del saved["learned_source_std"]
+    assert not from_jsonable(type(config), saved).learns_source_std(fine_tuning=False)
+
+
 def test_the_source_density_is_that_of_the_learned_std_times_the_noise_scale():
     algo = make_algo("reinflow", learned_source_std=True, final_noise_scale=0.2)
     state = algo.init(jax.random.PRNGKey(3))

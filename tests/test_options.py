@@ -125,7 +125,12 @@ def chain_gradient(algo, params, minibatch):
 
 @pytest.mark.parametrize("fine_tuned_steps", [None, 2])
 def test_dppo_flow_fine_tuned_steps_trains_only_the_last_steps(fine_tuned_steps):
-    algo = make_algo("dppo-flow", fine_tuned_steps=fine_tuned_steps, normalize_advantages=False)
+    algo = make_algo(
+        "dppo-flow",
+        fine_tuned_steps=fine_tuned_steps,
+        normalize_advantages=False,
+        learned_source_std=False,  # the steps' columns only
+    )
     state = algo.init(jax.random.PRNGKey(0))
     minibatch = flow_minibatch(algo, state, jax.random.PRNGKey(1))
     minibatch = with_log_ratio(algo, state["params"], minibatch, jnp.zeros((BATCH, STEPS)))
@@ -148,6 +153,7 @@ def test_dppo_flow_denoising_discount_weights_a_step_by_discount_to_the_steps_af
         fine_tuned_steps=fine_tuned_steps,
         denoising_discount=discount,
         normalize_advantages=False,
+        learned_source_std=False,
     )
     state = algo.init(jax.random.PRNGKey(0))
     minibatch = flow_minibatch(algo, state, jax.random.PRNGKey(1))

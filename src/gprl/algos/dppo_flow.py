@@ -10,6 +10,7 @@ keeps the deterministic flow near the pretrained policy (--init) or the initial 
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax.numpy as jnp
 
@@ -18,6 +19,14 @@ from gprl.algos.flow_actor_critic import GaussianChainActorCritic, NarrowSourceC
 
 @dataclass(frozen=True)
 class DPPOFlowConfig(NarrowSourceConfig):
+    learned_source_std: bool | None = None
+    """Learn the source noise's std (one per action dimension) and count x_0's density in the
+    chain's likelihood, as its own clipped ratio. None: learned from scratch (from 0.1, which
+    beat the fixed 0.1 on DMC cheetah-run and walker-walk; README), fixed with --init."""
+    values_before_added: ClassVar[dict] = NarrowSourceConfig.values_before_added | {
+        "learned_source_std": False
+    }
+    """Runs saved before learned_source_std existed kept their source std fixed."""
     denoising_std: float = 0.05
     """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
     fine_tuned_steps: int | None = None
@@ -68,7 +77,7 @@ class DPPOFlow(GaussianChainActorCritic):
         log_ratios, _ = self.step_log_ratios(params, minibatch)
         trained = log_ratios[:, -len(self.step_weights) :]  # the last fine-tuned steps
         weights = self.step_weights
-        if self.config.learned_source_std:  # x_0's term, first: its own ratio, always trained
+        if self.learns_source_std:  # x_0's term, first: its own ratio, always trained
             trained = jnp.concatenate([log_ratios[:, :1], trained], axis=-1)
             weights = jnp.concatenate([jnp.ones(1), weights])
         penalty, info = self.reference_penalty(params, minibatch, frozen)

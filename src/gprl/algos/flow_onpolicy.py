@@ -98,6 +98,13 @@ class GaussianChainConfig(FlowOnPolicyConfig):
             return self.source_std
         return 1.0 if fine_tuning else self.scratch_source_std
 
+    def learns_source_std(self, fine_tuning: bool) -> bool:
+        """Whether a run learns the source std; a method whose learned_source_std is None learns
+        it from scratch and keeps the pretrained flow's source with --init."""
+        if self.learned_source_std is None:
+            return not fine_tuning
+        return self.learned_source_std
+
 
 class FlowOnPolicy(OnPolicyAlgorithm):
     """A flow policy (actions = clip(x_K, -1, 1)) trained on-policy.
@@ -231,16 +238,20 @@ class GaussianChainFlow(FlowOnPolicy):
     def starting_source_std(self) -> float:
         return self.config.starting_source_std(fine_tuning=self.pretrained is not None)
 
+    @property
+    def learns_source_std(self) -> bool:
+        return self.config.learns_source_std(fine_tuning=self.pretrained is not None)
+
     def init_params(self, key) -> dict:
         params = super().init_params(key)
-        if self.config.learned_source_std:
+        if self.learns_source_std:
             log_std = jnp.log(self.starting_source_std)
             params["source_log_std"] = jnp.full(self.spec.action_dim, log_std)
         return params
 
     def source_std(self, params):
         """The source noise's std: learned per action dimension, or the configured one."""
-        if self.config.learned_source_std:
+        if self.learns_source_std:
             return jnp.exp(params["source_log_std"])
         return self.starting_source_std
 
@@ -250,7 +261,7 @@ class GaussianChainFlow(FlowOnPolicy):
 
     def source_info(self, params) -> dict:
         """The learned source std's mean, for the update's metrics ({} with the fixed one)."""
-        if not self.config.learned_source_std:
+        if not self.learns_source_std:
             return {}
         return {"source_std": jnp.mean(self.source_std(params))}
 
@@ -314,13 +325,13 @@ class GaussianChainFlow(FlowOnPolicy):
         when its std is learned; and the transitions' stds (K, B, d)."""
         log_probs, stds = self.step_log_probs(params, minibatch)
         log_ratios = log_probs - minibatch["old_step_log_prob"]
-        if self.config.learned_source_std:
+        if self.learns_source_std:
             source = self.source_log_prob(params, minibatch) - minibatch["old_source_log_prob"]
             log_ratios = jnp.concatenate([source[:, None], log_ratios], axis=-1)
         return log_ratios, stds
 
     def score_rollout(self, params, data, key):
         old = {"old_step_log_prob": self.step_log_probs(params, data)[0]}
-        if self.config.learned_source_std:
+        if self.learns_source_std:
             old["old_source_log_prob"] = self.source_log_prob(params, data)
         return old

@@ -205,7 +205,7 @@ class GRPO(GaussianChainFlow):
         advantages = minibatch["advantages"][:, None]
         if config.reweight_noise_levels:
             variance = jnp.mean(stds**2, axis=(1, 2))
-            if config.learned_source_std:  # x_0's term comes first
+            if self.learns_source_std:  # x_0's term comes first
                 source_std = self.scaled_source_std(params, minibatch["noise_scale"])
                 variance = jnp.concatenate([jnp.mean(source_std**2)[None], variance])
             variance = jax.lax.stop_gradient(variance)
