@@ -67,6 +67,7 @@ SETTINGS = {
     "per-pair-velocity": FPO_PAPER | {"ratio": "per_pair", "loss_mode": "velocity"},
     "learned-source": {"learned_source_std": True, "source_std": 1.0},
     "learned-source-0.1": {"learned_source_std": True, "source_std": 0.1},
+    "learned-source-0.3": {"learned_source_std": True, "source_std": 0.3},
     "source-0.1": {"source_std": 0.1},
     "grad-norm-2": {"max_grad_norm": 2.0},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
