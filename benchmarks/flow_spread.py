@@ -15,6 +15,7 @@ where it stopped.
 
     python benchmarks/flow_spread.py                          # cheetah-run and walker-walk
     python benchmarks/flow_spread.py --settings fpo++ --algos fpo --seeds 0 1
+    python benchmarks/flow_spread.py --algos flow-sde --settings default source-0.1
     python benchmarks/flow_spread.py --report-only
 """
 
