@@ -198,7 +198,9 @@ def plot(summary: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in summary)]
-    fig, axes = plt.subplots(2, len(TASKS), figsize=(5 * len(TASKS), 6), squeeze=False)
+    # One distinct colour per setting (there are more settings than the default cycle's ten).
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
+    fig, axes = plt.subplots(2, len(TASKS), figsize=(6 * len(TASKS) + 3, 7), squeeze=False)
     width = 0.8 / len(settings)
     for column, task in enumerate(TASKS):
         for row, (metric, label) in enumerate(
@@ -212,13 +214,14 @@ def plot(summary: list[dict], path: Path) -> None:
                     for algo in ALGOS
                 ]  # fmt: skip
                 x = np.arange(len(ALGOS)) + offset * width
-                ax.bar(x, values, width, label=setting)
+                ax.bar(x, values, width, label=setting, color=colours[offset])
             ax.set_xticks(np.arange(len(ALGOS)) + 0.4 - width / 2, ALGOS)
             ax.set_ylabel(label)
             ax.set_title(task, fontsize=9)
-    axes[0, 0].legend(fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, title="setting")
     fig.suptitle(f"Flow methods from scratch, {STEPS} env steps: return and spread", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
