@@ -73,6 +73,7 @@ SETTINGS = {
     "learned-source-0.3": {"learned_source_std": True, "source_std": 0.3},
     "source-0.1": {"source_std": 0.1},
     "grad-norm-2": {"max_grad_norm": 2.0},
+    "denoising-0.1": {"denoising_std": 0.1},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
 """Named settings: config fields and their values; a setting runs for the methods that have all
