@@ -146,6 +146,23 @@ def test_dppo_flow_learns_its_source_std_from_scratch_only():
     assert not from_jsonable(type(config), saved).learns_source_std(fine_tuning=False)
 
 
+def test_dppo_flow_steps_with_noise_0_1_from_scratch_and_0_05_when_fine_tuning():
+    algo = make_algo("dppo-flow")
+    state = algo.init(jax.random.PRNGKey(6))
+    data = scored_rollout(algo, state, jax.random.PRNGKey(7))
+    chains = np.asarray(data["chain"])  # (B, K + 1, d)
+    steps = algo.num_steps
+    residuals = []
+    for k in range(steps):
+        t = jnp.full((chains.shape[0],), k / steps)
+        velocity = algo.policy.velocity(state["params"]["policy"], data["obs"], chains[:, k], t)
+        residuals.append(chains[:, k + 1] - chains[:, k] - np.asarray(velocity) / steps)
+    assert abs(np.std(residuals) - 0.1) < 0.01
+    config = small_config("dppo-flow")
+    assert config.step_std(fine_tuning=True) == 0.05
+    assert replace(config, denoising_std=0.3).step_std(fine_tuning=False) == 0.3
+
+
 def test_the_source_density_is_that_of_the_learned_std_times_the_noise_scale():
     algo = make_algo("reinflow", learned_source_std=True, final_noise_scale=0.2)
     state = algo.init(jax.random.PRNGKey(3))

@@ -23,12 +23,14 @@ class DPPOFlowConfig(NarrowSourceConfig):
     """Learn the source noise's std (one per action dimension) and count x_0's density in the
     chain's likelihood, as its own clipped ratio. None: learned from scratch (from 0.1, which
     beat the fixed 0.1 on DMC cheetah-run and walker-walk; README), fixed with --init."""
+    denoising_std: float | None = None
+    """Std of the Gaussian noise added at every Euler step. None: 0.1 from scratch (with the
+    learned source, higher on DMC walker-walk than 0.05; README), 0.05 with --init (the FPO
+    comparison's; fine-tuning at 0.1 is unmeasured beyond the probe tests)."""
     values_before_added: ClassVar[dict] = NarrowSourceConfig.values_before_added | {
         "learned_source_std": False
     }
     """Runs saved before learned_source_std existed kept their source std fixed."""
-    denoising_std: float = 0.05
-    """Std of the Gaussian noise added at every Euler step (0.05 in the FPO comparison)."""
     fine_tuned_steps: int | None = None
     """Train only the last k of the K steps (DPPO's ft_denoising_steps); None trains all."""
     denoising_discount: float = 0.99
@@ -41,7 +43,7 @@ class DPPOFlowConfig(NarrowSourceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.denoising_std > 0:
+        if self.denoising_std is not None and not self.denoising_std > 0:
             raise ValueError(f"denoising_std must be positive, got {self.denoising_std}")
         if self.fine_tuned_steps is not None and not 1 <= self.fine_tuned_steps <= (
             self.flow.num_steps
@@ -55,11 +57,18 @@ class DPPOFlowConfig(NarrowSourceConfig):
         if self.w2_coef < 0:
             raise ValueError(f"w2_coef must be non-negative, got {self.w2_coef}")
 
+    def step_std(self, fine_tuning: bool) -> float:
+        """The Euler steps' noise std a run samples and scores with (see denoising_std)."""
+        if self.denoising_std is not None:
+            return self.denoising_std
+        return 0.05 if fine_tuning else 0.1
+
 
 class DPPOFlow(GaussianChainActorCritic):
     def __init__(self, config: DPPOFlowConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         self.w2_coef = config.w2_coef
+        self.step_std = config.step_std(fine_tuning=self.pretrained is not None)
         trained = config.fine_tuned_steps or self.num_steps
         if trained > self.num_steps:  # with --init, K is the pretrain run's
             raise ValueError(
@@ -71,7 +80,7 @@ class DPPOFlow(GaussianChainActorCritic):
 
     def transition(self, params, obs, aux, k, x, velocity, t):
         dt = 1.0 / self.num_steps
-        return x + dt * velocity, jnp.full_like(x, self.config.denoising_std)
+        return x + dt * velocity, jnp.full_like(x, self.step_std)
 
     def policy_terms(self, params, minibatch, frozen):
         log_ratios, _ = self.step_log_ratios(params, minibatch)
