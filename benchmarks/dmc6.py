@@ -19,7 +19,9 @@ read them. Likewise ReinFlow's and the flow DPPO's legacy rows (x_0 ~ N(0, I), t
 source; the latter's under "dppo", its name before issue 19) went to dmc6_fixed_source.csv and
 dmc6_fixed_source_curves.csv when their source std from scratch became 0.1, and DPPO-flow's cells
 with that fixed 0.1 to dmc6_dppo_flow_fixed_source.csv and dmc6_dppo_flow_fixed_source_curves.csv
-when it came to learn the std from scratch (their records were retrained and replaced).
+when it came to learn the std from scratch, and those learned-source cells to
+dmc6_dppo_flow_learned_source.csv and dmc6_dppo_flow_learned_source_curves.csv when its step std
+from scratch became 0.1 (their records were retrained and replaced).
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per
