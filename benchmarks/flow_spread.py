@@ -74,6 +74,7 @@ SETTINGS = {
     "source-0.1": {"source_std": 0.1},
     "grad-norm-2": {"max_grad_norm": 2.0},
     "denoising-0.1": {"denoising_std": 0.1},
+    "denoising-0.2": {"denoising_std": 0.2},
     "step-noise-0.1-0.3": {"min_noise_std": 0.1, "max_noise_std": 0.3},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
