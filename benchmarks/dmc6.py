@@ -21,7 +21,9 @@ dmc6_fixed_source_curves.csv when their source std from scratch became 0.1, and 
 with that fixed 0.1 to dmc6_dppo_flow_fixed_source.csv and dmc6_dppo_flow_fixed_source_curves.csv
 when it came to learn the std from scratch, and those learned-source cells to
 dmc6_dppo_flow_learned_source.csv and dmc6_dppo_flow_learned_source_curves.csv when its step std
-from scratch became 0.1 (their records were retrained and replaced).
+from scratch became 0.1, and ReinFlow's cells with the reference's noise bounds [0.08, 0.16] to
+dmc6_reinflow_reference_noise.csv and dmc6_reinflow_reference_noise_curves.csv when its bounds from
+scratch became [0.1, 0.3] (their records were retrained and replaced).
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per

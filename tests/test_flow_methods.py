@@ -146,10 +146,11 @@ def test_dppo_flow_learns_its_source_std_from_scratch_only():
     assert not from_jsonable(type(config), saved).learns_source_std(fine_tuning=False)
 
 
-def test_dppo_flow_steps_with_noise_0_1_from_scratch_and_0_05_when_fine_tuning():
-    algo = make_algo("dppo-flow")
+def euler_step_residual_std(algo, key) -> float:
+    """The std of a from-scratch rollout's Euler-step noise: chain[k + 1] - chain[k] - v / K,
+    with the velocity recomputed by the policy network."""
     state = algo.init(jax.random.PRNGKey(6))
-    data = scored_rollout(algo, state, jax.random.PRNGKey(7))
+    data = scored_rollout(algo, state, key)
     chains = np.asarray(data["chain"])  # (B, K + 1, d)
     steps = algo.num_steps
     residuals = []
@@ -157,10 +158,25 @@ def test_dppo_flow_steps_with_noise_0_1_from_scratch_and_0_05_when_fine_tuning()
         t = jnp.full((chains.shape[0],), k / steps)
         velocity = algo.policy.velocity(state["params"]["policy"], data["obs"], chains[:, k], t)
         residuals.append(chains[:, k + 1] - chains[:, k] - np.asarray(velocity) / steps)
-    assert abs(np.std(residuals) - 0.1) < 0.01
+    return float(np.std(residuals))
+
+
+def test_dppo_flow_steps_with_noise_0_1_from_scratch_and_0_05_when_fine_tuning():
+    assert abs(euler_step_residual_std(make_algo("dppo-flow"), jax.random.PRNGKey(7)) - 0.1) < 0.01
     config = small_config("dppo-flow")
     assert config.step_std(fine_tuning=True) == 0.05
     assert replace(config, denoising_std=0.3).step_std(fine_tuning=False) == 0.3
+
+
+def test_reinflow_noise_bounds_are_wider_from_scratch_than_when_fine_tuning():
+    # The noise net starts at the middle of its log-range: sqrt(0.1 x 0.3) from scratch.
+    residual_std = euler_step_residual_std(make_algo("reinflow"), jax.random.PRNGKey(7))
+    assert abs(residual_std - np.sqrt(0.1 * 0.3)) < 0.015
+    config = small_config("reinflow")
+    assert config.noise_std_bounds(fine_tuning=True) == (0.08, 0.16)
+    assert replace(config, max_noise_std=0.5).noise_std_bounds(fine_tuning=False) == (0.1, 0.5)
+    with pytest.raises(ValueError, match=r"from scratch they are 0\.1 and 0\.09"):
+        replace(config, max_noise_std=0.09).validate()
 
 
 def test_the_source_density_is_that_of_the_learned_std_times_the_noise_scale():
