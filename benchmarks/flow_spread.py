@@ -76,6 +76,7 @@ SETTINGS = {
     "denoising-0.1": {"denoising_std": 0.1},
     "denoising-0.2": {"denoising_std": 0.2},
     "step-noise-0.1-0.3": {"min_noise_std": 0.1, "max_noise_std": 0.3},
+    "step-noise-0.15-0.45": {"min_noise_std": 0.15, "max_noise_std": 0.45},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
 }
 """Named settings: config fields and their values; a setting runs for the methods that have all

@@ -56,7 +56,8 @@ class ReinFlowConfig(NarrowSourceConfig):
         """The learned per-step std's (lower, upper) bounds a run uses (see min_noise_std)."""
         low, high = (0.08, 0.16) if fine_tuning else (0.1, 0.3)
         low = low if self.min_noise_std is None else self.min_noise_std
-        return low, high if self.max_noise_std is None else self.max_noise_std
+        high = high if self.max_noise_std is None else self.max_noise_std
+        return low, high
 
 
 class NoiseNet(nn.Module):
