@@ -11,7 +11,11 @@ stochastic policy (per-dimension std of clipped actions at observations the trai
 visits, as exploration.py). Cells in the committed results/flow_spread.csv are skipped (also in
 a fresh clone, whose run directories are gone) and keep their rows; a trained run in
 benchmarks/runs/ is measured without training again, so an interrupted invocation continues
-where it stopped.
+where it stopped. A setting changes the method's defaults of the commit its row records (the
+`commit` column), and those moved since: ReinFlow's and DPPO-flow's cells from before b441ee5
+("default", "noise-0.2", "epochs-10", ReinFlow's "clip-0.05"; "learned-source" sets it) ran
+with x_0 ~ N(0, I), DPPO-flow's before 4b8136a with step std 0.05 and ReinFlow's before cb86ba1
+with the step-noise range [0.08, 0.16] (README, "The source noise", says which ran when).
 
     python benchmarks/flow_spread.py                          # cheetah-run and walker-walk
     python benchmarks/flow_spread.py --settings fpo++ --algos fpo --seeds 0 1
