@@ -13,17 +13,15 @@ gprl's current one is trained again and replaced when that run finishes. A finis
 cell's legacy row, if any). Cells reported before records existed (legacy rows of dmc6.csv,
 whose run directories are gone) are skipped and kept as they were reported: with no config to
 compare, a legacy row is never found stale; delete its row from dmc6.csv to train it again.
-FPO's legacy rows (its former default, the paper's settings) were moved out of dmc6.csv when its
-defaults changed, to dmc6_fpo_paper.csv and dmc6_fpo_paper_curves.csv; this script does not
-read them. Likewise ReinFlow's and the flow DPPO's legacy rows (x_0 ~ N(0, I), their former
-source; the latter's under "dppo", its name before issue 19) went to dmc6_fixed_source.csv and
-dmc6_fixed_source_curves.csv when their source std from scratch became 0.1, and DPPO-flow's cells
-with that fixed 0.1 to dmc6_dppo_flow_fixed_source.csv and dmc6_dppo_flow_fixed_source_curves.csv
-when it came to learn the std from scratch, and those learned-source cells to
-dmc6_dppo_flow_learned_source.csv and dmc6_dppo_flow_learned_source_curves.csv when its step std
-from scratch became 0.1, and ReinFlow's cells with the reference's noise bounds [0.08, 0.16] to
-dmc6_reinflow_reference_noise.csv and dmc6_reinflow_reference_noise_curves.csv when its bounds from
-scratch became [0.1, 0.3] (their records were retrained and replaced).
+When a method's default changed, its rows were moved out of dmc6.csv to files this script does
+not read (X.csv and X_curves.csv; the records of the later ones were retrained and replaced):
+- dmc6_fpo_paper: FPO with the paper's settings (legacy rows);
+- dmc6_fixed_source: ReinFlow and the flow DPPO with x_0 ~ N(0, I) (legacy rows; the latter
+  under "dppo", its name before issue 19), before their source std from scratch became 0.1;
+- dmc6_dppo_flow_fixed_source: DPPO-flow with that fixed 0.1, before it learned the std;
+- dmc6_dppo_flow_learned_source: DPPO-flow with the learned std and step std 0.05, before 0.1;
+- dmc6_reinflow_reference_noise: ReinFlow with the reference's step-noise range [0.08, 0.16],
+  before [0.1, 0.3] from scratch.
 
 Results (--out, default benchmarks/results/; it holds one budget, so other --steps or
 --num-envs go to another --out), from the records and the legacy rows: dmc6.csv (one row per
