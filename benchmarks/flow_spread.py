@@ -79,6 +79,8 @@ SETTINGS = {
     "grad-norm-2": {"max_grad_norm": 2.0},
     "denoising-0.1": {"denoising_std": 0.1},
     "denoising-0.2": {"denoising_std": 0.2},
+    "denoising-0.2-noise-0.5": {"denoising_std": 0.2, "final_noise_scale": 0.5},
+    "denoising-0.2-noise-0.25": {"denoising_std": 0.2, "final_noise_scale": 0.25},
     "step-noise-0.1-0.3": {"min_noise_std": 0.1, "max_noise_std": 0.3},
     "step-noise-0.15-0.45": {"min_noise_std": 0.15, "max_noise_std": 0.45},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
