@@ -2,7 +2,9 @@
 
 For each algorithm, task and seed: train with `gprl train` (default config, one process per run),
 then sample the stochastic policy (`act`) at fixed reset observations (64 x 256 actions) and
-measure the share of samples on each optimal mode (gprl.envs.diagnostics.OPTIMAL_MODES). One CSV
+measure the share of samples on each optimal mode (gprl.envs.diagnostics.OPTIMAL_MODES); on
+TwoGoalPoint also the share of 1,000 stochastic episodes ending at each goal (`episodes_*`
+columns, rows since 2026-12-05 17:30 UTC; gprl.envs.outcomes.EPISODE_OUTCOMES). One CSV
 row per run; cells already in the CSV (same budget, envs and default config) are skipped, so an
 interrupted invocation continues where it stopped, and the CSV is read again before each row is
 added, so two invocations at once (other --algos) keep each other's rows. The summary has one
@@ -51,7 +53,13 @@ from common import (
     write_csv,
 )
 
-from gprl.action_plots import coverage_at, plot_actions, reset_observations, sample_actions
+from gprl.action_plots import (
+    coverage_at,
+    episode_outcomes,
+    plot_actions,
+    reset_observations,
+    sample_actions,
+)
 from gprl.algos import ALGORITHMS
 from gprl.configs import to_jsonable
 from gprl.envs import make_env
@@ -213,6 +221,9 @@ def measure(run_dir: Path, task: str, args, plot_path: Path | None) -> dict:
         algo.act, acting, observations, args.samples, jax.random.PRNGKey(MEASURE_SEED)
     )
     coverage = coverage_at(task, observations, actions)
+    # Where the task has episode outcomes (TwoGoalPoint's goals): first actions can split
+    # between the modes while every episode ends at one.
+    episodes = episode_outcomes(task, algo.act, acting, MEASURE_SEED) or {}
     return {
         "mode_shares": " ".join(f"{share:.4f}" for share in coverage.mode_shares.mean(0)),
         "on_no_mode": round(float(coverage.none_share.mean()), 4),
@@ -222,7 +233,7 @@ def measure(run_dir: Path, task: str, args, plot_path: Path | None) -> dict:
         "observations": args.observations,
         "samples_per_observation": args.samples,
         "radius": round(OPTIMAL_MODES[task].radius, 4),
-    }
+    } | {f"episodes_{outcome}": share for outcome, share in episodes.items()}
 
 
 def run_cell(algo_name: str, task: str, seed: int, budget: int, args) -> dict:

@@ -7,7 +7,8 @@ Every cell (method, backup samples, warm-up hold, alpha floor, seed) runs, as a 
         [--METHOD.explore-hold H, where H is above 1] [--maxentdp.alpha-range FLOOR 10]
 
 and is then measured as benchmarks/multimodality.py measures: the share of 256 stochastic first
-actions at each of 64 reset observations heading for the +x and the -x goal. One row per cell in
+actions at each of 64 reset observations heading for the +x and the -x goal, and (rows since
+2026-12-05) the share of 1,000 stochastic episodes ending at each. One row per cell in
 results/two_goal_options.csv; a cell already there is skipped, and a run that was stopped
 resumes from its checkpoint, so the grid finishes across invocations. The README's "Keeping
 modes" reads the table.
@@ -84,6 +85,8 @@ def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int
         "total_steps": args.total_steps,
         "mode_shares": coverage["mode_shares"],
         "on_no_mode": coverage["on_no_mode"],
+        "episodes_plus_x": coverage["episodes_plus_x"],
+        "episodes_minus_x": coverage["episodes_minus_x"],
         "train_return": round(float(last["train_return"]), 4),
         "eval_return": round(float(last_eval["eval_return"]), 4),
         "wall_time_s": info["process_seconds"],

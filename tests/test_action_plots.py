@@ -19,6 +19,7 @@ from gprl.envs.diagnostics import (
     mode_coverage,
     point_goal_headings,
 )
+from gprl.envs.outcomes import point_goal_fractions
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -119,6 +120,60 @@ def test_two_goal_point_headings_point_at_full_speed_to_each_goal():
         if terminated:
             break
     assert terminated and obs[0] < 0
+
+
+# Where TwoGoalPoint's stochastic episodes end.
+
+
+def spread_then_plus_x(observations, key):
+    """A uniform first action, then full speed towards the +x goal: its first actions split
+    between the goals' headings while every episode ends at +x."""
+    first = observations[:, 2:3] == 0
+    uniform = jax.random.uniform(key, (observations.shape[0], 2), minval=-1.0, maxval=1.0)
+    direction = jnp.asarray([0.7, 0.0]) - observations[:, :2]
+    heading = direction / jnp.abs(direction).max(axis=-1, keepdims=True)
+    return jnp.where(first, uniform, heading)
+
+
+def choose_then_follow(observations, key):
+    """Full speed along +x or -x, chosen at random on the first step, then towards the goal on
+    the side the point is on."""
+    first = observations[:, 2:3] == 0
+    side = jnp.where(jax.random.uniform(key, (observations.shape[0], 1)) < 0.5, 1.0, -1.0)
+    follow = jnp.where(observations[:, :1] >= 0, 1.0, -1.0)
+    heading = jnp.where(first, side, follow)
+    return jnp.concatenate([heading, jnp.zeros_like(heading)], axis=-1)
+
+
+class Sampler:
+    def __init__(self, policy):
+        self.policy = policy
+
+    def act(self, acting, obs, key):
+        return self.policy(obs, key), {}
+
+
+def test_point_goal_fractions_count_where_episodes_end_not_where_they_head_first():
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 100))
+    spread = point_goal_fractions(lambda obs: spread_then_plus_x(obs, next(keys)), rollouts=500)
+    assert spread == (1.0, 0.0, 0.0)
+    split = point_goal_fractions(lambda obs: choose_then_follow(obs, next(keys)), rollouts=2000)
+    assert split.plus_x == pytest.approx(0.5, abs=0.04) and split.neither == 0.0
+    standing = point_goal_fractions(lambda obs: np.zeros((len(obs), 2)), rollouts=10)
+    assert standing == (0.0, 0.0, 1.0)
+
+
+def test_plot_of_two_goal_point_prints_where_its_episodes_end(tmp_path):
+    with make_env("gprl/TwoGoalPoint-v0", 1) as env:
+        spread = plot_actions(Sampler(spread_then_plus_x), None, env, tmp_path / "a.png", seed=1)
+        split = plot_actions(Sampler(choose_then_follow), None, env, tmp_path / "b.png", seed=1)
+    # The first actions of the first policy cover both headings; its episodes do not.
+    assert np.all(spread.coverage.minority_share > 0.1)
+    assert coverage_lines(spread)[-1] == (
+        "1000 stochastic episodes end: plus_x 1.00, minus_x 0.00, neither 0.00"
+    )
+    assert split.episodes["plus_x"] == pytest.approx(0.5, abs=0.05)
+    assert split.episodes["minus_x"] == pytest.approx(0.5, abs=0.05)
 
 
 # Action plots through the algorithm contract.

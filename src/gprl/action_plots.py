@@ -8,6 +8,7 @@ The deterministic evaluation picks one action per state by construction; these s
 whether the policy keeps several.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,9 +16,11 @@ import jax
 import numpy as np
 
 from gprl.envs.diagnostics import OPTIMAL_MODES, ModeCoverage, mode_coverage
+from gprl.envs.outcomes import EPISODE_OUTCOMES
 
 PLOT_OBSERVATIONS = 4
 PLOT_SAMPLES = 1000
+EPISODE_ROLLOUTS = 1000
 # Observations up to this size are written into the panel titles.
 SHOWN_OBS_DIM = 4
 
@@ -28,6 +31,9 @@ class ActionPlot(NamedTuple):
     """(N, obs_dim) the observations drawn, one panel each."""
     coverage: ModeCoverage | None
     """Per observation, on the multimodal diagnostic tasks; None elsewhere."""
+    episodes: dict[str, float] | None
+    """Share of EPISODE_ROLLOUTS stochastic episodes per outcome where the task has
+    EPISODE_OUTCOMES; None elsewhere."""
 
 
 def reset_observations(env, count: int, seed: int) -> np.ndarray:
@@ -51,6 +57,36 @@ def coverage_at(env_id: str, observations: np.ndarray, actions: np.ndarray) -> M
     if optimal is None:
         return None
     return mode_coverage(actions, optimal.of(observations), optimal.radius)
+
+
+def sampling_policy(act, acting, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """observations (N, obs_dim) -> stochastic actions (N, action_dim), a fresh key per call.
+
+    Batches are padded to the first call's size, so that rollouts whose finished episodes drop
+    out compile `act` once."""
+    act = jax.jit(act)
+    base_key = jax.random.PRNGKey(seed)
+    calls = []
+
+    def policy(observations: np.ndarray) -> np.ndarray:
+        observations = np.asarray(observations, np.float32)
+        size = calls[0] if calls else len(observations)
+        padded = np.zeros((size, observations.shape[-1]), np.float32)
+        padded[: len(observations)] = observations
+        actions, _ = act(acting, padded, jax.random.fold_in(base_key, len(calls)))
+        calls.append(size)
+        return np.asarray(actions)[: len(observations)]
+
+    return policy
+
+
+def episode_outcomes(env_id: str, act, acting, seed: int = 0) -> dict[str, float] | None:
+    """Share of EPISODE_ROLLOUTS stochastic episodes ending in each outcome of env_id, or None
+    when the task has no EPISODE_OUTCOMES."""
+    measure = EPISODE_OUTCOMES.get(env_id)
+    if measure is None:
+        return None
+    return measure(sampling_policy(act, acting, seed), rollouts=EPISODE_ROLLOUTS)._asdict()
 
 
 def plot_actions(
@@ -94,23 +130,36 @@ def plot_actions(
             title += "\n" + _coverage_text(coverage, index, separator="\n")
         ax.set_title(title, fontsize=9)
     dims = "" if actions.shape[-1] <= 2 else f", first 2 of {actions.shape[-1]} action dims"
-    fig.suptitle(f"{env_id}: {samples} stochastic actions per observation{dims}", fontsize=10)
+    title = f"{env_id}: {samples} stochastic actions per observation{dims}"
+    episodes = episode_outcomes(env_id, algo.act, acting, seed)
+    if episodes is not None:
+        title += "\n" + _episodes_text(episodes)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return ActionPlot(path, observations, coverage)
+    return ActionPlot(path, observations, coverage, episodes)
 
 
 def coverage_lines(plot: ActionPlot) -> list[str]:
-    """One line per observation with its mode coverage (none for non-diagnostic tasks)."""
-    if plot.coverage is None:
-        return []
-    return [
-        f"observation {index}: {_coverage_text(plot.coverage, index)}"
-        for index in range(len(plot.observations))
-    ]
+    """One line per observation with its mode coverage, and one with the episodes' outcomes
+    (none for non-diagnostic tasks)."""
+    lines = []
+    if plot.coverage is not None:
+        lines = [
+            f"observation {index}: {_coverage_text(plot.coverage, index)}"
+            for index in range(len(plot.observations))
+        ]
+    if plot.episodes is not None:
+        lines.append(_episodes_text(plot.episodes))
+    return lines
+
+
+def _episodes_text(episodes: dict[str, float]) -> str:
+    shares = ", ".join(f"{outcome} {share:.2f}" for outcome, share in episodes.items())
+    return f"{EPISODE_ROLLOUTS} stochastic episodes end: {shares}"
 
 
 def _coverage_text(coverage: ModeCoverage, index: int, separator: str = ", ") -> str:

@@ -251,8 +251,7 @@ class TwoGoalPointEnv(gym.Env):
         return self._observation(), {}
 
     def step(self, action: np.ndarray):
-        velocity = np.clip(action, -1.0, 1.0)
-        self._position = np.clip(self._position + POINT_STEP_SIZE * velocity, -1.0, 1.0)
+        self._position = point_move(self._position, action)
         self._steps += 1
         previous_distance = self._goal_distance
         self._goal_distance = self._nearest_goal_distance()
@@ -270,12 +269,22 @@ class TwoGoalPointEnv(gym.Env):
         return frame
 
     def _nearest_goal_distance(self) -> float:
-        return float(np.sqrt(((POINT_GOALS - self._position) ** 2).sum(axis=1)).min())
+        return float(point_goal_distances(self._position).min())
 
     def _observation(self) -> np.ndarray:
         # Capped so that a longer time limit given to gym.make keeps observations in the space.
         time_fraction = min(self._steps / POINT_HORIZON, 1.0)
         return np.array([*self._position, time_fraction], dtype=np.float32)
+
+
+def point_move(positions: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """TwoGoalPoint's dynamics, for one position (2,) or a batch (N, 2)."""
+    return np.clip(positions + POINT_STEP_SIZE * np.clip(actions, -1.0, 1.0), -1.0, 1.0)
+
+
+def point_goal_distances(positions: np.ndarray) -> np.ndarray:
+    """(..., 2) positions -> (..., 2) distances to the +x and the -x goal."""
+    return np.sqrt(((np.asarray(positions)[..., None, :] - POINT_GOALS) ** 2).sum(-1))
 
 
 class FourModeBanditEnv(gym.Env):
