@@ -1,10 +1,13 @@
 """FPO's two-goal GridWorld (gprl/TwoGoalGrid-v0) and the goal-split diagnostic."""
 
 import gymnasium as gym
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import gprl.envs  # noqa: F401  (registers the env ids)
+from gprl.action_plots import episode_outcomes
 from gprl.envs import EnvError, make_env
 from gprl.envs.gridworld import GRID_EQUIDISTANT_START, goal_fractions
 
@@ -108,3 +111,23 @@ def test_goal_fractions_count_where_a_scripted_policy_sends_each_rollout():
     shares = goal_fractions(choose_then_follow, start=(11, 13), rollouts=2000)
     assert shares.bottom == pytest.approx(0.25, abs=0.03) and shares.neither == 0.0
     assert shares.bottom + shares.top == 1.0
+
+
+class DownOrUp:
+    """A stand-in algorithm: each step, down with probability 1/4, else up (jax, under jit)."""
+
+    traces = 0
+
+    def act(self, acting, obs, key):
+        self.traces += 1  # runs once per compilation of the jitted act
+        down = jax.random.uniform(key, (obs.shape[0], 1)) < 0.25
+        return jnp.where(down, jnp.asarray(DOWN), jnp.asarray(UP)), {}
+
+
+def test_episode_outcomes_of_an_algorithm_on_the_grid_compile_its_act_once():
+    algo = DownOrUp()
+    shares = episode_outcomes(GRID_ID, algo.act, None, seed=3)
+    assert shares["bottom"] + shares["top"] + shares["neither"] == pytest.approx(1.0)
+    assert shares["top"] > 0.9 and shares["bottom"] < 0.05
+    # Finished rollouts drop out of the batches; padding keeps the shape, and so one compilation.
+    assert algo.traces == 1

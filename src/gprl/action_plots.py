@@ -62,19 +62,19 @@ def coverage_at(env_id: str, observations: np.ndarray, actions: np.ndarray) -> M
 def sampling_policy(act, acting, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """observations (N, obs_dim) -> stochastic actions (N, action_dim), a fresh key per call.
 
-    Batches are padded to the first call's size, so that rollouts whose finished episodes drop
+    Batches are padded to the largest size seen, so that rollouts whose finished episodes drop
     out compile `act` once."""
     act = jax.jit(act)
     base_key = jax.random.PRNGKey(seed)
-    calls = []
+    seen = {"calls": 0, "size": 0}
 
     def policy(observations: np.ndarray) -> np.ndarray:
         observations = np.asarray(observations, np.float32)
-        size = calls[0] if calls else len(observations)
-        padded = np.zeros((size, observations.shape[-1]), np.float32)
+        seen["size"] = max(seen["size"], len(observations))
+        padded = np.zeros((seen["size"], observations.shape[-1]), np.float32)
         padded[: len(observations)] = observations
-        actions, _ = act(acting, padded, jax.random.fold_in(base_key, len(calls)))
-        calls.append(size)
+        actions, _ = act(acting, padded, jax.random.fold_in(base_key, seen["calls"]))
+        seen["calls"] += 1
         return np.asarray(actions)[: len(observations)]
 
     return policy
