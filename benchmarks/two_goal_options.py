@@ -1,9 +1,11 @@
 """Which options make the maximum-entropy methods keep both goals of gprl/TwoGoalPoint-v0.
 
-Every cell (method, backup samples, warm-up hold, alpha floor, seed) runs, as a user would,
+Every cell (method, critic width, backup samples, warm-up hold, alpha floor, seed) runs, as a
+user would,
 
     gprl train METHOD --env gprl/TwoGoalPoint-v0 --total-steps 40000 --num-envs 16 --seed S \
         --METHOD.gamma 0.9 --METHOD.alpha-learning-rate 1e-4 --METHOD.backup-samples K \
+        [--METHOD.critic-hidden W W, where W is not the methods' own 64]
         [--METHOD.explore-hold H, where H is above 1] [--maxentdp.alpha-range FLOOR 10]
 
 and is then measured as benchmarks/multimodality.py measures: the share of 256 stochastic first
@@ -15,6 +17,7 @@ modes" reads the table.
 
     python benchmarks/two_goal_options.py
     python benchmarks/two_goal_options.py --methods dpmd --backups 32 --holds 8 --seeds 2
+    python benchmarks/two_goal_options.py --critic-hidden 256 256 --backups 32 --holds 1
 """
 
 import argparse
@@ -39,9 +42,19 @@ from multimodality import MEASURE_SEED, measure
 TASK = "gprl/TwoGoalPoint-v0"
 OPTIONS = {"gamma": "0.9", "alpha-learning-rate": "1e-4"}
 CSV_NAME = "two_goal_options.csv"
-CELL_KEY = ("method", "backup_samples", "explore_hold", "alpha_floor", "seed", "total_steps")
+CELL_KEY = (
+    "method",
+    "critic_hidden",
+    "backup_samples",
+    "explore_hold",
+    "alpha_floor",
+    "seed",
+    "total_steps",
+)
 ALPHA_CEILING = "10"  # maxentdp's default upper bound of alpha
-TEXT_COLUMNS = {"method", "mode_shares", "gprl_commit", "machine", "date", "train_command"}
+OWN_CRITIC_HIDDEN = "64 64"  # both methods' default critic layers, the rows before the column
+TEXT_COLUMNS = {"method", "critic_hidden", "mode_shares", "gprl_commit", "machine", "date"}
+TEXT_COLUMNS |= {"train_command"}
 
 
 def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
@@ -49,26 +62,31 @@ def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
     train += ["--num-envs", "16", "--seed", str(cell["seed"])]
     train += ["--out", str(run_dir), "--no-progress"]
     options = OPTIONS | {"backup-samples": str(cell["backup"])}
+    if cell["critic"] != OWN_CRITIC_HIDDEN:
+        options["critic-hidden"] = cell["critic"]
     if cell["hold"] > 1:
         options["explore-hold"] = str(cell["hold"])
     for name, value in options.items():
-        train += [f"--{method}.{name}", value]
+        train += [f"--{method}.{name}", *value.split()]
     if cell["floor"] is not None:
         train += [f"--{method}.alpha-range", str(cell["floor"]), ALPHA_CEILING]
     return train
 
 
-def run_name(method: str, backup: int, hold: int, floor: float | None, seed: int, steps: int):
+def run_name(
+    method: str, critic: str, backup: int, hold: int, floor: float | None, seed: int, steps: int
+):
+    wide = "" if critic == OWN_CRITIC_HIDDEN else "-critic" + "x".join(critic.split())
     held = f"-hold{hold}" if hold > 1 else ""
     floored = "" if floor is None else f"-floor{floor:g}"
-    return f"{method}-backup{backup}{held}{floored}-s{seed}-{steps}"
+    return f"{method}{wide}-backup{backup}{held}{floored}-s{seed}-{steps}"
 
 
-def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int, args) -> dict:
-    name = run_name(method, backup, hold, floor, seed, args.total_steps)
+def run_cell(method: str, cell: dict, args) -> dict:
+    """cell: critic, backup, hold, floor and seed of one run."""
+    name = run_name(method, *cell.values(), args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
-        cell = {"backup": backup, "hold": hold, "floor": floor, "seed": seed}
         train = train_arguments(method, cell, args, run_dir)
         train_cell(run_dir, train, "gprl " + " ".join(train), name)
     info = json.loads((run_dir / DONE_FILE).read_text())
@@ -78,10 +96,11 @@ def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int
     coverage = measure(run_dir, TASK, args, None)
     return {
         "method": method,
-        "backup_samples": backup,
-        "explore_hold": hold,
-        "alpha_floor": floor,
-        "seed": seed,
+        "critic_hidden": cell["critic"],
+        "backup_samples": cell["backup"],
+        "explore_hold": cell["hold"],
+        "alpha_floor": cell["floor"],
+        "seed": cell["seed"],
         "total_steps": args.total_steps,
         "mode_shares": coverage["mode_shares"],
         "on_no_mode": coverage["on_no_mode"],
@@ -100,11 +119,12 @@ def run_cell(method: str, backup: int, hold: int, floor: float | None, seed: int
 
 
 def with_defaults(row: dict) -> dict:
-    """row with explore_hold and alpha_floor columns after backup_samples, from before they
-    were options: 1 (a fresh draw at every step) and None (the method's own)."""
-    first = {key: row[key] for key in ("method", "backup_samples")}
+    """row with the columns from before they were options: critic_hidden the methods' own,
+    explore_hold 1 (a fresh draw at every step) and alpha_floor None (the method's own)."""
+    critic = {"critic_hidden": row.get("critic_hidden") or OWN_CRITIC_HIDDEN}
+    backup = {"backup_samples": row["backup_samples"]}
     added = {"explore_hold": row.get("explore_hold") or 1, "alpha_floor": row.get("alpha_floor")}
-    return first | added | row
+    return {"method": row["method"]} | critic | backup | added | row
 
 
 def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
@@ -117,7 +137,7 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
     from gprl.envs import make_env
     from gprl.trainer import load_run
 
-    variants = list(dict.fromkeys(cell_key(row)[:4] for row in rows))
+    variants = list(dict.fromkeys(cell_key(row)[:5] for row in rows))
     seeds = sorted({row["seed"] for row in rows})
     figure, axes = plt.subplots(
         len(variants), len(seeds), figsize=(2.6 * len(seeds), 2.6 * len(variants)), squeeze=False
@@ -127,16 +147,17 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
     for ax in axes.flat:
         ax.set_axis_off()  # drawn again where a run fills it
     for row in rows:
-        ax = axes[variants.index(cell_key(row)[:4]), seeds.index(row["seed"])]
+        ax = axes[variants.index(cell_key(row)[:5]), seeds.index(row["seed"])]
         algo, state, _ = load_run(runs_dir / run_name(*cell_key(row)))
         key = jax.random.PRNGKey(MEASURE_SEED)
         actions = sample_actions(algo.act, algo.acting_params(state), observation, 512, key)[0]
         ax.set_axis_on()
         ax.scatter(actions[:, 0], actions[:, 1], s=2, alpha=0.4)
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xticks=[-1, 0, 1], yticks=[-1, 0, 1])
-        method, backup, hold, floor = cell_key(row)[:4]
+        method, critic, backup, hold, floor = cell_key(row)[:5]
+        wide = "" if critic == OWN_CRITIC_HIDDEN else f", critic {critic}"
         floored = "" if floor is None else f", floor {floor:g}"
-        label = f"{method}, backup {backup}, hold {hold}{floored}"
+        label = f"{method}{wide}, backup {backup}, hold {hold}{floored}"
         ax.set_title(f"{label}\nseed {row['seed']}: {row['mode_shares']}", fontsize=7)
     figure.suptitle(f"{TASK}: first actions (+x goal right, -x goal left; shares +x -x)")
     figure.tight_layout(rect=(0, 0, 1, 0.98))
@@ -155,6 +176,13 @@ def cell_key(row: dict) -> tuple:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["maxentdp", "dpmd"])
+    parser.add_argument(
+        "--critic-hidden",
+        nargs="+",
+        type=int,
+        default=[64, 64],
+        help="the critics' layer widths (default: the methods' own, 64 64)",
+    )
     parser.add_argument("--backups", nargs="+", type=int, default=[0, 32])
     parser.add_argument("--holds", nargs="+", type=int, default=[1, 8])
     parser.add_argument(
@@ -172,15 +200,17 @@ def main() -> None:
     args.observations, args.samples = 64, 256  # multimodality.measure's sample sizes
     path = args.out / CSV_NAME
     print(f"{now()}  {command()}")
+    critic = " ".join(map(str, args.critic_hidden))
     for method in args.methods:
         grid = itertools.product(args.backups, args.holds, args.alpha_floors, args.seeds)
         for backup, hold, floor, seed in grid:
-            cell = (method, backup, hold, floor, seed, args.total_steps)
+            key = (method, critic, backup, hold, floor, seed, args.total_steps)
             if floor is not None and method != "maxentdp":
                 continue
-            if cell in {cell_key(row) for row in recorded_rows(path)}:
+            if key in {cell_key(row) for row in recorded_rows(path)}:
                 continue
-            row = run_cell(method, backup, hold, floor, seed, args)
+            cell = {"critic": critic, "backup": backup, "hold": hold, "floor": floor}
+            row = run_cell(method, cell | {"seed": seed}, args)
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
     rows = recorded_rows(path)
@@ -189,8 +219,8 @@ def main() -> None:
         print(f"{path.with_suffix('.png').name} not redrawn: {len(missing)} runs not here")
     else:
         plot_first_actions(rows, args.runs_dir, path.with_suffix(".png"))
-    columns = ["method", "backup_samples", "explore_hold", "alpha_floor", "seed", "mode_shares"]
-    columns += ["on_no_mode", "eval_return"]
+    columns = ["method", "critic_hidden", "backup_samples", "explore_hold", "alpha_floor", "seed"]
+    columns += ["mode_shares", "on_no_mode", "episodes_plus_x", "episodes_minus_x", "eval_return"]
     print(markdown_table(rows, columns))
 
 
