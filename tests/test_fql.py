@@ -90,10 +90,11 @@ def offline_run(tmp_path, name, dataset, **overrides) -> RunConfig:
     return RunConfig(**(fields | overrides))
 
 
-def imitated_error(config: FQLConfig, obs, optimum, updates: int = 1000) -> tuple[float, dict]:
+def imitated_error(config: FQLConfig, obs, optimum, updates: int = 600) -> tuple[float, dict]:
     """Mean squared error of FQL's evaluation actions after `updates` gradient steps on a dataset
     of optimal actions alone (no reward to climb: the one-step policy distils the BC flow), and
-    the observation statistics it kept (predicting 0 everywhere errs by 0.24)."""
+    the observation statistics it kept (predicting 0 everywhere errs by 0.24). At 600 updates
+    the standardised run errs by 0.005, the raw one by 0.26 (2026-12-05)."""
     algo = FQL(config, SPEC, num_envs=1, total_steps=4096)
     zeros = np.zeros(len(obs), np.float32)
     data = jax.tree.map(
