@@ -53,8 +53,15 @@ CELL_KEY = (
 )
 ALPHA_CEILING = "10"  # maxentdp's default upper bound of alpha
 OWN_CRITIC_HIDDEN = "64 64"  # both methods' default critic layers, the rows before the column
-TEXT_COLUMNS = {"method", "critic_hidden", "mode_shares", "gprl_commit", "machine", "date"}
-TEXT_COLUMNS |= {"train_command"}
+TEXT_COLUMNS = {
+    "method",
+    "critic_hidden",
+    "mode_shares",
+    "gprl_commit",
+    "machine",
+    "date",
+    "train_command",
+}
 
 
 def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
@@ -84,7 +91,8 @@ def run_name(
 
 def run_cell(method: str, cell: dict, args) -> dict:
     """cell: critic, backup, hold, floor and seed of one run."""
-    name = run_name(method, *cell.values(), args.total_steps)
+    options = (cell["critic"], cell["backup"], cell["hold"], cell["floor"], cell["seed"])
+    name = run_name(method, *options, args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
         train = train_arguments(method, cell, args, run_dir)
