@@ -167,8 +167,9 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
         floored = "" if floor is None else f", floor {floor:g}"
         label = f"{method}{wide}, backup {backup}, hold {hold}{floored}"
         ax.set_title(f"{label}\nseed {row['seed']}: {row['mode_shares']}", fontsize=7)
-    figure.suptitle(f"{TASK}: first actions (+x goal right, -x goal left; shares +x -x)")
-    figure.tight_layout(rect=(0, 0, 1, 0.98))
+    title = f"{TASK}: first actions\n(+x goal right, -x goal left; shares +x -x)"
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
