@@ -1,12 +1,13 @@
 """Which options make the maximum-entropy methods keep both goals of gprl/TwoGoalPoint-v0.
 
-Every cell (method, critic width, backup samples, warm-up hold, alpha floor, seed) runs, as a
-user would,
+Every cell (method, critic width, backup samples, warm-up length and hold, alpha floor, seed)
+runs, as a user would,
 
     gprl train METHOD --env gprl/TwoGoalPoint-v0 --total-steps 40000 --num-envs 16 --seed S \
         --METHOD.gamma 0.9 --METHOD.alpha-learning-rate 1e-4 --METHOD.backup-samples K \
         [--METHOD.critic-hidden W W, where W is not the methods' own 64]
         [--METHOD.explore-hold H, where H is above 1] [--maxentdp.alpha-range FLOOR 10]
+        [--METHOD.learning-starts N, where N is not the methods' own 5000]
 
 and is then measured as benchmarks/multimodality.py measures: the share of 256 stochastic first
 actions at each of 64 reset observations heading for the +x and the -x goal, and (rows since
@@ -18,6 +19,8 @@ modes" reads the table.
     python benchmarks/two_goal_options.py
     python benchmarks/two_goal_options.py --methods dpmd --backups 32 --holds 8 --seeds 2
     python benchmarks/two_goal_options.py --critic-hidden 256 256 --backups 32 --holds 1
+    python benchmarks/two_goal_options.py --backups 32 --holds 8 --learning-starts 15000 \
+        --total-steps 50000
 """
 
 import argparse
@@ -47,12 +50,14 @@ CELL_KEY = (
     "critic_hidden",
     "backup_samples",
     "explore_hold",
+    "learning_starts",
     "alpha_floor",
     "seed",
     "total_steps",
 )
 ALPHA_CEILING = "10"  # maxentdp's default upper bound of alpha
 OWN_CRITIC_HIDDEN = "64 64"  # both methods' default critic layers, the rows before the column
+OWN_LEARNING_STARTS = 5000  # both methods' default warm-up, the rows before the column
 TEXT_COLUMNS = {
     "method",
     "critic_hidden",
@@ -73,6 +78,8 @@ def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
         options["critic-hidden"] = cell["critic"]
     if cell["hold"] > 1:
         options["explore-hold"] = str(cell["hold"])
+    if cell["starts"] != OWN_LEARNING_STARTS:
+        options["learning-starts"] = str(cell["starts"])
     for name, value in options.items():
         train += [f"--{method}.{name}", *value.split()]
     if cell["floor"] is not None:
@@ -81,17 +88,26 @@ def train_arguments(method: str, cell: dict, args, run_dir: Path) -> list[str]:
 
 
 def run_name(
-    method: str, critic: str, backup: int, hold: int, floor: float | None, seed: int, steps: int
+    method: str,
+    critic: str,
+    backup: int,
+    hold: int,
+    starts: int,
+    floor: float | None,
+    seed: int,
+    steps: int,
 ):
     wide = "" if critic == OWN_CRITIC_HIDDEN else "-critic" + "x".join(critic.split())
     held = f"-hold{hold}" if hold > 1 else ""
+    started = "" if starts == OWN_LEARNING_STARTS else f"-starts{starts}"
     floored = "" if floor is None else f"-floor{floor:g}"
-    return f"{method}{wide}-backup{backup}{held}{floored}-s{seed}-{steps}"
+    return f"{method}{wide}-backup{backup}{held}{started}{floored}-s{seed}-{steps}"
 
 
 def run_cell(method: str, cell: dict, args) -> dict:
-    """cell: critic, backup, hold, floor and seed of one run."""
-    options = (cell["critic"], cell["backup"], cell["hold"], cell["floor"], cell["seed"])
+    """cell: critic, backup, hold, starts (the warm-up's env steps), floor and seed of one run."""
+    options = (cell["critic"], cell["backup"], cell["hold"], cell["starts"], cell["floor"])
+    options = (*options, cell["seed"])
     name = run_name(method, *options, args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
@@ -107,6 +123,7 @@ def run_cell(method: str, cell: dict, args) -> dict:
         "critic_hidden": cell["critic"],
         "backup_samples": cell["backup"],
         "explore_hold": cell["hold"],
+        "learning_starts": cell["starts"],
         "alpha_floor": cell["floor"],
         "seed": cell["seed"],
         "total_steps": args.total_steps,
@@ -127,11 +144,16 @@ def run_cell(method: str, cell: dict, args) -> dict:
 
 
 def with_defaults(row: dict) -> dict:
-    """row with the columns from before they were options: critic_hidden the methods' own,
-    explore_hold 1 (a fresh draw at every step) and alpha_floor None (the method's own)."""
+    """row with the columns from before they were options: critic_hidden and learning_starts
+    the methods' own, explore_hold 1 (a fresh draw at every step) and alpha_floor None (the
+    method's own)."""
     critic = {"critic_hidden": row.get("critic_hidden") or OWN_CRITIC_HIDDEN}
     backup = {"backup_samples": row["backup_samples"]}
-    added = {"explore_hold": row.get("explore_hold") or 1, "alpha_floor": row.get("alpha_floor")}
+    added = {
+        "explore_hold": row.get("explore_hold") or 1,
+        "learning_starts": row.get("learning_starts") or OWN_LEARNING_STARTS,
+        "alpha_floor": row.get("alpha_floor"),
+    }
     return {"method": row["method"]} | critic | backup | added | row
 
 
@@ -145,7 +167,7 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
     from gprl.envs import make_env
     from gprl.trainer import load_run
 
-    variants = list(dict.fromkeys(cell_key(row)[:5] for row in rows))
+    variants = list(dict.fromkeys(cell_key(row)[:6] for row in rows))
     seeds = sorted({row["seed"] for row in rows})
     figure, axes = plt.subplots(
         len(variants), len(seeds), figsize=(2.6 * len(seeds), 2.6 * len(variants)), squeeze=False
@@ -155,17 +177,18 @@ def plot_first_actions(rows: list[dict], runs_dir: Path, path: Path) -> None:
     for ax in axes.flat:
         ax.set_axis_off()  # drawn again where a run fills it
     for row in rows:
-        ax = axes[variants.index(cell_key(row)[:5]), seeds.index(row["seed"])]
+        ax = axes[variants.index(cell_key(row)[:6]), seeds.index(row["seed"])]
         algo, state, _ = load_run(runs_dir / run_name(*cell_key(row)))
         key = jax.random.PRNGKey(MEASURE_SEED)
         actions = sample_actions(algo.act, algo.acting_params(state), observation, 512, key)[0]
         ax.set_axis_on()
         ax.scatter(actions[:, 0], actions[:, 1], s=2, alpha=0.4)
         ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), xticks=[-1, 0, 1], yticks=[-1, 0, 1])
-        method, critic, backup, hold, floor = cell_key(row)[:5]
+        method, critic, backup, hold, starts, floor = cell_key(row)[:6]
         wide = "" if critic == OWN_CRITIC_HIDDEN else f", critic {critic}"
+        started = "" if starts == OWN_LEARNING_STARTS else f", starts {starts:g}"
         floored = "" if floor is None else f", floor {floor:g}"
-        label = f"{method}{wide}, backup {backup}, hold {hold}{floored}"
+        label = f"{method}{wide}, backup {backup}, hold {hold}{started}{floored}"
         ax.set_title(f"{label}\nseed {row['seed']}: {row['mode_shares']}", fontsize=7)
     title = f"{TASK}: first actions\n(+x goal right, -x goal left; shares +x -x)"
     figure.suptitle(title, fontsize=8)
@@ -195,6 +218,12 @@ def main() -> None:
     parser.add_argument("--backups", nargs="+", type=int, default=[0, 32])
     parser.add_argument("--holds", nargs="+", type=int, default=[1, 8])
     parser.add_argument(
+        "--learning-starts",
+        type=int,
+        default=OWN_LEARNING_STARTS,
+        help="env steps of the uniformly random warm-up (default: the methods' own, 5000)",
+    )
+    parser.add_argument(
         "--alpha-floors",
         nargs="+",
         type=float,
@@ -213,12 +242,14 @@ def main() -> None:
     for method in args.methods:
         grid = itertools.product(args.backups, args.holds, args.alpha_floors, args.seeds)
         for backup, hold, floor, seed in grid:
-            key = (method, critic, backup, hold, floor, seed, args.total_steps)
+            key = (method, critic, backup, hold, args.learning_starts, floor, seed)
+            key = (*key, args.total_steps)
             if floor is not None and method != "maxentdp":
                 continue
             if key in {cell_key(row) for row in recorded_rows(path)}:
                 continue
             cell = {"critic": critic, "backup": backup, "hold": hold, "floor": floor}
+            cell["starts"] = args.learning_starts
             row = run_cell(method, cell | {"seed": seed}, args)
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
@@ -228,7 +259,8 @@ def main() -> None:
         print(f"{path.with_suffix('.png').name} not redrawn: {len(missing)} runs not here")
     else:
         plot_first_actions(rows, args.runs_dir, path.with_suffix(".png"))
-    columns = ["method", "critic_hidden", "backup_samples", "explore_hold", "alpha_floor", "seed"]
+    columns = ["method", "critic_hidden", "backup_samples", "explore_hold", "learning_starts"]
+    columns += ["alpha_floor", "seed"]
     columns += ["mode_shares", "on_no_mode", "episodes_plus_x", "episodes_minus_x", "eval_return"]
     print(markdown_table(rows, columns))
 
