@@ -106,8 +106,7 @@ def run_name(
 
 def run_cell(method: str, cell: dict, args) -> dict:
     """cell: critic, backup, hold, starts (the warm-up's env steps), floor and seed of one run."""
-    options = (cell["critic"], cell["backup"], cell["hold"], cell["starts"], cell["floor"])
-    options = (*options, cell["seed"])
+    options = [cell[name] for name in ("critic", "backup", "hold", "starts", "floor", "seed")]
     name = run_name(method, *options, args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
