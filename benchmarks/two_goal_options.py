@@ -105,9 +105,9 @@ def run_name(
 
 
 def run_cell(method: str, cell: dict, args) -> dict:
-    """cell: critic, backup, hold, starts (the warm-up's env steps), floor and seed of one run."""
-    options = [cell[name] for name in ("critic", "backup", "hold", "starts", "floor", "seed")]
-    name = run_name(method, *options, args.total_steps)
+    """cell: critic, backup, hold, starts (the warm-up's env steps), floor and seed of one run,
+    in run_name's order."""
+    name = run_name(method, *cell.values(), args.total_steps)
     run_dir = args.runs_dir / name
     if not (run_dir / DONE_FILE).exists():
         train = train_arguments(method, cell, args, run_dir)
@@ -241,15 +241,13 @@ def main() -> None:
     for method in args.methods:
         grid = itertools.product(args.backups, args.holds, args.alpha_floors, args.seeds)
         for backup, hold, floor, seed in grid:
-            key = (method, critic, backup, hold, args.learning_starts, floor, seed)
-            key = (*key, args.total_steps)
             if floor is not None and method != "maxentdp":
                 continue
-            if key in {cell_key(row) for row in recorded_rows(path)}:
+            cell = {"critic": critic, "backup": backup, "hold": hold}
+            cell |= {"starts": args.learning_starts, "floor": floor, "seed": seed}
+            if (method, *cell.values(), args.total_steps) in map(cell_key, recorded_rows(path)):
                 continue
-            cell = {"critic": critic, "backup": backup, "hold": hold, "floor": floor}
-            cell["starts"] = args.learning_starts
-            row = run_cell(method, cell | {"seed": seed}, args)
+            row = run_cell(method, cell, args)
             # Read again: another invocation may have recorded other cells meanwhile.
             write_csv(path, [*recorded_rows(path), row])
     rows = recorded_rows(path)

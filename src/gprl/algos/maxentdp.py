@@ -50,7 +50,7 @@ Q differs by ~0.03 between the two goals' first actions and by little more acros
 the box at later states, so a temperature low enough to act with purpose (alpha at its floor)
 also amplifies that error; with the floor at 0.03 (40k steps) the other goal kept 9% and 57% of
 the samples headed for neither. gamma 0.9, alpha_learning_rate 1e-4 and backup_samples 32 keep
-both goals in 2 of 3 seeds (40k steps), and in 3 of 3 with a 15,000-step warm-up of draws held
+both goals in 2 of 3 seeds (40k steps), and in 4 of 4 with a 15,000-step warm-up of draws held
 for 8 steps (learning_starts 15000, explore_hold 8; 50k steps; the README's main job and
 "Keeping modes").
 
