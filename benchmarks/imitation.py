@@ -8,12 +8,17 @@ kind, chunked and single-step, against the number of demonstrations.
    4 ("chunk", Diffusion Policy's Ta = Te = 4), --steps gradient steps, seeds --seeds, its
    `gprl pretrain` defaults otherwise (weight average 0.995 included).
 3. Evaluation: --eval-episodes episodes of the kept (averaged) policy, evaluation seed 2024;
-   success = any step of the episode reports success (Meta-World's protocol).
+   success = any step of the episode reports success (Meta-World's protocol). Twice: acting from
+   zero noise (the Gaussian's mean; the generative kinds' zero-noise plan, where fine-tuning
+   starts) and from unit noise (sampled). `success_rate` is each kind's `gprl pretrain` default
+   (the Gaussian's mean, the generative kinds sampled).
 
 Every cell (task, demos, kind, chunking, seed) is one row of benchmarks/results/imitation.csv;
-cells already there are skipped, so the grid finishes across sessions. Run directories and
-datasets go to benchmarks/runs/imitation/ (git-ignored). The report (imitation_summary.csv,
-imitation.png, a markdown table) is rebuilt from the CSV on every invocation.
+cells already there with both evaluations are skipped, so the grid finishes across sessions (a
+row recorded before the second evaluation existed is trained again and replaced). Run
+directories and datasets go to benchmarks/runs/imitation/ (git-ignored). The report
+(imitation_summary.csv, imitation.png, a markdown table) is rebuilt from the CSV on every
+invocation.
 
     python benchmarks/imitation.py                                     # the whole grid (hours)
     python benchmarks/imitation.py --tasks pick-place-v3 --demos 10 25 --seeds 0
@@ -22,6 +27,7 @@ imitation.png, a markdown table) is rebuilt from the CSV on every invocation.
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import time
@@ -51,27 +57,49 @@ ROOT = BENCH_DIR / "runs" / "imitation"
 CSV_PATH = RESULTS_DIR / "imitation.csv"
 CELL_KEYS = ("task", "demos", "kind", "chunking", "seed", "grad_steps")
 DEFAULT_STEPS = 5000
+NOISE_SCALES = {"success_rate_noise0": 0.0, "success_rate_noise1": 1.0}
+
+
+def cell_key(row: dict) -> tuple:
+    return tuple(str(row[k]) for k in CELL_KEYS)
+
+
+def recorded_rows() -> list[dict]:
+    if not CSV_PATH.exists():
+        return []
+    with open(CSV_PATH, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def done_cells() -> dict[tuple, dict]:
-    if not CSV_PATH.exists():
-        return {}
-    with open(CSV_PATH, newline="") as f:
-        return {tuple(row[k] for k in CELL_KEYS): row for row in csv.DictReader(f)}
+    return {cell_key(row): row for row in recorded_rows()}
 
 
-def append_row(row: dict) -> None:
-    """Append a cell in the CSV's own column order (its header's, if it has one)."""
-    columns = list(row)
-    if CSV_PATH.exists():
-        with open(CSV_PATH, newline="") as f:
-            columns = next(csv.reader(f))
+def evaluated_both_ways(row: dict) -> bool:
+    return all(row.get(column) for column in NOISE_SCALES)
+
+
+def write_row(row: dict) -> None:
+    """Record a cell: it replaces the cell's earlier row, or is appended. The CSV keeps its
+    column order and gains any new column at the end (older rows leave it empty); it is
+    rewritten whole and moved into place, so an interruption cannot leave half a file; a lock on
+    the results folder keeps two benchmark processes from losing each other's rows."""
     CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with open(CSV_PATH, "a", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        if f.tell() == 0:
+    folder = os.open(CSV_PATH.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        rows = recorded_rows()
+        columns = list(rows[0]) if rows else []
+        columns += [c for c in row if c not in columns]
+        kept = [r for r in rows if cell_key(r) != cell_key(row)]
+        partial = CSV_PATH.with_suffix(".csv.partial")
+        with open(partial, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns, restval="")
             writer.writeheader()
-        writer.writerow(row)
+            writer.writerows([*kept, row])
+        os.replace(partial, CSV_PATH)
+    finally:
+        os.close(folder)
 
 
 def raw_steps_per_second(task: str, windows: int = 3, seconds: float = 1.0) -> float:
@@ -141,7 +169,7 @@ def run_dir_of(cell: dict) -> Path:
 
 def fit_and_evaluate(cell: dict, dataset_id: str, args) -> dict:
     from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
-    from gprl.pretrained import evaluate_run
+    from gprl.pretrained import default_noise_scale, evaluate_run
 
     chunk = CHUNKINGS[cell["chunking"]]
     run_dir = run_dir_of(cell)
@@ -161,9 +189,13 @@ def fit_and_evaluate(cell: dict, dataset_id: str, args) -> dict:
     config = PretrainConfig(chunk_length=chunk, execute_steps=chunk, log_every=min(500, args.steps))
     pretrain(cell["kind"], options, config)
     train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    _, result = evaluate_run(run_dir, args.eval_episodes, EVAL_SEED)
-    eval_seconds = time.perf_counter() - start
+    rates, default = {}, default_noise_scale(cell["kind"], config)
+    for column, noise_scale in NOISE_SCALES.items():
+        start = time.perf_counter()
+        _, evaluated = evaluate_run(run_dir, args.eval_episodes, EVAL_SEED, noise_scale)
+        rates[column] = evaluated["eval_success_rate"]
+        if noise_scale == default:
+            result, eval_seconds = evaluated, time.perf_counter() - start
     eval_steps = result["eval_length"] * args.eval_episodes
     return {
         "success_rate": result["eval_success_rate"],
@@ -171,6 +203,7 @@ def fit_and_evaluate(cell: dict, dataset_id: str, args) -> dict:
         "eval_length": result["eval_length"],
         "train_seconds": round(train_seconds, 1),
         "eval_steps_per_second": round(eval_steps / eval_seconds, 1),
+        **rates,
     }
 
 
@@ -192,7 +225,7 @@ def run_grid(args) -> None:
                             seed=seed,
                             grad_steps=args.steps,
                         )
-                        if tuple(str(cell[k]) for k in CELL_KEYS) in done:
+                        if evaluated_both_ways(done.get(cell_key(cell), {})):
                             continue
                         raw = raw or raw_steps_per_second(task)
                         if dataset_id is None:
@@ -208,13 +241,13 @@ def run_grid(args) -> None:
                             "gprl_commit": gprl_commit(),
                             "date": now(),
                         }
-                        append_row(row)
+                        write_row(row)
                         print(row, flush=True)
 
 
 def summarise() -> list[dict]:
     """Per (task, demos, kind, chunking, gradient steps): mean success rate over seeds and its
-    range."""
+    range, and the mean of each evaluation (zero / unit noise) over the seeds that have both."""
     groups: dict[tuple, list[dict]] = {}
     for row in done_cells().values():
         key = (row["task"], int(row["demos"]), row["kind"], row["chunking"], int(row["grad_steps"]))
@@ -222,6 +255,11 @@ def summarise() -> list[dict]:
     summary = []
     for (task, demos, kind, chunking, grad_steps), rows in sorted(groups.items()):
         rates = np.array([float(r["success_rate"]) for r in rows])
+        both = [r for r in rows if evaluated_both_ways(r)]
+        noise_means = {
+            column: float(np.mean([float(r[column]) for r in both])) if both else ""
+            for column in NOISE_SCALES
+        }
         summary.append(
             {
                 "task": task,
@@ -233,6 +271,8 @@ def summarise() -> list[dict]:
                 "success_rate": float(rates.mean()),
                 "min": float(rates.min()),
                 "max": float(rates.max()),
+                "seeds_both": len(both),
+                **noise_means,
                 "eval_steps_per_second": float(
                     np.median([float(r["eval_steps_per_second"]) for r in rows])
                 ),
@@ -289,6 +329,41 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_both_ways(summary: list[dict], path: Path) -> None:
+    """Chunked kinds evaluated both ways: zero noise (solid) and sampled (dashed), per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary if r["seeds_both"] and r["chunking"] == "chunk"]
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        lines = sorted({(r["kind"], r["grad_steps"]) for r in rows})
+        for index, (kind, steps) in enumerate(lines):
+            key = (task, kind, steps)
+            line = [r for r in rows if (r["task"], r["kind"], r["grad_steps"]) == key]
+            for column, style in (("success_rate_noise0", "-"), ("success_rate_noise1", "--")):
+                ax.plot(
+                    [r["demos"] for r in line],
+                    [r[column] for r in line],
+                    style,
+                    marker="o",
+                    color=f"C{index}",
+                    label=f"{kind} {steps // 1000}k, {'zero noise' if style == '-' else 'sampled'}",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("demonstrations (episodes)")
+        ax.set_ylabel("success rate (mean over seeds)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"chunked BC on {task}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report() -> None:
     summary = summarise()
     if not summary:
@@ -299,8 +374,10 @@ def report() -> None:
         writer.writeheader()
         writer.writerows(summary)
     plot([r for r in summary if r["grad_steps"] == DEFAULT_STEPS], RESULTS_DIR / "imitation.png")
+    if any(r["seeds_both"] for r in summary):
+        plot_both_ways(summary, RESULTS_DIR / "imitation_noise.png")
     columns = ["task", "demos", "kind", "chunking", "grad_steps", "seeds", "success_rate"]
-    columns += ["min", "max"]
+    columns += ["min", "max", "seeds_both", *NOISE_SCALES]
     print(markdown_table(summary, [*columns, "eval_steps_per_second", "share_of_raw"]))
 
 

@@ -13,6 +13,7 @@ import pytest
 from flax import serialization
 
 from gprl.checkpoint import CheckpointError, read_meta
+from gprl.cli import main
 from gprl.collect import CollectArgs, collect
 from gprl.datasets import DatasetError, Episode, load_demonstrations, write_dataset
 from gprl.envs import make_env
@@ -296,6 +297,29 @@ def test_interrupted_pretraining_resumes_exactly_and_eval_reloads_it(
         pretrain("flow", PretrainRun(resume=interrupted.out, steps=5000, progress=False), FAST)
     config = json.loads((interrupted.out / "config.json").read_text())
     assert config["dataset"]["id"] == dataset and config["env"]["obs_dim"] == 3
+
+
+def test_eval_noise_scale_acts_as_a_run_saved_with_that_scale(
+    tmp_path, contextual_dataset, monkeypatch, capsys, cli_error
+):
+    # The noise scale only chooses how the fitted policy acts: two runs that differ in it alone
+    # hold the same weights, so evaluating one at the other's scale is the other's evaluation.
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
+    dataset, seed = "probe/contextual-v0", 7
+    sampled = pretrain("flow", run_options(tmp_path, dataset, "sampled", steps=500), FAST)
+    zero = replace(FAST, noise_scale=0.0)
+    planned = pretrain("flow", run_options(tmp_path, dataset, "planned", steps=500), zero)
+    _, reference = evaluate_run(planned, 8, seed)
+    _, at_zero = evaluate_run(sampled, 8, seed, noise_scale=0.0)
+    _, at_one = evaluate_run(sampled, 8, seed)
+    assert at_zero["eval_return"] == pytest.approx(reference["eval_return"], abs=1e-6)
+    assert abs(at_one["eval_return"] - reference["eval_return"]) > 1e-4
+
+    main(["eval", str(sampled), "--noise-scale", "0", "--episodes", "8", "--seed", str(seed)])
+    printed = float(capsys.readouterr().out.split("return ")[1].split()[0])
+    assert printed == pytest.approx(reference["eval_return"], abs=1e-3)
+    refused = cli_error(["eval", str(sampled), "--noise-scale", "-1"])
+    assert refused == "gprl: error: --noise-scale must be a non-negative number, got -1.0"
 
 
 def test_resume_refuses_a_dataset_that_changed(tmp_path, monkeypatch):

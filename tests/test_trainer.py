@@ -305,6 +305,13 @@ def test_cli_eval_rejects_a_negative_episode_count(finished_ppo_run, cli_error):
     assert refused == "gprl: error: --episodes must be at least 1, got -1"
 
 
+def test_cli_eval_refuses_a_noise_scale_for_a_train_run(finished_ppo_run, cli_error):
+    refused = cli_error(["eval", str(finished_ppo_run), "--noise-scale", "0"])
+    assert refused == (
+        "gprl: error: --noise-scale applies to pretrain runs; a train run acts deterministically"
+    )
+
+
 def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_saved_config(
     tmp_path, resume_check
 ):

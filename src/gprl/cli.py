@@ -125,7 +125,8 @@ def _box_message(text: str) -> str:
 
 @dataclass
 class EvalArgs:
-    """Evaluate the checkpoint of a run directory with the deterministic policy."""
+    """Evaluate the checkpoint of a run directory: a train run with its deterministic policy, a
+    pretrain run acting from its noise scale (--noise-scale)."""
 
     run_dir: tyro.conf.Positional[Path]
     episodes: int | None = None
@@ -134,6 +135,10 @@ class EvalArgs:
     video: bool = False
     """Also render one episode to RUN_DIR/videos/eval.mp4 (host envs; needs headless MuJoCo
     rendering for MuJoCo tasks)."""
+    noise_scale: float | None = None
+    """Pretrain runs: scale of the noise the policy acts from; 0 gives the zero-noise plan that
+    fine-tuning starts from and evaluates. Default: the run's (1 for the generative kinds, 0 for
+    the Gaussian)."""
     plot_actions: bool = False
     """Also draw the stochastic policy's actions at a few observations to
     RUN_DIR/plots/actions.png, with the optimal modes and their coverage on the multimodal
@@ -251,7 +256,12 @@ def _eval(argv) -> None:
     args = _parse(EvalArgs, argv, "gprl eval")
     if args.episodes is not None and args.episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
-    evaluate = _eval_pretrain_run if is_pretrain_run(args.run_dir) else _eval_train_run
+    pretrain_run = is_pretrain_run(args.run_dir)
+    if args.noise_scale is not None and not pretrain_run:
+        raise ValueError(
+            "--noise-scale applies to pretrain runs; a train run acts deterministically"
+        )
+    evaluate = _eval_pretrain_run if pretrain_run else _eval_train_run
     args = dataclasses.replace(args, episodes=args.episodes or _run_eval_episodes(args.run_dir))
     env_id, result, sampler, acting = evaluate(args)
     print(
@@ -326,7 +336,7 @@ def _eval_pretrain_run(args: EvalArgs):
 
     if args.video:
         raise ValueError("--video is not supported for pretrain runs")
-    env_id, result = evaluate_run(args.run_dir, args.episodes, args.seed)
+    env_id, result = evaluate_run(args.run_dir, args.episodes, args.seed, args.noise_scale)
     if not args.plot_actions:
         return env_id, result, None, None
     # Pretraining refuses JAX envs, so a pretrain run can always be drawn on host envs.

@@ -37,6 +37,11 @@ MIN_ACTION_HALF_RANGE = 1e-3
 """Floor of the action scale, so that a dimension constant in the data stays finite."""
 
 
+def check_noise_scale(noise_scale: float) -> None:
+    if not (math.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"--noise-scale must be a non-negative number, got {noise_scale}")
+
+
 @dataclass
 class PretrainConfig:
     chunk_length: int = 1
@@ -93,10 +98,8 @@ class PretrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.noise_scale is not None and not (
-            math.isfinite(self.noise_scale) and self.noise_scale >= 0
-        ):
-            raise ValueError(f"--noise-scale must be a non-negative number, got {self.noise_scale}")
+        if self.noise_scale is not None:
+            check_noise_scale(self.noise_scale)
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
 
@@ -296,9 +299,17 @@ def load_pretrained(run_dir: Path) -> Pretrained:
     )
 
 
-def evaluate_run(run_dir: Path, episodes: int, seed: int) -> tuple[str, dict]:
-    """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel."""
+def evaluate_run(
+    run_dir: Path, episodes: int, seed: int, noise_scale: float | None = None
+) -> tuple[str, dict]:
+    """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel,
+    acting from noise of `noise_scale` (None: the run's; 0: the zero-noise plan fine-tuners start
+    from)."""
+    if noise_scale is not None:
+        check_noise_scale(noise_scale)
     pretrained = load_pretrained(run_dir)
+    if noise_scale is not None:
+        pretrained.policy.noise_scale = noise_scale
     env = make_env(pretrained.env_id, episodes, seed, backend=pretrained.env_backend)
     try:
         evaluator = ChunkedHostEvaluator(
