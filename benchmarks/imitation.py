@@ -289,25 +289,44 @@ def summarise() -> list[dict]:
     return summary
 
 
-def plot(summary: list[dict], path: Path) -> None:
+def panels_by_task(tasks: list[str], draw, path: Path, title: str, ylabel: str) -> None:
+    """One panel per task, success rate against the number of demonstrations (log scale);
+    draw(ax, task) draws a panel's lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({row["task"] for row in summary})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        draw(ax, task)
+        ax.set_xscale("log")
+        demos = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+        ax.set_xticks(demos, [f"{d:g}" for d in demos], minor=False)
+        ax.set_xticks([], minor=True)
+        ax.set_xlabel("demonstrations (episodes)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{title} {task}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Each kind and chunking at its default evaluation, with the range over seeds."""
+
+    def draw(ax, task):
         lines = sorted({(r["kind"], r["chunking"]) for r in summary if r["task"] == task})
         for kind, chunking in lines:
             rows = [
                 r
                 for r in summary
-                if r["task"] == task and r["kind"] == kind and r["chunking"] == chunking
+                if (r["task"], r["kind"], r["chunking"]) == (task, kind, chunking)
             ]
-            demos = [r["demos"] for r in rows]
             ax.errorbar(
-                demos,
+                [r["demos"] for r in rows],
                 [r["success_rate"] for r in rows],
                 yerr=[
                     [r["success_rate"] - r["min"] for r in rows],
@@ -318,32 +337,23 @@ def plot(summary: list[dict], path: Path) -> None:
                 capsize=3,
                 label=f"{kind} ({chunking})",
             )
-        ax.set_xscale("log")
-        ax.set_xlabel("demonstrations (episodes)")
-        ax.set_ylabel("success rate (mean over seeds; bars: min-max)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"BC on Meta-World {task}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    tasks = sorted({row["task"] for row in summary})
+    panels_by_task(
+        tasks, draw, path, "BC on Meta-World", "success rate (mean over seeds; bars: min-max)"
+    )
 
 
 def plot_both_ways(summary: list[dict], path: Path) -> None:
     """Chunked kinds evaluated both ways: zero noise (solid) and sampled (dashed), per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in summary if r["seeds_both"] and r["chunking"] == "chunk"]
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        lines = sorted({(r["kind"], r["grad_steps"]) for r in rows})
+    lines = sorted({(r["kind"], r["grad_steps"]) for r in rows})
+
+    def draw(ax, task):
         for index, (kind, steps) in enumerate(lines):
-            key = (task, kind, steps)
-            line = [r for r in rows if (r["task"], r["kind"], r["grad_steps"]) == key]
+            line = [
+                r for r in rows if (r["task"], r["kind"], r["grad_steps"]) == (task, kind, steps)
+            ]
             for column, style in (("success_rate_noise0", "-"), ("success_rate_noise1", "--")):
                 ax.plot(
                     [r["demos"] for r in line],
@@ -353,15 +363,9 @@ def plot_both_ways(summary: list[dict], path: Path) -> None:
                     color=f"C{index}",
                     label=f"{kind} {steps // 1000}k, {'zero noise' if style == '-' else 'sampled'}",
                 )
-        ax.set_xscale("log")
-        ax.set_xlabel("demonstrations (episodes)")
-        ax.set_ylabel("success rate (mean over seeds)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"chunked BC on {task}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    tasks = sorted({r["task"] for r in rows})
+    panels_by_task(tasks, draw, path, "chunked BC on", "success rate (mean over seeds)")
 
 
 def report() -> None:
