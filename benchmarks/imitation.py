@@ -345,11 +345,23 @@ def plot(summary: list[dict], path: Path) -> None:
 
 
 def plot_both_ways(summary: list[dict], path: Path) -> None:
-    """Chunked kinds evaluated both ways: zero noise (solid) and sampled (dashed), per task."""
+    """Chunked kinds evaluated both ways: zero noise (solid) and sampled (dashed), per task,
+    beside the chunked Gaussian at the default budget (its mean, dotted)."""
     rows = [r for r in summary if r["seeds_both"] and r["chunking"] == "chunk"]
     lines = sorted({(r["kind"], r["grad_steps"]) for r in rows})
+    baseline = ("gaussian", "chunk", DEFAULT_STEPS)
 
     def draw(ax, task):
+        short = [r for r in summary if (r["kind"], r["chunking"], r["grad_steps"]) == baseline]
+        short = [r for r in short if r["task"] == task]
+        ax.plot(
+            [r["demos"] for r in short],
+            [r["success_rate"] for r in short],
+            ":",
+            marker="s",
+            color="grey",
+            label=f"gaussian {DEFAULT_STEPS // 1000}k, mean",
+        )
         for index, (kind, steps) in enumerate(lines):
             line = [
                 r for r in rows if (r["task"], r["kind"], r["grad_steps"]) == (task, kind, steps)
