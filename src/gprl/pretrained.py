@@ -305,10 +305,9 @@ def evaluate_run(
     """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel,
     acting from noise of `noise_scale` (None: the run's; 0: the zero-noise plan fine-tuners start
     from)."""
-    if noise_scale is not None:
-        check_noise_scale(noise_scale)
     pretrained = load_pretrained(run_dir)
     if noise_scale is not None:
+        check_noise_scale(noise_scale)
         pretrained.policy.noise_scale = noise_scale
     env = make_env(pretrained.env_id, episodes, seed, backend=pretrained.env_backend)
     try:
