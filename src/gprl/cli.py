@@ -273,8 +273,16 @@ def _eval(argv) -> None:
         print(
             f"success rate {rate:.3f} ({round(rate * args.episodes)} of {args.episodes} episodes)"
         )
+    if "noise_scale" in result:
+        print(_acting_noise_line(result["noise_scale"]))
     if args.plot_actions:
         _plot_actions(env_id, sampler, acting, args.run_dir, args.seed)
+
+
+def _acting_noise_line(noise_scale: float) -> str:
+    if noise_scale == 0:
+        return "acting from zero noise (the policy's zero-noise plan)"
+    return f"acting from noise of scale {noise_scale:g} (--noise-scale 0: the zero-noise plan)"
 
 
 def _run_eval_episodes(run_dir: Path) -> int:

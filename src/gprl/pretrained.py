@@ -302,9 +302,9 @@ def load_pretrained(run_dir: Path) -> Pretrained:
 def evaluate_run(
     run_dir: Path, episodes: int, seed: int, noise_scale: float | None = None
 ) -> tuple[str, dict]:
-    """(env id, evaluation summary) of a pretrain run's kept policy, `episodes` in parallel,
-    acting from noise of `noise_scale` (None: the run's; 0: the zero-noise plan fine-tuners start
-    from)."""
+    """(env id, evaluation summary with the noise scale acted from) of a pretrain run's kept
+    policy, `episodes` in parallel, acting from noise of `noise_scale` (None: the run's; 0: the
+    zero-noise plan fine-tuners start from)."""
     pretrained = load_pretrained(run_dir)
     if noise_scale is not None:
         check_noise_scale(noise_scale)
@@ -318,6 +318,7 @@ def evaluate_run(
             pretrained.config.execute_steps,
             pretrained.config.obs_history,
         )
-        return pretrained.env_id, evaluator.evaluate(pretrained.acting)
+        result = evaluator.evaluate(pretrained.acting)
+        return pretrained.env_id, result | {"noise_scale": pretrained.policy.noise_scale}
     finally:
         env.close()
