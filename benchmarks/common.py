@@ -74,12 +74,17 @@ def load_average() -> float:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Every row under the union of their columns, in first-seen order (a row without a column
+    leaves it empty). Written beside the file and moved into place, so an interrupted write
+    leaves the previous results whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as f:
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(partial, path)
 
 
 def read_rows(path: Path, text_columns: set[str]) -> list[dict]:

@@ -43,6 +43,7 @@ from common import (
     machine,
     markdown_table,
     now,
+    write_csv,
 )
 
 TASKS = ("pick-place-v3", "peg-insert-side-v3", "assembly-v3")
@@ -80,24 +81,15 @@ def evaluated_both_ways(row: dict) -> bool:
 
 
 def write_row(row: dict) -> None:
-    """Record a cell: it replaces the cell's earlier row, or is appended. The CSV keeps its
-    column order and gains any new column at the end (older rows leave it empty); it is
-    rewritten whole and moved into place, so an interruption cannot leave half a file; a lock on
-    the results folder keeps two benchmark processes from losing each other's rows."""
+    """Record a cell: it replaces the cell's earlier row, or is appended (a new column goes at
+    the end, empty in older rows). A lock on the results folder keeps two benchmark processes
+    from losing each other's rows."""
     CSV_PATH.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(CSV_PATH.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        rows = recorded_rows()
-        columns = list(rows[0]) if rows else []
-        columns += [c for c in row if c not in columns]
-        kept = [r for r in rows if cell_key(r) != cell_key(row)]
-        partial = CSV_PATH.with_suffix(".csv.partial")
-        with open(partial, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns, restval="")
-            writer.writeheader()
-            writer.writerows([*kept, row])
-        os.replace(partial, CSV_PATH)
+        kept = [r for r in recorded_rows() if cell_key(r) != cell_key(row)]
+        write_csv(CSV_PATH, [*kept, row])
     finally:
         os.close(folder)
 
