@@ -87,7 +87,9 @@ def test_the_global_then_local_optimisation_climbs_a_known_q():
 
     algo.config = replace(algo.config, local_steps=0)
     best_sample, *_ = jax.jit(algo.optimised)(policy, obs, noise)
-    np.testing.assert_allclose(best_sample, samples[np.arange(64), sample_q.argmax(1)])
+    # Compiled and eager sampling may round differently (by an ulp under XLA's default
+    # optimisation); the samples of one observation lie far further apart than that.
+    np.testing.assert_allclose(best_sample, samples[np.arange(64), sample_q.argmax(1)], atol=1e-6)
     # Each step of size 0.25 along dQ/da = -2 (a - a*) halves the distance to the optimum (up
     # to the box): 3 steps leave an eighth of the best sample's distance, or less.
     algo.config = replace(algo.config, local_steps=3, local_step_size=0.25)
