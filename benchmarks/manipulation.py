@@ -34,6 +34,13 @@ Per task and seed s:
    expo, qc, qc-fql and fql standardise observations with the demonstrations' statistics (their
    default since gprl 0a0f12c; their pick-place seed-0 cells from before it, on raw
    observations, started at 0.00-0.04 and were run again).
+4. On-policy cells with other settings than a method's defaults (SETTINGS), from the same starts:
+   - dppo-ref-batch: DPPO with the reference's robomimic settings where they differ from gprl's
+     defaults in kind: gamma 0.999, 10 epochs of few large minibatches (4 per rollout of 2048
+     decisions, where the reference takes 2 of 7500 from 15000), Adam 1e-4 (the reference's
+     actor step; gprl's one step serves actor and critic).
+   - dppo-wide-critic: DPPO with a value network of the reference's size (3 x 256; SiLU where the
+     reference uses Mish) in place of gprl's 2 x 64 tanh, every other setting gprl's.
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -114,6 +121,8 @@ METHODS = {
     "qc-fql": ("qc-fql", None),
     "fql": ("fql", None),
     "pa-rl": ("pa-rl", "flow"),
+    "dppo-ref-batch": ("dppo", "ddpm"),
+    "dppo-wide-critic": ("dppo", "ddpm"),
 }
 
 
@@ -138,6 +147,16 @@ ON_DEMONSTRATIONS = {
     "fql": ["--fql.alpha", "100"],
     "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
 }
+# On-policy cells that change a method's defaults (see the docstring).
+SETTINGS = {
+    "dppo-ref-batch": [
+        "--dppo.gamma", "0.999", "--dppo.num-epochs", "10", "--dppo.num-minibatches", "4",
+        "--dppo.learning-rate", "1e-4",
+    ],
+    "dppo-wide-critic": [
+        "--dppo.critic-hidden", "256", "256", "256", "--dppo.critic-activation", "silu",
+    ],
+}  # fmt: skip
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
@@ -181,6 +200,7 @@ def cell_command(method: str, task: str, seed: int, run_dir: Path, args) -> list
         options += ["--init", str(bc_start(task, start, seed, args))]
     if method in ON_DEMONSTRATIONS:
         options += ["--dataset", demonstration_dataset(task, args), *ON_DEMONSTRATIONS[method]]
+    options += SETTINGS.get(method, [])
     if method in OFFLINE_FIRST:
         options += [f"--{algorithm}.offline-updates", str(args.offline_updates)]
     return options
