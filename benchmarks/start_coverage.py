@@ -2,12 +2,13 @@
 reward.
 
 A fine-tuner on a sparse success reward learns only from episodes that succeed. For each of
---conditions initial conditions of a Meta-World task (object and goal positions, one env seed
-each, the same in every repetition), the manipulation benchmark's BC start acts once from zero
-noise (as fine-tuning evaluates it) and --repeats times from unit noise (sampled, as
-fine-tuning explores). A condition never solved in any sampled repetition gives its fine-tuner
-no success to reinforce there; one solved in some repetitions but not from zero noise is
-where RL can move the deterministic policy.
+--conditions initial conditions of a Meta-World task (one env seed each, the same in every
+repetition; each draws one of the task's 50 MT1 placements, so 50 conditions hold about 32
+distinct placements, as a cell's 50 evaluation episodes do), the manipulation benchmark's BC
+start acts once from zero noise (as fine-tuning evaluates it) and --repeats times from unit
+noise (sampled, as fine-tuning explores). A condition never solved in any try gives its
+fine-tuner no success to reinforce there; one solved in some sampled tries but not from zero
+noise is where RL can move the deterministic policy.
 
     python benchmarks/start_coverage.py --tasks pick-place-v3 --kinds ddpm --seeds 0
 
