@@ -46,8 +46,10 @@ it; PPO from scratch: its initial policy; a method with offline updates: after t
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
 (blank if none), resolved only to its evaluation interval. Throughput is the cell's env
 steps over its process's wall time, next to one Meta-World env stepped in a plain loop in this
-process (the raw stepping the share is taken of; a cell recorded on another machine, its
-record's `ran_on` saying where, has no share).
+process (the raw stepping the share is taken of, kept in the cell's record; cells recorded
+before records kept it take the first speeds in manipulation_raw.json, which later runs leave
+as they are; a cell recorded on another machine, its record's `ran_on` saying where, has no
+share).
 
 Run directories go to benchmarks/runs/manipulation/ (git-ignored; --runs-dir); an interrupted
 cell resumes from its checkpoint there. A finished cell is recorded in
@@ -218,15 +220,21 @@ def record_of(task: str, method: str, seed: int, results_dir: Path) -> Path:
     return results_dir / RECORDS / task / f"{method}-s{seed}"
 
 
-def run_cell(method: str, task: str, seed: int, args, legacy: set) -> None:
-    """Train (or resume) one cell and record it, unless it is recorded already."""
+def run_cell(method: str, task: str, seed: int, args, legacy: set, raw_speed: float) -> None:
+    """Train (or resume) one cell and record it, with the raw stepping measured beside it,
+    unless it is recorded already."""
     if (task, method, seed) in legacy:
         return
     run_dir = args.runs_dir / task / f"{method}-s{seed}"
-    train_recorded(
-        run_dir, record_of(task, method, seed, args.results_dir),
+    record_dir = record_of(task, method, seed, args.results_dir)
+    recorded = train_recorded(
+        run_dir, record_dir,
         lambda: cell_command(method, task, seed, run_dir, args), shown_command,
     )  # fmt: skip
+    if recorded:
+        info = json.loads((record_dir / DONE_FILE).read_text())
+        info["raw_steps_per_second"] = raw_speed
+        (record_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
 
 
 def legacy_rows(results_dir: Path) -> list[dict]:
@@ -249,7 +257,7 @@ def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
     env_steps = int(evaluated[-1]["env_steps"])
     speed = None if info["resumed"] else env_steps / info["process_seconds"]
     # A cell run elsewhere ("ran_on") has no raw stepping of its machine to be compared with.
-    raw_speed = None if "ran_on" in info else raw.get(task)
+    raw_speed = None if "ran_on" in info else info.get("raw_steps_per_second", raw.get(task))
     reached = [r for r in evaluated if float(r["eval_success_rate"]) >= SUCCESS_THRESHOLD]
     # An offline phase evaluates at env step 0 more than once: "before" is after all of it.
     before = [r for r in evaluated if int(r["env_steps"]) == 0] or evaluated[:1]
@@ -338,11 +346,14 @@ def report(raw: dict[str, float], results_dir: Path) -> None:
     if not records and not legacy:
         print("no cells yet")
         return
+    # The raw stepping of cells recorded without their own: a later run's, on whatever machine
+    # and load, must not replace it.
     raw_path = results_dir / "manipulation_raw.json"
     known = json.loads(raw_path.read_text()) if raw_path.exists() else {}
-    raw_path.write_text(json.dumps(known | raw, indent=2))
+    known = raw | known
+    raw_path.write_text(json.dumps(known, indent=2))
     reported = {"reported": now(), "command": command()}
-    rows = [cell_row(path.parent, known | raw) | reported for path in records] + legacy
+    rows = [cell_row(path.parent, known) | reported for path in records] + legacy
     rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
     write_csv(results_dir / "manipulation.csv", rows)
     summary = summarise(rows)
@@ -411,7 +422,7 @@ def main() -> None:
         for seed in args.seeds:
             for task in args.tasks:
                 for method in args.methods:
-                    run_cell(method, task, seed, args, legacy)
+                    run_cell(method, task, seed, args, legacy, raw[task])
     report(raw, args.results_dir)
 
 
