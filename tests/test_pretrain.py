@@ -306,9 +306,13 @@ def test_eval_noise_scale_acts_as_a_run_saved_with_that_scale(
     # hold the same weights, so evaluating one at the other's scale is the other's evaluation.
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(contextual_dataset))
     dataset, seed = "probe/contextual-v0", 7
-    sampled = pretrain("flow", run_options(tmp_path, dataset, "sampled", steps=500), FAST)
+    sampled = pretrain(
+        "flow", run_options(tmp_path, dataset, "sampled", steps=500), FAST, small("flow")
+    )
     zero = replace(FAST, noise_scale=0.0)
-    planned = pretrain("flow", run_options(tmp_path, dataset, "planned", steps=500), zero)
+    planned = pretrain(
+        "flow", run_options(tmp_path, dataset, "planned", steps=500), zero, small("flow")
+    )
     _, reference = evaluate_run(planned, 8, seed)
     _, at_zero = evaluate_run(sampled, 8, seed, noise_scale=0.0)
     _, at_one = evaluate_run(sampled, 8, seed)
