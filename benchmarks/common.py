@@ -166,9 +166,12 @@ def gprl(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str = "") -> None:
+def train_cell(
+    run_dir: Path, train: list[str], shown_command: str, label: str = "", extra: dict | None = None
+) -> None:
     """Run the `gprl train` command train (its arguments), or resume it from run_dir's
-    checkpoint, then write DONE_FILE with its process time, load, commit and shown_command."""
+    checkpoint, then write DONE_FILE with its process time, load, commit, shown_command and
+    any extra facts the benchmark measured beside it."""
     try:
         resumed = read_meta(run_dir)["progress"] is not None
     except CheckpointError:
@@ -190,22 +193,23 @@ def train_cell(run_dir: Path, train: list[str], shown_command: str, label: str =
         "gprl_commit": gprl_commit(),
         "machine": machine(),
         "train_command": shown_command,
-    }
+    } | (extra or {})
     (run_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
 
 
 def train_recorded(
     run_dir: Path, record_dir: Path, train_of: Callable[[], list[str]],
-    shown_of: Callable[[list[str]], str], label: str = "",
+    shown_of: Callable[[list[str]], str], label: str = "", extra: dict | None = None,
 ) -> bool:  # fmt: skip
     """Train (or resume) a cell unless its run finished, and record it, unless record_dir holds
     it already; whether anything was done. train_of builds the `gprl train` arguments only when
-    they are needed (building them can train a cell's starting policy)."""
+    they are needed (building them can train a cell's starting policy); extra goes into
+    DONE_FILE (see train_cell)."""
     if (record_dir / DONE_FILE).exists():
         return False
     if not (run_dir / DONE_FILE).exists():
         train = train_of()
-        train_cell(run_dir, train, shown_of(train), label)
+        train_cell(run_dir, train, shown_of(train), label, extra)
     record_cell(run_dir, record_dir)
     return True
 

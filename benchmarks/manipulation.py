@@ -226,15 +226,11 @@ def run_cell(method: str, task: str, seed: int, args, legacy: set, raw_speed: fl
     if (task, method, seed) in legacy:
         return
     run_dir = args.runs_dir / task / f"{method}-s{seed}"
-    record_dir = record_of(task, method, seed, args.results_dir)
-    recorded = train_recorded(
-        run_dir, record_dir,
+    train_recorded(
+        run_dir, record_of(task, method, seed, args.results_dir),
         lambda: cell_command(method, task, seed, run_dir, args), shown_command,
+        extra={"raw_steps_per_second": raw_speed},
     )  # fmt: skip
-    if recorded:
-        info = json.loads((record_dir / DONE_FILE).read_text())
-        info["raw_steps_per_second"] = raw_speed
-        (record_dir / DONE_FILE).write_text(json.dumps(info, indent=2))
 
 
 def legacy_rows(results_dir: Path) -> list[dict]:
