@@ -28,7 +28,7 @@ from imitation import TASKS
 from manipulation import bc_start
 
 from gprl.envs import make_env
-from gprl.evaluation import ActionQueue
+from gprl.evaluation import ActionQueue, host_episode_outcomes
 from gprl.pretrained import load_pretrained
 
 CONDITION_SEED = 1_000_000
@@ -37,7 +37,8 @@ KEYS = ("task", "kind", "seed", "condition")
 
 
 def successes(run_dir, env, noise_scale: float, key) -> np.ndarray:
-    """Whether each env's episode from its condition succeeds, acting from noise of this scale."""
+    """Whether each env's episode from its condition succeeds, acting from noise of this scale
+    (the env ends an episode at its first success, as the fine-tuning benchmark's do)."""
     # Loaded afresh for each scale: a compiled plan keeps the scale it was traced with.
     pretrained = load_pretrained(run_dir)
     pretrained.policy.noise_scale = noise_scale
@@ -49,25 +50,18 @@ def successes(run_dir, env, noise_scale: float, key) -> np.ndarray:
         key,
         pretrained.config.obs_history,
     )
-    obs = env.restart(CONDITION_SEED)
-    running = np.ones(env.num_envs, bool)
-    succeeded = np.zeros(env.num_envs, bool)
-    for _ in range(env.spec.max_episode_steps):
-        step = env.step(queue(obs))
-        succeeded |= running & step.success
-        # The benchmark's fine-tuning ends an episode on success; so does its evaluation.
-        running &= ~(step.terminated | step.truncated | step.success)
-        if not running.any():
-            break
-        obs = step.obs
-    return succeeded
+    return host_episode_outcomes(env, CONDITION_SEED, queue)[2]
 
 
 def start_rows(task: str, kind: str, seed: int, args) -> list[dict]:
     run_dir = bc_start(task, kind, seed, args)
     pretrained = load_pretrained(run_dir)
     env = make_env(
-        pretrained.env_id, args.conditions, CONDITION_SEED, backend=pretrained.env_backend
+        pretrained.env_id,
+        args.conditions,
+        CONDITION_SEED,
+        backend=pretrained.env_backend,
+        end_on_success=True,
     )
     try:
         zero = successes(run_dir, env, 0.0, jax.random.PRNGKey(0))

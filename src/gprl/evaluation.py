@@ -36,6 +36,14 @@ def _summary(returns, lengths, succeeded=None) -> dict:
 
 def _host_episodes(env, seed: int, policy) -> dict:
     """One episode in each env of a host vector env, acting with policy(obs) -> actions."""
+    returns, lengths, succeeded = host_episode_outcomes(env, seed, policy)
+    return _summary(returns, lengths, succeeded if env.spec.reports_success else None)
+
+
+def host_episode_outcomes(env, seed: int, policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(return, length, succeeded) of one episode in each env of a host vector env restarted
+    from seed, acting with policy(obs) -> actions; succeeded is all False where the env does
+    not report success."""
     max_steps = env.spec.max_episode_steps or DEFAULT_MAX_EPISODE_STEPS
     obs = env.restart(seed)
     returns = np.zeros(env.num_envs)
@@ -51,7 +59,7 @@ def _host_episodes(env, seed: int, policy) -> dict:
         if not running.any():
             break
         obs = step.obs
-    return _summary(returns, lengths, succeeded if env.spec.reports_success else None)
+    return returns, lengths, succeeded
 
 
 class HostEvaluator:
