@@ -137,6 +137,20 @@ class FlowActorCritic(FlowOnPolicy):
         )
         return loss + extra_loss, info | objective_info
 
+    def optimizer_after_warmup(self, state):
+        """The optimiser state, fresh for the first update that trains the policy. Adam's bias
+        correction counts the warm-up's steps, in which the policy's moments stayed zero: kept,
+        it made the policy's first update 3.3x a fresh Adam's after 640 warm-up steps (5 updates
+        of 4 x 32 minibatches; measured on the fine-tuning tests' probe). One Adam serves policy
+        and critic, so the critic's restarts too."""
+        if not self.config.critic_warmup_iterations:
+            return state["opt_state"]
+        policy_starts = state["iteration"] == self.config.critic_warmup_iterations
+        fresh = self.optimizer.init(state["params"])
+        return jax.tree.map(
+            lambda new, old: jnp.where(policy_starts, new, old), fresh, state["opt_state"]
+        )
+
     def update(self, state, batch, key):
         config = self.config
         learning_rate = annealed_learning_rate(config, state["iteration"], self.num_iterations)
@@ -150,7 +164,7 @@ class FlowActorCritic(FlowOnPolicy):
                 params, minibatch, config.clip_eps, state.get("frozen", {}), train_policy
             ),
             lambda obs: self.value(old_params, obs),
-            set_hyperparameters(state["opt_state"], learning_rate=learning_rate),
+            set_hyperparameters(self.optimizer_after_warmup(state), learning_rate=learning_rate),
             self.optimizer,
             config,
             score_rollout=lambda data, score_key: self.score_rollout(old_params, data, score_key),
