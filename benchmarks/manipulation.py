@@ -41,6 +41,17 @@ Per task and seed s:
      actor step; gprl's one step serves actor and critic).
    - dppo-wide-critic: DPPO with a value network of the reference's size (3 x 256; SiLU where the
      reference uses Mish) in place of gprl's 2 x 64 tanh, every other setting gprl's.
+   - dppo-wide-clip: DPPO with clip ranges 10 times the reference's (0.01 on the first trained
+     step growing to 0.1 on the last): with the reference's, 50-75% of the samples are clipped
+     in every update of the default cells, so the clip, not the step size, sets how far an
+     update moves the policy.
+   - dppo-explore: DPPO with the sampling std floor doubled (0.2), to reach placements the
+     start never solves.
+   - dppo-reference: dppo-ref-batch and dppo-wide-critic together, as the reference runs them.
+   - dppo-wide-critic-warmup: dppo-wide-critic whose first 5 updates (41k env steps) train the
+     critic alone, the policy held at the start: the early updates otherwise follow a random
+     critic's advantages, and several cells lose most of their start's success in the first
+     40k-170k env steps before climbing back.
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -125,6 +136,10 @@ METHODS = {
     "pa-rl": ("pa-rl", "flow"),
     "dppo-ref-batch": ("dppo", "ddpm"),
     "dppo-wide-critic": ("dppo", "ddpm"),
+    "dppo-wide-clip": ("dppo", "ddpm"),
+    "dppo-explore": ("dppo", "ddpm"),
+    "dppo-reference": ("dppo", "ddpm"),
+    "dppo-wide-critic-warmup": ("dppo", "ddpm"),
 }
 
 
@@ -158,7 +173,14 @@ SETTINGS = {
     "dppo-wide-critic": [
         "--dppo.critic-hidden", "256", "256", "256", "--dppo.critic-activation", "silu",
     ],
+    "dppo-wide-clip": ["--dppo.clip-eps", "0.1", "--dppo.first-step-clip-eps", "0.01"],
+    "dppo-explore": ["--dppo.min-sampling-std", "0.2"],
 }  # fmt: skip
+SETTINGS["dppo-reference"] = SETTINGS["dppo-ref-batch"] + SETTINGS["dppo-wide-critic"]
+SETTINGS["dppo-wide-critic-warmup"] = SETTINGS["dppo-wide-critic"] + [
+    "--dppo.critic-warmup-iterations",
+    "5",
+]
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
