@@ -22,7 +22,7 @@ import sys
 
 from common import RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
 from imitation import TASKS
-from manipulation import METHODS, ROOT, bc_start
+from manipulation import METHODS, ROOT, add_start_options, bc_start
 
 from gprl.seeding import eval_seed
 
@@ -61,9 +61,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["dppo-wide-critic"], choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--demos", type=int, default=5)
-    parser.add_argument("--action-noise", type=float, default=0.3)
-    parser.add_argument("--eval-episodes", type=int, default=50)
+    add_start_options(parser)
     args = parser.parse_args()
     print(f"{now()}  {machine()}  load {load_average()}\n{command()}")
     path = RESULTS_DIR / "manipulation_cross_draws.csv"

@@ -188,6 +188,14 @@ SUCCESS_THRESHOLD = 0.8
 THRESHOLD_COLUMN = "env_steps_to_0.8_success"
 
 
+def add_start_options(parser) -> None:
+    """The options bc_start reads: which demonstrations the starts are cloned from, and the
+    evaluation episodes of their runs (and of this benchmark's cells)."""
+    parser.add_argument("--demos", type=int, default=5)
+    parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument("--eval-episodes", type=int, default=50)
+
+
 def bc_start(task: str, kind: str, seed: int, args) -> Path:
     """The imitation benchmark's chunked run of this kind, trained if missing."""
     cell = dict(task=task, demos=args.demos, kind=kind, chunking="chunk", seed=seed)
@@ -406,8 +414,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--demos", type=int, default=5)
-    parser.add_argument("--action-noise", type=float, default=0.3)
+    add_start_options(parser)
     parser.add_argument("--onpolicy-steps", type=int, default=500_000)
     parser.add_argument("--offpolicy-steps", type=int, default=100_000)
     parser.add_argument("--evaluations", type=int, default=5)
@@ -425,7 +432,6 @@ def main() -> None:
         help="gradient steps on the demonstrations before the first env step, of the methods "
         "that learn offline first (default: the BC starts' imitation steps)",
     )
-    parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--runs-dir", type=Path, default=ROOT)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")

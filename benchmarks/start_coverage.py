@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from common import RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
 from imitation import TASKS
-from manipulation import bc_start
+from manipulation import add_start_options, bc_start
 
 from gprl.envs import make_env
 from gprl.evaluation import ActionQueue, host_episode_outcomes
@@ -108,9 +108,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--conditions", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--demos", type=int, default=5)
-    parser.add_argument("--action-noise", type=float, default=0.3)
-    parser.add_argument("--eval-episodes", type=int, default=50)
+    add_start_options(parser)
     args = parser.parse_args()
     print(f"{now()}  {machine()}  load {load_average()}\n{command()}")
     path = RESULTS_DIR / "start_coverage.csv"
