@@ -6,8 +6,8 @@ them, different for each seed (the evaluation envs' seed is `gprl.seeding.eval_s
 script evaluates, with `gprl eval RUN --seed eval_seed(d)` as a user would, each finished
 manipulation cell of --methods (its final checkpoint, deterministic) and each seed's DDPM BC
 start (`--noise-scale 0`, as fine-tuning evaluates it) on the draws of every seed d in --seeds.
-Run directories must be on this machine (benchmarks/runs/, git-ignored); cells without one are
-skipped and named.
+Run directories must be on this machine (benchmarks/runs/, git-ignored); cells without a
+finished one are skipped and named.
 
     python benchmarks/cross_draws.py --task pick-place-v3 --methods dppo-wide-critic
 
@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 
-from common import RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
+from common import DONE_FILE, RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
 from imitation import TASKS
 from manipulation import METHODS, ROOT, add_start_options, bc_start
 
@@ -48,10 +48,11 @@ def policies(task: str, methods: list[str], seeds: list[int], args) -> list[tupl
     for method in methods:
         for seed in seeds:
             run_dir = ROOT / task / f"{method}-s{seed}"
-            if (run_dir / "checkpoint").exists():
+            # A cell's checkpoint mid-run is not its final policy: only finished cells count.
+            if (run_dir / DONE_FILE).exists():
                 found.append((method, seed, run_dir, False))
             else:
-                print(f"skipped {method} seed {seed}: no run directory at {run_dir}")
+                print(f"skipped {method} seed {seed}: no finished run at {run_dir}")
     return found
 
 
