@@ -52,6 +52,9 @@ Per task and seed s:
      critic alone, the policy held at the start: the early updates otherwise follow a random
      critic's advantages, and several cells lose most of their start's success in the first
      40k-170k env steps before climbing back.
+   - dppo-reference-lr: dppo-reference with the reference's two step sizes, held constant as its
+     schedules hold them: Adam 1e-4 for the policy, 1e-3 for the critic (gprl's default anneals
+     one step size for both to zero).
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -140,6 +143,7 @@ METHODS = {
     "dppo-explore": ("dppo", "ddpm"),
     "dppo-reference": ("dppo", "ddpm"),
     "dppo-wide-critic-warmup": ("dppo", "ddpm"),
+    "dppo-reference-lr": ("dppo", "ddpm"),
 }
 
 
@@ -181,6 +185,9 @@ SETTINGS["dppo-wide-critic-warmup"] = SETTINGS["dppo-wide-critic"] + [
     "--dppo.critic-warmup-iterations",
     "5",
 ]
+SETTINGS["dppo-reference-lr"] = SETTINGS["dppo-reference"] + [
+    "--dppo.critic-learning-rate", "1e-3", "--dppo.no-anneal-lr",
+]  # fmt: skip
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}

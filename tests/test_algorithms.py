@@ -1,6 +1,7 @@
 """Learning tests on probe environments where the right answer is known."""
 
 import csv
+import functools
 from dataclasses import fields, is_dataclass, replace
 
 import flax.linen as nn
@@ -302,6 +303,40 @@ def test_the_cli_refuses_an_infinite_learning_rate(cli_error, tmp_path):
         [*base, "--ppo.num-minibatches", "3", *out]
     )
     assert not (tmp_path / "run").exists()
+
+
+def critic_rate_prefix(config) -> str | None:
+    """The dotted path ("" or "ppo.") of the config holding critic_learning_rate, if any."""
+    for path, _ in nested_fields(config):
+        if path.endswith("critic_learning_rate"):
+            return path.removesuffix("critic_learning_rate")
+    return None
+
+
+ON_POLICY_ACTOR_CRITICS = [
+    n for n in ON_POLICY if critic_rate_prefix(ALGORITHMS[n].default_config()) is not None
+]
+
+
+@pytest.mark.parametrize("name", ON_POLICY_ACTOR_CRITICS)
+def test_every_actor_critic_steps_its_critic_at_the_critic_learning_rate(name):
+    default = ALGORITHMS[name].default_config()
+    prefix = critic_rate_prefix(default)
+    setters = dict(nested_fields(default))
+    policy_rate = functools.reduce(getattr, f"{prefix}learning_rate".split("."), default)
+    algo = contract_algo(name, setters[f"{prefix}critic_learning_rate"](10 * policy_rate))
+    params = algo.init(jax.random.PRNGKey(0))["params"]
+    # Adam's first step from constant-sign gradients moves every weight by its step size.
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = algo.optimizer.update(grads, algo.optimizer.init(params), params)
+    steps = {
+        role: np.concatenate([np.abs(np.ravel(u)) for u in jax.tree.leaves(tree)])
+        for role, tree in updates.items()
+    }
+    assert "critic" in steps and len(steps) > 1, sorted(steps)
+    for role, step in steps.items():
+        expected = 10 * policy_rate if role == "critic" else policy_rate
+        np.testing.assert_allclose(step, expected, rtol=0.02, err_msg=role)
 
 
 class UserTorso(nn.Module):

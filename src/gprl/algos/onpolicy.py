@@ -77,9 +77,14 @@ class ActorCriticConfig(OnPolicyConfig):
     """Standardise advantages within each minibatch."""
     normalize_rewards: bool = True
     """Divide rewards by the running std of the discounted return."""
+    critic_learning_rate: float | None = None
+    """Adam step size of the critic (annealed in proportion with learning_rate); None: the
+    policy's learning_rate. DPPO's reference code gives its critic 10 times the actor's."""
 
     def validate(self) -> None:
         super().validate()
+        if self.critic_learning_rate is not None:
+            check_learning_rates(self, "critic_learning_rate")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -92,21 +97,40 @@ class ActorCriticConfig(OnPolicyConfig):
 def make_optimizer(config: OnPolicyConfig) -> optax.GradientTransformation:
     """Adam behind global-norm clipping, with the learning rate and the clip norm injected as
     state so that an update (or a new stage of a staged method) can change them without
-    recompiling."""
+    recompiling. An actor-critic's critic_learning_rate scales the "critic" parameters' steps."""
+    critic_scale = critic_step_scale(config)
 
     def adam_with_clipping(learning_rate, max_grad_norm):
         # One flat vector instead of a pytree: a few large ops in place of a dozen small ones
         # per parameter leaf, which is what the update's time goes to on CPU.
-        return optax.flatten(
+        adam = optax.flatten(
             optax.chain(
                 optax.clip_by_global_norm(max_grad_norm),
                 optax.adam(learning_rate, eps=config.adam_eps),
             )
         )
+        if critic_scale == 1.0:
+            return adam
+        # Adam's step does not change with its gradient's scale, so the critic's own step size
+        # scales Adam's step, not the critic's gradient.
+        return optax.chain(adam, optax.masked(optax.scale(critic_scale), critic_mask))
 
     return optax.inject_hyperparams(adam_with_clipping)(
         learning_rate=config.learning_rate, max_grad_norm=config.max_grad_norm
     )
+
+
+def critic_mask(params: dict) -> dict:
+    """True on an actor-critic's "critic" parameters, False on the others."""
+    return {name: name == "critic" for name in params}
+
+
+def critic_step_scale(config: OnPolicyConfig) -> float:
+    """The critic's step size over the policy's (1 where the method has no critic of its own
+    step size)."""
+    if not isinstance(config, ActorCriticConfig) or config.critic_learning_rate is None:
+        return 1.0
+    return config.critic_learning_rate / config.learning_rate
 
 
 def set_hyperparameters(opt_state, **values):
