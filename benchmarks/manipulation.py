@@ -55,6 +55,8 @@ Per task and seed s:
    - dppo-reference-lr: dppo-reference with the reference's two step sizes, held constant as its
      schedules hold them: Adam 1e-4 for the policy, 1e-3 for the critic (gprl's default anneals
      one step size for both to zero).
+   - dppo-wide-critic-lr: dppo-wide-critic with the critic's Adam step at the reference's 1e-3,
+     the policy's at gprl's default (3e-4, both annealed in proportion).
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -144,6 +146,7 @@ METHODS = {
     "dppo-reference": ("dppo", "ddpm"),
     "dppo-wide-critic-warmup": ("dppo", "ddpm"),
     "dppo-reference-lr": ("dppo", "ddpm"),
+    "dppo-wide-critic-lr": ("dppo", "ddpm"),
 }
 
 
@@ -188,6 +191,10 @@ SETTINGS["dppo-wide-critic-warmup"] = SETTINGS["dppo-wide-critic"] + [
 SETTINGS["dppo-reference-lr"] = SETTINGS["dppo-reference"] + [
     "--dppo.critic-learning-rate", "1e-3", "--dppo.no-anneal-lr",
 ]  # fmt: skip
+SETTINGS["dppo-wide-critic-lr"] = SETTINGS["dppo-wide-critic"] + [
+    "--dppo.critic-learning-rate",
+    "1e-3",
+]
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
