@@ -198,15 +198,25 @@ SETTINGS["dppo-reference-lr"] = SETTINGS["dppo-reference"] + [
     "--dppo.critic-learning-rate", "1e-3", "--dppo.no-anneal-lr",
 ]  # fmt: skip
 SETTINGS["dppo-wide-critic-lr"] = SETTINGS["dppo-wide-critic"] + [
-    "--dppo.critic-learning-rate",
-    "1e-3",
-]
-# dppo-reference-lr's options, but for the rollout and its split into minibatches.
-SETTINGS["dppo-frequent-updates"] = [
-    "--dppo.gamma", "0.999", "--dppo.num-epochs", "10", "--dppo.learning-rate", "1e-4",
-    *SETTINGS["dppo-wide-critic"], "--dppo.critic-learning-rate", "1e-3", "--dppo.no-anneal-lr",
-    "--dppo.rollout-steps", "32", "--dppo.num-minibatches", "1",
+    "--dppo.critic-learning-rate", "1e-3",
 ]  # fmt: skip
+
+
+def with_values(options: list[str], values: dict[str, str]) -> list[str]:
+    """options with each flag of values set to its value: the flag's one value replaced where
+    options has it, the flag and value appended where not."""
+    result = list(options)
+    for flag, value in values.items():
+        if flag in result:
+            result[result.index(flag) + 1] = value
+        else:
+            result += [flag, value]
+    return result
+
+
+SETTINGS["dppo-frequent-updates"] = with_values(
+    SETTINGS["dppo-reference-lr"], {"--dppo.rollout-steps": "32", "--dppo.num-minibatches": "1"}
+)
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
