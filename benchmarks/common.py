@@ -73,6 +73,12 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def print_start() -> None:
+    """The line an incremental benchmark starts its log with: when, where, which gprl, how
+    loaded, and the command."""
+    print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Every row under the union of their columns, in first-seen order (a row without a column
     leaves it empty). Written beside the file and moved into place, so an interrupted write

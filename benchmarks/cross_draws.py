@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 
-from common import DONE_FILE, RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
+from common import DONE_FILE, RESULTS_DIR, print_start, read_rows, write_csv
 from imitation import TASKS
 from manipulation import METHODS, ROOT, add_start_options, bc_start
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     add_start_options(parser)
     args = parser.parse_args()
-    print(f"{now()}  {machine()}  load {load_average()}\n{command()}")
+    print_start()
     path = RESULTS_DIR / "manipulation_cross_draws.csv"
     rows = read_rows(path, {"task", "policy"})
     done = {(r["task"], r["policy"], r["seed"], r["draws_of_seed"]) for r in rows}

@@ -37,12 +37,11 @@ import numpy as np
 from common import (
     BENCH_DIR,
     RESULTS_DIR,
-    command,
     gprl_commit,
     load_average,
-    machine,
     markdown_table,
     now,
+    print_start,
     write_csv,
 )
 
@@ -401,7 +400,7 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
+    print_start()
     if not args.report_only:
         run_grid(args)
     report()

@@ -100,12 +100,10 @@ from common import (
     RESULTS_DIR,
     command,
     gprl,
-    gprl_commit,
     interval_rows,
-    load_average,
-    machine,
     markdown_table,
     now,
+    print_start,
     read_rows,
     train_recorded,
     write_csv,
@@ -472,7 +470,7 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
+    print_start()
     raw = {}
     if not args.report_only:
         # Raw stepping of every task asked for, measured in this run beside its cells; a

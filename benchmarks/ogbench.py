@@ -89,11 +89,9 @@ from common import (
     RESULTS_DIR,
     command,
     gprl,
-    gprl_commit,
-    load_average,
-    machine,
     markdown_table,
     now,
+    print_start,
     record_cell,
     train_recorded,
     write_csv,
@@ -468,7 +466,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    print(f"{now()}  {machine()}  gprl {gprl_commit()}  load {load_average()}\n{command()}")
+    print_start()
     if not args.report_only:
         if "datasets" in args.phases:
             collect_datasets(args)

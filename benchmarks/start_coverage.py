@@ -23,7 +23,7 @@ import argparse
 
 import jax
 import numpy as np
-from common import RESULTS_DIR, command, load_average, machine, now, read_rows, write_csv
+from common import RESULTS_DIR, print_start, read_rows, write_csv
 from imitation import TASKS
 from manipulation import add_start_options, bc_start
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     add_start_options(parser)
     args = parser.parse_args()
-    print(f"{now()}  {machine()}  load {load_average()}\n{command()}")
+    print_start()
     path = RESULTS_DIR / "start_coverage.csv"
     rows = read_rows(path, {"task", "kind"})
     done = {(r["task"], r["kind"], r["seed"]) for r in rows}
