@@ -101,11 +101,15 @@ def test_a_learned_source_std_contracts_where_only_a_precise_action_pays(name):
     algo = make_algo(name, learned_source_std=True, source_std=1.0, learning_rate=1e-2)
     state = algo.init(jax.random.PRNGKey(0))
     assert float(jnp.max(jnp.abs(state["params"]["source_log_std"]))) == 0.0
-    update = jax.jit(algo.update)
-    for i in range(60):
-        batch = rollout(algo, state, jax.random.PRNGKey(100 + i))
+
+    @jax.jit
+    def update(state, i):
+        batch = rollout(algo, state, jax.random.fold_in(jax.random.PRNGKey(100), i))
         batch = batch._replace(reward=-jnp.sum(batch.action**2, axis=-1))
-        state, metrics = update(state, batch, jax.random.PRNGKey(200 + i))
+        return algo.update(state, batch, jax.random.fold_in(jax.random.PRNGKey(200), i))
+
+    for i in range(60):
+        state, metrics = update(state, i)
     assert float(metrics["source_std"]) < 0.7
     assert float(jnp.max(jnp.exp(state["params"]["source_log_std"]))) < 0.8
 
