@@ -62,6 +62,9 @@ Per task and seed s:
      the same gradient steps per env step. Each update's movement is bounded by the clip (30-45%
      of the samples clipped in the dppo-reference-lr cells), so more updates can move the policy
      further; the reference makes 151 updates, gprl's 500k env steps 61.
+   - dppo-unclipped: dppo-frequent-updates without the clip on the gradient's global norm
+     (gprl's 0.5 over policy and critic together; the reference clips neither, and the
+     dppo-frequent-updates cells' norms had a median of 1.2-1.8 before the clip).
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -151,6 +154,7 @@ METHODS = {
     "dppo-reference-lr": ("dppo", "ddpm"),
     "dppo-wide-critic-lr": ("dppo", "ddpm"),
     "dppo-frequent-updates": ("dppo", "ddpm"),
+    "dppo-unclipped": ("dppo", "ddpm"),
 }
 
 
@@ -215,6 +219,7 @@ def with_values(options: list[str], values: dict[str, str]) -> list[str]:
 SETTINGS["dppo-frequent-updates"] = with_values(
     SETTINGS["dppo-reference-lr"], {"--dppo.rollout-steps": "32", "--dppo.num-minibatches": "1"}
 )
+SETTINGS["dppo-unclipped"] = SETTINGS["dppo-frequent-updates"] + ["--dppo.max-grad-norm", "inf"]
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}

@@ -46,7 +46,7 @@ class OnPolicyConfig:
     clip_eps: float = 0.2
     """PPO ratio clipping range."""
     max_grad_norm: float = 0.5
-    """Clip the global gradient norm to this value."""
+    """Clip the global gradient norm to this value (inf: no clip)."""
     normalize_observations: bool = True
     """Standardise observations with running statistics (updated after each rollout, saved in
     checkpoints)."""
