@@ -146,7 +146,8 @@ def test_gorl_trains_through_a_refit_on_a_playground_task(tmp_path):
         eval_every=0,
         eval_episodes=2,
     )
-    run_dir = train("gorl", run, FAST_GORL)
+    # A refit collects decoder_min_samples here, not a whole 1000-step episode per env.
+    run_dir = train("gorl", run, replace(FAST_GORL, min_collect_episodes=0.0))
     assert read_meta(run_dir)["backend"] == "jax"
     rows = rows_without_timing(run_dir)
     assert all(np.isfinite(float(r["policy_loss"])) for r in rows if r["policy_loss"])
