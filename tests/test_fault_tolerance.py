@@ -19,7 +19,7 @@ from gprl.signals import StopSignals
 from gprl.trainer import RunConfig, load_run, train
 
 
-def start_training(out, *extra):
+def start_training(out, *extra, **popen_options):
     """A PPO run far longer than the test (it is stopped by a signal)."""
     return subprocess.Popen(
         [
@@ -46,6 +46,7 @@ def start_training(out, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen_options,
     )
 
 
@@ -65,11 +66,14 @@ def wait_for_rows(process, out, count, timeout=120):
         time.sleep(0.2)
 
 
-def stop_and_check_the_checkpoint(process, out, signum) -> dict:
-    """Send signum to a training process: it must save, say so in one line and exit with
-    128 + signum, its checkpoint holding exactly what the metrics logged. Returns the saved
-    progress."""
-    process.send_signal(signum)
+def stop_and_check_the_checkpoint(process, out, signum, group=False) -> dict:
+    """Send signum to a training process (group: to its whole process group, as Ctrl-C and
+    cluster schedulers do): it must save, say so in one line and exit with 128 + signum, its
+    checkpoint holding exactly what the metrics logged. Returns the saved progress."""
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum
     assert stderr.count("\n") == 1, stderr
@@ -96,6 +100,16 @@ def test_a_signal_saves_a_checkpoint_and_exits_in_one_line(tmp_path):
     wait_for_rows(resumed, out, len(logged_rows(out)) + 2)
     resaved = stop_and_check_the_checkpoint(resumed, out, signal.SIGTERM)
     assert resaved["env_steps"] > saved["env_steps"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_to_the_process_group_stops_a_run_with_env_workers_cleanly(tmp_path, signum):
+    # The workers get the signal too; the run must still save and stop as above rather than
+    # fail on a worker that died under it.
+    out = tmp_path / "run"
+    process = start_training(out, "--env-workers", "2", start_new_session=True)
+    wait_for_rows(process, out, 3)
+    stop_and_check_the_checkpoint(process, out, signum, group=True)
 
 
 @pytest.fixture

@@ -197,8 +197,10 @@ def serve(fd: int) -> None:
     """A worker process: build its envs from the first message on the socket fd, then answer
     commands until told to close or orphaned. Every answer is (True, result) or (False, one-line
     error); after an error it stops."""
-    # Ctrl-C reaches the whole process group: the parent handles it and closes the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, and a scheduler's or `kill -- -PGID`'s SIGTERM, reach the whole process group: the
+    # parent handles them (a checkpoint, then closing the workers); an orphan stops on its own.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
     pipe = Connection(fd)
     parent_path, payload, spin_s = pipe.recv()
     sys.path[:] = parent_path  # the modules the makers refer to import as in the parent
