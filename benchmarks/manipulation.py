@@ -416,7 +416,7 @@ def report(raw: dict[str, float], results_dir: Path) -> None:
     raw_path = results_dir / "manipulation_raw.json"
     known = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     known = raw | known
-    raw_path.write_text(json.dumps(known, indent=2))
+    raw_path.write_text(json.dumps(known, indent=2, sort_keys=True))
     reported = {"reported": now(), "command": command()}
     rows = [cell_row(path.parent, known) | reported for path in records] + legacy
     rows.sort(key=lambda r: (r["task"], list(METHODS).index(r["method"]), r["seed"]))
