@@ -15,7 +15,9 @@ where it stopped. A setting changes the method's defaults of the commit its row 
 `commit` column), and those moved since: ReinFlow's and DPPO-flow's cells from before b441ee5
 ("default", "noise-0.2", "epochs-10", ReinFlow's "clip-0.05"; "learned-source" sets it) ran
 with x_0 ~ N(0, I), DPPO-flow's before 4b8136a with step std 0.05 and ReinFlow's before cb86ba1
-with the step-noise range [0.08, 0.16] (README, "The source noise", says which ran when).
+with the step-noise range [0.08, 0.16] (README, "The source noise", says which ran when), and
+DPPO's "default" cells ran with the defaults it had before "reference-unclipped" became them
+(manipulation.py's DPPO_EARLIER_DEFAULTS).
 
     python benchmarks/flow_spread.py                          # cheetah-run and walker-walk
     python benchmarks/flow_spread.py --settings fpo++ --algos fpo --seeds 0 1
@@ -52,10 +54,23 @@ from gprl.trainer import RunConfig, load_run, train
 
 TASKS = ["dm_control/cheetah-run-v0", "dm_control/walker-walk-v0"]
 DEFAULT_ALGOS = ["fpo", "reinflow", "dppo-flow"]
-ALGOS = [*DEFAULT_ALGOS, "flow-sde"]
-"""Flow-SDE has cells only where --algos names it."""
+ALGOS = [*DEFAULT_ALGOS, "flow-sde", "dppo"]
+"""Flow-SDE and DPPO (DDPM) have cells only where --algos names them."""
 FPO_PAPER = {"ratio": "per_action", "loss_mode": "epsilon", "num_epochs": 4}
 """FPO's defaults before this benchmark chose new ones: the FPO paper's ratio and loss, 4 epochs."""
+REFERENCE_UNCLIPPED = {
+    "learning_rate": 1e-4,
+    "critic_learning_rate": 1e-3,
+    "anneal_lr": False,
+    "critic_hidden": (256, 256, 256),
+    "critic_activation": "silu",
+    "rollout_steps": 32,
+    "num_epochs": 10,
+    "num_minibatches": 1,
+    "max_grad_norm": float("inf"),
+}
+"""The manipulation benchmark's best DPPO cell (`dppo-unclipped`) but its sparse-reward gamma:
+DPPO's reference step sizes and critic, updates every 32 decisions, no clip on the gradient."""
 SETTINGS = {
     "default": {},
     "noise-0.2": {"final_noise_scale": 0.2},
@@ -84,6 +99,8 @@ SETTINGS = {
     "step-noise-0.1-0.3": {"min_noise_std": 0.1, "max_noise_std": 0.3},
     "step-noise-0.15-0.45": {"min_noise_std": 0.15, "max_noise_std": 0.45},
     "per-pair-velocity-epochs-10": {"ratio": "per_pair", "loss_mode": "velocity", "num_epochs": 10},
+    "unclipped": {"max_grad_norm": float("inf")},
+    "reference-unclipped": REFERENCE_UNCLIPPED,
 }
 """Named settings: config fields and their values; a setting runs for the methods that have all
 its fields. FPO's default since this benchmark is

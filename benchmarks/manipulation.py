@@ -34,7 +34,11 @@ Per task and seed s:
    expo, qc, qc-fql and fql standardise observations with the demonstrations' statistics (their
    default since gprl 0a0f12c; their pick-place seed-0 cells from before it, on raw
    observations, started at 0.00-0.04 and were run again).
-4. On-policy cells with other settings than a method's defaults (SETTINGS), from the same starts:
+4. On-policy cells with other settings than a method's defaults (SETTINGS), from the same starts.
+   Every DPPO cell, `dppo` included, sets the defaults DPPO had when it ran
+   (DPPO_EARLIER_DEFAULTS) with its changes; DPPO's defaults have since become dppo-unclipped's
+   but gamma (gprl's 0.99, where dppo-ref-batch and the cells built on it set the reference's
+   0.999 for manipulation):
    - dppo-ref-batch: DPPO with the reference's robomimic settings where they differ from gprl's
      defaults in kind: gamma 0.999, 10 epochs of few large minibatches (4 per rollout of 2048
      decisions, where the reference takes 2 of 7500 from 15000), Adam 1e-4 (the reference's
@@ -65,6 +69,9 @@ Per task and seed s:
    - dppo-unclipped: dppo-frequent-updates without the clip on the gradient's global norm
      (gprl's 0.5 over policy and critic together; the reference clips neither, and the
      dppo-frequent-updates cells' norms had a median of 1.2-1.8 before the clip).
+   - dppo-faster-policy: dppo-unclipped with the policy's Adam step 3e-4 (3 times the
+     reference's): every change that let updates move the policy further helped so far, and
+     the dppo-unclipped cells were still climbing ~0.1 per 100k env steps at the end.
 "Before" is a cell's evaluation at env step 0 (the BC policy executed as fine-tuning executes
 it; PPO from scratch: its initial policy; a method with offline updates: after them), "after" its
 final one; "env steps to 0.8 success" the env step of its first evaluation at or above 0.8
@@ -155,6 +162,7 @@ METHODS = {
     "dppo-wide-critic-lr": ("dppo", "ddpm"),
     "dppo-frequent-updates": ("dppo", "ddpm"),
     "dppo-unclipped": ("dppo", "ddpm"),
+    "dppo-faster-policy": ("dppo", "ddpm"),
 }
 
 
@@ -179,47 +187,61 @@ ON_DEMONSTRATIONS = {
     "fql": ["--fql.alpha", "100"],
     "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
 }
-# On-policy cells that change a method's defaults (see the docstring).
-SETTINGS = {
-    "dppo-ref-batch": [
-        "--dppo.gamma", "0.999", "--dppo.num-epochs", "10", "--dppo.num-minibatches", "4",
-        "--dppo.learning-rate", "1e-4",
-    ],
-    "dppo-wide-critic": [
-        "--dppo.critic-hidden", "256", "256", "256", "--dppo.critic-activation", "silu",
-    ],
-    "dppo-wide-clip": ["--dppo.clip-eps", "0.1", "--dppo.first-step-clip-eps", "0.01"],
-    "dppo-explore": ["--dppo.min-sampling-std", "0.2"],
+DPPO_EARLIER_DEFAULTS = {
+    "rollout_steps": 128, "num_minibatches": 32, "num_epochs": 4, "learning_rate": 3e-4,
+    "anneal_lr": True, "critic_learning_rate": None, "critic_hidden": (64, 64),
+    "critic_activation": "tanh", "max_grad_norm": 0.5,
 }  # fmt: skip
-SETTINGS["dppo-reference"] = SETTINGS["dppo-ref-batch"] + SETTINGS["dppo-wide-critic"]
-SETTINGS["dppo-wide-critic-warmup"] = SETTINGS["dppo-wide-critic"] + [
-    "--dppo.critic-warmup-iterations",
-    "5",
-]
-SETTINGS["dppo-reference-lr"] = SETTINGS["dppo-reference"] + [
-    "--dppo.critic-learning-rate", "1e-3", "--dppo.no-anneal-lr",
-]  # fmt: skip
-SETTINGS["dppo-wide-critic-lr"] = SETTINGS["dppo-wide-critic"] + [
-    "--dppo.critic-learning-rate", "1e-3",
-]  # fmt: skip
+"""DPPO's defaults until they became dppo-unclipped's (but gamma): every DPPO cell sets them,
+so that each keeps the meaning its description gives it."""
+DPPO_CHANGES = {
+    "dppo": {},
+    "dppo-ref-batch": {
+        "gamma": 0.999,
+        "num_epochs": 10,
+        "num_minibatches": 4,
+        "learning_rate": 1e-4,
+    },
+    "dppo-wide-critic": {"critic_hidden": (256, 256, 256), "critic_activation": "silu"},
+    "dppo-wide-clip": {"clip_eps": 0.1, "first_step_clip_eps": 0.01},
+    "dppo-explore": {"min_sampling_std": 0.2},
+}
+"""Each DPPO cell's fields changed from DPPO_EARLIER_DEFAULTS (see the docstring)."""
+DPPO_CHANGES["dppo-reference"] = DPPO_CHANGES["dppo-ref-batch"] | DPPO_CHANGES["dppo-wide-critic"]
+DPPO_CHANGES["dppo-wide-critic-warmup"] = DPPO_CHANGES["dppo-wide-critic"] | {
+    "critic_warmup_iterations": 5
+}
+REFERENCE_STEP_SIZES = {"critic_learning_rate": 1e-3, "anneal_lr": False}
+DPPO_CHANGES["dppo-reference-lr"] = DPPO_CHANGES["dppo-reference"] | REFERENCE_STEP_SIZES
+DPPO_CHANGES["dppo-wide-critic-lr"] = DPPO_CHANGES["dppo-wide-critic"] | {
+    "critic_learning_rate": 1e-3
+}
+DPPO_CHANGES["dppo-frequent-updates"] = DPPO_CHANGES["dppo-reference-lr"] | {
+    "rollout_steps": 32, "num_minibatches": 1
+}  # fmt: skip
+DPPO_CHANGES["dppo-unclipped"] = DPPO_CHANGES["dppo-frequent-updates"] | {
+    "max_grad_norm": float("inf")
+}
+DPPO_CHANGES["dppo-faster-policy"] = DPPO_CHANGES["dppo-unclipped"] | {"learning_rate": 3e-4}
 
 
-def with_values(options: list[str], values: dict[str, str]) -> list[str]:
-    """options with each flag of values set to its value: the flag's one value replaced where
-    options has it, the flag and value appended where not."""
-    result = list(options)
-    for flag, value in values.items():
-        if flag in result:
-            result[result.index(flag) + 1] = value
+def dppo_options(changes: dict) -> list[str]:
+    """`gprl train dppo` options setting every field of DPPO_EARLIER_DEFAULTS and of changes,
+    changes winning."""
+    options = []
+    for name, value in (DPPO_EARLIER_DEFAULTS | changes).items():
+        flag = "--dppo." + name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else flag.replace("--dppo.", "--dppo.no-"))
+        elif isinstance(value, tuple):
+            options += [flag, *map(str, value)]
         else:
-            result += [flag, value]
-    return result
+            options += [flag, str(value)]
+    return options
 
 
-SETTINGS["dppo-frequent-updates"] = with_values(
-    SETTINGS["dppo-reference-lr"], {"--dppo.rollout-steps": "32", "--dppo.num-minibatches": "1"}
-)
-SETTINGS["dppo-unclipped"] = SETTINGS["dppo-frequent-updates"] + ["--dppo.max-grad-norm", "inf"]
+# On-policy cells' options beside the method's defaults (see the docstring).
+SETTINGS = {method: dppo_options(changes) for method, changes in DPPO_CHANGES.items()}
 OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
