@@ -211,8 +211,9 @@ DPPO_CHANGES["dppo-reference"] = DPPO_CHANGES["dppo-ref-batch"] | DPPO_CHANGES["
 DPPO_CHANGES["dppo-wide-critic-warmup"] = DPPO_CHANGES["dppo-wide-critic"] | {
     "critic_warmup_iterations": 5
 }
-REFERENCE_STEP_SIZES = {"critic_learning_rate": 1e-3, "anneal_lr": False}
-DPPO_CHANGES["dppo-reference-lr"] = DPPO_CHANGES["dppo-reference"] | REFERENCE_STEP_SIZES
+DPPO_CHANGES["dppo-reference-lr"] = DPPO_CHANGES["dppo-reference"] | {
+    "critic_learning_rate": 1e-3, "anneal_lr": False
+}  # fmt: skip
 DPPO_CHANGES["dppo-wide-critic-lr"] = DPPO_CHANGES["dppo-wide-critic"] | {
     "critic_learning_rate": 1e-3
 }
