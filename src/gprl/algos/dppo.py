@@ -57,16 +57,20 @@ class DPPOConfig(ValueCriticConfig):
     updates of gprl's usual 128 at the same gradient steps per env step (Meta-World pick-place
     from BC: 0.83 mean success against 0.78, benchmarks/manipulation.py)."""
     num_minibatches: int = 1
+    """Minibatches per epoch (one: the whole rollout, 5,120 trained steps with 16 envs)."""
     num_epochs: int = 10
     """Passes over each rollout per update (DPPO's update_epochs)."""
     learning_rate: float = 1e-4
     """Adam step size of the policy (DPPO's actor_lr), held constant (anneal_lr False)."""
     anneal_lr: bool = False
+    """Decay both step sizes linearly to zero over training (the reference holds them)."""
     critic_learning_rate: float | None = 1e-3
     """Adam step size of the critic (DPPO's critic_lr: 10 times the policy's)."""
     critic_hidden: tuple[int, ...] = (256, 256, 256)
     """Value network widths (DPPO's critic mlp_dims)."""
     critic_activation: str = "silu"
+    """Value network activation (tanh, relu, silu, gelu, elu; SiLU where the reference uses
+    Mish)."""
     max_grad_norm: float = float("inf")
     """Clip of the global norm of the policy's and critic's gradients together; inf (no clip)
     as DPPO's configs: gprl's usual 0.5 shrank the policy's steps most where episodes end
