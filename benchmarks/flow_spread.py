@@ -45,6 +45,7 @@ from common import (
 )
 from exploration import action_spread, visited_observations
 from learning import RUNS_DIR, slug
+from manipulation import DPPO_CHANGES, DPPO_EARLIER_DEFAULTS
 
 from gprl.algos import ALGORITHMS
 from gprl.checkpoint import CheckpointError, read_meta
@@ -59,15 +60,9 @@ ALGOS = [*DEFAULT_ALGOS, "flow-sde", "dppo"]
 FPO_PAPER = {"ratio": "per_action", "loss_mode": "epsilon", "num_epochs": 4}
 """FPO's defaults before this benchmark chose new ones: the FPO paper's ratio and loss, 4 epochs."""
 REFERENCE_UNCLIPPED = {
-    "learning_rate": 1e-4,
-    "critic_learning_rate": 1e-3,
-    "anneal_lr": False,
-    "critic_hidden": (256, 256, 256),
-    "critic_activation": "silu",
-    "rollout_steps": 32,
-    "num_epochs": 10,
-    "num_minibatches": 1,
-    "max_grad_norm": float("inf"),
+    name: value
+    for name, value in (DPPO_EARLIER_DEFAULTS | DPPO_CHANGES["dppo-unclipped"]).items()
+    if name != "gamma"
 }
 """The manipulation benchmark's best DPPO cell (`dppo-unclipped`) but its sparse-reward gamma:
 DPPO's reference step sizes and critic, updates every 32 decisions, no clip on the gradient."""
