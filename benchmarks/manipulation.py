@@ -20,8 +20,11 @@ Per task and seed s:
    widths, update-to-data 1 per decision) otherwise:
    - residual: --init the chunked flow start (frozen; corrected per decision of 4 actions); the
      reference's RLPD-style 50/50 batches from demonstrations and online data.
-   - expo: takes no --init: its BC flow learns from the demonstrations, --offline-updates
-     first (default 5000: the BC starts' imitation steps), then online with RLPD's 50/50 batches.
+   - expo: no --init: its BC flow learns from the demonstrations, --offline-updates first
+     (default 5000: the BC starts' imitation steps), then online with RLPD's 50/50 batches.
+   - expo-bc: EXPO on the chunked flow start (--init; the paper's base is pretrained by
+     imitation too), which goes on imitating the buffer's chunks; the same offline phase (the
+     critics and the edit policy learn on the demonstrations) and 50/50 batches.
    - qc, qc-fql, fql: offline-to-online as the references (--offline-updates where they run 1M;
      then uniform batches over demonstrations and online data); QC chunks of h = 5 (the
      reference's; 500-step episodes are 100 chunks), QC-FQL alpha 100 (the reference's), FQL
@@ -147,6 +150,7 @@ METHODS = {
     "ppo-scratch": ("ppo", None),
     "residual": ("residual", "flow"),
     "expo": ("expo", None),
+    "expo-bc": ("expo", "flow"),
     "qc": ("qc", None),
     "qc-wide": ("qc", None),
     "qc-fql": ("qc-fql", None),
@@ -181,6 +185,7 @@ def bc_start_flow_options(algorithm: str) -> list[str]:
 ON_DEMONSTRATIONS = {
     "residual": ["--residual.offline-fraction", "0.5"],
     "expo": ["--expo.offline-fraction", "0.5"],
+    "expo-bc": ["--expo.offline-fraction", "0.5"],
     "qc": [],
     "qc-wide": bc_start_flow_options("qc"),
     "qc-fql": [],
@@ -243,7 +248,7 @@ def dppo_options(changes: dict) -> list[str]:
 
 # On-policy cells' options beside the method's defaults (see the docstring).
 SETTINGS = {method: dppo_options(changes) for method, changes in DPPO_CHANGES.items()}
-OFFLINE_FIRST = {"expo", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
+OFFLINE_FIRST = {"expo", "expo-bc", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
 SUCCESS_THRESHOLD = 0.8

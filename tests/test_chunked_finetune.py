@@ -148,11 +148,12 @@ def test_chunked_envs_that_do_not_fit_are_refused_in_one_line():
 
 CHUNK_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 30)
 # gorl-reference is GoRL's class under other defaults; pa-rl's chunked bases and its warm-up
-# acting with the base's own chunk are tested in tests/test_parl.py.
+# acting with the base's own chunk are tested in tests/test_parl.py; expo decides by its critics
+# among its base's samples from the start (tests/test_expo.py).
 CHUNK_FINE_TUNERS = sorted(
     name
     for name, entry in ALGORITHMS.items()
-    if entry.algorithm.fine_tunes_chunks and name not in ("gorl-reference", "pa-rl")
+    if entry.algorithm.fine_tunes_chunks and name not in ("gorl-reference", "pa-rl", "expo")
 )
 BASE_KINDS = {"ppo": "gaussian", "dppo": "ddpm"}
 """The pretrain kind each fine-tuner starts from; the rest fine-tune flows."""

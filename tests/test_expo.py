@@ -1,19 +1,28 @@
 """EXPO: its edit policy reaches an optimum the BC flow's samples miss, edits stay within their
-bound, bad input, exact resume."""
+bound; a pretrained base of any kind (chunked too) is taken and imitates the replayed actions by
+its own loss, and EXPO on a weak pretrained base reaches the optimum it misses; bad input, exact
+resume."""
 
 from dataclasses import replace
 
 import jax
 import numpy as np
 import pytest
+from test_chunked_finetune import CHUNK_SPEC, random_chunked_policy
 from test_fql import SPEC, offline_run, read_rows
+from test_residual import residual_run
+from test_residual import weak_base as flow_base  # noqa: F401 (a fixture)
 
+from gprl import initial_policy
 from gprl.algos import EXPO, EXPOConfig
 from gprl.checkpoint import read_meta
 from gprl.datasets import Episode, write_dataset
+from gprl.envs.chunked import chunked_spec
 from gprl.envs.diagnostics import contextual_target_optimum
+from gprl.networks import CustomNetworks
 from gprl.policies import FlowPolicyConfig
 from gprl.trainer import load_run, train
+from gprl.types import Transition
 
 SMALL = (64, 64)
 FAST = EXPOConfig(
@@ -103,7 +112,7 @@ def test_cli_rejects_bad_expo_input_in_one_line(tmp_path, cli_error):
         (["--expo.edit-scale", "0"], "edit_scale must be in (0, 2], got 0.0"),
         (["--expo.num-samples", "0"], "num_samples must be at least 1, got 0"),
         (["--expo.initial-alpha", "-1"], "initial_alpha must be positive, got -1.0"),
-        (["--init", str(tmp_path)], "expo cannot start from a pretrained policy"),
+        (["--init", str(tmp_path)], "--init: no checkpoint in"),
     ]:
         assert message in cli_error([*base, *args]), args
     assert not (tmp_path / "bad").exists()
@@ -122,3 +131,109 @@ def test_an_interrupted_offline_then_online_expo_run_resumes_exactly(tmp_path, r
 
     checked = resume_check.train("expo", run, config, 5, checkpointed_in_the_online_phase)
     assert len(checked.rows) == 6 and checked.rows[-1]["edit/loss"]
+
+
+def chunked_expo(kind: str, config=FAST):
+    """EXPO on an untrained policy of chunks of 3 actions (2 executed) on 2 observations, with
+    action and observation maps (test_chunked_finetune's), seen as the run sees it."""
+    pretrained = random_chunked_policy(kind)
+    chunking = initial_policy.chunking_of(pretrained.config, 0.9)
+    spec = chunked_spec(CHUNK_SPEC, chunking)
+    config = EXPO.per_decision_config(config, chunking.execute_steps)
+    flat = initial_policy.flat_chunk_policy(pretrained)
+    return EXPO(config, spec, 4, 20_000, pretrained=flat), pretrained
+
+
+def test_a_chunked_pretrained_base_starts_as_pretrained_and_its_mode_is_a_candidate():
+    # One sample: the evaluation's candidates are the base's chunk at zero noise and its mean
+    # edit, which starts at zero, so the first decision is the pretrained chunk itself.
+    algo, pretrained = chunked_expo("ddpm", replace(FAST, num_samples=1))
+    state = algo.init(jax.random.PRNGKey(0))
+    start = pretrained.acting["params"]
+    jax.tree.map(np.testing.assert_array_equal, state["params"]["flow"], start)
+    acting = algo.acting_params(state)
+    histories = jax.random.normal(jax.random.PRNGKey(1), (8, 6))
+    decided = algo.act_deterministic(acting, histories)
+    zero = np.zeros((8, pretrained.policy.noise_dim), np.float32)
+    chunk = pretrained.policy.plan_from_noise(pretrained.acting, histories, zero)
+    np.testing.assert_allclose(np.asarray(decided), np.asarray(chunk).reshape(8, 6), atol=1e-5)
+    sampled, _ = jax.jit(algo.act)(acting, histories, jax.random.PRNGKey(2))
+    assert sampled.shape == (8, 6) and float(np.abs(sampled).max()) <= 1.0
+    assert float(np.abs(sampled - decided).max()) > 1e-3  # samples with its own step noises
+
+
+@pytest.mark.slow
+def test_a_pretrained_ddpm_base_imitates_the_replayed_chunks_by_its_own_loss():
+    # Every replayed chunk is 0.5 everywhere: the base's own samples move toward it.
+    algo, _ = chunked_expo("ddpm", replace(FAST, batch_size=128))
+    state = algo.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    histories = rng.normal(size=(128, 6)).astype(np.float32)
+    chunks = np.full((128, 6), 0.5, np.float32)
+    batch = Transition(
+        obs=histories, action=chunks, reward=np.zeros(128, np.float32), next_obs=histories,
+        terminated=np.zeros(128, bool), truncated=np.zeros(128, bool), extras={},
+    )  # fmt: skip
+
+    def base_error(state):
+        noise, step_noise = algo._base_noises(jax.random.PRNGKey(1), chunks.shape)
+        sampled = algo._base(state["params"]["flow"], histories, noise, step_noise)
+        return float(np.mean((np.asarray(sampled) - 0.5) ** 2))
+
+    def train(state, keys):
+        return jax.lax.scan(lambda s, k: algo.update(s, batch, k), state, keys)
+
+    before = base_error(state)
+    state, info = jax.jit(train)(state, jax.random.split(jax.random.PRNGKey(2), 200))
+    after = base_error(state)
+    assert after < 0.5 * before, (before, after)
+    assert np.all(np.isfinite(info["flow/loss"]))
+
+
+def test_a_pretrained_base_expo_cannot_use_is_refused_in_one_line():
+    pretrained = random_chunked_policy("gaussian")
+    refusal = "expo builds on a policy of one action per decision; this one plans chunks of 3"
+    with pytest.raises(ValueError, match=refusal):
+        EXPO(FAST, CHUNK_SPEC, 4, 20_000, pretrained=pretrained)
+    flat = initial_policy.flat_chunk_policy(pretrained)
+    with pytest.raises(ValueError, match="--init decides 6 action values at once; this run's "):
+        EXPO(FAST, CHUNK_SPEC, 4, 20_000, pretrained=flat)
+    with pytest.raises(ValueError, match=r"a pretrained base \(--init\) standardises them itself"):
+        chunked_expo("gaussian", replace(FAST, normalize_observations=True))
+    spec = chunked_spec(CHUNK_SPEC, initial_policy.chunking_of(pretrained.config, 0.9))
+    velocity = CustomNetworks(velocity=lambda x: x)
+    with pytest.raises(ValueError, match="expo with --init has no velocity network to replace"):
+        EXPO(FAST, spec, 4, 20_000, pretrained=flat, networks=velocity)
+
+
+@pytest.mark.slow
+def test_expo_on_a_weak_pretrained_base_reaches_the_optimum_it_misses(
+    tmp_path,
+    flow_base,  # noqa: F811 (the fixture)
+):
+    # The base earns about -0.46 (near-zero actions whatever the context); edits reach 0.5 from
+    # its actions, and the base then imitates the edited actions the critics chose.
+    run_dir = train("expo", residual_run(flow_base, tmp_path / "run", total_steps=3072), FAST)
+    returns = [float(r["eval_return"]) for r in read_rows(run_dir) if r["eval_return"]]
+    assert returns[0] < -0.3 and returns[-1] > -0.05, returns
+
+
+@pytest.mark.slow
+def test_an_interrupted_expo_run_on_a_pretrained_base_and_a_dataset_resumes_exactly(
+    tmp_path,
+    flow_base,  # noqa: F811 (the fixture)
+    resume_check,
+):
+    dataset = spread_dataset("probe/spread-expo-init-v0", episodes=200)
+    config = replace(FAST, offline_updates=128, offline_fraction=0.5)
+    run = residual_run(
+        flow_base, tmp_path / "interrupted", dataset=dataset, total_steps=640,
+        eval_every=256, checkpoint_every=256,
+    )  # fmt: skip
+
+    def checkpointed_in_the_online_phase(run_dir):
+        assert read_meta(run_dir)["progress"]["iteration"] == 4
+
+    checked = resume_check.train("expo", run, config, 5, checkpointed_in_the_online_phase)
+    # Two offline iterations of 64 updates, ten online ones of 64 env steps, and the start.
+    assert len(checked.rows) == 13 and checked.rows[-1]["edit/loss"]

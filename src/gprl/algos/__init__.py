@@ -132,8 +132,9 @@ ALGORITHMS = {
     "expo": Registered(
         "gprl.algos.expo:EXPO",
         "gprl.algos.expo:EXPOConfig",
-        "EXPO: a BC flow trained by imitation, a bounded Gaussian edit of its actions, and the "
-        "best by Q of N samples and their edits, to act and in the TD target",
+        "EXPO: a base trained only by imitation (a BC flow, or --init RUN_DIR of any kind), a "
+        "bounded Gaussian edit of its actions, and the best by Q of N samples and their edits, "
+        "to act and in the TD target",
     ),
     "pa-rl": Registered(
         "gprl.algos.parl:PARL",

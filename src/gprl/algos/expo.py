@@ -2,9 +2,13 @@
 Servo97/EXPO): an expressive base policy trained only by imitation, a small Gaussian edit
 policy that moves its actions toward higher Q, and an on-the-fly policy that picks by Q.
 
-- The base is a BC flow (gprl.algos.fql.FlowCritic) fitted by flow matching to the replay
-  buffer's actions, offline and online ones alike: it never climbs the critic, which is what
-  keeps its training as stable as supervised learning.
+- The base learns only by imitation of the replay buffer's actions, offline and online ones
+  alike: it never climbs the critic, which is what keeps its training as stable as supervised
+  learning. It is a `gprl pretrain` run of any kind (--init: flow, DDPM, Gaussian, ...; a
+  chunked one arrives as its flat chunk, one decision of Ta x d actions, see gprl.algos.base)
+  trained on by its own loss with its pretrain run's observation and action maps
+  (gprl.algos.imitating_base), or without --init a fresh BC flow (gprl.algos.fql.FlowCritic)
+  fitted by flow matching.
 - The edit policy sees (s, b) for a base action b and proposes b' = clip(b + edit_scale *
   tanh(u), -1, 1), u ~ N(mu(s, b), sigma(s, b)): a correction bounded by edit_scale per
   dimension that starts at 0 (gprl.algos.dsrl.starting_actor). It maximises
@@ -15,14 +19,17 @@ policy that moves its actions toward higher Q, and an on-the-fly policy that pic
 
 As in QC (gprl.algos.qc), the critics choose among candidates with the online critics and the
 target critics value the choice; the deterministic evaluation draws its N base samples from
-fixed noises and takes each edit's mean. All networks learn in one gradient step on the sum of
+fixed noises, the first zero (the base's mode, as every fine-tuner evaluates its start), with
+zero step noises, and takes each edit's mean. Base samples to act and learn from use unit noise,
+and a pretrained DDPM its step noises, whatever the pretrain run's noise_scale: their spread is
+what the critics choose from. All networks learn in one gradient step on the sum of
 their losses (one Adam; the temperature's loss moves only log alpha).
 
-Departures from the reference: one edit per base sample (its n_edit_samples draws several), a
-flow base where the reference trains a DDPM, and the start is a fresh base fitted to --dataset
-and the online data: a `gprl pretrain` run (--init) is not taken yet (a pretrained base would
-need its own normalisations inside the flow's imitation loss; its first decision would still be
-the critic's pick among N samples, not the base's chunk from zero noise).
+Departures from the reference: one edit per base sample (its n_edit_samples draws several),
+and without --init a flow base where the reference trains a DDPM. The reference's base and
+critics pre-train offline on the dataset (--offline-updates here) before the online phase; with
+--init the base starts from its imitation run instead of from scratch, the critics still from
+scratch.
 """
 
 from dataclasses import dataclass
@@ -32,8 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gprl.algos.base import check_networks
 from gprl.algos.dsrl import starting_actor
 from gprl.algos.fql import FlowCritic, FlowCriticConfig
+from gprl.algos.imitating_base import (
+    ImitatingBase,
+    check_base,
+    pretrained_base,
+    with_observation_maps,
+)
 from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.algos.sac import squashed_log_prob
 
@@ -43,6 +57,11 @@ class EXPOConfig(FlowCriticConfig):
     """The BC flow and critics as FQL's, with their CPU defaults (2 x 64 networks; reference:
     3 x 256, batch 256, learning rate 3e-4, the minimum of 2 critics, UTD 20)."""
 
+    normalize_observations: bool | None = None
+    """Standardise observations with the offline dataset's statistics (FQL's option); None: on
+    without --init, off with it, whose base standardises them with its pretrain statistics
+    (the critics and the edit policy then see them as the env gives them). On with --init is
+    refused: the base would standardise them twice."""
     num_samples: int = 8
     """Base actions sampled per decision, each edited once; Q picks the best of the 2N
     candidates to act and in the TD target (reference N: 8)."""
@@ -87,10 +106,28 @@ class EXPOConfig(FlowCriticConfig):
 
 
 class EXPO(FlowCritic):
-    def __init__(self, config: EXPOConfig, spec, num_envs: int, total_steps: int, networks=None):
-        """networks (gprl.networks.CustomNetworks): a velocity torso for the BC flow and a critic
-        torso, torso(obs, action), for every critic; the edit policy takes none."""
+    pretrained_policy = "optional"
+    fine_tunes_chunks = True
+
+    def __init__(
+        self,
+        config: EXPOConfig,
+        spec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
+    ):
+        """networks (gprl.networks.CustomNetworks): a critic torso, torso(obs, action), for
+        every critic, and without --init a velocity torso for the BC flow; the edit policy
+        takes none."""
+        if pretrained is not None:
+            check_networks(networks, ("critic",), "expo with --init")
+        check_base(pretrained, spec, "expo", "builds on")
+        config = with_observation_maps(config, pretrained is not None)
         super().__init__(config, spec, num_envs, total_steps, networks)
+        if pretrained is not None:
+            self.flow = pretrained_base(pretrained)
         self.edit = starting_actor(config, spec.action_dim)
         self.target_entropy = (
             -float(spec.action_dim) if config.target_entropy is None else config.target_entropy
@@ -117,21 +154,35 @@ class EXPO(FlowCritic):
         """b' = clip(b + edit_scale * tanh(u)): within edit_scale of b in every dimension."""
         return jnp.clip(base + self.config.edit_scale * squashed_edit, -1.0, 1.0)
 
+    def _base_noises(self, key, shape):
+        """Unit noises of base samples, and the step noises a pretrained DDPM draws (else
+        None)."""
+        if isinstance(self.flow, ImitatingBase):
+            return self.flow.noises(key, shape)
+        return jax.random.normal(key, shape), None
+
+    def _base(self, flow, obs, noise, step_noise=None):
+        """The base's actions, clipped to the box, from noises (..., action_dim)."""
+        drawn = () if step_noise is None else (step_noise,)
+        return jnp.clip(self.flow.sample(flow, obs, noise, *drawn), -1.0, 1.0)
+
     def _sample(self, policy, obs, key):
         base_key, edit_key = jax.random.split(key)
         shape = (*obs.shape[:-1], self.config.num_samples, self.spec.action_dim)
-        return self._best_of(policy, obs, jax.random.normal(base_key, shape), edit_key)
+        noise, step_noise = self._base_noises(base_key, shape)
+        return self._best_of(policy, obs, noise, edit_key, step_noise)
 
     def _deterministic(self, policy, obs):
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
+        noise = noise.at[0].set(0.0)
         return self._best_of(policy, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
 
-    def _best_of(self, policy, obs, noise, edit_key=None):
-        """Of the base actions the BC flow maps noise (..., N, action_dim) to and their edits
-        (sampled with edit_key; the mean edits without), the one the critics value most."""
+    def _best_of(self, policy, obs, noise, edit_key=None, step_noise=None):
+        """Of the base actions for noise (..., N, action_dim) and their edits (sampled with
+        edit_key; the mean edits without), the one the critics value most."""
         repeated = jnp.broadcast_to(obs[..., None, :], (*noise.shape[:-1], obs.shape[-1]))
-        base = jnp.clip(self.flow.sample(policy["flow"], repeated, noise), -1.0, 1.0)
+        base = self._base(policy["flow"], repeated, noise, step_noise)
         mean, std = self._edit_distribution(policy["edit"], repeated, base)
         if edit_key is not None:
             mean = mean + std * jax.random.normal(edit_key, mean.shape)
@@ -142,8 +193,8 @@ class EXPO(FlowCritic):
 
     def _policy_losses(self, params, current, batch, key) -> list:
         base_key, edit_key = jax.random.split(key)
-        noise = jax.random.normal(base_key, batch.action.shape)
-        base = jnp.clip(self.flow.sample(current["flow"], batch.obs, noise), -1.0, 1.0)
+        noise, step_noise = self._base_noises(base_key, batch.action.shape)
+        base = self._base(current["flow"], batch.obs, noise, step_noise)
         mean, std = self._edit_distribution(params["edit"], batch.obs, base)
         raw_edit = mean + std * jax.random.normal(edit_key, mean.shape)
         log_prob = squashed_log_prob(mean, std, raw_edit)

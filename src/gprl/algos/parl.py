@@ -80,12 +80,15 @@ import numpy as np
 import optax
 
 from gprl.algos.base import check_learning_rates, check_networks
-from gprl.algos.dsrl import check_frozen_base
 from gprl.algos.fql import FlowCritic, FlowCriticConfig
+from gprl.algos.imitating_base import (
+    check_base,
+    pretrained_base,
+    untrained_base,
+    with_observation_maps,
+)
 from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.policies import POLICIES
-from gprl.pretrained import PretrainConfig, build_policy
-from gprl.rl_math import running_stats_init
 
 OPTIMISED = "optimised_action"
 """The batch's extras entry that carries the distillation targets into the base's loss."""
@@ -164,96 +167,10 @@ class PARLConfig(FlowCriticConfig):
             )
 
 
-class DistilledBase:
-    """The base policy in the place of FlowCritic's BC flow (init, sample, loss over actions in
-    [-1, 1]): a gprl.pretrained.ChunkPolicy of one decision, its observation and action maps
-    fixed, its weights trained by the kind's own imitation loss."""
-
-    def __init__(self, chunk_policy, maps: dict, sampling_steps: int | None, start=None):
-        self.chunk_policy = chunk_policy
-        self.maps = maps
-        """{"obs_norm", "action_norm"} of the pretrain run (the identity without one)."""
-        self.sampling_steps = sampling_steps
-        self.start = start
-        """The pretrained weights, or None for a fresh initialisation."""
-
-    @property
-    def noise_dim(self) -> int:
-        return self.chunk_policy.noise_dim
-
-    def step_noise_steps(self) -> int:
-        """Noises a sample draws at each sampling step beside its initial one (DDPM's)."""
-        counted = getattr(self.chunk_policy.policy, "step_noise_steps", lambda _: 0)
-        return counted(self.sampling_steps)
-
-    def init(self, key, obs_dim: int):
-        if self.start is None:
-            return self.chunk_policy.policy.init(key, obs_dim)
-        # Copies: the loop donates the state's arrays to its compiled calls.
-        return jax.tree.map(jnp.array, self.start)
-
-    def sample(self, params, obs, noise, step_noise=None):
-        """Actions in [-1, 1] for noise (..., noise_dim), and step noises (S, ..., noise_dim)
-        where the kind draws them (None: zero)."""
-        acting = self.maps | {"params": params}
-        chunk = self.chunk_policy.plan_from_noise(
-            acting, obs, noise, self.sampling_steps, step_noise
-        )
-        return chunk[..., 0, :]
-
-    def loss(self, params, obs, action, key):
-        """The kind's imitation loss of actions in [-1, 1], mapped as its pretrain run's data."""
-        cond = self.chunk_policy.condition(self.maps | {"params": params}, obs)
-        norm = self.maps["action_norm"]
-        return self.chunk_policy.policy.loss(
-            params, cond, (action - norm["center"]) / norm["half_range"], key
-        )
-
-
-def distilled_base(config: PARLConfig, spec, pretrained) -> DistilledBase:
-    """The base of a run: the --init policy (over its flat chunk), else an untrained one."""
-    if pretrained is not None:
-        maps = {name: pretrained.acting[name] for name in ("obs_norm", "action_norm")}
-        return DistilledBase(
-            pretrained.policy, maps, config.base_sampling_steps, pretrained.acting["params"]
-        )
-    registered = POLICIES[config.base_kind]
-    policy_config = config.flow if config.base_kind == "flow" else registered.config()
-    chunk_policy, _ = build_policy(
-        config.base_kind, PretrainConfig(), policy_config, spec.obs_dim, spec.action_dim
-    )
-    maps = {
-        "obs_norm": running_stats_init((spec.obs_dim,)),
-        "action_norm": {
-            "center": jnp.zeros(spec.action_dim),
-            "half_range": jnp.ones(spec.action_dim),
-        },
-    }
-    return DistilledBase(chunk_policy, maps, config.base_sampling_steps)
-
-
-def check_base(pretrained, spec) -> None:
-    """Refuse a base that does not act in this run's decisions (one action or one flat chunk)."""
-    if pretrained is None:
-        return
-    check_frozen_base(pretrained, "pa-rl", "distils into")
-    if pretrained.policy.noise_dim != spec.action_dim:
-        raise ValueError(
-            f"--init decides {pretrained.policy.noise_dim} action values at once; this run's "
-            f"decisions have {spec.action_dim}"
-        )
-
-
 def resolved_config(config: PARLConfig, pretrained: bool, offline_updates: int) -> PARLConfig:
     """config with its defaults that depend on --init and the offline phase (offline_updates
     gradient steps) filled in."""
-    if pretrained and config.normalize_observations:
-        raise ValueError(
-            "normalize_observations standardises observations before the base sees them, and a "
-            "pretrained base (--init) standardises them itself: leave it unset"
-        )
-    if config.normalize_observations is None:
-        config = replace(config, normalize_observations=not pretrained)
+    config = with_observation_maps(config, pretrained)
     if config.base_learning_rate is None:
         rate = PRETRAINED_BASE_LEARNING_RATE if pretrained else config.learning_rate
         config = replace(config, base_learning_rate=rate)
@@ -280,13 +197,17 @@ class PARL(FlowCritic):
         critic; the base keeps its own network (its pretrain run's, or base_kind's)."""
         check_networks(networks, ("critic",), "pa-rl")
         super().__init__(config, spec, num_envs, total_steps, networks)
-        check_base(pretrained, spec)
+        check_base(pretrained, spec, "pa-rl", "distils into")
         schedule = self.schedule
         offline_updates = (
             schedule.offline_iterations * schedule.calls_per_iteration * schedule.gradient_steps
         )
         self.config = config = resolved_config(config, pretrained is not None, offline_updates)
-        self.flow = distilled_base(config, spec, pretrained)
+        self.flow = (
+            untrained_base(config.base_kind, config.flow, spec, config.base_sampling_steps)
+            if pretrained is None
+            else pretrained_base(pretrained, config.base_sampling_steps)
+        )
         rates = {"base": config.base_learning_rate, "critic": config.learning_rate}
         self.optimizer = optax.multi_transform(
             {part: optax.adam(rate) for part, rate in rates.items()},
@@ -304,8 +225,7 @@ class PARL(FlowCritic):
         return {"base": params["flow"], "critic": params["critic"]}
 
     def _sample(self, policy, obs, key):
-        noise_key, step_key = jax.random.split(key)
-        noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1])
+        noise, step_noise = self._noises(key, obs.shape[:-1])
         return self.decide(policy, obs, noise, step_noise)[0]
 
     def _deterministic(self, policy, obs):
@@ -335,19 +255,16 @@ class PARL(FlowCritic):
 
     def explore(self, acting, obs, key):
         """Before learning starts: one sample of the base per state."""
-        noise_key, step_key = jax.random.split(key)
-        noise, step_noise = self._noises(noise_key, step_key, obs.shape[:-1], 1)
+        noise, step_noise = self._noises(key, obs.shape[:-1], 1)
         step_noise = None if step_noise is None else step_noise[..., 0, :]
         obs = self._standardised(acting["obs_norm"], obs)
         base = acting["policy"]["base"]
         return self.flow.sample(base, obs, noise[..., 0, :], step_noise), {}
 
-    def _noises(self, key, step_key, batch_shape, count=None):
+    def _noises(self, key, batch_shape, count=None):
         """Unit noises of `count` (default N) base samples per state, and their step noises."""
         shape = (*batch_shape, count or self.config.num_samples, self.flow.noise_dim)
-        steps = self.flow.step_noise_steps()
-        step_noise = jax.random.normal(step_key, (steps, *shape)) if steps else None
-        return jax.random.normal(key, shape), step_noise
+        return self.flow.noises(key, shape)
 
     def optimised(self, policy, obs, noise, step_noise=None):
         """The PA-RL action for obs (..., obs_dim) from base noises (..., N, noise_dim): the top
@@ -394,8 +311,8 @@ class PARL(FlowCritic):
         """FlowCritic's gradient step, the base imitating the optimised actions of the batch's
         states (found with the parameters before the step); during the critic warm-up only the
         critics learn."""
-        target_key, noise_key, step_key = jax.random.split(key, 3)
-        noise, step_noise = self._noises(noise_key, step_key, batch.obs.shape[:-1])
+        target_key, noise_key = jax.random.split(key)
+        noise, step_noise = self._noises(noise_key, batch.obs.shape[:-1])
         policy = self._acting_policy(state)
         optimised, base_q, optimised_q = self.decide(policy, batch.obs, noise, step_noise)
         batch = batch._replace(extras=batch.extras | {OPTIMISED: optimised})
