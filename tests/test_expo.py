@@ -159,7 +159,7 @@ def test_a_chunked_pretrained_base_starts_as_pretrained_and_its_mode_is_a_candid
     np.testing.assert_allclose(np.asarray(decided), np.asarray(chunk).reshape(8, 6), atol=1e-5)
     sampled, _ = jax.jit(algo.act)(acting, histories, jax.random.PRNGKey(2))
     assert sampled.shape == (8, 6) and float(np.abs(sampled).max()) <= 1.0
-    assert float(np.abs(sampled - decided).max()) > 1e-3  # samples with its own step noises
+    assert float(np.abs(sampled - decided).max()) > 1e-3  # it explores
 
 
 @pytest.mark.slow
