@@ -183,6 +183,17 @@ def random_chunked_policy(kind: str) -> Pretrained:
     )  # fmt: skip
 
 
+def on_random_chunked_policy(algorithm, kind: str, config):
+    """algorithm (a class) on an untrained policy of chunks of 3 actions (2 executed) on 2
+    observations, with action and observation maps, seen as the run sees it; and that policy."""
+    pretrained = random_chunked_policy(kind)
+    chunking = initial_policy.chunking_of(pretrained.config, 0.9)
+    spec = chunked_spec(CHUNK_SPEC, chunking)
+    config = algorithm.per_decision_config(config, chunking.execute_steps)
+    flat = initial_policy.flat_chunk_policy(pretrained)
+    return algorithm(config, spec, 4, 20_000, pretrained=flat), pretrained
+
+
 @pytest.mark.parametrize("name", CHUNK_FINE_TUNERS)
 def test_every_chunk_fine_tuner_decides_the_pretrained_chunk_first(name):
     entry = ALGORITHMS[name]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import jax
 import numpy as np
 import pytest
-from test_chunked_finetune import CHUNK_SPEC, random_chunked_policy
+from test_chunked_finetune import CHUNK_SPEC, on_random_chunked_policy, random_chunked_policy
 from test_fql import SPEC, offline_run, read_rows
 from test_residual import residual_run
 from test_residual import weak_base as flow_base  # noqa: F401 (a fixture)
@@ -134,14 +134,8 @@ def test_an_interrupted_offline_then_online_expo_run_resumes_exactly(tmp_path, r
 
 
 def chunked_expo(kind: str, config=FAST):
-    """EXPO on an untrained policy of chunks of 3 actions (2 executed) on 2 observations, with
-    action and observation maps (test_chunked_finetune's), seen as the run sees it."""
-    pretrained = random_chunked_policy(kind)
-    chunking = initial_policy.chunking_of(pretrained.config, 0.9)
-    spec = chunked_spec(CHUNK_SPEC, chunking)
-    config = EXPO.per_decision_config(config, chunking.execute_steps)
-    flat = initial_policy.flat_chunk_policy(pretrained)
-    return EXPO(config, spec, 4, 20_000, pretrained=flat), pretrained
+    """EXPO on test_chunked_finetune's untrained chunked policy of this kind."""
+    return on_random_chunked_policy(EXPO, kind, config)
 
 
 def test_a_chunked_pretrained_base_starts_as_pretrained_and_its_mode_is_a_candidate():

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_chunked_finetune import CHUNK_SPEC, random_chunked_policy
+from test_chunked_finetune import CHUNK_SPEC, on_random_chunked_policy, random_chunked_policy
 from test_dsrl import probe_spec, read_rows
 from test_expo import spread_dataset
 from test_residual import residual_run
@@ -17,7 +17,6 @@ from test_residual import weak_base as flow_base  # noqa: F401 (a fixture)
 from gprl import initial_policy
 from gprl.algos import PARL, PARLConfig
 from gprl.checkpoint import read_meta
-from gprl.envs.chunked import chunked_spec
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import FlowPolicyConfig
 from gprl.trainer import RunConfig, load_run, train
@@ -148,14 +147,8 @@ def test_the_critic_warm_up_holds_the_base_exactly_and_acts_with_its_samples():
 
 
 def chunked_algo(kind: str, config=FAST):
-    """PA-RL on an untrained policy of chunks of 3 actions (2 executed) on 2 observations, with
-    action and observation maps (test_chunked_finetune's), seen as the run sees it."""
-    pretrained = random_chunked_policy(kind)
-    chunking = initial_policy.chunking_of(pretrained.config, 0.9)
-    spec = chunked_spec(CHUNK_SPEC, chunking)
-    config = PARL.per_decision_config(config, chunking.execute_steps)
-    flat = initial_policy.flat_chunk_policy(pretrained)
-    return PARL(config, spec, 4, 20_000, pretrained=flat), pretrained
+    """PA-RL on test_chunked_finetune's untrained chunked policy of this kind."""
+    return on_random_chunked_policy(PARL, kind, config)
 
 
 def test_a_chunked_gaussian_base_acts_in_chunks_and_is_fitted_by_its_own_loss():
