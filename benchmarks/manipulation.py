@@ -25,6 +25,10 @@ Per task and seed s:
    - expo-bc: EXPO on the chunked flow start (--init; the paper's base is pretrained by
      imitation too), which goes on imitating the buffer's chunks; the same offline phase (the
      critics and the edit policy learn on the demonstrations) and 50/50 batches.
+   - expo-bc-rlpd: expo-bc with the reference's critics: 10 of them, the TD target the minimum
+     of 2 drawn at random for each gradient step (RLPD's), the edit climbing their mean, and no
+     offline phase (the reference's --pretrain_q=False: critics on 5 successful demonstrations
+     alone value every action ~1); the base, already pretrained, needs none.
    - qc, qc-fql, fql: offline-to-online as the references (--offline-updates where they run 1M;
      then uniform batches over demonstrations and online data); QC chunks of h = 5 (the
      reference's; 500-step episodes are 100 chunks), QC-FQL alpha 100 (the reference's), FQL
@@ -151,6 +155,7 @@ METHODS = {
     "residual": ("residual", "flow"),
     "expo": ("expo", None),
     "expo-bc": ("expo", "flow"),
+    "expo-bc-rlpd": ("expo", "flow"),
     "qc": ("qc", None),
     "qc-wide": ("qc", None),
     "qc-fql": ("qc-fql", None),
@@ -181,11 +186,16 @@ def bc_start_flow_options(algorithm: str) -> list[str]:
     ]  # fmt: skip
 
 
+EXPO_REFERENCE_CRITICS = [
+    "--expo.num-critics", "10", "--expo.target-subset", "2", "--expo.q-aggregation", "mean",
+]  # fmt: skip
+"""EXPO's critics as its reference's: RLPD's 10, the TD target the minimum of 2 of them."""
 # Off-policy methods on the demonstrations: their options beside --dataset (see the docstring).
 ON_DEMONSTRATIONS = {
     "residual": ["--residual.offline-fraction", "0.5"],
     "expo": ["--expo.offline-fraction", "0.5"],
     "expo-bc": ["--expo.offline-fraction", "0.5"],
+    "expo-bc-rlpd": ["--expo.offline-fraction", "0.5", *EXPO_REFERENCE_CRITICS],
     "qc": [],
     "qc-wide": bc_start_flow_options("qc"),
     "qc-fql": [],

@@ -26,10 +26,12 @@ what the critics choose from. All networks learn in one gradient step on the sum
 their losses (one Adam; the temperature's loss moves only log alpha).
 
 Departures from the reference: one edit per base sample (its n_edit_samples draws several),
-and without --init a flow base where the reference trains a DDPM. The reference's base and
-critics pre-train offline on the dataset (--offline-updates here) before the online phase; with
---init the base starts from its imitation run instead of from scratch, the critics still from
-scratch.
+without --init a flow base where the reference trains a DDPM, and the candidates picked by the
+online critics where the reference's acting uses its target critics (and samples an average of
+the base's weights, Polyak 0.001). The reference pre-trains
+only its base offline (its robot scripts set --pretrain_q=False): critics and edit start online.
+Here --offline-updates trains all of them on the dataset; with --init the base is pretrained
+already and --offline-updates 0 is the reference's protocol.
 """
 
 from dataclasses import dataclass
@@ -54,8 +56,10 @@ from gprl.algos.sac import squashed_log_prob
 
 @dataclass(frozen=True)
 class EXPOConfig(FlowCriticConfig):
-    """The BC flow and critics as FQL's, with their CPU defaults (2 x 64 networks; reference:
-    3 x 256, batch 256, learning rate 3e-4, the minimum of 2 critics, UTD 20)."""
+    """The BC flow and critics as FQL's, with their CPU defaults (2 x 64 networks, 2 critics;
+    reference: 3 x 256, batch 256, learning rate 3e-4, 10 critics whose TD target is the
+    minimum of 2 drawn at random, RLPD's: --expo.num-critics 10 --expo.target-subset 2
+    --expo.q-aggregation mean, the edit then climbing their mean as the reference's; UTD 20)."""
 
     normalize_observations: bool | None = None
     """Standardise observations with the offline dataset's statistics (FQL's option); None: on
@@ -85,7 +89,8 @@ class EXPOConfig(FlowCriticConfig):
     """Entropy of the squashed edit the temperature aims for; None: -action_dim (SAC's, as the
     reference's temperature)."""
     q_aggregation: Literal["mean", "min"] = "min"
-    """How the critics combine: min (reference: the minimum of 2 critics) or mean."""
+    """How the critics combine where the edit climbs them and the best candidate is picked:
+    min or mean (the reference's edit climbs the mean of its 10)."""
     update_to_data: float = 1.0
     """Gradient steps per env step (reference: 20, as RLPD; each step here samples 2N
     candidates at s', so 20 costs ~20x the CPU time of 1)."""

@@ -69,6 +69,10 @@ class FlowCriticConfig(OffPolicyConfig):
     """How the critics combine, in the TD target and where the policy climbs them: mean
     (reference default) or min (clipped double Q, which the reference suggests for some
     tasks)."""
+    target_subset: int | None = None
+    """If set, the TD target is the minimum of this many target critics drawn at random for
+    each gradient step (REDQ's M; RLPD and EXPO take 2 of 10), in place of q_aggregation over
+    all of them; the policy still climbs q_aggregation over all."""
     learning_rate: float = 3e-4
     """Adam step size of all networks."""
     gamma: float = 0.99
@@ -87,6 +91,11 @@ class FlowCriticConfig(OffPolicyConfig):
         check_learning_rates(self, "learning_rate")
         if not self.num_critics > 0:
             raise ValueError(f"num_critics must be positive, got {self.num_critics}")
+        if self.target_subset is not None and not 1 <= self.target_subset <= self.num_critics:
+            raise ValueError(
+                f"target_subset must be between 1 and num_critics ({self.num_critics}), got "
+                f"{self.target_subset}"
+            )
         for name in ("gamma", "tau"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -200,6 +209,16 @@ class FlowCritic(OffPolicyAlgorithm):
         q = self.critic.apply(critic, obs, action)
         return q.min(0) if self.config.q_aggregation == "min" else q.mean(0)
 
+    def _target_q(self, target_critic, obs, action, key):
+        """The target critics' value of action: q_aggregation over all of them, or the minimum
+        of target_subset of them drawn with key."""
+        subset = self.config.target_subset
+        if subset is None:
+            return self._q(target_critic, obs, action)
+        q = self.critic.apply(target_critic, obs, action)
+        chosen = jax.random.choice(key, q.shape[0], (subset,), replace=False)
+        return q[chosen].min(0)
+
     def _td_target(self, state, batch, key):
         """r + gamma V(s'), ended only by terminations."""
         continues = 1.0 - batch.terminated.astype(jnp.float32)
@@ -212,7 +231,8 @@ class FlowCritic(OffPolicyAlgorithm):
     def _sampled_next_q(self, state, next_obs, key):
         """Q_target(s', a'), a' a sample of the acting policy."""
         next_action = self._sample(self._acting_policy(state), next_obs, key)
-        return self._q(state["target_critic"], next_obs, next_action)
+        subset_key = jax.random.fold_in(key, 1)
+        return self._target_q(state["target_critic"], next_obs, next_action, subset_key)
 
     def _best_next_q(self, state, next_obs, key, count: int):
         """The max of Q_target(s', a) over count policy samples and count uniform actions in the
@@ -233,7 +253,9 @@ class FlowCritic(OffPolicyAlgorithm):
         candidate_obs = jnp.broadcast_to(
             next_obs[..., None, :], (*shape[:-2], 2 * count, obs_shape[-1])
         )
-        return self._q(state["target_critic"], candidate_obs, candidates).max(-1)
+        subset_key = jax.random.fold_in(key, 1)
+        target = self._target_q(state["target_critic"], candidate_obs, candidates, subset_key)
+        return target.max(-1)
 
     def _critic_loss(self, critic, batch, target):
         q = self.critic.apply(critic, batch.obs, batch.action)
