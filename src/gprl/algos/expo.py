@@ -28,10 +28,10 @@ their losses (one Adam; the temperature's loss moves only log alpha).
 Departures from the reference: one edit per base sample (its n_edit_samples draws several),
 without --init a flow base where the reference trains a DDPM, and the candidates picked by the
 online critics where the reference's acting uses its target critics (and samples an average of
-the base's weights, Polyak 0.001). The reference pre-trains
-only its base offline (its robot scripts set --pretrain_q=False): critics and edit start online.
-Here --offline-updates trains all of them on the dataset; with --init the base is pretrained
-already and --offline-updates 0 is the reference's protocol.
+the base's weights, Polyak 0.001). The reference pre-trains only its base offline (its robot
+scripts set --pretrain_q=False): critics and edit start online. Here --offline-updates trains
+all of them on the dataset; with --init the base is pretrained already and --offline-updates 0
+is the reference's protocol.
 """
 
 from dataclasses import dataclass
