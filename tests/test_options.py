@@ -296,7 +296,7 @@ def largest_difference(params, other) -> float:
 # ----- FQL ----------------------------------------------------------------------------------------
 
 
-def fql_update(update_seed=2, **overrides):
+def fql_update(**overrides):
     """One FQL update from a state whose one-step policy outputs 0 for every input (all its
     weights zero), so that the critics' values at the actor's actions are known: Q(s, 0).
     Returns (algo, state before, batch, metrics)."""
@@ -316,7 +316,7 @@ def fql_update(update_seed=2, **overrides):
     reward = jax.random.normal(keys[3], (BATCH,))
     terminated = jnp.arange(BATCH) % 4 == 0
     batch = Transition(obs, action, reward, terminated, jnp.zeros(BATCH, bool), next_obs, {})
-    _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(update_seed))
+    _, metrics = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
     return algo, state, batch, metrics
 
 
@@ -352,32 +352,33 @@ def test_fql_q_aggregation_and_normalize_q_loss_shape_the_target_and_the_actor_l
 
 def test_target_subset_takes_the_minimum_of_that_many_target_critics_drawn_per_update():
     # REDQ / RLPD: the TD target is min over a random subset of the critics, redrawn each step.
-    def target_mean(update_seed, **overrides):
-        algo, state, batch, metrics = fql_update(update_seed, num_critics=4, **overrides)
-        next_q = ensemble_at_zero_action(algo, state["target_critic"], batch.next_obs)
-        continues = 1.0 - np.asarray(batch.terminated, np.float32)
-        targets = {
-            pair: (
-                np.asarray(batch.reward) + algo.config.gamma * continues * next_q[list(pair)].min(0)
-            ).mean()
-            for pair in itertools.combinations(range(4), 2)
-        }
-        return float(metrics["critic/target_mean"]), targets
-
+    algo, state, batch, first = fql_update(num_critics=4, target_subset=2)
+    next_q = ensemble_at_zero_action(algo, state["target_critic"], batch.next_obs)
+    continues = 1.0 - np.asarray(batch.terminated, np.float32)
+    pair_targets = {
+        pair: (
+            np.asarray(batch.reward) + algo.config.gamma * continues * next_q[list(pair)].min(0)
+        ).mean()
+        for pair in itertools.combinations(range(4), 2)
+    }
+    # Every pair's minimum differs, so a target's match below names the pair drawn.
+    assert len({round(float(v), 5) for v in pair_targets.values()}) == 6
+    update = jax.jit(algo.update)
+    targets = [float(first["critic/target_mean"])] + [
+        float(update(state, batch, jax.random.PRNGKey(seed))[1]["critic/target_mean"])
+        for seed in range(4)
+    ]
     drawn = set()
-    for seed in range(6):
-        target, pair_targets = target_mean(seed, target_subset=2)
-        matching = [
-            pair for pair, value in pair_targets.items() if value == pytest.approx(target, rel=1e-4)
-        ]
+    for target in targets:
+        matching = [pair for pair, v in pair_targets.items() if v == pytest.approx(target, 1e-4)]
         assert len(matching) == 1, (target, pair_targets)
         drawn.add(matching[0])
     assert len(drawn) >= 2  # redrawn with each update's key
-    # Every pair's minimum differs, so the match above names the pair drawn.
-    assert len({round(float(v), 5) for v in pair_targets.values()}) == 6
-    all_of_them, _ = target_mean(0, target_subset=4)
-    as_min, _ = target_mean(0, q_aggregation="min")
-    assert all_of_them == pytest.approx(as_min, rel=1e-5)
+    _, _, _, all_four = fql_update(num_critics=4, target_subset=4)
+    _, _, _, as_min = fql_update(num_critics=4, q_aggregation="min")
+    assert float(all_four["critic/target_mean"]) == pytest.approx(
+        float(as_min["critic/target_mean"]), rel=1e-5
+    )
     with pytest.raises(ValueError, match="target_subset"):
         FQLConfig(num_critics=4, target_subset=5).validate()
 
