@@ -95,11 +95,15 @@ def success_rows(run_dir: Path, algo, state, run, episodes: int) -> list[dict]:
 
 def demonstration_chunks(dataset_id: str, chunk_length: int):
     """Observations and flat chunks of chunk_length demonstrated actions, one per executed
-    chunk of each episode."""
+    chunk of each episode up to its first success (where --end-on-success ends it, so the
+    buffer holds nothing after it)."""
     demos = load_demonstrations(dataset_id)
     starts = np.cumsum(np.r_[0, demos.episode_lengths[:-1]])
     obs, chunks = [], []
     for start, length in zip(starts, demos.episode_lengths, strict=True):
+        successes = demos.step_successes[start : start + length]
+        if successes.any():
+            length = int(np.argmax(successes)) + 1
         for t in range(0, length - chunk_length + 1, chunk_length):
             obs.append(demos.obs[start + t])
             chunks.append(demos.actions[start + t : start + t + chunk_length].reshape(-1))
@@ -137,7 +141,9 @@ def value_rows(algo, state, run) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument(
+        "--episodes", type=int, default=50, help="0: the critics' values only, no episodes"
+    )
     args = parser.parse_args()
     print_start()
     path = RESULTS_DIR / "expo_choice.csv"
@@ -146,9 +152,10 @@ def main() -> None:
         algo, state, run = load_run(run_dir)
         name = f"{run_dir.parent.name}/{run_dir.name}"
         print(name)
-        for row in value_rows(algo, state, run) + success_rows(
-            run_dir, algo, state, run, args.episodes
-        ):
+        measured = value_rows(algo, state, run)
+        if args.episodes:
+            measured += success_rows(run_dir, algo, state, run, args.episodes)
+        for row in measured:
             measured = {"gprl_commit": gprl_commit(), "measured": now()}
             rows[(name, row["measure"])] = {"run": name, **row, **measured}
         write_csv(path, list(rows.values()))

@@ -27,8 +27,8 @@ Per task and seed s:
      critics and the edit policy learn on the demonstrations) and 50/50 batches.
    - expo-bc-rlpd: expo-bc with the reference's critics: 10 of them, the TD target the minimum
      of 2 drawn at random for each gradient step (RLPD's), the edit climbing their mean, and no
-     offline phase (the reference's --pretrain_q=False: critics on 5 successful demonstrations
-     alone value every action ~1); the base, already pretrained, needs none.
+     offline phase (the reference's robot scripts pre-train only the base, --pretrain_q=False;
+     the base here is pretrained already).
    - qc, qc-fql, fql: offline-to-online as the references (--offline-updates where they run 1M;
      then uniform batches over demonstrations and online data); QC chunks of h = 5 (the
      reference's; 500-step episodes are 100 chunks), QC-FQL alpha 100 (the reference's), FQL
