@@ -50,6 +50,15 @@ def _default_flow() -> FlowPolicyConfig:
     return FlowPolicyConfig(hidden=DEFAULT_HIDDEN, activation="relu", num_steps=10)
 
 
+def check_target_subset(config) -> None:
+    """Refuse a target_subset that is not a count of the config's critics."""
+    subset = config.target_subset
+    if subset is not None and not 1 <= subset <= config.num_critics:
+        raise ValueError(
+            f"target_subset must be between 1 and num_critics ({config.num_critics}), got {subset}"
+        )
+
+
 @dataclass(frozen=True)
 class FlowCriticConfig(OffPolicyConfig):
     flow: FlowPolicyConfig = field(default_factory=_default_flow)
@@ -91,11 +100,7 @@ class FlowCriticConfig(OffPolicyConfig):
         check_learning_rates(self, "learning_rate")
         if not self.num_critics > 0:
             raise ValueError(f"num_critics must be positive, got {self.num_critics}")
-        if self.target_subset is not None and not 1 <= self.target_subset <= self.num_critics:
-            raise ValueError(
-                f"target_subset must be between 1 and num_critics ({self.num_critics}), got "
-                f"{self.target_subset}"
-            )
+        check_target_subset(self)
         for name in ("gamma", "tau"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

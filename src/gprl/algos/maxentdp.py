@@ -67,7 +67,7 @@ import numpy as np
 import optax
 
 from gprl.algos.base import check_learning_rates
-from gprl.algos.fql import DEFAULT_HIDDEN, FlowCritic
+from gprl.algos.fql import DEFAULT_HIDDEN, FlowCritic, check_target_subset
 from gprl.algos.offpolicy import OffPolicyConfig
 from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.policies.ddpm import DDPMPolicy, DDPMPolicyConfig
@@ -96,6 +96,9 @@ class MaxEntDPConfig(OffPolicyConfig):
     q_aggregation: Literal["mean", "min"] = "min"
     """How the critics combine in the TD target, the particles' weights and the evaluation's
     choice: min (reference) or mean."""
+    target_subset: int | None = None
+    """If set, the TD target is the minimum of this many target critics drawn at random for
+    each gradient step (REDQ's M), in place of q_aggregation over all of them."""
     learning_rate: float = 3e-4
     """Adam step size of the policy and the critics."""
     gamma: float = 0.99
@@ -140,6 +143,7 @@ class MaxEntDPConfig(OffPolicyConfig):
         for name in ("num_critics", "num_particles", "entropy_states", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_target_subset(self)
         if self.entropy_samples < 2:
             raise ValueError(f"entropy_samples must be at least 2, got {self.entropy_samples}")
         low, high = self.alpha_range
