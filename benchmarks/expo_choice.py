@@ -27,7 +27,6 @@ import numpy as np
 from common import RESULTS_DIR, gprl_commit, now, print_start, read_rows, write_csv
 from imitation import ROOT as IMITATION_ROOT
 
-from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.backends import make_evaluator, open_environments
 from gprl.datasets import load_demonstrations
 from gprl.initial_policy import chunk_options
@@ -63,9 +62,7 @@ class Deciders:
     def critics_pick_among_base_samples(self, acting, obs):
         """The evaluation's N fixed-noise base samples (the first at zero noise), no edits."""
         obs, policy, algo = self._seen(acting, obs), acting["policy"], self.algo
-        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
-        noise = jax.random.normal(key, (algo.config.num_samples, algo.spec.action_dim))
-        noise = jnp.broadcast_to(noise.at[0].set(0.0), (*obs.shape[:-1], *noise.shape))
+        noise = algo.evaluation_noise(obs.shape[:-1])
         repeated = jnp.broadcast_to(obs[..., None, :], (*noise.shape[:-1], obs.shape[-1]))
         base = algo._base(policy["flow"], repeated, noise)
         best = jnp.argmax(algo._q(policy["critic"], repeated, base), axis=-1)
@@ -93,11 +90,11 @@ def success_rows(run_dir: Path, algo, state, run, episodes: int) -> list[dict]:
     return rows
 
 
-def demonstration_chunks(dataset_id: str, chunk_length: int):
-    """Observations and flat chunks of chunk_length demonstrated actions, one per executed
-    chunk of each episode up to its first success (where --end-on-success ends it, so the
-    buffer holds nothing after it)."""
-    demos = load_demonstrations(dataset_id)
+def demonstration_chunks(demos, decision_dim: int):
+    """Observations and flat chunks of demonstrated actions (decision_dim values each), one per
+    executed chunk of each episode up to its first success (where --end-on-success ends it, so
+    the buffer holds nothing after it)."""
+    chunk_length = decision_dim // demos.actions.shape[1]
     starts = np.cumsum(np.r_[0, demos.episode_lengths[:-1]])
     obs, chunks = [], []
     for start, length in zip(starts, demos.episode_lengths, strict=True):
@@ -112,8 +109,7 @@ def demonstration_chunks(dataset_id: str, chunk_length: int):
 
 def value_rows(algo, state, run) -> list[dict]:
     os.environ["MINARI_DATASETS_PATH"] = str(IMITATION_ROOT / "datasets")
-    action_dim = load_demonstrations(run.dataset).actions.shape[1]
-    obs, chunks = demonstration_chunks(run.dataset, algo.spec.action_dim // action_dim)
+    obs, chunks = demonstration_chunks(load_demonstrations(run.dataset), algo.spec.action_dim)
     params, seen = state["params"], algo._standardised(state["obs_norm"], obs)
     keys = jax.random.split(jax.random.PRNGKey(SAMPLE_SEED), 8)
     samples = [algo._base(params["flow"], seen, jax.random.normal(k, chunks.shape)) for k in keys]
@@ -152,12 +148,12 @@ def main() -> None:
         algo, state, run = load_run(run_dir)
         name = f"{run_dir.parent.name}/{run_dir.name}"
         print(name)
-        measured = value_rows(algo, state, run)
+        measures = value_rows(algo, state, run)
         if args.episodes:
-            measured += success_rows(run_dir, algo, state, run, args.episodes)
-        for row in measured:
-            measured = {"gprl_commit": gprl_commit(), "measured": now()}
-            rows[(name, row["measure"])] = {"run": name, **row, **measured}
+            measures += success_rows(run_dir, algo, state, run, args.episodes)
+        provenance = {"gprl_commit": gprl_commit(), "measured": now()}
+        for row in measures:
+            rows[(name, row["measure"])] = {"run": name, **row, **provenance}
         write_csv(path, list(rows.values()))
 
 

@@ -178,10 +178,14 @@ class EXPO(FlowCritic):
         return self._best_of(policy, obs, noise, edit_key, step_noise)
 
     def _deterministic(self, policy, obs):
+        return self._best_of(policy, obs, self.evaluation_noise(obs.shape[:-1]))
+
+    def evaluation_noise(self, batch_shape):
+        """The deterministic evaluation's N fixed base noises for each of batch_shape's
+        observations, the first zero (the base's mode)."""
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
-        noise = noise.at[0].set(0.0)
-        return self._best_of(policy, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
+        return jnp.broadcast_to(noise.at[0].set(0.0), (*batch_shape, *noise.shape))
 
     def _best_of(self, policy, obs, noise, edit_key=None, step_noise=None):
         """Of the base actions for noise (..., N, action_dim) and their edits (sampled with
