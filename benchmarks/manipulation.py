@@ -90,9 +90,9 @@ as they are; a cell recorded on another machine, its record's `ran_on` saying wh
 share).
 
 Run directories go to benchmarks/runs/manipulation/ (git-ignored; --runs-dir); an interrupted
-cell resumes from its checkpoint there. A finished cell is recorded in
-benchmarks/results/manipulation_runs/ (config, benchmark info and its evaluation rows;
-committed) and skipped from then on, also in a fresh clone, so the grid finishes across
+cell resumes from its last checkpoint there (one at every evaluation). A finished cell is
+recorded in benchmarks/results/manipulation_runs/ (config, benchmark info and its evaluation
+rows; committed) and skipped from then on, also in a fresh clone, so the grid finishes across
 sessions; cells reported before records existed stay as their manipulation.csv rows. Results
 (--results-dir): manipulation.csv (a row per cell), manipulation_summary.csv, manipulation.png,
 manipulation_intervals.csv (rliable IQM and mean of the final success rate with 95% intervals,
@@ -302,8 +302,8 @@ def cell_command(method: str, task: str, seed: int, run_dir: Path, args) -> list
         "train", algorithm, "--env", f"metaworld:{task}", "--sparse-reward", "--end-on-success",
         "--total-steps", str(budget), "--num-envs", "4" if off_policy else "16",
         "--eval-every", str(budget // evaluations), "--eval-episodes",
-        str(args.eval_episodes), "--seed", str(seed), "--out", str(run_dir), "--overwrite",
-        "--no-progress",
+        str(args.eval_episodes), "--checkpoint-every", str(budget // evaluations), "--seed",
+        str(seed), "--out", str(run_dir), "--overwrite", "--no-progress",
     ]  # fmt: skip
     if start is not None:
         options += ["--init", str(bc_start(task, start, seed, args))]

@@ -11,8 +11,16 @@ import pytest
 from gprl.algos import PPOConfig
 from gprl.cli import main
 from gprl.collect import CollectArgs, collect
-from gprl.datasets import DatasetError, dataset_path, load_demonstrations
+from gprl.datasets import (
+    DatasetError,
+    Episode,
+    dataset_path,
+    load_demonstrations,
+    read_episodes,
+    write_dataset,
+)
 from gprl.trainer import RunConfig, load_run, train
+from gprl.types import EnvSpec
 
 # Every test here writes its datasets to a fresh folder (conftest.minari_root).
 pytestmark = pytest.mark.usefixtures("minari_root")
@@ -250,3 +258,27 @@ def test_pretrain_and_collect_help_document_their_options(capsys):
         assert exit_info.value.code == 0
         for option in options:
             assert option in text, (argv, option)
+
+
+def test_episodes_read_back_can_be_filtered_into_a_new_dataset():
+    bound = np.ones(1, np.float32)
+    spec = EnvSpec("gprl/ContextualTarget-v0", 2, 1, -bound, bound, 2)
+    episodes = [
+        Episode(
+            observations=np.full((3, 2), number, np.float32),
+            actions=np.full((2, 1), 0.1 * number, np.float32),
+            rewards=np.array([0.0, float(number)]),
+            terminations=np.array([False, True]),
+            truncations=np.array([False, False]),
+            successes=np.array([False, number % 2 == 1]),
+        )
+        for number in range(4)
+    ]
+    write_dataset("mixed/all-v0", episodes, spec, "four episodes", "test")
+    read = read_episodes("mixed/all-v0")
+    assert [e.actions[0, 0] for e in read] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    write_dataset("mixed/successful-v0", [e for e in read if e.successes.any()], spec, "", "test")
+    kept = load_demonstrations("mixed/successful-v0")
+    assert kept.episode_successes.tolist() == [True, True]
+    assert kept.episode_returns.tolist() == [1.0, 3.0]
+    np.testing.assert_array_equal(kept.obs[:, 0], [1, 1, 3, 3])

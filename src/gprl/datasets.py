@@ -228,6 +228,14 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
     )
 
 
+def read_episodes(dataset_id: str) -> list[Episode]:
+    """The dataset's episodes as recorded (observations flat, actions in the env's units), to
+    filter or combine into a new dataset with `write_dataset`; DatasetError (one line) as
+    `load_demonstrations`."""
+    dataset, _, obs_dim, action_space = _open_dataset(dataset_id)
+    return _read_episodes(dataset, dataset_id, obs_dim, action_space.shape[0])
+
+
 def _step_successes_of(episodes: list[Episode]) -> np.ndarray | None:
     if any(episode.successes is None for episode in episodes):
         return None
