@@ -45,6 +45,7 @@ from common import (
 from imitation import TASKS
 from manipulation import RECORDS, add_start_options, bc_start, demonstration_dataset
 
+from gprl.checkpoint import CheckpointError, read_meta
 from gprl.collect import CollectArgs, collect
 from gprl.datasets import dataset_path, read_episodes, write_dataset
 from gprl.envs import make_env
@@ -98,7 +99,7 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
             write_dataset(name, kept, env.spec, description, "self-imitation")
         finally:
             env.close()
-    if is_run_directory(run_dir) and (run_dir / "checkpoint").is_dir():
+    if fitted(run_dir, args.steps):
         return 0.0
     start = load_pretrained(policy_of(task, seed, 0, args)).config
     started = time.perf_counter()
@@ -113,6 +114,18 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
         ),
     )  # fmt: skip
     return time.perf_counter() - started
+
+
+def fitted(run_dir: Path, steps: int) -> bool:
+    """Whether run_dir holds a fit that ran all its steps (one stopped early keeps a
+    checkpoint too, and is fitted again)."""
+    if not is_run_directory(run_dir):
+        return False
+    try:
+        progress = read_meta(run_dir)["progress"]
+    except CheckpointError:
+        return False
+    return progress is not None and progress["grad_steps"] >= steps
 
 
 def evaluate(policy: Path, seed: int, episodes: int) -> float:
