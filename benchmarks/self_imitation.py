@@ -61,20 +61,34 @@ REFERENCE_METHODS = ("qc-wide", "dppo-unclipped")
 """Manipulation cells drawn beside each seed's chain: the best off- and on-policy ones."""
 
 
-def dataset_id(task: str, seed: int, what: str, round_: int) -> str:
-    return f"self-imitation/{task}-s{seed}-{what}{round_}-v0"
+DEFAULT_EPISODES, DEFAULT_STEPS = 32, 10_000
+
+
+def chain_name(task: str, seed: int, args) -> str:
+    """TASK-sSEED, with -eEPISODES and -STEPSk where a round's collection or fit is not the
+    default's (each setting's chain keeps its own datasets, runs and rows)."""
+    name = f"{task}-s{seed}"
+    if args.episodes != DEFAULT_EPISODES:
+        name += f"-e{args.episodes}"
+    if args.steps != DEFAULT_STEPS:
+        name += f"-{args.steps // 1000}k"
+    return name
+
+
+def dataset_id(chain: str, what: str, round_: int) -> str:
+    return f"self-imitation/{chain}-{what}{round_}-v0"
 
 
 def policy_of(task: str, seed: int, round_: int, args) -> Path:
     """Round 0: the BC start; round r: the flow fitted after r collections."""
     if round_ == 0:
         return bc_start(task, "flow", seed, args)
-    return ROOT / f"{task}-s{seed}" / f"round{round_}"
+    return ROOT / chain_name(task, seed, args) / f"round{round_}"
 
 
 def collected(policy: Path, task: str, seed: int, round_: int, args) -> list:
     """The episodes the policy acts in round round_ (collected once, then read back)."""
-    name = dataset_id(task, seed, "collected", round_)
+    name = dataset_id(chain_name(task, seed, args), "collected", round_)
     if not dataset_path(name).exists():
         collect(
             CollectArgs(
@@ -91,7 +105,8 @@ def collected(policy: Path, task: str, seed: int, round_: int, args) -> list:
 def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
     """Fit round round_'s flow to the kept episodes unless it is fitted; its seconds (0 if it
     was)."""
-    name, run_dir = dataset_id(task, seed, "kept", round_), policy_of(task, seed, round_, args)
+    name = dataset_id(chain_name(task, seed, args), "kept", round_)
+    run_dir = policy_of(task, seed, round_, args)
     if not dataset_path(name).exists():
         env = make_env(f"metaworld:{task}")
         try:
@@ -135,7 +150,9 @@ def evaluate(policy: Path, seed: int, episodes: int) -> float:
 
 def run_chain(task: str, seed: int, args, rows: list[dict]) -> None:
     """Every round of one task and seed not yet recorded, recording each as it finishes."""
-    done = {r["round"]: r for r in rows if r["task"] == task and r["seed"] == seed}
+    setting = {"task": task, "seed": seed, "episodes_per_round": args.episodes}
+    setting["fit_steps"] = args.steps
+    done = {r["round"] for r in rows if all(r[k] == v for k, v in setting.items())}
     if all(round_ in done for round_ in range(args.rounds + 1)):
         return
     kept, env_steps = read_episodes(demonstration_dataset(task, args)), 0
@@ -152,8 +169,8 @@ def run_chain(task: str, seed: int, args, rows: list[dict]) -> None:
             fit_seconds = 0.0
         if round_ in done:
             continue
-        row = {
-            "task": task, "seed": seed, "round": round_, "env_steps": env_steps,
+        row = setting | {
+            "round": round_, "env_steps": env_steps,
             "success_rate": evaluate(policy, seed, args.eval_episodes),
             "collected_success": None if round_ == 0 else len(successful) / len(episodes),
             "kept_episodes": len(kept), "fit_seconds": round(fit_seconds, 1),
@@ -161,10 +178,14 @@ def run_chain(task: str, seed: int, args, rows: list[dict]) -> None:
             "recorded": now(), "command": command(),
         }  # fmt: skip
         print({k: row[k] for k in ("task", "seed", "round", "env_steps", "success_rate")})
-        rows[:] = [r for r in rows if (r["task"], r["seed"], r["round"]) != (task, seed, round_)]
+        rows[:] = [r for r in rows if key(r) != key(row)]
         rows.append(row)
-        rows.sort(key=lambda r: (TASKS.index(r["task"]), r["seed"], r["round"]))
+        rows.sort(key=lambda r: (TASKS.index(r["task"]), *key(r)[1:]))
         write_csv(CSV_PATH, rows)
+
+
+def key(row: dict) -> tuple:
+    return tuple(row[k] for k in ("task", "seed", "episodes_per_round", "fit_steps", "round"))
 
 
 def reference_curve(task: str, method: str, seed: int) -> tuple[list, list]:
@@ -188,12 +209,16 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     styles = dict(zip(REFERENCE_METHODS, (":", "--"), strict=True))
     for ax, task in zip(axes[0], tasks, strict=True):
-        seeds = sorted({r["seed"] for r in rows if r["task"] == task})
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for seed, colour in zip(seeds, colours, strict=False):
-            chain = [r for r in rows if r["task"] == task and r["seed"] == seed]
+        chains = sorted({key(r)[1:-1] for r in rows if r["task"] == task})
+        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        seeds = sorted({seed for seed, *_ in chains})
+        colours = {seed: palette[i % len(palette)] for i, seed in enumerate(seeds)}
+        for seed, episodes, steps in chains:
+            chain = [r for r in rows if key(r)[:-1] == (task, seed, episodes, steps)]
             x, y = [r["env_steps"] for r in chain], [r["success_rate"] for r in chain]
-            ax.plot(x, y, "o-", color=colour, label=f"self-imitation, seed {seed}")
+            label = f"self-imitation, seed {seed}, {episodes} episodes / {steps // 1000}k steps"
+            ax.plot(x, y, "o-", color=colours[seed], label=label)
+        for seed, colour in colours.items():
             for method, style in styles.items():
                 steps, success = reference_curve(task, method, seed)
                 label = f"{method}, seed {seed}"
@@ -215,8 +240,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     add_start_options(parser)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--episodes", type=int, default=32, help="episodes collected per round")
-    parser.add_argument("--steps", type=int, default=10_000, help="gradient steps per fit")
+    add = parser.add_argument
+    add("--episodes", type=int, default=DEFAULT_EPISODES, help="episodes collected per round")
+    add("--steps", type=int, default=DEFAULT_STEPS, help="gradient steps per fit")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     print_start()
