@@ -27,6 +27,7 @@ dppo-unclipped cells of the same seed).
 
 import argparse
 import csv
+import shutil
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from manipulation import RECORDS, add_start_options, bc_start, demonstration_dat
 
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.collect import CollectArgs, collect
-from gprl.datasets import dataset_path, read_episodes, write_dataset
+from gprl.datasets import dataset_path, load_demonstrations, read_episodes, write_dataset
 from gprl.envs import make_env
 from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
 from gprl.pretrained import evaluate_run, load_pretrained
@@ -89,6 +90,8 @@ def policy_of(task: str, seed: int, round_: int, args) -> Path:
 def collected(policy: Path, task: str, seed: int, round_: int, args) -> list:
     """The episodes the policy acts in round round_ (collected once, then read back)."""
     name = dataset_id(chain_name(task, seed, args), "collected", round_)
+    if dataset_path(name).exists() and len(read_episodes(name)) != args.episodes:
+        shutil.rmtree(dataset_path(name))  # an interrupted collection writes what it has
     if not dataset_path(name).exists():
         collect(
             CollectArgs(
@@ -107,6 +110,8 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
     was)."""
     name = dataset_id(chain_name(task, seed, args), "kept", round_)
     run_dir = policy_of(task, seed, round_, args)
+    if dataset_path(name).exists() and len(read_episodes(name)) != len(kept):
+        shutil.rmtree(dataset_path(name))  # kept from a collection since replaced
     if not dataset_path(name).exists():
         env = make_env(f"metaworld:{task}")
         try:
@@ -114,7 +119,7 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
             write_dataset(name, kept, env.spec, description, "self-imitation")
         finally:
             env.close()
-    if fitted(run_dir, args.steps):
+    if fitted(run_dir, args.steps, load_demonstrations(name).sha256):
         return 0.0
     start = load_pretrained(policy_of(task, seed, 0, args)).config
     started = time.perf_counter()
@@ -131,16 +136,18 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
     return time.perf_counter() - started
 
 
-def fitted(run_dir: Path, steps: int) -> bool:
-    """Whether run_dir holds a fit that ran all its steps (one stopped early keeps a
-    checkpoint too, and is fitted again)."""
+def fitted(run_dir: Path, steps: int, dataset_sha256: str) -> bool:
+    """Whether run_dir holds a fit of this dataset that ran all its steps (one stopped early
+    keeps a checkpoint too, and is fitted again)."""
     if not is_run_directory(run_dir):
         return False
     try:
-        progress = read_meta(run_dir)["progress"]
+        meta = read_meta(run_dir)
     except CheckpointError:
         return False
-    return progress is not None and progress["grad_steps"] >= steps
+    progress = meta["progress"]
+    done = progress is not None and progress["grad_steps"] >= steps
+    return done and meta["dataset_sha256"] == dataset_sha256
 
 
 def evaluate(policy: Path, seed: int, episodes: int) -> float:
