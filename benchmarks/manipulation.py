@@ -351,11 +351,16 @@ def legacy_rows(results_dir: Path) -> list[dict]:
     ]  # fmt: skip
 
 
+def evaluations(run_dir: Path) -> list[dict]:
+    """The metrics.csv rows of a cell's (run directory's or record's) evaluations."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["eval_success_rate"]]
+
+
 def cell_row(run_dir: Path, raw: dict[str, float]) -> dict:
     task = run_dir.parent.name
     method, seed = run_dir.name.rsplit("-s", 1)
-    with open(run_dir / "metrics.csv", newline="") as f:
-        evaluated = [r for r in csv.DictReader(f) if r["eval_success_rate"]]
+    evaluated = evaluations(run_dir)
     info = json.loads((run_dir / DONE_FILE).read_text())
     env_steps = int(evaluated[-1]["env_steps"])
     speed = None if info["resumed"] else env_steps / info["process_seconds"]

@@ -26,7 +26,6 @@ dppo-unclipped cells of the same seed).
 """
 
 import argparse
-import csv
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ from common import (
     write_csv,
 )
 from imitation import TASKS
-from manipulation import RECORDS, add_start_options, bc_start, demonstration_dataset
+from manipulation import RECORDS, add_start_options, bc_start, demonstration_dataset, evaluations
 
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.collect import CollectArgs, collect
@@ -90,18 +89,20 @@ def policy_of(task: str, seed: int, round_: int, args) -> Path:
 def collected(policy: Path, task: str, seed: int, round_: int, args) -> list:
     """The episodes the policy acts in round round_ (collected once, then read back)."""
     name = dataset_id(chain_name(task, seed, args), "collected", round_)
-    if dataset_path(name).exists() and len(read_episodes(name)) != args.episodes:
+    if dataset_path(name).exists():
+        episodes = read_episodes(name)
+        if len(episodes) == args.episodes:
+            return episodes
         shutil.rmtree(dataset_path(name))  # an interrupted collection writes what it has
-    if not dataset_path(name).exists():
-        collect(
-            CollectArgs(
-                run_dir=policy,
-                out=name,
-                episodes=args.episodes,
-                policy="stochastic",
-                seed=1000 * (seed + 1) + round_,
-            )
+    collect(
+        CollectArgs(
+            run_dir=policy,
+            out=name,
+            episodes=args.episodes,
+            policy="stochastic",
+            seed=1000 * (seed + 1) + round_,
         )
+    )
     return read_episodes(name)
 
 
@@ -110,16 +111,19 @@ def fit(kept: list, task: str, seed: int, round_: int, args) -> float:
     was)."""
     name = dataset_id(chain_name(task, seed, args), "kept", round_)
     run_dir = policy_of(task, seed, round_, args)
-    if dataset_path(name).exists() and len(read_episodes(name)) != len(kept):
+    demos = load_demonstrations(name) if dataset_path(name).exists() else None
+    if demos is not None and len(demos.episode_lengths) != len(kept):
         shutil.rmtree(dataset_path(name))  # kept from a collection since replaced
-    if not dataset_path(name).exists():
+        demos = None
+    if demos is None:
         env = make_env(f"metaworld:{task}")
         try:
             description = "demonstrations and the successful episodes of self-imitation"
             write_dataset(name, kept, env.spec, description, "self-imitation")
         finally:
             env.close()
-    if fitted(run_dir, args.steps, load_demonstrations(name).sha256):
+        demos = load_demonstrations(name)
+    if fitted(run_dir, args.steps, demos.sha256):
         return 0.0
     start = load_pretrained(policy_of(task, seed, 0, args)).config
     started = time.perf_counter()
@@ -197,11 +201,10 @@ def key(row: dict) -> tuple:
 
 def reference_curve(task: str, method: str, seed: int) -> tuple[list, list]:
     """(env steps, success) of a recorded manipulation cell's evaluations, or empty lists."""
-    path = RESULTS_DIR / RECORDS / task / f"{method}-s{seed}" / "metrics.csv"
-    if not path.exists():
+    record = RESULTS_DIR / RECORDS / task / f"{method}-s{seed}"
+    if not (record / "metrics.csv").exists():
         return [], []
-    with open(path, newline="") as f:
-        evaluated = [r for r in csv.DictReader(f) if r["eval_success_rate"]]
+    evaluated = evaluations(record)
     steps = [int(r["env_steps"]) for r in evaluated]
     return steps, [float(r["eval_success_rate"]) for r in evaluated]
 
