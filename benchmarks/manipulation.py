@@ -36,6 +36,10 @@ Per task and seed s:
    - qc-wide: QC with the BC starts' flow network and Adam step (3 x 256 SiLU, 1e-3 for every
      network) in place of its CPU defaults (2 x 64 ReLU, 3e-4). Fitted alone to pick-place's
      chunks for 5000 steps, the defaults' flow succeeded 0.04 of the time and the starts' 0.46.
+   - qc-wide-floor: qc-wide with its TD target floored at the discounted return each
+     transition's episode went on to receive until its success (--qc.return-floor; MCAC's
+     lower bound): a success reached once lifts the values of the chunks that led to it at
+     once, where bootstrapping carries it back one chunk per target update.
    - pa-rl: --init the chunked flow start; --offline-updates on the demonstrations (the paper's
      offline phase, Cal-QL critics there), then Cal-QL's 50/50 batches online.
    expo, qc, qc-fql and fql standardise observations with the demonstrations' statistics (their
@@ -158,6 +162,7 @@ METHODS = {
     "expo-bc-rlpd": ("expo", "flow"),
     "qc": ("qc", None),
     "qc-wide": ("qc", None),
+    "qc-wide-floor": ("qc", None),
     "qc-fql": ("qc-fql", None),
     "fql": ("fql", None),
     "pa-rl": ("pa-rl", "flow"),
@@ -198,6 +203,7 @@ ON_DEMONSTRATIONS = {
     "expo-bc-rlpd": ["--expo.offline-fraction", "0.5", *EXPO_REFERENCE_CRITICS],
     "qc": [],
     "qc-wide": bc_start_flow_options("qc"),
+    "qc-wide-floor": [*bc_start_flow_options("qc"), "--qc.return-floor"],
     "qc-fql": [],
     "fql": ["--fql.alpha", "100"],
     "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
@@ -258,7 +264,7 @@ def dppo_options(changes: dict) -> list[str]:
 
 # On-policy cells' options beside the method's defaults (see the docstring).
 SETTINGS = {method: dppo_options(changes) for method, changes in DPPO_CHANGES.items()}
-OFFLINE_FIRST = {"expo", "expo-bc", "qc", "qc-wide", "qc-fql", "fql", "pa-rl"}
+OFFLINE_FIRST = {"expo", "expo-bc", "qc", "qc-wide", "qc-wide-floor", "qc-fql", "fql", "pa-rl"}
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
 SUCCESS_THRESHOLD = 0.8

@@ -129,6 +129,55 @@ def test_fql_standardises_observations_with_its_dataset_statistics():
     assert standardised < 0.01 and raw > 0.1, (standardised, raw)
 
 
+def chain_values(floored: bool, length: int = 40, gamma: float = 0.99, updates: int = 500):
+    """FQL's critic after `updates` gradient steps on one recorded episode of a chain: `length`
+    steps from observation 0 to 1, reward 1 on the last, which terminates (the value of step p
+    is gamma^(length - 1 - p)); with each step's recorded return-to-go (floored) or not. Alpha
+    100 keeps the TD target's next action at the recorded one: no value of an action the data
+    never shows enters it."""
+    spec = EnvSpec("probe/chain-v0", 1, 1, -np.ones(1, np.float32), np.ones(1, np.float32), 1)
+    config = replace(
+        FAST_FQL, gamma=gamma, alpha=100.0, batch_size=64, normalize_observations=False
+    )
+    algo = FQL(config, spec, num_envs=1, total_steps=4096)
+    steps = np.arange(length, dtype=np.float32)
+    last = steps == length - 1
+    data = Transition(
+        obs=(steps / length)[:, None],
+        action=np.zeros((length, 1), np.float32),
+        reward=last.astype(np.float32),
+        terminated=last,
+        truncated=~last & False,
+        next_obs=((steps + 1) / length)[:, None],
+        extras={},
+        return_to_go=(gamma ** (length - 1 - steps)).astype(np.float32) if floored else None,
+    )
+    data = jax.tree.map(jnp.asarray, data)
+
+    def gradient_step(state, key):
+        rows = jax.random.randint(key, (config.batch_size,), 0, length)
+        return algo.update(state, jax.tree.map(lambda x: x[rows], data), key)
+
+    state, info = jax.lax.scan(
+        gradient_step,
+        algo.init(jax.random.PRNGKey(0)),
+        jax.random.split(jax.random.PRNGKey(1), updates),
+    )
+    values = algo.critic.apply(state["params"]["critic"], data.obs, data.action).mean(0)
+    return np.asarray(values), gamma ** (length - 1 - steps), info["critic/return_floor_share"]
+
+
+def test_a_return_floor_carries_a_sparse_reward_back_along_the_chain_at_once():
+    values, truth, floor_share = chain_values(floored=True)
+    assert np.abs(values - truth).max() < 0.15, np.round(values, 2)
+    assert floor_share[0] > 0.9  # the untrained critics' targets lie below every return
+    # Bootstrapping alone, through target critics that move 0.005 a step, has not reached the
+    # chain's first steps in as many updates.
+    values, truth, floor_share = chain_values(floored=False)
+    assert values[0] < truth[0] - 0.3, np.round(values, 2)
+    assert not floor_share.any()
+
+
 def test_fql_offline_picks_the_good_actions_of_a_mixed_dataset_where_bc_averages(tmp_path):
     dataset = mixed_dataset("probe/mixed-v0")
     # Its contexts are on a unit scale already; standardised they took ~2x the updates to get

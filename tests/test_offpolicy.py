@@ -12,7 +12,13 @@ from gprl import cli
 from gprl.algos import SAC, SACConfig
 from gprl.checkpoint import load_checkpoint, read_meta
 from gprl.envs.diagnostics import contextual_target_optimum
-from gprl.replay import replay_add, replay_init, replay_prefill, replay_sample
+from gprl.replay import (
+    replay_add,
+    replay_add_steps,
+    replay_init,
+    replay_prefill,
+    replay_sample,
+)
 from gprl.trainer import RunConfig, load_run, train
 from gprl.types import EnvSpec, Transition
 
@@ -117,6 +123,43 @@ def test_buffer_mixes_offline_and_online_data_at_the_requested_ratio():
     for start in range(0, 300, 50):
         buffer = replay_add(buffer, rows_with_rewards(np.arange(1000 + start, 1050 + start)))
     np.testing.assert_array_equal(np.asarray(buffer.data.reward[:40]), -np.arange(1, 41))
+
+
+def env_steps(rewards, terminated, truncated) -> Transition:
+    """(T, N) steps of N envs, rewards and ends given as (T, N) arrays."""
+    rewards = np.asarray(rewards, np.float32)
+    rows = rows_with_rewards(rewards.reshape(-1))
+    steps = jax.tree.map(lambda x: x.reshape(*rewards.shape, *x.shape[1:]), rows)
+    return steps._replace(
+        terminated=np.asarray(terminated, bool), truncated=np.asarray(truncated, bool)
+    )
+
+
+def test_buffer_writes_each_terminated_episodes_discounted_return_to_go():
+    buffer = replay_init(example_transition(), 64, return_discount=0.5, num_envs=2)
+    add = jax.jit(replay_add_steps)
+    # env 0: one episode of 5 steps across both calls, terminating with reward 8 on its last
+    # (rewards 1, 0, 2, 0, 8); env 1: truncated after 2 steps, then an episode of 2 steps that
+    # terminates (rewards 4, 2) and one still running.
+    truncated = [[0, 0], [0, 1], [0, 0]]
+    buffer = add(buffer, env_steps([[1, 3], [0, 5], [2, 4]], [[0, 0]] * 3, truncated))
+    buffer = add(buffer, env_steps([[0, 2], [8, 7]], [[0, 1], [1, 0]], [[0, 0], [0, 0]]))
+    returns = np.asarray(buffer.data.return_to_go)[:10]
+    # Backwards from the termination: 8, 0 + 0.5 * 8, 2 + 0.5 * 4, 0 + 0.5 * 4, 1 + 0.5 * 2.
+    np.testing.assert_allclose(returns[0::2], [2.0, 2.0, 4.0, 4.0, 8.0])
+    np.testing.assert_allclose(returns[1::2], [-np.inf, -np.inf, 4 + 0.5 * 2, 2.0, -np.inf])
+
+
+def test_buffer_returns_cover_only_the_rows_the_ring_still_holds():
+    buffer = replay_init(example_transition(), 4, offline_capacity=1, return_discount=1.0)
+    buffer = replay_prefill(buffer, offline_dataset([9.0]) | {"return_to_go": np.array([7.0])})
+    for reward in range(1, 7):  # one episode of 6 steps, rewards 1..6, in a ring of 4
+        done = [[reward == 6]]
+        buffer = replay_add_steps(buffer, env_steps([[reward]], done, [[False]]))
+    # Slots hold rewards 5, 6, 3, 4; each row's return sums its own and the later rewards.
+    np.testing.assert_allclose(np.asarray(buffer.data.return_to_go), [7, 11, 6, 18, 15])
+    with pytest.raises(ValueError, match="filled by replay_add_steps"):
+        replay_add(buffer, rows_with_rewards([1.0]))
 
 
 def test_buffer_prefill_rejects_a_malformed_dataset():
@@ -248,6 +291,31 @@ def test_interrupted_sac_run_resumes_exactly_with_its_replay_buffer(
     )
     checked = resume_check.train("sac", run, FAST_SAC, 7, checkpoint_holds_768_steps_of_replay)
     assert len(checked.rows) == 8 and checked.rows[-1]["critic/loss"]
+
+
+def one_step_returns_are_their_rewards(run_dir):
+    _, state, _ = load_run(run_dir)
+    template = {"algo": state, "key": jax.random.PRNGKey(0)}
+    example = example_transition(3, 2)._replace(extras={})
+    template["replay"] = replay_init(example, 512, return_discount=0.99, num_envs=4)
+    saved, _ = load_checkpoint(run_dir, template, {"algo": "sac"})
+    stored = int(saved["replay"].online_size)
+    data = jax.tree.map(lambda x: np.asarray(x[:stored]), saved["replay"].data)
+    assert stored == 384 and data.terminated.all()
+    np.testing.assert_array_equal(data.return_to_go, data.reward)
+
+
+def test_a_run_with_a_return_floor_tracks_returns_in_its_compiled_loop_and_resumes_exactly(
+    tmp_path, resume_check
+):
+    # ContextualTarget's episodes are one step long: each stored row's return is its reward.
+    run = replace(contextual_target_run(tmp_path, "jax"), total_steps=512, eval_every=0)
+    run = replace(run, checkpoint_every=128, out=tmp_path / "floored")
+    config = replace(FAST_SAC, return_floor=True)
+    checked = resume_check.train("sac", run, config, 3, one_step_returns_are_their_rewards)
+    # A one-step episode's TD target is its return: the floor, at the right rows, lifts none.
+    floor_shares = [row["critic/return_floor_share"] for row in checked.rows[2:]]
+    assert floor_shares and all(float(share) == 0.0 for share in floor_shares)
 
 
 def test_cli_trains_sac_and_rejects_nonsense_in_one_line(tmp_path, cli_error, capsys):

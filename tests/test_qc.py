@@ -96,6 +96,11 @@ def test_dataset_steps_are_windowed_into_decisions_as_chunked_envs_execute_them(
     np.testing.assert_array_equal(
         windows["next_obs"], [[1, 2], [2, 3], [3, 4], [4, 5], [101, 102], [102, 103], [102, 103]]
     )
+    # The discounted return from each start to the termination; none for the episode cut short.
+    inf = np.inf
+    np.testing.assert_array_equal(windows["return_to_go"], [-inf] * 4 + [27.5, 35, 30])
+    unchunked = decision_transitions(demos, None, discount=0.5)["return_to_go"]
+    np.testing.assert_array_equal(unchunked, [-inf] * 5 + [27.5, 35, 30, -inf])
 
     short = probe_demonstrations([(1, False), (1, False)])
     with pytest.raises(DatasetError, match="no episode of 2 steps, the actions a chunk executes"):
@@ -123,6 +128,8 @@ def test_recorded_successes_become_the_runs_rewards_and_terminal_steps():
     np.testing.assert_array_equal(windows["reward"], [2, 2, 3, 6.5, 20, 35, 30])
     np.testing.assert_array_equal(windows["terminated"], [1, 1, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(windows["next_obs"], [[2], [2], [3], [5], [102], [103], [103]])
+    # Returns end at the first terminal step too.
+    np.testing.assert_array_equal(windows["return_to_go"], [2, 2, 3, -np.inf, 27.5, 35, 30])
 
 
 def test_an_algorithm_of_its_own_chunk_length_refuses_an_init_that_predicts_other_chunks():

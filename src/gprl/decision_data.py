@@ -35,9 +35,13 @@ def as_run_sees(demos: Demonstrations, env_id, sparse_reward: bool, end_on_succe
     return demos
 
 
-def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> dict:
+def decision_transitions(
+    demos: Demonstrations, chunking: Chunking | None, discount: float = 1.0
+) -> dict:
     """An offline dataset's transitions as a run with this chunking stores them in its replay
-    buffer (gprl.replay.DATASET_FIELDS): its steps where the run takes one action per step
+    buffer (gprl.replay.DATASET_FIELDS), with each one's `return_to_go` (returns_to_go with the
+    run's discount per env step: `discount`, or a chunked run's chunking.discount): its steps
+    where the run takes one action per step
     (None), else its decisions. A decision is a window of steps as the envs' ChunkExecution
     executes a chunk (Ta predicted actions, Te executed, H observations); one starts at every
     recorded step t (a decision may start in any state), and holds
@@ -57,8 +61,9 @@ def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> di
     discount^k with k < Te, which one discount per decision cannot give (the envs refuse such
     time limits: gprl.envs.chunked.check_fits). DatasetError in one line where no window is
     left."""
+    returns = returns_to_go(demos, discount if chunking is None else chunking.discount)
     if chunking is None:
-        return demos.transitions()
+        return demos.transitions() | {"return_to_go": returns}
     lengths = demos.episode_lengths
     first = np.repeat(np.cumsum(lengths) - lengths, lengths)
     last = first + np.repeat(lengths, lengths) - 1
@@ -82,7 +87,26 @@ def decision_transitions(demos: Demonstrations, chunking: Chunking | None) -> di
         "terminated": terminated[keep],
         "truncated": demos.truncations[stop],
         "next_obs": _history(demos, first, stop - first + 1, chunking.obs_history),
+        "return_to_go": returns[starts],
     }
+
+
+def returns_to_go(demos: Demonstrations, discount: float) -> np.ndarray:
+    """(steps,) float32: from each step, the discounted sum of the rewards up to the terminal
+    step that ends its bootstrap (a decision starting there sums the same rewards with the same
+    discounts, its bootstrap discounted per env step); -inf for the steps of an episode's tail
+    that ends without terminating."""
+    lengths = demos.episode_lengths
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    last = first + np.repeat(lengths, lengths) - 1
+    end = _next_terminal(demos, last)
+    returns = np.empty(len(demos.rewards))
+    later = 0.0
+    for step in range(len(returns) - 1, -1, -1):
+        later = demos.rewards[step] + (discount * later if end[step] != step else 0.0)
+        returns[step] = later
+    returns[~demos.terminations[end]] = -np.inf
+    return returns.astype(np.float32)
 
 
 def _next_terminal(demos: Demonstrations, last: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from gprl.algos.base import Algorithm, OffPolicyAlgorithm, OnPolicyAlgorithm
 from gprl.collectors import EpisodeStats, split_key
-from gprl.replay import replay_add, replay_init, replay_prefill, replay_sample
+from gprl.replay import replay_add_steps, replay_init, replay_prefill, replay_sample
 from gprl.types import Transition
 
 
@@ -147,11 +147,15 @@ class OffPolicyLoop:
             next_obs=one(obs.shape[1:], jnp.float32),
             extras=jax.tree.map(lambda x: one(x.shape[1:], x.dtype), extras),
         )
-        if offline_data is None:
-            return replay_init(example, self.schedule.buffer_capacity)
-        offline_rows = len(offline_data["reward"])
-        buffer = replay_init(example, self.schedule.buffer_capacity, offline_rows)
-        return replay_prefill(buffer, offline_data)
+        offline_rows = 0 if offline_data is None else len(offline_data["reward"])
+        buffer = replay_init(
+            example,
+            self.schedule.buffer_capacity,
+            offline_rows,
+            self.schedule.return_discount,
+            self.collector.env.num_envs,
+        )
+        return buffer if offline_data is None else replay_prefill(buffer, offline_data)
 
     def _act(self, acting, obs, key):
         explore_key = acting.get("held_draw", key)
@@ -172,8 +176,7 @@ class OffPolicyLoop:
         return {"policy": self.algo.acting_params(state["algo"]), "explore": np.False_}
 
     def _store(self, state, batch, key):
-        rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-        return state | {"replay": replay_add(state["replay"], rows)}, {}
+        return state | {"replay": replay_add_steps(state["replay"], batch)}, {}
 
     def _gradient_steps(self, state, key, count: int):
         """count gradient steps, each on a fresh batch from the buffer; mean metrics."""

@@ -9,6 +9,12 @@ The arrays hold two regions: an offline region at the front, filled once from a 
 loop's transitions overwrite oldest first once it is full. :func:`replay_sample` draws uniformly
 over every stored transition, or a fixed share of each batch from the offline region (the rest
 from the online one) for offline-to-online training.
+
+A buffer made with a `return_discount` also tracks returns: :func:`replay_add_steps` takes the
+loop's (T, N) steps, and when an env's episode terminates it writes every stored row of that
+episode's return-to-go (Transition.return_to_go), summed backwards over the rows with the
+discount; the offline region takes the dataset's own. Rows of episodes that are running or
+ended at a time limit keep -inf: no return is known for them.
 """
 
 from collections.abc import Mapping
@@ -34,7 +40,14 @@ class ReplayBuffer:
     """int32: filled online slots (at most the online capacity)."""
     offline_size: jax.Array
     """int32: rows of the offline region holding dataset transitions."""
+    added: jax.Array | None = None
+    """Tracking returns: int32, online rows ever added; the n-th went to slot n % capacity."""
+    episode_starts: jax.Array | None = None
+    """Tracking returns: (num_envs,) int32, the `added` count of each env's running episode's
+    first row."""
     offline_capacity: int = struct.field(pytree_node=False, default=0)
+    return_discount: float | None = struct.field(pytree_node=False, default=None)
+    """The discount per stored transition that returns are tracked with; None: not tracked."""
 
     @property
     def capacity(self) -> int:
@@ -45,22 +58,112 @@ class ReplayBuffer:
         return self.capacity - self.offline_capacity
 
 
-def replay_init(example: Transition, online_capacity: int, offline_capacity: int = 0):
+def replay_init(
+    example: Transition,
+    online_capacity: int,
+    offline_capacity: int = 0,
+    return_discount: float | None = None,
+    num_envs: int = 1,
+):
     """An empty buffer for transitions shaped like `example` (one transition, no batch axis;
-    arrays or jax.ShapeDtypeStruct)."""
+    arrays or jax.ShapeDtypeStruct). With a return_discount it tracks the returns of num_envs
+    envs' episodes (see the module docstring)."""
     if online_capacity < 1 or offline_capacity < 0:
         raise ValueError(
             f"replay capacities must be positive (online) and non-negative (offline), got "
             f"{online_capacity} and {offline_capacity}"
         )
     rows = offline_capacity + online_capacity
+    example = example._replace(return_to_go=None)
     data = jax.tree.map(lambda x: jnp.zeros((rows, *np.shape(x)), x.dtype), example)
     zero = jnp.zeros((), jnp.int32)
-    return ReplayBuffer(data, zero, zero, zero, offline_capacity)
+    if return_discount is None:
+        return ReplayBuffer(data, zero, zero, zero, offline_capacity=offline_capacity)
+    if not 0.0 <= return_discount <= 1.0:
+        raise ValueError(f"return_discount must be in [0, 1], got {return_discount}")
+    data = data._replace(return_to_go=jnp.full(rows, -jnp.inf, jnp.float32))
+    starts = jnp.arange(num_envs, dtype=jnp.int32)
+    return ReplayBuffer(
+        data, zero, zero, zero, zero, starts, offline_capacity, float(return_discount)
+    )
 
 
 def replay_add(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
-    """Store a flat (K, ...) batch of transitions in the online ring, overwriting the oldest."""
+    """Store a flat (K, ...) batch of transitions in the online ring, overwriting the oldest.
+    A buffer that tracks returns takes the loop's steps through replay_add_steps instead."""
+    if buffer.return_discount is not None:
+        raise ValueError("a replay buffer that tracks returns is filled by replay_add_steps")
+    return _add_rows(buffer, transitions)
+
+
+def replay_add_steps(buffer: ReplayBuffer, steps: Transition) -> ReplayBuffer:
+    """Store (T, N, ...) steps of N envs, time-major, as T x N rows; a buffer that tracks
+    returns then writes the return-to-go of every episode that terminated in them."""
+    num_steps, num_envs = steps.reward.shape[:2]
+    rows = jax.tree.map(lambda x: x.reshape(num_steps * num_envs, *x.shape[2:]), steps)
+    if buffer.return_discount is None:
+        return _add_rows(buffer, rows)
+    tracked_envs = buffer.episode_starts.shape[0]
+    if num_envs != tracked_envs:
+        raise ValueError(f"steps of {num_envs} envs for a replay buffer tracking {tracked_envs}")
+    first = buffer.added
+    unknown = jnp.full(num_steps * num_envs, -jnp.inf, jnp.float32)
+    buffer = _add_rows(buffer, rows._replace(return_to_go=unknown))
+    buffer = buffer.replace(added=first + num_steps * num_envs)
+    return _record_returns(buffer, steps, first)
+
+
+def _record_returns(buffer: ReplayBuffer, steps: Transition, first) -> ReplayBuffer:
+    """Write the returns of the episodes ending in steps, whose rows begin at count `first`."""
+    num_steps, num_envs = steps.reward.shape[:2]
+    envs = jnp.arange(num_envs, dtype=jnp.int32)
+
+    def at_step(buffer, step):
+        t, terminated, truncated = step
+        counts = first + t * num_envs + envs
+
+        def write_env(env, buffer):
+            return jax.lax.cond(
+                terminated[env],
+                lambda b: _write_episode_returns(b, counts[env], b.episode_starts[env]),
+                lambda b: b,
+                buffer,
+            )
+
+        buffer = jax.lax.fori_loop(0, num_envs, write_env, buffer)
+        starts = jnp.where(terminated | truncated, counts + num_envs, buffer.episode_starts)
+        return buffer.replace(episode_starts=starts), None
+
+    ends = (
+        jnp.arange(num_steps, dtype=jnp.int32),
+        jnp.asarray(steps.terminated, bool),
+        jnp.asarray(steps.truncated, bool),
+    )
+    buffer, _ = jax.lax.scan(at_step, buffer, ends)
+    return buffer
+
+
+def _write_episode_returns(buffer: ReplayBuffer, last, start) -> ReplayBuffer:
+    """The return-to-go of an episode's stored rows, counts last, last - N, ... down to its
+    first (start) or the oldest row the ring still holds, summed backwards from last's reward."""
+    stride = buffer.episode_starts.shape[0]
+    oldest = jnp.maximum(start, buffer.added - buffer.online_capacity)
+
+    def row_of(count):
+        return buffer.offline_capacity + count % buffer.online_capacity
+
+    def backwards(carry):
+        count, later_return, returns = carry
+        row = row_of(count)
+        value = buffer.data.reward[row] + buffer.return_discount * later_return
+        return count - stride, value, returns.at[row].set(value)
+
+    carry = (last, jnp.zeros((), jnp.float32), buffer.data.return_to_go)
+    _, _, returns = jax.lax.while_loop(lambda c: c[0] >= oldest, backwards, carry)
+    return buffer.replace(data=buffer.data._replace(return_to_go=returns))
+
+
+def _add_rows(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
     count = transitions.reward.shape[0]
     if count > buffer.online_capacity:
         # Two rows of one scatter landing in the same slot would be written in no defined order.
@@ -138,5 +241,14 @@ def replay_prefill(buffer: ReplayBuffer, dataset: Mapping) -> ReplayBuffer:
     if extras is None:
         extras = jax.tree.map(lambda x: np.zeros((count, *x.shape[1:]), x.dtype), template.extras)
     rows = Transition(**fields, extras=extras)
+    if buffer.return_discount is not None:
+        known = dataset.get("return_to_go")
+        returns = np.full(count, -np.inf) if known is None else np.asarray(known)
+        if returns.shape != (count,):
+            raise ValueError(
+                f"offline dataset field 'return_to_go' has shape {returns.shape}, expected "
+                f"({count},)"
+            )
+        rows = rows._replace(return_to_go=returns.astype(np.float32))
     data = jax.tree.map(lambda store, new: store.at[:count].set(new), buffer.data, rows)
     return buffer.replace(data=data, offline_size=jnp.asarray(count, jnp.int32))

@@ -200,7 +200,8 @@ def train(
         check_fits_env(demos, spec)
     start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
     # A chunked run learns from the dataset's decisions: windows of its steps.
-    offline = None if demos is None else decision_transitions(demos, start.chunking)
+    discount = entry.algorithm.step_discount(algo_config)
+    offline = None if demos is None else decision_transitions(demos, start.chunking, discount)
     algo = build_algorithm(algo_name, start, run, networks)
     envs = open_environments(
         source,

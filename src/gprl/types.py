@@ -146,3 +146,8 @@ class Transition(NamedTuple):
     """Observation after the action: the episode's final observation where it ended."""
     extras: Any
     """Whatever the algorithm's act returned besides the action (log-probs, latents, ...)."""
+    return_to_go: Any = None
+    """Filled by a replay buffer that tracks returns (gprl.replay), never by collectors: the
+    discounted return the transition's episode went on to receive, from it to the episode's
+    termination; -inf where none is known (the episode is running, ended at a time limit, or
+    began before the buffer's oldest row). None: not tracked."""

@@ -34,7 +34,12 @@ import jax.numpy as jnp
 import optax
 
 from gprl.algos.base import OffPolicyAlgorithm, check_learning_rates, check_networks
-from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule, soft_update
+from gprl.algos.offpolicy import (
+    OffPolicyConfig,
+    floored_at_return,
+    off_policy_schedule,
+    soft_update,
+)
 from gprl.networks import MLP, CustomNetworks, QEnsemble
 from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.rl_math import normalize, running_stats_init
@@ -287,7 +292,7 @@ class FlowCritic(OffPolicyAlgorithm):
         """One gradient step on a batch of standardised observations."""
         target_key, flow_key, policy_key = jax.random.split(key, 3)
         current = state["params"]
-        target = self._td_target(state, batch, target_key)
+        target, floor_share = floored_at_return(self._td_target(state, batch, target_key), batch)
 
         def total_loss(params):
             losses = [
@@ -308,7 +313,10 @@ class FlowCritic(OffPolicyAlgorithm):
             "target_critic": soft_update(state["target_critic"], params["critic"], self.config.tau),
             "opt": opt,
         }
-        return state, info | {"critic/target_mean": target.mean()}
+        return state, info | {
+            "critic/target_mean": target.mean(),
+            "critic/return_floor_share": floor_share,
+        }
 
     # ----- the acting policy, defined by a subclass ---------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class OffPolicyConfig:
     """Share of each batch drawn from an offline dataset pre-filled into the buffer, the rest
     from online data (None: uniform over all stored transitions)."""
 
+    return_floor: bool = False
+    """Floor the TD target at the discounted return the transition's episode went on to receive
+    until it terminated (Monte Carlo augmented actor-critic, Wilcox et al. 2022), where the
+    replay buffer knows one: a success reached once lifts the values of the states that led to
+    it at once, not one bootstrap per update. A lower bound on the optimal value where the
+    return follows from the actions (deterministic tasks); episodes ended by a time limit or
+    still running give none. Off in the references."""
+
     offline_updates: int = 0
     """Gradient steps on the offline dataset alone (--dataset) before the first env step,
     rounded up to whole iterations of steps_per_iteration x update_to_data gradient steps; they
@@ -70,6 +79,8 @@ class OffPolicyConfig:
             raise ValueError(f"learning_starts must be non-negative, got {self.learning_starts}")
         if self.offline_fraction is not None and not 0.0 <= self.offline_fraction <= 1.0:
             raise ValueError(f"offline_fraction must be in [0, 1], got {self.offline_fraction}")
+        if self.return_floor and not hasattr(self, "gamma"):
+            raise ValueError("return_floor needs a discount: this method has no gamma")
 
 
 class OffPolicySchedule(NamedTuple):
@@ -96,6 +107,9 @@ class OffPolicySchedule(NamedTuple):
     alone, before the first env step."""
     num_iterations: int
     """Offline and online iterations."""
+    return_discount: float | None
+    """The discount per stored transition the replay buffer tracks returns with (return_floor);
+    None: not tracked."""
 
     def check_warmup_fits(self) -> None:
         """Refuse (ValueError) a warm-up that fills the whole run. The loop checks it only when
@@ -156,7 +170,17 @@ def off_policy_schedule(
         warmup_refusal=warmup_refusal,
         offline_iterations=offline_iterations,
         num_iterations=offline_iterations + num_iterations,
+        return_discount=config.gamma if config.return_floor else None,
     )
+
+
+def floored_at_return(target, batch):
+    """(target floored at each transition's known return-to-go, the share of the batch the
+    floor lifted); target unchanged where the buffer tracks no returns."""
+    if batch.return_to_go is None:
+        return target, jnp.zeros(())
+    floored = jnp.maximum(target, batch.return_to_go)
+    return floored, jnp.mean(floored > target)
 
 
 def soft_update(target, online, tau: float):

@@ -17,7 +17,12 @@ import numpy as np
 import optax
 
 from gprl.algos.base import OffPolicyAlgorithm, check_learning_rates, check_networks
-from gprl.algos.offpolicy import OffPolicyConfig, off_policy_schedule, soft_update
+from gprl.algos.offpolicy import (
+    OffPolicyConfig,
+    floored_at_return,
+    off_policy_schedule,
+    soft_update,
+)
 from gprl.networks import MLP, CustomNetworks, QEnsemble, TorsoHead
 from gprl.policies import gaussian_log_prob
 from gprl.types import EnvSpec
@@ -177,12 +182,17 @@ class SAC(OffPolicyAlgorithm):
         next_q = self.critic.apply(state["target_critic"], batch.next_obs, next_action).min(0)
         continues = 1.0 - batch.terminated.astype(jnp.float32)
         target = batch.reward + config.gamma * continues * (next_q - alpha * next_log_prob)
+        target, floor_share = floored_at_return(target, batch)
         replayed_action = self._replayed_critic_action(batch)
 
         def critic_loss(critic):
             q = self.critic.apply(critic, batch.obs, replayed_action)
             loss = jnp.sum(jnp.mean((q - target) ** 2, axis=1))
-            return loss, {"critic/loss": loss, "critic/q_mean": jnp.mean(q)}
+            return loss, {
+                "critic/loss": loss,
+                "critic/q_mean": jnp.mean(q),
+                "critic/return_floor_share": floor_share,
+            }
 
         grads, critic_info = jax.grad(critic_loss, has_aux=True)(state["critic"])
         updates, critic_opt = self.critic_optimizer.update(grads, state["critic_opt"])
