@@ -199,7 +199,6 @@ def train(
         check_records_env(demos, run.env)
         check_fits_env(demos, spec)
     start = run_start(algo_name, entry.algorithm, algo_config, run, spec, run.resume)
-    # A chunked run learns from the dataset's decisions: windows of its steps.
     discount = entry.algorithm.step_discount(algo_config)
     offline = None if demos is None else decision_transitions(demos, start.chunking, discount)
     algo = build_algorithm(algo_name, start, run, networks)
