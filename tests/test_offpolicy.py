@@ -17,6 +17,7 @@ from gprl.replay import (
     replay_add_steps,
     replay_init,
     replay_prefill,
+    replay_restart_episodes,
     replay_sample,
 )
 from gprl.trainer import RunConfig, load_run, train
@@ -148,6 +149,15 @@ def test_buffer_writes_each_terminated_episodes_discounted_return_to_go():
     # Backwards from the termination: 8, 0 + 0.5 * 8, 2 + 0.5 * 4, 0 + 0.5 * 4, 1 + 0.5 * 2.
     np.testing.assert_allclose(returns[0::2], [2.0, 2.0, 4.0, 4.0, 8.0])
     np.testing.assert_allclose(returns[1::2], [-np.inf, -np.inf, 4 + 0.5 * 2, 2.0, -np.inf])
+
+
+def test_buffer_gives_no_return_to_the_episodes_a_restart_of_the_envs_dropped():
+    buffer = replay_init(example_transition(), 16, return_discount=1.0, num_envs=2)
+    buffer = replay_add_steps(buffer, env_steps([[1, 2], [3, 4]], [[0, 0]] * 2, [[0, 0]] * 2))
+    buffer = replay_restart_episodes(buffer)  # the loop restarts its envs (a checkpoint)
+    buffer = replay_add_steps(buffer, env_steps([[5, 6], [7, 8]], [[0, 1], [1, 0]], [[0, 0]] * 2))
+    returns = np.asarray(buffer.data.return_to_go)[:8]
+    np.testing.assert_array_equal(returns, [-np.inf] * 4 + [12, 6, 7, -np.inf])
 
 
 def test_buffer_returns_cover_only_the_rows_the_ring_still_holds():

@@ -19,7 +19,13 @@ import numpy as np
 
 from gprl.algos.base import Algorithm, OffPolicyAlgorithm, OnPolicyAlgorithm
 from gprl.collectors import EpisodeStats, split_key
-from gprl.replay import replay_add_steps, replay_init, replay_prefill, replay_sample
+from gprl.replay import (
+    replay_add_steps,
+    replay_init,
+    replay_prefill,
+    replay_restart_episodes,
+    replay_sample,
+)
 from gprl.types import Transition
 
 
@@ -211,6 +217,7 @@ class OffPolicyLoop:
 
     def reset(self, seed: int) -> None:
         self.collector.reset(seed)
+        self.replay = replay_restart_episodes(self.replay)
         # Apart from the run's own key stream, which starts from PRNGKey(seed).
         self._held_draws = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 

@@ -113,6 +113,15 @@ def replay_add_steps(buffer: ReplayBuffer, steps: Transition) -> ReplayBuffer:
     return _record_returns(buffer, steps, first)
 
 
+def replay_restart_episodes(buffer: ReplayBuffer) -> ReplayBuffer:
+    """The buffer after the loop restarted its envs: every env's next row begins an episode,
+    and the rows of the episodes it dropped get no return."""
+    if buffer.return_discount is None:
+        return buffer
+    num_envs = buffer.episode_starts.shape[0]
+    return buffer.replace(episode_starts=buffer.added + jnp.arange(num_envs, dtype=jnp.int32))
+
+
 def _record_returns(buffer: ReplayBuffer, steps: Transition, first) -> ReplayBuffer:
     """Write the returns of the episodes ending in steps, whose rows begin at count `first`."""
     num_steps, num_envs = steps.reward.shape[:2]
