@@ -129,51 +129,57 @@ def test_fql_standardises_observations_with_its_dataset_statistics():
     assert standardised < 0.01 and raw > 0.1, (standardised, raw)
 
 
-def chain_values(floored: bool, length: int = 40, gamma: float = 0.99, updates: int = 500):
+def chain_values(length: int = 40, gamma: float = 0.99, updates: int = 500):
     """FQL's critic after `updates` gradient steps on one recorded episode of a chain: `length`
-    steps from observation 0 to 1, reward 1 on the last, which terminates (the value of step p
-    is gamma^(length - 1 - p)); with each step's recorded return-to-go (floored) or not. Alpha
-    100 keeps the TD target's next action at the recorded one: no value of an action the data
-    never shows enters it."""
+    steps from observation 0 to 1, reward 1 on the last, which terminates (the value of step p,
+    `truth`, is gamma^(length - 1 - p)). Trained twice, once with each step's return-to-go
+    known (floored), once with none known (-inf, as a buffer stores a truncated episode's).
+    Alpha 100 keeps the TD target's next action at the recorded one: no value of an action the
+    data never shows enters it. Returns {floored: (values, floor share per step)}, truth."""
     spec = EnvSpec("probe/chain-v0", 1, 1, -np.ones(1, np.float32), np.ones(1, np.float32), 1)
     config = replace(
         FAST_FQL, gamma=gamma, alpha=100.0, batch_size=64, normalize_observations=False
     )
     algo = FQL(config, spec, num_envs=1, total_steps=4096)
     steps = np.arange(length, dtype=np.float32)
+    truth = gamma ** (length - 1 - steps)
     last = steps == length - 1
     data = Transition(
         obs=(steps / length)[:, None],
         action=np.zeros((length, 1), np.float32),
         reward=last.astype(np.float32),
         terminated=last,
-        truncated=~last & False,
+        truncated=np.zeros(length, bool),
         next_obs=((steps + 1) / length)[:, None],
         extras={},
-        return_to_go=(gamma ** (length - 1 - steps)).astype(np.float32) if floored else None,
     )
-    data = jax.tree.map(jnp.asarray, data)
 
-    def gradient_step(state, key):
-        rows = jax.random.randint(key, (config.batch_size,), 0, length)
-        return algo.update(state, jax.tree.map(lambda x: x[rows], data), key)
+    @jax.jit
+    def train(returns):
+        known = jax.tree.map(jnp.asarray, data._replace(return_to_go=returns))
 
-    state, info = jax.lax.scan(
-        gradient_step,
-        algo.init(jax.random.PRNGKey(0)),
-        jax.random.split(jax.random.PRNGKey(1), updates),
-    )
-    values = algo.critic.apply(state["params"]["critic"], data.obs, data.action).mean(0)
-    return np.asarray(values), gamma ** (length - 1 - steps), info["critic/return_floor_share"]
+        def gradient_step(state, key):
+            rows = jax.random.randint(key, (config.batch_size,), 0, length)
+            return algo.update(state, jax.tree.map(lambda x: x[rows], known), key)
+
+        keys = jax.random.split(jax.random.PRNGKey(1), updates)
+        state, info = jax.lax.scan(gradient_step, algo.init(jax.random.PRNGKey(0)), keys)
+        values = algo.critic.apply(state["params"]["critic"], known.obs, known.action).mean(0)
+        return values, info["critic/return_floor_share"]
+
+    unknown = np.full(length, -np.inf, np.float32)
+    trained = {floored: train(truth if floored else unknown) for floored in (True, False)}
+    return {k: jax.tree.map(np.asarray, v) for k, v in trained.items()}, truth
 
 
 def test_a_return_floor_carries_a_sparse_reward_back_along_the_chain_at_once():
-    values, truth, floor_share = chain_values(floored=True)
+    trained, truth = chain_values()
+    values, floor_share = trained[True]
     assert np.abs(values - truth).max() < 0.15, np.round(values, 2)
     assert floor_share[0] > 0.9  # the untrained critics' targets lie below every return
     # Bootstrapping alone, through target critics that move 0.005 a step, has not reached the
     # chain's first steps in as many updates.
-    values, truth, floor_share = chain_values(floored=False)
+    values, floor_share = trained[False]
     assert values[0] < truth[0] - 0.3, np.round(values, 2)
     assert not floor_share.any()
 
