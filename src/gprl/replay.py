@@ -11,9 +11,9 @@ over every stored transition, or a fixed share of each batch from the offline re
 from the online one) for offline-to-online training.
 
 A buffer made with a `return_discount` also tracks returns: :func:`replay_add_steps` takes the
-loop's (T, N) steps, and when an env's episode terminates it writes every stored row of that
-episode's return-to-go (Transition.return_to_go), summed backwards over the rows with the
-discount; the offline region takes the dataset's own. Rows of episodes that are running or
+loop's (T, N) steps, and when an env's episode terminates it writes the return-to-go
+(Transition.return_to_go) of every stored row of that episode, summed backwards over its rows
+with the discount; the offline region takes the dataset's own. Rows of episodes that are running or
 ended at a time limit keep -inf: no return is known for them.
 """
 
@@ -123,53 +123,50 @@ def replay_restart_episodes(buffer: ReplayBuffer) -> ReplayBuffer:
 
 
 def _record_returns(buffer: ReplayBuffer, steps: Transition, first) -> ReplayBuffer:
-    """Write the returns of the episodes ending in steps, whose rows begin at count `first`."""
+    """Write the returns of the episodes that terminate in steps, whose rows begin at count
+    `first`: an episode's rows are its env's counts last, last - N, ... back to its first row
+    or the oldest row the ring still holds, each valued r + discount x the later row's value."""
     num_steps, num_envs = steps.reward.shape[:2]
     envs = jnp.arange(num_envs, dtype=jnp.int32)
+    oldest_stored = buffer.added - buffer.online_capacity
+    rewards, discount = buffer.data.reward, buffer.return_discount
 
-    def at_step(buffer, step):
+    def episode_returns(returns, last, start):
+        def backwards(carry):
+            count, later_value, returns = carry
+            row = buffer.offline_capacity + count % buffer.online_capacity
+            value = rewards[row] + discount * later_value
+            return count - num_envs, value, returns.at[row].set(value)
+
+        oldest = jnp.maximum(start, oldest_stored)
+        carry = (last, jnp.zeros((), jnp.float32), returns)
+        return jax.lax.while_loop(lambda c: c[0] >= oldest, backwards, carry)[2]
+
+    def at_step(carry, step):
+        returns, starts = carry
         t, terminated, truncated = step
         counts = first + t * num_envs + envs
 
-        def write_env(env, buffer):
+        def write_env(env, returns):
             return jax.lax.cond(
                 terminated[env],
-                lambda b: _write_episode_returns(b, counts[env], b.episode_starts[env]),
-                lambda b: b,
-                buffer,
+                lambda r: episode_returns(r, counts[env], starts[env]),
+                lambda r: r,
+                returns,
             )
 
-        buffer = jax.lax.fori_loop(0, num_envs, write_env, buffer)
-        starts = jnp.where(terminated | truncated, counts + num_envs, buffer.episode_starts)
-        return buffer.replace(episode_starts=starts), None
+        returns = jax.lax.fori_loop(0, num_envs, write_env, returns)
+        starts = jnp.where(terminated | truncated, counts + num_envs, starts)
+        return (returns, starts), None
 
     ends = (
         jnp.arange(num_steps, dtype=jnp.int32),
         jnp.asarray(steps.terminated, bool),
         jnp.asarray(steps.truncated, bool),
     )
-    buffer, _ = jax.lax.scan(at_step, buffer, ends)
-    return buffer
-
-
-def _write_episode_returns(buffer: ReplayBuffer, last, start) -> ReplayBuffer:
-    """The return-to-go of an episode's stored rows, counts last, last - N, ... down to its
-    first (start) or the oldest row the ring still holds, summed backwards from last's reward."""
-    stride = buffer.episode_starts.shape[0]
-    oldest = jnp.maximum(start, buffer.added - buffer.online_capacity)
-
-    def row_of(count):
-        return buffer.offline_capacity + count % buffer.online_capacity
-
-    def backwards(carry):
-        count, later_return, returns = carry
-        row = row_of(count)
-        value = buffer.data.reward[row] + buffer.return_discount * later_return
-        return count - stride, value, returns.at[row].set(value)
-
-    carry = (last, jnp.zeros((), jnp.float32), buffer.data.return_to_go)
-    _, _, returns = jax.lax.while_loop(lambda c: c[0] >= oldest, backwards, carry)
-    return buffer.replace(data=buffer.data._replace(return_to_go=returns))
+    carry = (buffer.data.return_to_go, buffer.episode_starts)
+    (returns, starts), _ = jax.lax.scan(at_step, carry, ends)
+    return buffer.replace(data=buffer.data._replace(return_to_go=returns), episode_starts=starts)
 
 
 def _add_rows(buffer: ReplayBuffer, transitions: Transition) -> ReplayBuffer:
