@@ -51,6 +51,7 @@ FQL_TARGET = 300.0
 """Issue 9: FQL at UTD 1, 1 env, Hopper-v5, whole process."""
 THROUGHPUT_VARIANTS = {
     "sac": ("sac", [], None),
+    "sac-return-floor": ("sac", ["--sac.return-floor"], None),
     "fql": ("fql", [], None),
     "fql-128x128": (
         "fql",
@@ -78,8 +79,10 @@ THROUGHPUT_VARIANTS = {
 }
 """variant -> (algorithm, `gprl train` options, whole-run env steps: None for --throughput-steps,
 0 for the gradient step alone). FQL's reference networks are 4 x 512 GELU; gprl's defaults are
-2 x 64 ReLU; fql-gelu is the defaults with the reference's activation. A new off-policy method
-(DSRL) adds its rows here."""
+2 x 64 ReLU; fql-gelu is the defaults with the reference's activation; sac-return-floor is SAC
+with the TD target floored at tracked episode returns, whose cost is the buffer writing every
+terminated episode's returns in the compiled call. A new off-policy method (DSRL) adds its rows
+here."""
 COLUMNS = [
     "variant",
     "env",
