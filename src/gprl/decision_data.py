@@ -64,9 +64,7 @@ def decision_transitions(
     returns = returns_to_go(demos, discount if chunking is None else chunking.discount)
     if chunking is None:
         return demos.transitions() | {"return_to_go": returns}
-    lengths = demos.episode_lengths
-    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    last = first + np.repeat(lengths, lengths) - 1
+    first, last = _episode_bounds(demos)
     starts = np.arange(len(demos.rewards))
     stop = np.minimum(starts + chunking.execute_steps - 1, _next_terminal(demos, last))
     terminated = demos.terminations[stop]
@@ -96,10 +94,7 @@ def returns_to_go(demos: Demonstrations, discount: float) -> np.ndarray:
     step that ends its bootstrap (a decision starting there sums the same rewards with the same
     discounts, its bootstrap discounted per env step); -inf for the steps of an episode's tail
     that ends without terminating."""
-    lengths = demos.episode_lengths
-    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    last = first + np.repeat(lengths, lengths) - 1
-    end = _next_terminal(demos, last)
+    end = _next_terminal(demos, _episode_bounds(demos)[1])
     returns = np.empty(len(demos.rewards))
     later = 0.0
     for step in range(len(returns) - 1, -1, -1):
@@ -107,6 +102,13 @@ def returns_to_go(demos: Demonstrations, discount: float) -> np.ndarray:
         returns[step] = later
     returns[~demos.terminations[end]] = -np.inf
     return returns.astype(np.float32)
+
+
+def _episode_bounds(demos: Demonstrations) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) each step's episode's first and last step."""
+    lengths = demos.episode_lengths
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return first, first + np.repeat(lengths, lengths) - 1
 
 
 def _next_terminal(demos: Demonstrations, last: np.ndarray) -> np.ndarray:
