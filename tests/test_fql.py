@@ -14,6 +14,7 @@ import pytest
 
 from gprl.algos import FQL, FQLConfig, SACConfig
 from gprl.checkpoint import CheckpointError, read_meta
+from gprl.configs import from_jsonable, to_jsonable
 from gprl.datasets import Episode, dataset_path, write_dataset
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import FlowPolicyConfig
@@ -127,6 +128,10 @@ def test_fql_standardises_observations_with_its_dataset_statistics():
     np.testing.assert_allclose(statistics["mean"], obs.mean(0), rtol=1e-5)
     np.testing.assert_allclose(statistics["var"], obs.var(0), rtol=1e-2)
     assert standardised < 0.01 and raw > 0.1, (standardised, raw)
+    # A run saved before the option existed saw raw observations and resumes on them.
+    saved = to_jsonable(config)
+    del saved["normalize_observations"]
+    assert not from_jsonable(FQLConfig, saved).normalize_observations
 
 
 def chain_values(length: int = 40, gamma: float = 0.99, updates: int = 500):

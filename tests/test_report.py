@@ -188,6 +188,18 @@ def test_a_base_per_seed_pools_and_two_bases_on_one_seed_split(tmp_path):
     assert {groups[d.name] for d in scratch} == {"dppo [init=null]"}
 
 
+def test_a_run_saved_before_a_field_existed_pools_with_the_value_it_ran_with(tmp_path):
+    # DPPO's critic_learning_rate came with None (the policy's rate) and its default became
+    # 1e-3 later: a run saved before the field is a None run, not one of today's default.
+    before = fake_run(tmp_path, "dppo", "x", 0, [1.0], name="before")
+    same = fake_run(tmp_path, "dppo", "x", 1, [1.0], algo_config={"critic_learning_rate": None})
+    today = fake_run(
+        tmp_path, "dppo", "x", 0, [2.0], name="today", algo_config={"critic_learning_rate": 1e-3}
+    )
+    groups = {r.run_dir.name: r.group for r in read_runs([before, same, today])[0]}
+    assert groups["before"] == groups[same.name] != groups["today"]
+
+
 def test_one_directory_given_twice_counts_once(tmp_path, monkeypatch):
     run = fake_run(tmp_path, "a", "x", 0, [1.0])
     other = fake_run(tmp_path, "a", "x", 1, [3.0])

@@ -25,6 +25,7 @@ The flow-policy variant the FPO paper compares against is gprl.algos.dppo_flow (
 """
 
 from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,8 @@ class DPPOConfig(ValueCriticConfig):
     """Decay both step sizes linearly to zero over training (the reference holds them)."""
     critic_learning_rate: float | None = 1e-3
     """Adam step size of the critic (DPPO's critic_lr: 10 times the policy's)."""
+    values_before_added: ClassVar[dict] = {"critic_learning_rate": None}
+    """Runs saved before critic_learning_rate existed stepped the critic at the policy's rate."""
     critic_hidden: tuple[int, ...] = (256, 256, 256)
     """Value network widths (DPPO's critic mlp_dims)."""
     critic_activation: str = "silu"

@@ -27,7 +27,7 @@ step; a subclass adds the policy that acts.
 """
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,8 @@ class FlowCriticConfig(OffPolicyConfig):
     `gprl pretrain` does). Without a dataset observations stay as the env gives them. The
     references do not standardise; on Meta-World's raw observations a BC flow fitted to 5
     demonstrations never succeeds (benchmarks/manipulation.py)."""
+    values_before_added: ClassVar[dict] = {"normalize_observations": False}
+    """Runs saved before normalize_observations existed saw raw observations."""
 
     def validate(self) -> None:
         super().validate()
