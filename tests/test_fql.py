@@ -143,7 +143,12 @@ def chain_values(length: int = 40, gamma: float = 0.99, updates: int = 500):
     data never shows enters it. Returns {floored: (values, floor share per step)}, truth."""
     spec = EnvSpec("probe/chain-v0", 1, 1, -np.ones(1, np.float32), np.ones(1, np.float32), 1)
     config = replace(
-        FAST_FQL, gamma=gamma, alpha=100.0, batch_size=64, normalize_observations=False
+        FAST_FQL,
+        gamma=gamma,
+        alpha=100.0,
+        batch_size=64,
+        normalize_observations=False,
+        return_floor=True,
     )
     algo = FQL(config, spec, num_envs=1, total_steps=4096)
     steps = np.arange(length, dtype=np.float32)

@@ -4,6 +4,8 @@ then online, the algorithm's own chunk length against --init, and exact resume."
 
 from dataclasses import replace
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_fql import Interrupted, interrupt_at, offline_run, read_rows, rows_without_timing
@@ -17,7 +19,7 @@ from gprl.envs.chunked import Chunking
 from gprl.initial_policy import chunk_options, run_chunking
 from gprl.policies import FlowPolicyConfig
 from gprl.pretrained import PretrainConfig
-from gprl.trainer import RunConfig, train
+from gprl.trainer import RunConfig, load_run, train
 from gprl.types import EnvSpec
 
 # Two steps: the first observation shows a cue c = +-1, the second hides it, and only the second
@@ -198,6 +200,21 @@ def test_offline_qc_plans_the_chunk_that_only_the_first_observation_reveals(tmp_
     assert rows[-1]["env_steps"] == "32" and float(rows[-1]["eval_return"]) > -0.1
     # `gprl eval` opens the run's envs as it trained: chunks of 2 executed whole.
     assert chunk_options(run_dir)["chunking"] == Chunking(2, 2, 1, config.gamma)
+
+
+def test_a_flow_imitating_only_returns_above_a_threshold_plans_the_good_chunks(tmp_path):
+    # The dataset's episodes with the mirrored second action return -2.56 gamma at their first
+    # step: above -1 are only the good ones. One sample per decision, so QC acts with its BC
+    # flow alone; imitating every episode, 0.22 of its chunks were good here.
+    config = replace(FAST_QC, num_samples=1, imitate_returns_above=-1.0)
+    run_dir = train("qc", cue_run(tmp_path, "filtered", cue_dataset("probe/cue-filter-v0")), config)
+    offline = [r for r in read_rows(run_dir) if int(r["env_steps"]) == 0]
+    assert abs(float(offline[-1]["flow/imitated_share"]) - 0.5) < 0.1
+    algo, state, _ = load_run(run_dir)
+    cues = np.repeat([[1.0, 0.0], [-1.0, 0.0]], 256, axis=0).astype(np.float32)
+    chunks, _ = algo.act(algo.acting_params(state), jnp.asarray(cues), jax.random.PRNGKey(0))
+    second = np.asarray(chunks).reshape(len(cues), -1)[:, 1]
+    assert np.mean(np.abs(second - GOOD * cues[:, 0]) < 0.3) > 0.9
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ ways (gprl.algos.qc): the BC flow, the critics and their TD target, learning in 
 step; a subclass adds the policy that acts.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -116,7 +117,29 @@ class FlowCriticConfig(OffPolicyConfig):
 
 
 @dataclass(frozen=True)
-class FQLConfig(FlowCriticConfig):
+class BufferImitationConfig(FlowCriticConfig):
+    """A flow critic whose BC flow imitates the replay buffer's transitions (FQL, QC-FQL, QC)."""
+
+    imitate_returns_above: float | None = None
+    """If set, the BC flow imitates only the transitions whose episode went on to return more
+    than this (discounted return-to-go, tracked by the replay buffer; unknown, and so left out,
+    for running episodes and those a time limit cut). On a sparse-reward task that ends on
+    success, 0 keeps the demonstrations and the episodes that succeeded, and leaves out the
+    failures that fill the buffer online (filtered behaviour cloning). None: every transition,
+    as the references."""
+
+    def tracks_returns(self) -> bool:
+        return super().tracks_returns() or self.imitate_returns_above is not None
+
+    def validate(self) -> None:
+        super().validate()
+        threshold = self.imitate_returns_above
+        if threshold is not None and not math.isfinite(threshold):
+            raise ValueError(f"imitate_returns_above must be finite or None, got {threshold}")
+
+
+@dataclass(frozen=True)
+class FQLConfig(BufferImitationConfig):
     actor_hidden: tuple[int, ...] = DEFAULT_HIDDEN
     """Hidden widths of the one-step policy mu(s, z) (reference: 512 512 512 512)."""
     actor_layer_norm: bool = False
@@ -280,8 +303,18 @@ class FlowCritic(OffPolicyAlgorithm):
         }
 
     def _flow_loss(self, flow, batch, key):
-        loss, _ = self.flow.loss(flow, batch.obs, batch.action, key)
-        return loss, {"flow/loss": loss}
+        weights = self._imitated(batch)
+        loss, _ = self.flow.loss(flow, batch.obs, batch.action, key, weights=weights)
+        if weights is None:
+            return loss, {"flow/loss": loss}
+        return loss, {"flow/loss": loss, "flow/imitated_share": weights.mean()}
+
+    def _imitated(self, batch):
+        """1 for the transitions the BC flow imitates, 0 for the others; None: all of them."""
+        config = self.config
+        if not isinstance(config, BufferImitationConfig) or config.imitate_returns_above is None:
+            return None
+        return (batch.return_to_go > config.imitate_returns_above).astype(jnp.float32)
 
     def update(self, state, batch, key):
         batch = batch._replace(
@@ -294,7 +327,9 @@ class FlowCritic(OffPolicyAlgorithm):
         """One gradient step on a batch of standardised observations."""
         target_key, flow_key, policy_key = jax.random.split(key, 3)
         current = state["params"]
-        target, floor_share = floored_at_return(self._td_target(state, batch, target_key), batch)
+        target, floor_share = floored_at_return(
+            self.config, self._td_target(state, batch, target_key), batch
+        )
 
         def total_loss(params):
             losses = [

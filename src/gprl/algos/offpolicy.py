@@ -82,6 +82,10 @@ class OffPolicyConfig:
         if self.return_floor and not hasattr(self, "gamma"):
             raise ValueError("return_floor needs a discount: this method has no gamma")
 
+    def tracks_returns(self) -> bool:
+        """Whether the replay buffer tracks each transition's return-to-go (with gamma)."""
+        return self.return_floor
+
 
 class OffPolicySchedule(NamedTuple):
     """The off-policy loop's geometry for one run (see :func:`off_policy_schedule`)."""
@@ -108,8 +112,8 @@ class OffPolicySchedule(NamedTuple):
     num_iterations: int
     """Offline and online iterations."""
     return_discount: float | None
-    """The discount per stored transition the replay buffer tracks returns with (return_floor);
-    None: not tracked."""
+    """The discount per stored transition the replay buffer tracks returns with
+    (OffPolicyConfig.tracks_returns); None: not tracked."""
 
     def check_warmup_fits(self) -> None:
         """Refuse (ValueError) a warm-up that fills the whole run. The loop checks it only when
@@ -170,14 +174,14 @@ def off_policy_schedule(
         warmup_refusal=warmup_refusal,
         offline_iterations=offline_iterations,
         num_iterations=offline_iterations + num_iterations,
-        return_discount=config.gamma if config.return_floor else None,
+        return_discount=config.gamma if config.tracks_returns() else None,
     )
 
 
-def floored_at_return(target, batch):
+def floored_at_return(config: OffPolicyConfig, target, batch):
     """(target floored at each transition's known return-to-go, the share of the batch the
-    floor lifted); target unchanged where the buffer tracks no returns."""
-    if batch.return_to_go is None:
+    floor lifted); target unchanged without config.return_floor."""
+    if not config.return_floor:
         return target, jnp.zeros(())
     floored = jnp.maximum(target, batch.return_to_go)
     return floored, jnp.mean(floored > target)

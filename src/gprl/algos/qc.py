@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from gprl.algos.fql import FQL, FlowCritic, FlowCriticConfig, FQLConfig
+from gprl.algos.fql import FQL, BufferImitationConfig, FlowCritic, FQLConfig
 
 REFERENCE_CHUNK = 5
 EVALUATION_NOISE_SEED = 0
@@ -59,7 +59,7 @@ class QCFQLConfig(FQLConfig):
 
 
 @dataclass(frozen=True)
-class QCConfig(FlowCriticConfig):
+class QCConfig(BufferImitationConfig):
     """The BC flow and critics as FQL's, with its CPU defaults (2 x 64 networks; reference:
     4 x 512 GELU, batch 256, learning rate 3e-4, 1M offline then 1M online steps at one
     gradient step per env step)."""

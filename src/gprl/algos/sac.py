@@ -182,7 +182,7 @@ class SAC(OffPolicyAlgorithm):
         next_q = self.critic.apply(state["target_critic"], batch.next_obs, next_action).min(0)
         continues = 1.0 - batch.terminated.astype(jnp.float32)
         target = batch.reward + config.gamma * continues * (next_q - alpha * next_log_prob)
-        target, floor_share = floored_at_return(target, batch)
+        target, floor_share = floored_at_return(config, target, batch)
         replayed_action = self._replayed_critic_action(batch)
 
         def critic_loss(critic):

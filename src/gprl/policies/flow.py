@@ -187,8 +187,9 @@ class FlowPolicy:
         step_inputs = step_inputs.reshape(steps, *batch_axes, *step_inputs.shape[1:])
         return field(chain[:-1], step_inputs)
 
-    def loss(self, params, cond, actions, key, noise=None):
-        """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs.
+    def loss(self, params, cond, actions, key, noise=None, weights=None):
+        """Conditional flow-matching (behaviour-cloning) loss on (cond, action) pairs; with
+        `weights` (one per pair), their weighted mean (0 where every weight is).
 
         With `noise` given, each action is paired with its own noise instead of a fresh draw:
         the flow then learns that coupling, and sampling from a noise returns the action it was
@@ -206,5 +207,9 @@ class FlowPolicy:
         x_t = (1.0 - t[..., None]) * noise + t[..., None] * actions
         target = actions - noise
         error = self.velocity(params, cond, x_t, t) - target
-        loss = jnp.mean(jnp.sum(error**2, axis=-1))
+        squared = jnp.sum(error**2, axis=-1)
+        if weights is None:
+            loss = jnp.mean(squared)
+        else:
+            loss = jnp.sum(weights * squared) / jnp.maximum(jnp.sum(weights), 1e-8)
         return loss, {"flow_loss": loss}
