@@ -156,6 +156,7 @@ def test_bad_chunked_input_is_refused_in_one_line_with_nothing_written(tmp_path,
     for extra, message in (
         (["--dataset", "probe/short-v0"], "has no episode of 2 steps, the actions a chunk"),
         (["--qc.num-samples", "0"], "num_samples must be at least 1, got 0"),
+        (["--qc.imitate-returns-above", "nan"], "imitate_returns_above must be finite or None"),
         (["--qc.chunk-length", "0"], "chunk_length must be at least 1, got 0"),
         (["--qc.chunk-length", "3"], "truncates episodes at 2 steps, not a multiple of the 3"),
         (["--init", str(tmp_path)], "qc cannot start from a pretrained policy"),
