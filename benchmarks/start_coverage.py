@@ -12,14 +12,25 @@ noise is where RL can move the deterministic policy.
 
     python benchmarks/start_coverage.py --tasks pick-place-v3 --kinds ddpm --seeds 0
 
+With --runs, the final policies of fine-tuning runs (run directories of the manipulation
+benchmark, say) act from the same conditions as their evaluations act, and each is set beside
+the start of its task and seed (--kinds' first): which of the conditions its start solved, only
+sometimes solved or never solved did fine-tuning solve?
+
+    python benchmarks/start_coverage.py --kinds flow \
+        --runs benchmarks/runs/manipulation/pick-place-v3/qc-wide-s0
+
 Results: start_coverage.csv (a row per task, kind, seed and condition: zero-noise success and
 sampled successes out of --repeats), start_coverage_summary.csv (per start: the share of
 conditions solved from zero noise, never solved, solved in some sampled repetitions, and the
-mean sampled success). BC starts missing from benchmarks/runs/imitation are trained as the
-manipulation benchmark trains them.
+mean sampled success); with --runs, start_coverage_runs.csv (a row per run and condition) and
+start_coverage_runs_summary.csv (per run: its success on each group of conditions). BC
+starts missing from benchmarks/runs/imitation are trained as the manipulation benchmark trains
+them.
 """
 
 import argparse
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -29,7 +40,9 @@ from manipulation import add_start_options, bc_start
 
 from gprl.envs import make_env
 from gprl.evaluation import ActionQueue, host_episode_outcomes
+from gprl.initial_policy import chunk_options
 from gprl.pretrained import load_pretrained
+from gprl.trainer import load_run, success_options
 
 CONDITION_SEED = 1_000_000
 """Env seed of the first condition (apart from the seeds the starts were evaluated with)."""
@@ -101,6 +114,72 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def run_rows(run_dir: Path, conditions: int) -> list[dict]:
+    """Whether a fine-tuning run's final policy, acting as its evaluations act, succeeds from
+    each condition."""
+    algorithm, state, run = load_run(run_dir)
+    act = jax.jit(algorithm.act_deterministic)
+    acting = algorithm.acting_params(state)
+    options = success_options(run) | chunk_options(run_dir)
+    env = make_env(run.env, conditions, CONDITION_SEED, backend=run.env_backend, **options)
+    try:
+        policy = lambda obs: np.asarray(act(acting, obs))  # noqa: E731
+        succeeded = host_episode_outcomes(env, CONDITION_SEED, policy)[2]
+    finally:
+        env.close()
+    task = run.env.removeprefix("metaworld:")
+    return [
+        dict(task=task, run=run_dir.name, seed=run.seed, condition=c, success=int(succeeded[c]))
+        for c in range(conditions)
+    ]
+
+
+def summarise_runs(rows: list[dict], start_rows: list[dict], kind: str) -> list[dict]:
+    """Each run's success on the conditions its start (same task and seed) solved from zero
+    noise, solved only in some sampled tries, and never solved."""
+    summary = []
+    for task, name in dict.fromkeys((r["task"], r["run"]) for r in rows):
+        run = [r for r in rows if (r["task"], r["run"]) == (task, name)]
+        start = {
+            r["condition"]: r
+            for r in start_rows
+            if (r["task"], r["kind"], r["seed"]) == (task, kind, run[0]["seed"])
+        }
+        success = np.array([r["success"] for r in run], bool)
+        zero = np.array([start[r["condition"]]["zero_noise"] for r in run], bool)
+        never = np.array([start[r["condition"]]["sampled_successes"] == 0 for r in run]) & ~zero
+        sometimes = ~zero & ~never
+        summary.append(
+            {
+                "task": task,
+                "run": name,
+                "start": f"{kind} seed {run[0]['seed']}",
+                "success": success.mean(),
+                "start_zero_noise_success": zero.mean(),
+                "on_solved_from_zero_noise": success[zero].mean(),
+                "on_sometimes_solved": success[sometimes].mean(),
+                "on_never_solved": success[never].mean(),
+                "sometimes_solved_conditions": int(sometimes.sum()),
+                "never_solved_conditions": int(never.sum()),
+            }
+        )
+    return summary
+
+
+def cover_runs(args, start_rows: list[dict]) -> None:
+    """Evaluate --runs not evaluated before and summarise every evaluated run."""
+    path = RESULTS_DIR / "start_coverage_runs.csv"
+    rows = read_rows(path, {"task", "run"})
+    for run_dir in args.runs:
+        if run_dir.name not in {r["run"] for r in rows}:
+            rows += run_rows(run_dir, args.conditions)
+            write_csv(path, rows)
+    summary = summarise_runs(rows, start_rows, args.kinds[0])
+    write_csv(RESULTS_DIR / "start_coverage_runs_summary.csv", summary)
+    for r in summary:
+        print({k: round(float(v), 2) if isinstance(v, float) else v for k, v in r.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -108,11 +187,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--conditions", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--runs", nargs="+", type=Path, default=[], help="fine-tuning runs")
     add_start_options(parser)
     args = parser.parse_args()
     print_start()
     path = RESULTS_DIR / "start_coverage.csv"
     rows = read_rows(path, {"task", "kind"})
+    if args.runs:
+        cover_runs(args, rows)
+        return
     done = {(r["task"], r["kind"], r["seed"]) for r in rows}
     for task in args.tasks:
         for kind in args.kinds:
