@@ -148,15 +148,16 @@ def test_chunked_envs_that_do_not_fit_are_refused_in_one_line():
 
 CHUNK_SPEC = EnvSpec("probe", 3, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 30)
 # gorl-reference is GoRL's class under other defaults; pa-rl's chunked bases and its warm-up
-# acting with the base's own chunk are tested in tests/test_parl.py; expo decides by its critics
-# among its base's samples from the start (tests/test_expo.py).
+# acting with the base's own chunk are tested in tests/test_parl.py; expo and qc decide by their
+# critics among their base's samples from the start (tests/test_expo.py, tests/test_qc.py).
 CHUNK_FINE_TUNERS = sorted(
     name
     for name, entry in ALGORITHMS.items()
-    if entry.algorithm.fine_tunes_chunks and name not in ("gorl-reference", "pa-rl", "expo")
+    if entry.algorithm.fine_tunes_chunks and name not in ("gorl-reference", "pa-rl", "expo", "qc")
 )
 BASE_KINDS = {"ppo": "gaussian", "dppo": "ddpm"}
 """The pretrain kind each fine-tuner starts from; the rest fine-tune flows."""
+RANDOM_CHUNKS = PretrainConfig(chunk_length=3, execute_steps=2, obs_history=2)
 SMALL_POLICIES = {
     "flow": {"hidden": (16,), "num_steps": 3},
     "ddpm": {"hidden": (16,), "num_train_steps": 10, "num_steps": 10},
@@ -164,16 +165,15 @@ SMALL_POLICIES = {
 }
 
 
-def random_chunked_policy(kind: str) -> Pretrained:
-    """An untrained policy of chunks of 3 actions (2 executed) on 2 observations, whose
-    observation statistics and action map change its inputs and outputs."""
-    config = PretrainConfig(chunk_length=3, execute_steps=2, obs_history=2)
+def random_chunked_policy(kind: str, config=RANDOM_CHUNKS) -> Pretrained:
+    """An untrained policy of chunks (by default of 3 actions, 2 executed, on 2 observations),
+    whose observation statistics and action map change its inputs and outputs."""
     policy_config = replace(POLICIES[kind].default_config, **SMALL_POLICIES[kind])
     spec = CHUNK_SPEC
     policy, _ = build_policy(kind, config, policy_config, spec.obs_dim, spec.action_dim)
     obs_norm = running_stats_init((spec.obs_dim,)) | {"mean": jnp.array([0.5, -1.0, 0.0])}
     acting = {
-        "params": policy.policy.init(jax.random.PRNGKey(0), 2 * spec.obs_dim),
+        "params": policy.policy.init(jax.random.PRNGKey(0), config.obs_history * spec.obs_dim),
         "obs_norm": obs_norm,
         "action_norm": {"center": jnp.full(2, 0.2), "half_range": jnp.full(2, 0.5)},
     }

@@ -170,8 +170,8 @@ def test_a_pretrained_ddpm_base_imitates_the_replayed_chunks_by_its_own_loss():
     )  # fmt: skip
 
     def base_error(state):
-        noise, step_noise = algo._base_noises(jax.random.PRNGKey(1), chunks.shape)
-        sampled = algo._base(state["params"]["flow"], histories, noise, step_noise)
+        noise, step_noise = algo._flow_noises(jax.random.PRNGKey(1), chunks.shape)
+        sampled = algo._flow_actions(state["params"]["flow"], histories, noise, step_noise)
         return float(np.mean((np.asarray(sampled) - 0.5) ** 2))
 
     def train(state, keys):

@@ -1,6 +1,7 @@
 """Q-chunking (QC, QC-FQL): a dataset's steps windowed into decisions as chunked envs execute
 them, a probe task that only a chunk planned from the first observation solves, learnt offline
-then online, the algorithm's own chunk length against --init, and exact resume."""
+then online, the algorithm's own chunk length against --init, QC on a pretrained chunked policy
+of any kind, and exact resume."""
 
 from dataclasses import replace
 
@@ -8,19 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_chunked_finetune import CHUNK_SPEC, random_chunked_policy
 from test_fql import Interrupted, interrupt_at, offline_run, read_rows, rows_without_timing
 from test_pretrain import CUE_RECALL
 
+from gprl import initial_policy
 from gprl.algos import QC, QCConfig, QCFQLConfig
+from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.checkpoint import read_meta
 from gprl.datasets import DatasetError, Demonstrations, Episode, write_dataset
 from gprl.decision_data import as_run_sees, decision_transitions
-from gprl.envs.chunked import Chunking
+from gprl.envs.chunked import Chunking, chunked_spec
 from gprl.initial_policy import chunk_options, run_chunking
+from gprl.networks import CustomNetworks
 from gprl.policies import FlowPolicyConfig
+from gprl.pretrain import PretrainRun, pretrain
 from gprl.pretrained import PretrainConfig
 from gprl.trainer import RunConfig, load_run, train
-from gprl.types import EnvSpec
+from gprl.types import EnvSpec, Transition
 
 # Two steps: the first observation shows a cue c = +-1, the second hides it, and only the second
 # step is rewarded, -(a - 0.8 c)^2, which ends the episode. A chunk of both actions planned from
@@ -159,7 +165,6 @@ def test_bad_chunked_input_is_refused_in_one_line_with_nothing_written(tmp_path,
         (["--qc.imitate-returns-above", "nan"], "imitate_returns_above must be finite or None"),
         (["--qc.chunk-length", "0"], "chunk_length must be at least 1, got 0"),
         (["--qc.chunk-length", "3"], "truncates episodes at 2 steps, not a multiple of the 3"),
-        (["--init", str(tmp_path)], "qc cannot start from a pretrained policy"),
     ):
         assert message in cli_error([*base, *extra])
     assert not out.exists()
@@ -219,14 +224,18 @@ def test_a_flow_imitating_only_returns_above_a_threshold_plans_the_good_chunks(t
 
 
 @pytest.mark.slow
-def test_a_qc_run_interrupted_offline_then_online_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("on_pretrained", [False, True])
+def test_a_qc_run_interrupted_offline_then_online_resumes_exactly(tmp_path, on_pretrained):
     # 4 offline iterations of 32 gradient steps, then 4 online ones of 32 env steps; the clock
     # (env steps + offline updates) checkpoints at 64 (iteration 2), at the end of the offline
     # phase (4) and at 192 (6). Interrupted at 3, the run resumes from the offline phase into
     # the online one; interrupted at 7, from within the online phase.
     config = replace(FAST_QC, update_to_data=2, offline_updates=128)
     dataset = cue_dataset("probe/cue-resume-v0", episodes=50)
-    run = cue_run(tmp_path, "run", dataset, total_steps=128, eval_every=96, checkpoint_every=64)
+    init = pretrained_cue_flow(tmp_path, dataset, steps=100) if on_pretrained else None
+    run = cue_run(
+        tmp_path, "run", dataset, total_steps=128, eval_every=96, checkpoint_every=64, init=init
+    )
     reference = train("qc", replace(run, out=tmp_path / "uninterrupted"), config)
     resume = RunConfig(resume=run.out, progress=False)
     for start, stop_at, resumed_from in ((run, 3, 2), (resume, 7, 6)):
@@ -236,4 +245,84 @@ def test_a_qc_run_interrupted_offline_then_online_resumes_exactly(tmp_path):
     train("qc", resume, config)
     rows = rows_without_timing(reference)
     assert rows_without_timing(run.out) == rows
-    assert [r["env_steps"] for r in rows] == ["0"] * 4 + ["32", "64", "96", "128"]
+    # With --init, a first row (iteration 0) evaluates the run before its first update.
+    offline = 5 if on_pretrained else 4
+    assert [r["env_steps"] for r in rows] == ["0"] * offline + ["32", "64", "96", "128"]
+
+
+WHOLE_CHUNKS = PretrainConfig(chunk_length=2, execute_steps=2)
+
+
+def pretrained_cue_flow(tmp_path, dataset: str, steps: int = 1000):
+    """A flow of whole chunks of 2 fitted to the dataset by `gprl pretrain`: its run directory."""
+    options = PretrainRun(
+        dataset=dataset, steps=steps, out=tmp_path / "base", progress=False, eval_every=0
+    )
+    fitted = replace(WHOLE_CHUNKS, learning_rate=1e-3, log_every=100)
+    return pretrain("flow", options, fitted, FlowPolicyConfig(hidden=SMALL, num_steps=4))
+
+
+def qc_on_random_policy(kind: str, config=FAST_QC):
+    """QC on an untrained policy of whole chunks of 2 actions, with observation and action
+    maps, as the run sees it; and that policy."""
+    pretrained = random_chunked_policy(kind, WHOLE_CHUNKS)
+    spec = chunked_spec(CHUNK_SPEC, initial_policy.chunking_of(pretrained.config, 0.9))
+    flat = initial_policy.flat_chunk_policy(pretrained)
+    return QC(replace(config, num_samples=1), spec, 4, 20_000, pretrained=flat), pretrained
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+def test_a_pretrained_base_decides_from_qcs_noise_and_learns_by_its_own_loss(kind):
+    algo, pretrained = qc_on_random_policy(kind)
+    state = algo.init(jax.random.PRNGKey(0))
+    start = pretrained.acting["params"]
+    jax.tree.map(np.testing.assert_array_equal, state["params"]["flow"], start)
+    # The critics see what the base sees: observations standardised with its statistics.
+    np.testing.assert_array_equal(state["obs_norm"]["mean"], [0.5, -1.0, 0.0])
+    obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    decided = algo.act_deterministic(algo.acting_params(state), obs)
+    noise = jax.random.normal(jax.random.PRNGKey(EVALUATION_NOISE_SEED), (1, 4))
+    chunk = pretrained.policy.plan_from_noise(pretrained.acting, obs, jnp.repeat(noise, 8, 0))
+    np.testing.assert_allclose(np.asarray(decided), np.asarray(chunk).reshape(8, 4), atol=1e-5)
+
+    rng = np.random.default_rng(0)
+    batch = Transition(
+        obs=rng.normal(size=(64, 3)).astype(np.float32),
+        action=np.full((64, 4), 0.5, np.float32), reward=np.zeros(64, np.float32),
+        next_obs=rng.normal(size=(64, 3)).astype(np.float32),
+        terminated=np.zeros(64, bool), truncated=np.zeros(64, bool), extras={},
+    )  # fmt: skip
+    updated, info = jax.jit(algo.update)(state, batch, jax.random.PRNGKey(2))
+    assert np.isfinite(info["flow/loss"]) and np.isfinite(info["critic/loss"])
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), updated["params"]["flow"],
+                         state["params"]["flow"])  # fmt: skip
+    assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_a_pretrained_base_qc_cannot_use_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="weights a flow's imitation loss; --init holds a 'ddpm'"):
+        qc_on_random_policy("ddpm", replace(FAST_QC, imitate_returns_above=0.0))
+    pretrained = initial_policy.flat_chunk_policy(random_chunked_policy("flow", WHOLE_CHUNKS))
+    spec = chunked_spec(CHUNK_SPEC, initial_policy.chunking_of(WHOLE_CHUNKS, 0.9))
+    velocity = CustomNetworks(velocity=lambda x: x)
+    with pytest.raises(ValueError, match="qc with --init has no velocity network to replace"):
+        QC(FAST_QC, spec, 4, 20_000, pretrained=pretrained, networks=velocity)
+    with pytest.raises(ValueError, match="--init decides 4 action values at once; this run's "):
+        QC(FAST_QC, CHUNK_SPEC, 4, 20_000, pretrained=pretrained)
+
+
+def test_qc_on_a_pretrained_flow_plans_the_good_chunk_its_base_samples_half_the_time(tmp_path):
+    dataset = cue_dataset("probe/cue-init-v0")
+    base = pretrained_cue_flow(tmp_path, dataset)
+    run_dir = train("qc", cue_run(tmp_path, "qc", dataset, init=base), FAST_QC)
+    offline = [r for r in read_rows(run_dir) if int(r["env_steps"]) == 0]
+    # Optimal 0; the base imitates both halves of the data.
+    assert float(offline[-1]["eval_return"]) > -0.1
+    algo, state, _ = load_run(run_dir)
+    cues = np.repeat([[1.0, 0.0], [-1.0, 0.0]], 256, axis=0).astype(np.float32)
+    noise = jax.random.normal(jax.random.PRNGKey(0), (len(cues), 2))
+    acting = algo.acting_params(state)
+    obs = algo._standardised(acting["obs_norm"], jnp.asarray(cues))
+    sampled = np.asarray(algo.flow.sample(acting["policy"]["flow"], obs, noise))[:, 1]
+    good = np.mean(np.abs(sampled - GOOD * cues[:, 0]) < 0.3)
+    assert 0.2 < good < 0.8, good  # the base alone: either half

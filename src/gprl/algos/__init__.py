@@ -127,7 +127,8 @@ ALGORITHMS = {
         "gprl.algos.qc:QC",
         "gprl.algos.qc:QCConfig",
         "Q-chunking's QC: critics over action chunks (h = 5) pick the best of N chunks sampled "
-        "from a BC flow, to act and in the TD target",
+        "from a BC flow (or --init RUN_DIR, a chunked policy of any kind), to act and in the TD "
+        "target",
     ),
     "expo": Registered(
         "gprl.algos.expo:EXPO",

@@ -44,12 +44,7 @@ import numpy as np
 from gprl.algos.base import check_networks
 from gprl.algos.dsrl import starting_actor
 from gprl.algos.fql import FlowCritic, FlowCriticConfig
-from gprl.algos.imitating_base import (
-    ImitatingBase,
-    check_base,
-    pretrained_base,
-    with_observation_maps,
-)
+from gprl.algos.imitating_base import check_base, pretrained_base, with_observation_maps
 from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.algos.sac import squashed_log_prob
 
@@ -159,22 +154,10 @@ class EXPO(FlowCritic):
         """b' = clip(b + edit_scale * tanh(u)): within edit_scale of b in every dimension."""
         return jnp.clip(base + self.config.edit_scale * squashed_edit, -1.0, 1.0)
 
-    def _base_noises(self, key, shape):
-        """Unit noises of base samples, and the step noises a pretrained DDPM draws (else
-        None)."""
-        if isinstance(self.flow, ImitatingBase):
-            return self.flow.noises(key, shape)
-        return jax.random.normal(key, shape), None
-
-    def _base(self, flow, obs, noise, step_noise=None):
-        """The base's actions, clipped to the box, from noises (..., action_dim)."""
-        drawn = () if step_noise is None else (step_noise,)
-        return jnp.clip(self.flow.sample(flow, obs, noise, *drawn), -1.0, 1.0)
-
     def _sample(self, policy, obs, key):
         base_key, edit_key = jax.random.split(key)
         shape = (*obs.shape[:-1], self.config.num_samples, self.spec.action_dim)
-        noise, step_noise = self._base_noises(base_key, shape)
+        noise, step_noise = self._flow_noises(base_key, shape)
         return self._best_of(policy, obs, noise, edit_key, step_noise)
 
     def _deterministic(self, policy, obs):
@@ -191,7 +174,7 @@ class EXPO(FlowCritic):
         """Of the base actions for noise (..., N, action_dim) and their edits (sampled with
         edit_key; the mean edits without), the one the critics value most."""
         repeated = jnp.broadcast_to(obs[..., None, :], (*noise.shape[:-1], obs.shape[-1]))
-        base = self._base(policy["flow"], repeated, noise, step_noise)
+        base = self._flow_actions(policy["flow"], repeated, noise, step_noise)
         mean, std = self._edit_distribution(policy["edit"], repeated, base)
         if edit_key is not None:
             mean = mean + std * jax.random.normal(edit_key, mean.shape)
@@ -202,8 +185,8 @@ class EXPO(FlowCritic):
 
     def _policy_losses(self, params, current, batch, key) -> list:
         base_key, edit_key = jax.random.split(key)
-        noise, step_noise = self._base_noises(base_key, batch.action.shape)
-        base = self._base(current["flow"], batch.obs, noise, step_noise)
+        noise, step_noise = self._flow_noises(base_key, batch.action.shape)
+        base = self._flow_actions(current["flow"], batch.obs, noise, step_noise)
         mean, std = self._edit_distribution(params["edit"], batch.obs, base)
         raw_edit = mean + std * jax.random.normal(edit_key, mean.shape)
         log_prob = squashed_log_prob(mean, std, raw_edit)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from gprl.algos.base import OffPolicyAlgorithm, check_learning_rates, check_networks
+from gprl.algos.imitating_base import ImitatingBase
 from gprl.algos.offpolicy import (
     OffPolicyConfig,
     floored_at_return,
@@ -195,6 +196,18 @@ class FlowCritic(OffPolicyAlgorithm):
     def _build_flow(self, velocity_torso):
         """The policy in the BC flow's place (a subclass may put another kind there)."""
         return FlowPolicy(self.spec.action_dim, self.config.flow, velocity_torso)
+
+    def _flow_noises(self, key, shape):
+        """Unit noises of samples of the policy in the BC flow's place (shape (..., action_dim)),
+        and the step noises it draws where it is a pretrained kind that does (else None)."""
+        if isinstance(self.flow, ImitatingBase):
+            return self.flow.noises(key, shape)
+        return jax.random.normal(key, shape), None
+
+    def _flow_actions(self, flow, obs, noise, step_noise=None):
+        """Its actions, clipped to the box, from noises (..., action_dim)."""
+        drawn = () if step_noise is None else (step_noise,)
+        return jnp.clip(self.flow.sample(flow, obs, noise, *drawn), -1.0, 1.0)
 
     def init(self, key) -> dict:
         flow_key, policy_key, critic_key = jax.random.split(key, 3)

@@ -59,12 +59,14 @@ class ImitatingBase:
         )
         return chunk[..., 0, :]
 
-    def loss(self, params, obs, action, key):
-        """The kind's imitation loss of actions in [-1, 1], mapped as its pretrain run's data."""
+    def loss(self, params, obs, action, key, weights=None):
+        """The kind's imitation loss of actions in [-1, 1], mapped as its pretrain run's data;
+        with `weights` (one per action, a flow's loss only), their weighted mean."""
         cond = self.chunk_policy.condition(self.maps | {"params": params}, obs)
         norm = self.maps["action_norm"]
+        weighted = {} if weights is None else {"weights": weights}
         return self.chunk_policy.policy.loss(
-            params, cond, (action - norm["center"]) / norm["half_range"], key
+            params, cond, (action - norm["center"]) / norm["half_range"], key, **weighted
         )
 
 

@@ -13,7 +13,12 @@ the run as windows of h recorded steps (gprl.decision_data.decision_transitions)
   chunked critics (reference alpha 100).
 - QC: no policy network. It acts with the best of N (reference 32) chunks sampled from the BC
   flow, by the online critics, and the same choice at s' gives the TD target (valued by the
-  target critics); its loss is the critics' and the flow's alone.
+  target critics); its loss is the critics' and the flow's alone. With --init, a `gprl
+  pretrain` policy that predicts and executes chunks of h (any kind: flow, DDPM, Gaussian, ...)
+  takes the BC flow's place from its pretrained weights and imitates by its own loss; the
+  critics then see observations standardised with its pretrain run's statistics
+  (normalize_observations; the dataset's without --init). A pretrained DDPM's samples draw
+  step noises as it acts, and none in the deterministic evaluation.
 
 Departures from the reference, which keeps single steps in its buffer and samples windows of
 h of them from any step, online too: here the online buffer holds one transition per executed
@@ -30,7 +35,10 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from gprl.algos.base import check_networks
 from gprl.algos.fql import FQL, BufferImitationConfig, FlowCritic, FQLConfig
+from gprl.algos.imitating_base import check_base, pretrained_base
+from gprl.rl_math import running_stats_init
 
 REFERENCE_CHUNK = 5
 EVALUATION_NOISE_SEED = 0
@@ -86,26 +94,82 @@ class QCFQL(FQL):
 
 
 class QC(FlowCritic):
+    pretrained_policy = "optional"
+    fine_tunes_chunks = True
+
+    def __init__(
+        self,
+        config: QCConfig,
+        spec,
+        num_envs: int,
+        total_steps: int,
+        pretrained=None,
+        networks=None,
+    ):
+        """pretrained (--init): a `gprl pretrain` policy of any kind, predicting and executing
+        chunks of chunk_length from one observation, seen through its flat chunk; it takes the
+        BC flow's place from its pretrained weights and imitates by its own loss. networks
+        (gprl.networks.CustomNetworks): a critic torso, torso(obs, action), for every critic,
+        and without --init a velocity torso for the BC flow."""
+        if pretrained is not None:
+            check_networks(networks, ("critic",), "qc with --init")
+        check_base(pretrained, spec, "qc", "builds on")
+        super().__init__(config, spec, num_envs, total_steps, networks)
+        self.base_obs_norm = None
+        if pretrained is not None:
+            self.flow, self.base_obs_norm = pretrained_in_flow_place(pretrained, config)
+
     @classmethod
     def chunk_length(cls, config) -> int:
         return chunk_length_of(config)
+
+    def init(self, key) -> dict:
+        state = super().init(key)
+        if self.base_obs_norm is None:
+            return state
+        return state | {"obs_norm": jax.tree.map(jnp.array, self.base_obs_norm)}
+
+    def with_offline_data(self, state, transitions: dict) -> dict:
+        if self.base_obs_norm is not None:
+            return state  # every network keeps the pretrain run's statistics
+        return super().with_offline_data(state, transitions)
 
     def _policy_params(self, params):
         return {"flow": params["flow"], "critic": params["critic"]}
 
     def _sample(self, policy, obs, key):
         shape = (*obs.shape[:-1], self.config.num_samples, self.spec.action_dim)
-        return self._best_of(policy, obs, jax.random.normal(key, shape))
+        return self._best_of(policy, obs, *self._flow_noises(key, shape))
 
     def _deterministic(self, policy, obs):
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
         return self._best_of(policy, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
 
-    def _best_of(self, policy, obs, noise):
-        """Of the chunks the BC flow maps noise (..., N, action_dim) to, the one the critics
-        value most in obs (..., obs_dim)."""
+    def _best_of(self, policy, obs, noise, step_noise=None):
+        """Of the chunks the BC flow maps noise (..., N, action_dim) to (and step noises, for a
+        pretrained kind that draws them; None: zero), the one the critics value most in obs
+        (..., obs_dim)."""
         repeated = jnp.broadcast_to(obs[..., None, :], (*noise.shape[:-1], obs.shape[-1]))
-        chunks = jnp.clip(self.flow.sample(policy["flow"], repeated, noise), -1.0, 1.0)
+        chunks = self._flow_actions(policy["flow"], repeated, noise, step_noise)
         best = jnp.argmax(self._q(policy["critic"], repeated, chunks), axis=-1)
         return jnp.take_along_axis(chunks, best[..., None, None], axis=-2)[..., 0, :]
+
+
+def pretrained_in_flow_place(pretrained, config: QCConfig):
+    """(the --init policy as QC's BC flow, the observation statistics every network then
+    standardises with): with normalize_observations the pretrain run's, moved from the policy
+    to the run, so that the critics see what the policy sees; else None (the policy standardises
+    its own input, the critics see observations as the env gives them)."""
+    if config.imitate_returns_above is not None and pretrained.kind != "flow":
+        raise ValueError(
+            "imitate_returns_above weights a flow's imitation loss; --init holds a "
+            f"'{pretrained.kind}' policy"
+        )
+    base = pretrained_base(pretrained)
+    if not config.normalize_observations:
+        return base, None
+    statistics = base.maps["obs_norm"]
+    base.maps = base.maps | {"obs_norm": running_stats_init(statistics["mean"].shape)}
+    # The policy applied them whatever their count; the run applies statistics from a count of 1.
+    return base, statistics | {"count": jnp.maximum(statistics["count"], 1.0)}
