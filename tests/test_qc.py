@@ -311,6 +311,7 @@ def test_a_pretrained_base_qc_cannot_use_is_refused_in_one_line():
         QC(FAST_QC, CHUNK_SPEC, 4, 20_000, pretrained=pretrained)
 
 
+@pytest.mark.slow
 def test_qc_on_a_pretrained_flow_plans_the_good_chunk_its_base_samples_half_the_time(tmp_path):
     dataset = cue_dataset("probe/cue-init-v0")
     base = pretrained_cue_flow(tmp_path, dataset)
