@@ -42,6 +42,7 @@ from gprl.envs import make_env
 from gprl.evaluation import ActionQueue, host_episode_outcomes
 from gprl.initial_policy import chunk_options
 from gprl.pretrained import load_pretrained
+from gprl.rundir import saved_configs
 from gprl.trainer import load_run, success_options
 
 CONDITION_SEED = 1_000_000
@@ -127,11 +128,16 @@ def run_rows(run_dir: Path, conditions: int) -> list[dict]:
         succeeded = host_episode_outcomes(env, CONDITION_SEED, policy)[2]
     finally:
         env.close()
-    task = run.env.removeprefix("metaworld:")
+    task = task_of(run_dir)
     return [
         dict(task=task, run=run_dir.name, seed=run.seed, condition=c, success=int(succeeded[c]))
         for c in range(conditions)
     ]
+
+
+def task_of(run_dir: Path) -> str:
+    """The Meta-World task a run trained on, from its saved config."""
+    return saved_configs(run_dir)["run"]["env"].removeprefix("metaworld:")
 
 
 def summarise_runs(rows: list[dict], start_rows: list[dict], kind: str) -> list[dict]:
@@ -170,8 +176,10 @@ def cover_runs(args, start_rows: list[dict]) -> None:
     """Evaluate --runs not evaluated before and summarise every evaluated run."""
     path = RESULTS_DIR / "start_coverage_runs.csv"
     rows = read_rows(path, {"task", "run"})
+    done = {(r["task"], r["run"]) for r in rows}
     for run_dir in args.runs:
-        if run_dir.name not in {r["run"] for r in rows}:
+        # Run directories are named per task (qc-wide-s0 in each task's folder).
+        if (task_of(run_dir), run_dir.name) not in done:
             rows += run_rows(run_dir, args.conditions)
             write_csv(path, rows)
     summary = summarise_runs(rows, start_rows, args.kinds[0])
