@@ -55,6 +55,8 @@ Per task and seed s:
      imitating as qc-wide-filtered does, every network at Adam 1e-3 (the start's step): QC's
      own flow, fitted 5,000 steps offline, starts at 0.24-0.34 where the start is at 0.54-0.62,
      and QC's online phase spent its env steps winning that back.
+   - qc-init-critic: qc-init with qc-wide-filtered-critic's critics (3 x 256 SiLU): the two
+     levers together, the start's samples ranked by the wider critics.
    - pa-rl: --init the chunked flow start; --offline-updates on the demonstrations (the paper's
      offline phase, Cal-QL critics there), then Cal-QL's 50/50 batches online.
    expo, qc, qc-fql and fql standardise observations with the demonstrations' statistics (their
@@ -182,6 +184,7 @@ METHODS = {
     "qc-wide-filtered-utd5": ("qc", None),
     "qc-wide-filtered-critic": ("qc", None),
     "qc-init": ("qc", "flow"),
+    "qc-init-critic": ("qc", "flow"),
     "qc-fql": ("qc-fql", None),
     "fql": ("fql", None),
     "pa-rl": ("pa-rl", "flow"),
@@ -236,6 +239,11 @@ ON_DEMONSTRATIONS = {
     "qc-init": [
         *("--qc.chunk-length", "4", "--qc.learning-rate", "1e-3"),
         *("--qc.imitate-returns-above", "0"),
+    ],
+    "qc-init-critic": [
+        *("--qc.chunk-length", "4", "--qc.learning-rate", "1e-3"),
+        *("--qc.imitate-returns-above", "0", "--qc.critic-hidden", "256", "256", "256"),
+        *("--qc.activation", "silu"),
     ],
     "qc-fql": [],
     "fql": ["--fql.alpha", "100"],
@@ -299,7 +307,8 @@ def dppo_options(changes: dict) -> list[str]:
 SETTINGS = {method: dppo_options(changes) for method, changes in DPPO_CHANGES.items()}
 OFFLINE_FIRST = {
     "expo", "expo-bc", "qc", "qc-wide", "qc-wide-floor", "qc-wide-filtered",
-    "qc-wide-filtered-utd5", "qc-wide-filtered-critic", "qc-init", "qc-fql", "fql", "pa-rl",
+    "qc-wide-filtered-utd5", "qc-wide-filtered-critic", "qc-init", "qc-init-critic", "qc-fql",
+    "fql", "pa-rl",
 }  # fmt: skip
 """Methods that learn --offline-updates gradient steps on the demonstrations before acting."""
 OFF_POLICY = {"dsrl", *ON_DEMONSTRATIONS}
