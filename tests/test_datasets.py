@@ -1,6 +1,7 @@
 """Minari datasets: `gprl collect` from trained runs, schema checks, nothing written on failure."""
 
 import hashlib
+import shutil
 import warnings
 
 import gymnasium as gym
@@ -282,3 +283,29 @@ def test_episodes_read_back_can_be_filtered_into_a_new_dataset():
     assert kept.episode_successes.tolist() == [True, True]
     assert kept.episode_returns.tolist() == [1.0, 3.0]
     np.testing.assert_array_equal(kept.obs[:, 0], [1, 1, 3, 3])
+
+
+def test_a_dataset_read_again_is_the_same_until_its_files_change():
+    bound = np.ones(1, np.float32)
+    spec = EnvSpec("gprl/ContextualTarget-v0", 2, 1, -bound, bound, 2)
+
+    def episodes(action):
+        return [
+            Episode(
+                observations=np.zeros((3, 2), np.float32),
+                actions=np.full((2, 1), action, np.float32),
+                rewards=np.zeros(2),
+                terminations=np.array([False, True]),
+                truncations=np.array([False, False]),
+            )
+        ]
+
+    write_dataset("again/data-v0", episodes(0.5), spec, "", "test")
+    first = load_demonstrations("again/data-v0")
+    assert load_demonstrations("again/data-v0") is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.actions[0, 0] = 0.0  # one caller's edit would reach every later reader
+    # Collected again under the same id: read anew.
+    shutil.rmtree(dataset_path("again/data-v0"))
+    write_dataset("again/data-v0", episodes(-0.5), spec, "", "test")
+    assert load_demonstrations("again/data-v0").actions[0, 0] == -0.5
