@@ -106,7 +106,8 @@ print(best * 1e3)
 def base_policy(env_id: str, episodes: int, pretrain_steps: int) -> Path:
     """A flow policy cloned from random actions on env_id (reused when already there)."""
     os.environ["MINARI_DATASETS_PATH"] = str(RUNS_DIR / "datasets")
-    from gprl.datasets import Episode, dataset_path, write_dataset
+    from gprl.dataset_writer import write_dataset
+    from gprl.datasets import Episode, dataset_path
     from gprl.envs import make_env
     from gprl.policies import FlowPolicyConfig
     from gprl.pretrain import PretrainConfig, PretrainRun, pretrain

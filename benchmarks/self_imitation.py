@@ -47,7 +47,8 @@ from manipulation import RECORDS, add_start_options, bc_start, demonstration_dat
 
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.collect import CollectArgs, collect
-from gprl.datasets import dataset_path, load_demonstrations, read_episodes, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import dataset_path, load_demonstrations, read_episodes
 from gprl.envs import make_env
 from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
 from gprl.pretrained import evaluate_run, load_pretrained

@@ -17,7 +17,8 @@ from gprl import initial_policy
 from gprl.algos import ALGORITHMS
 from gprl.cli import main
 from gprl.collectors import EpisodeStats, HostCollector
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs import EnvError, make_env
 from gprl.envs.chunked import Chunking, chunked_spec
 from gprl.envs.diagnostics import POINT_GOALS

@@ -12,14 +12,8 @@ import pytest
 from gprl.algos import PPOConfig
 from gprl.cli import main
 from gprl.collect import CollectArgs, collect
-from gprl.datasets import (
-    DatasetError,
-    Episode,
-    dataset_path,
-    load_demonstrations,
-    read_episodes,
-    write_dataset,
-)
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import DatasetError, Episode, dataset_path, load_demonstrations, read_episodes
 from gprl.trainer import RunConfig, load_run, train
 from gprl.types import EnvSpec
 

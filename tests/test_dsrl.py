@@ -10,7 +10,8 @@ import pytest
 
 from gprl.algos import DSRL, DSRLConfig
 from gprl.checkpoint import load_checkpoint, read_meta
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs import make_env
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import POLICIES, FlowPolicy

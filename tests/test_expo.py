@@ -16,7 +16,8 @@ from test_residual import weak_base as flow_base  # noqa: F401 (a fixture)
 from gprl import initial_policy
 from gprl.algos import EXPO, EXPOConfig
 from gprl.checkpoint import read_meta
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs.chunked import chunked_spec
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.networks import CustomNetworks

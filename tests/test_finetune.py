@@ -16,7 +16,8 @@ import pytest
 from gprl.algos import ALGORITHMS
 from gprl.algos.ppo import PPOConfig
 from gprl.cli import main
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs import make_env
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import POLICIES

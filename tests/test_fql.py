@@ -15,7 +15,8 @@ import pytest
 from gprl.algos import FQL, FQLConfig, SACConfig
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.configs import from_jsonable, to_jsonable
-from gprl.datasets import Episode, dataset_path, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode, dataset_path
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import FlowPolicyConfig
 from gprl.trainer import RunConfig, load_run, train

@@ -13,7 +13,8 @@ from gprl.action_plots import coverage_at, reset_observations, sample_actions
 from gprl.algos import ALGORITHMS
 from gprl.algos.grpo import GRPO, polychromic_advantages
 from gprl.algos.polychromic import set_level_advantages
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs import make_env
 from gprl.envs.diagnostics import four_mode_modes
 from gprl.policies import POLICIES

@@ -15,7 +15,8 @@ from flax import serialization
 from gprl.checkpoint import CheckpointError, read_meta
 from gprl.cli import main
 from gprl.collect import CollectArgs, collect
-from gprl.datasets import DatasetError, Episode, load_demonstrations, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import DatasetError, Episode, load_demonstrations
 from gprl.envs import make_env
 from gprl.envs.diagnostics import (
     POINT_GOALS,

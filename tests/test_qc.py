@@ -17,7 +17,8 @@ from gprl import initial_policy
 from gprl.algos import QC, QCConfig, QCFQLConfig
 from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.checkpoint import read_meta
-from gprl.datasets import DatasetError, Demonstrations, Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import DatasetError, Demonstrations, Episode
 from gprl.decision_data import as_run_sees, decision_transitions
 from gprl.envs.chunked import Chunking, chunked_spec
 from gprl.initial_policy import chunk_options, run_chunking

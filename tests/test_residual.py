@@ -12,7 +12,8 @@ from test_dsrl import dsrl_run, probe_spec, untrained_base
 
 from gprl.algos import Residual, ResidualConfig
 from gprl.checkpoint import read_meta
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs.diagnostics import contextual_target_optimum
 from gprl.policies import POLICIES
 from gprl.pretrain import PretrainConfig, PretrainRun, pretrain

@@ -14,7 +14,8 @@ import gprl.backends
 import gprl.trainer
 from gprl.algos import PPOConfig
 from gprl.checkpoint import CheckpointError
-from gprl.datasets import Episode, write_dataset
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import Episode
 from gprl.envs import make_env
 from gprl.pretrain import PretrainConfig, PretrainRun, pretrain
 from gprl.rundir import RunDirError, has_checkpoint

@@ -47,13 +47,8 @@ import numpy as np
 import tyro
 
 from gprl.backends import resolve_backend
-from gprl.datasets import (
-    DatasetError,
-    check_dataset_id,
-    check_datasets_writable,
-    dataset_path,
-    write_dataset,
-)
+from gprl.dataset_writer import write_dataset
+from gprl.datasets import DatasetError, check_dataset_id, check_datasets_writable, dataset_path
 from gprl.envs import EnvError, make_env
 from gprl.envs.info_vector import InfoVecEnv
 from gprl.envs.ogbench import is_ogbench_id, oracle_collection

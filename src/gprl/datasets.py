@@ -4,26 +4,21 @@ Datasets live in Minari's data path (``~/.minari/datasets``, or ``MINARI_DATASET
 ids of the form ``[namespace/]name-vN``. gprl reads any dataset with a bounded Box action space
 and Box (or Dict-of-Box) observations and turns it into flat float32 arrays, observations as gprl's
 envs produce them (Dict keys in sorted order) and actions rescaled from the dataset's action
-bounds to [-1, 1], the range every gprl policy acts in. It writes datasets with flat Box
-observations and actions in the env's own units, so other Minari users read them as they are.
+bounds to [-1, 1], the range every gprl policy acts in.
 
 Success: where episodes record it, each step's success is the Minari episode's
 ``infos["success"]`` ((T + 1,) bool, entry 0 for the reset, as Minari keeps infos), read back as
 ``Demonstrations.episode_successes`` (an episode succeeded if any step did; Gymnasium-Robotics'
 ``infos["is_success"]`` counts too).
 
-A write goes to a hidden folder beside the datasets and is renamed into place when complete, so
-a failed or interrupted collection leaves no dataset behind and never replaces one.
+:mod:`gprl.dataset_writer` writes them.
 """
 
-import contextlib
 import hashlib
 import math
 import os
-import shutil
 import tempfile
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -108,7 +103,7 @@ class Demonstrations(NamedTuple):
         return self.actions.shape[1]
 
 
-def _minari():
+def import_minari():
     # minari prints nothing useful for gprl's users in its warnings (missing author, ...).
     warnings.filterwarnings("ignore", module="minari")
     import minari
@@ -116,7 +111,7 @@ def _minari():
     return minari
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
@@ -129,7 +124,7 @@ def datasets_root() -> Path:
     try:
         return Path(get_dataset_path())
     except OSError as exc:
-        raise DatasetError(f"cannot use the dataset folder: {_os_reason(exc)}") from None
+        raise DatasetError(f"cannot use the dataset folder: {os_reason(exc)}") from None
 
 
 def check_datasets_writable() -> Path:
@@ -139,15 +134,15 @@ def check_datasets_writable() -> Path:
     try:
         tempfile.TemporaryDirectory(prefix=".gprl-check-", dir=root).cleanup()
     except OSError as exc:
-        raise DatasetError(f"cannot write datasets: {_os_reason(exc, root)}") from None
+        raise DatasetError(f"cannot write datasets: {os_reason(exc, root)}") from None
     return root
 
 
-def _os_reason(exc: OSError, folder: Path | None = None) -> str:
+def os_reason(exc: OSError, folder: Path | None = None) -> str:
     # Names the folder and where its path came from: the user may not know Minari's default.
     setting = "MINARI_DATASETS_PATH" if "MINARI_DATASETS_PATH" in os.environ else "Minari default"
     where = folder or exc.filename
-    return f"{where}: {exc.strerror or _first_line(exc)} ({setting})"
+    return f"{where}: {exc.strerror or first_line(exc)} ({setting})"
 
 
 def check_dataset_id(dataset_id: str) -> str:
@@ -292,13 +287,13 @@ def _open_dataset(dataset_id: str):
             f"no Minari dataset {dataset_id!r} in {datasets_root()} (MINARI_DATASETS_PATH "
             "chooses the folder; `gprl collect` records one)"
         )
-    minari = _minari()
+    minari = import_minari()
     try:
         dataset = minari.load_dataset(dataset_id)
         obs_space, action_space = dataset.observation_space, dataset.action_space
         env_spec = dataset.env_spec
     except Exception as exc:  # h5py, json and minari raise many types on corrupt files
-        raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
+        raise DatasetError(f"cannot read dataset {dataset_id}: {first_line(exc)}") from None
     obs_dim = _flat_dim(obs_space, dataset_id, "observation")
     action_space = _check_action_space(action_space, dataset_id)
     return dataset, None if env_spec is None else env_spec.id, obs_dim, action_space
@@ -316,7 +311,7 @@ def _read_episodes(dataset, dataset_id: str, obs_dim: int, action_dim: int) -> l
     except DatasetError:
         raise
     except Exception as exc:
-        raise DatasetError(f"cannot read dataset {dataset_id}: {_first_line(exc)}") from None
+        raise DatasetError(f"cannot read dataset {dataset_id}: {first_line(exc)}") from None
     if not episodes:
         raise DatasetError(f"dataset {dataset_id} is empty (no steps)")
     return episodes
@@ -405,121 +400,3 @@ def check_records_env(demos: Demonstrations, env_id: str) -> None:
     transitions would teach a critic the wrong task."""
     if demos.env_id is not None and demos.env_id != env_id:
         raise DatasetError(f"dataset {demos.dataset_id} records {demos.env_id}, not {env_id}")
-
-
-@contextlib.contextmanager
-def _minari_root(path: Path):
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(path)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["MINARI_DATASETS_PATH"]
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = previous
-
-
-def write_dataset(
-    dataset_id: str,
-    episodes: list[Episode],
-    spec: EnvSpec,
-    description: str,
-    algorithm_name: str,
-    metadata: dict | None = None,
-) -> Path:
-    """Write episodes as a Minari dataset for the env of `spec`; returns its folder.
-
-    Observations are stored flat (Box of size obs_dim), actions in the env's units, each
-    episode's successes (if recorded) as its ``infos["success"]``; `metadata` (JSON types) is
-    added to the dataset's metadata (``minari.load_dataset(id).storage.metadata``). The dataset
-    is built in a hidden folder and renamed into place, so nothing is left on failure and an
-    existing dataset is never replaced (DatasetError)."""
-    final = dataset_path(dataset_id)
-    if final.exists():
-        raise DatasetError(f"dataset {dataset_id} already exists in {datasets_root()}")
-    if not episodes:
-        raise DatasetError(f"no episodes to write to {dataset_id}")
-    from minari.dataset.minari_dataset import parse_dataset_id
-    from minari.namespace import create_namespace, list_local_namespaces
-
-    try:
-        root = datasets_root()
-        staging = Path(tempfile.mkdtemp(prefix=".gprl-writing-", dir=root))
-    except OSError as exc:
-        raise DatasetError(f"cannot write dataset {dataset_id}: {_os_reason(exc, root)}") from None
-    try:
-        with _minari_root(staging):
-            _create(dataset_id, episodes, spec, description, algorithm_name, metadata or {})
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            (staging / dataset_id).rename(final)
-        except OSError as exc:
-            raise DatasetError(f"cannot move dataset {dataset_id} into place: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    namespace = parse_dataset_id(dataset_id)[0]
-    if namespace is not None and namespace not in list_local_namespaces():
-        create_namespace(namespace)
-    return final
-
-
-def _create(dataset_id, episodes, spec: EnvSpec, description, algorithm_name, metadata) -> None:
-    """minari.create_dataset_from_buffers, its errors in one line."""
-    buffers = [_buffer(number, episode) for number, episode in enumerate(episodes)]
-    try:
-        dataset = _minari().create_dataset_from_buffers(
-            dataset_id,
-            buffers,
-            env=_minari_env(spec.env_id),
-            observation_space=spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32),
-            action_space=spaces.Box(
-                spec.action_low, spec.action_high, (spec.action_dim,), np.float32
-            ),
-            algorithm_name=algorithm_name,
-            description=description,
-        )
-        dataset.storage.update_metadata(metadata)
-    except Exception as exc:  # minari, gymnasium and h5py raise many types
-        raise DatasetError(f"cannot write dataset {dataset_id}: {_first_line(exc)}") from None
-
-
-def _buffer(number: int, episode: Episode):
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-
-    # Minari keeps one info per observation, the reset's first: nothing has succeeded there.
-    infos = None if episode.successes is None else {"success": np.r_[False, episode.successes]}
-    return EpisodeBuffer(
-        id=number,
-        observations=np.asarray(episode.observations, np.float32),
-        actions=np.asarray(episode.actions, np.float32),
-        rewards=np.asarray(episode.rewards, np.float64),
-        terminations=np.asarray(episode.terminations, bool),
-        truncations=np.asarray(episode.truncations, bool),
-        infos=infos,
-    )
-
-
-def _minari_env(env_id: str | None):
-    """The env as Minari records it: its id, which Gymnasium makes (None: a dataset that records
-    no env); a Meta-World or OGBench id, which Gymnasium does not know, as a spec with gprl's
-    builder, so that `dataset.env_spec.id` still names it and Minari's `recover_environment()`
-    builds it; an env registered with a class or function (which Gymnasium cannot serialise) as
-    a spec naming it by import path."""
-    import gymnasium
-    from gymnasium.envs.registration import EnvSpec as GymnasiumSpec
-
-    from gprl.envs.metaworld import is_metaworld_id
-    from gprl.envs.ogbench import is_ogbench_id
-
-    if env_id is None:
-        return None
-    if is_metaworld_id(env_id) or is_ogbench_id(env_id):
-        module = "metaworld" if is_metaworld_id(env_id) else "ogbench"
-        builder = f"gprl.envs.{module}:make_{module}_env"
-        return GymnasiumSpec(id=env_id, entry_point=builder, kwargs={"env_id": env_id})
-    registered = gymnasium.registry.get(env_id)
-    if registered is None or not callable(registered.entry_point):
-        return env_id
-    maker = registered.entry_point
-    return replace(registered, entry_point=f"{maker.__module__}:{maker.__qualname__}")
