@@ -202,17 +202,18 @@ def load_demonstrations(dataset_id: str) -> Demonstrations:
     last dataset read stays in memory, its arrays read-only, and is returned again while its
     files are unchanged (runs after runs on one dataset, in a notebook or a test module)."""
     files = _files_identity(dataset_path(dataset_id))
-    if files is not None and _LAST_READ.get("files") == files:
+    if files is not None and _LAST_READ.get("source") == (dataset_id, files):
         return _LAST_READ["demonstrations"]
     demonstrations = _read_demonstrations(dataset_id)
     _LAST_READ.clear()
     if files is not None:
-        _LAST_READ.update(files=files, demonstrations=demonstrations)
+        _LAST_READ.update(source=(dataset_id, files), demonstrations=demonstrations)
     return demonstrations
 
 
 _LAST_READ: dict = {}
-"""The last dataset load_demonstrations read ("demonstrations") and its files' identity."""
+"""The last dataset load_demonstrations read ("demonstrations"), its id and its files'
+identity ("source")."""
 
 
 def _files_identity(path: Path) -> tuple | None:
