@@ -223,12 +223,13 @@ EXPO_REFERENCE_CRITICS = [
     "--expo.num-critics", "10", "--expo.target-subset", "2", "--expo.q-aggregation", "mean",
 ]  # fmt: skip
 """EXPO's critics as its reference's: RLPD's 10, the TD target the minimum of 2 of them."""
-QC_INIT_CRITIC = [
+QC_WIDE_CRITICS = ["--qc.critic-hidden", "256", "256", "256", "--qc.activation", "silu"]
+"""QC's critics at the BC flow's width, for its CPU default 2 x 64 ReLU."""
+QC_INIT = [
     *("--qc.chunk-length", "4", "--qc.learning-rate", "1e-3"),
-    *("--qc.imitate-returns-above", "0", "--qc.critic-hidden", "256", "256", "256"),
-    *("--qc.activation", "silu"),
+    *("--qc.imitate-returns-above", "0"),
 ]
-"""QC on the chunked flow start (chunks of 4, the start's), filtered, with 3 x 256 SiLU critics."""
+"""QC on the chunked flow start (chunks of 4, the start's, at its Adam step), filtered."""
 # Off-policy methods on the demonstrations: their options beside --dataset (see the docstring).
 ON_DEMONSTRATIONS = {
     "residual": ["--residual.offline-fraction", "0.5"],
@@ -245,15 +246,11 @@ ON_DEMONSTRATIONS = {
     ],
     "qc-wide-filtered-critic": [
         *bc_start_flow_options("qc"),
-        *("--qc.imitate-returns-above", "0", "--qc.critic-hidden", "256", "256", "256"),
-        *("--qc.activation", "silu"),
+        *("--qc.imitate-returns-above", "0", *QC_WIDE_CRITICS),
     ],
-    "qc-init": [
-        *("--qc.chunk-length", "4", "--qc.learning-rate", "1e-3"),
-        *("--qc.imitate-returns-above", "0"),
-    ],
-    "qc-init-critic": QC_INIT_CRITIC,
-    "qc-init-critic-online": QC_INIT_CRITIC,
+    "qc-init": QC_INIT,
+    "qc-init-critic": [*QC_INIT, *QC_WIDE_CRITICS],
+    "qc-init-critic-online": [*QC_INIT, *QC_WIDE_CRITICS],
     "qc-fql": [],
     "fql": ["--fql.alpha", "100"],
     "pa-rl": ["--pa-rl.offline-fraction", "0.5"],
