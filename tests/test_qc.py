@@ -300,6 +300,30 @@ def test_a_pretrained_base_decides_from_qcs_noise_and_learns_by_its_own_loss(kin
     assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_qc_decides_among_the_chunks_of_given_noises_by_its_critics():
+    algo, pretrained = qc_on_random_policy("flow")
+    state = algo.init(jax.random.PRNGKey(0))
+    acting = algo.acting_params(state)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+    noise = jax.random.normal(jax.random.PRNGKey(2), (5, 4))
+    candidates = np.stack([
+        np.asarray(pretrained.policy.plan_from_noise(pretrained.acting, obs, jnp.tile(n, (8, 1))))
+        .reshape(8, 4) for n in noise
+    ], axis=1)  # fmt: skip
+    decided = np.asarray(algo.act_from_noise(acting, obs, jnp.broadcast_to(noise, (8, 5, 4))))
+    picked = np.abs(candidates - decided[:, None]).max(-1).argmin(-1)
+    np.testing.assert_allclose(decided, candidates[np.arange(8), picked], atol=1e-5)
+    assert len(set(picked)) > 1  # the critics' choice depends on the observation
+    # One noise: the flow's own chunk, whatever critics decide with.
+    negated = jax.tree.map(jnp.negative, acting["policy"]["critic"])
+    other = acting | {"policy": acting["policy"] | {"critic": negated}}
+    for params in (acting, other):
+        alone = algo.act_from_noise(params, obs, jnp.broadcast_to(noise[:1], (8, 1, 4)))
+        np.testing.assert_allclose(np.asarray(alone), candidates[:, 0], atol=1e-5)
+    evaluation = algo.act_from_noise(acting, obs, algo.evaluation_noise((8,)))
+    np.testing.assert_array_equal(evaluation, algo.act_deterministic(acting, obs))
+
+
 def test_a_pretrained_base_qc_cannot_use_is_refused_in_one_line():
     with pytest.raises(ValueError, match="weights a flow's imitation loss; --init holds a 'ddpm'"):
         qc_on_random_policy("ddpm", replace(FAST_QC, imitate_returns_above=0.0))

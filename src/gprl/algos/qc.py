@@ -142,9 +142,19 @@ class QC(FlowCritic):
         return self._best_of(policy, obs, *self._flow_noises(key, shape))
 
     def _deterministic(self, policy, obs):
+        return self._best_of(policy, obs, self.evaluation_noise(obs.shape[:-1]))
+
+    def evaluation_noise(self, batch_shape):
+        """The deterministic evaluation's N fixed noises for each of batch_shape's observations."""
         key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
         noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
-        return self._best_of(policy, obs, jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape)))
+        return jnp.broadcast_to(noise, (*batch_shape, *noise.shape))
+
+    def act_from_noise(self, acting, obs, noise):
+        """Of the chunks the BC flow maps noise (..., N, action_dim) to in obs (..., obs_dim), the
+        one the critics value most: with evaluation_noise, act_deterministic's chunk; with N = 1,
+        the flow's own chunk for that noise, whatever the critics value."""
+        return self._best_of(acting["policy"], self._standardised(acting["obs_norm"], obs), noise)
 
     def _best_of(self, policy, obs, noise, step_noise=None):
         """Of the chunks the BC flow maps noise (..., N, action_dim) to (and step noises, for a
