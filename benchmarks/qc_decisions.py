@@ -75,7 +75,7 @@ def decision_rows(run_dir: Path, conditions: int) -> list[dict]:
         rows.append(
             dict(task=task_of(run_dir), run=run_dir.name, seed=run.seed, env_steps=env_steps,
                  way=way, candidates=len(noise), conditions=conditions,
-                 success=succeeded.mean(), commit=gprl_commit())
+                 success=float(succeeded.mean()), commit=gprl_commit())
         )  # fmt: skip
         print(rows[-1], flush=True)
     return rows
