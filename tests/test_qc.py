@@ -15,7 +15,7 @@ from test_pretrain import CUE_RECALL
 
 from gprl import initial_policy
 from gprl.algos import QC, QCConfig, QCFQLConfig
-from gprl.algos.qc import EVALUATION_NOISE_SEED
+from gprl.algos.fql import EVALUATION_NOISE_SEED
 from gprl.checkpoint import read_meta
 from gprl.dataset_writer import write_dataset
 from gprl.datasets import DatasetError, Demonstrations, Episode

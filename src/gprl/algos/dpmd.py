@@ -60,8 +60,7 @@ import jax.numpy as jnp
 import optax
 
 from gprl.algos.base import check_learning_rates
-from gprl.algos.fql import FlowCritic, FlowCriticConfig
-from gprl.algos.qc import EVALUATION_NOISE_SEED
+from gprl.algos.fql import FlowCritic, FlowCriticConfig, evaluation_noises
 
 SPANNING_TIME = 0.5
 """Flow times below which the candidates' posterior (std >= 0.71 per dimension) spans the
@@ -144,9 +143,7 @@ class DPMD(FlowCritic):
         return self._best_next_q(state, next_obs, key, self.config.backup_samples)
 
     def _deterministic(self, policy, obs):
-        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
-        noise = jax.random.normal(key, (self.config.num_candidates, self.spec.action_dim))
-        noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
+        noise = evaluation_noises(self.config.num_candidates, self.spec.action_dim, obs.shape[:-1])
         candidates, q = self._candidates(policy, obs, noise)
         best = jnp.argmax(q, axis=-1)
         return jnp.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]

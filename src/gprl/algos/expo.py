@@ -43,9 +43,8 @@ import numpy as np
 
 from gprl.algos.base import check_networks
 from gprl.algos.dsrl import starting_actor
-from gprl.algos.fql import FlowCritic, FlowCriticConfig
+from gprl.algos.fql import FlowCritic, FlowCriticConfig, evaluation_noises
 from gprl.algos.imitating_base import check_base, pretrained_base, with_observation_maps
-from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.algos.sac import squashed_log_prob
 
 
@@ -166,9 +165,9 @@ class EXPO(FlowCritic):
     def evaluation_noise(self, batch_shape):
         """The deterministic evaluation's N fixed base noises for each of batch_shape's
         observations, the first zero (the base's mode)."""
-        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
-        noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
-        return jnp.broadcast_to(noise.at[0].set(0.0), (*batch_shape, *noise.shape))
+        return evaluation_noises(
+            self.config.num_samples, self.spec.action_dim, batch_shape, zero_first=True
+        )
 
     def _best_of(self, policy, obs, noise, edit_key=None, step_noise=None):
         """Of the base actions for noise (..., N, action_dim) and their edits (sampled with

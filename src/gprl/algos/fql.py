@@ -47,6 +47,19 @@ from gprl.policies import FlowPolicy, FlowPolicyConfig
 from gprl.rl_math import normalize, running_stats_init
 from gprl.types import EnvSpec
 
+EVALUATION_NOISE_SEED = 0
+"""Seeds the N fixed noises that deterministic evaluations choose among."""
+
+
+def evaluation_noises(count: int, dim: int, batch_shape, zero_first: bool = False):
+    """count fixed noises of dim, the same for each of batch_shape's observations: a
+    deterministic evaluation's candidates. zero_first: the first is zero, the base's mode."""
+    noise = jax.random.normal(jax.random.PRNGKey(EVALUATION_NOISE_SEED), (count, dim))
+    if zero_first:
+        noise = noise.at[0].set(0.0)
+    return jnp.broadcast_to(noise, (*batch_shape, count, dim))
+
+
 DEFAULT_HIDDEN = (64, 64)
 """Widths of all three networks, sized for 300 env steps/s at update-to-data 1 on 2 CPU cores:
 2 x 128 took 2.6x and the reference's 4 x 512 GELU ~120x longer per gradient step

@@ -67,9 +67,13 @@ import numpy as np
 import optax
 
 from gprl.algos.base import check_learning_rates
-from gprl.algos.fql import DEFAULT_HIDDEN, FlowCritic, check_target_subset
+from gprl.algos.fql import (
+    DEFAULT_HIDDEN,
+    EVALUATION_NOISE_SEED,
+    FlowCritic,
+    check_target_subset,
+)
 from gprl.algos.offpolicy import OffPolicyConfig
-from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.policies.ddpm import DDPMPolicy, DDPMPolicyConfig
 from gprl.rl_math import nearest_neighbour_entropy
 from gprl.types import EnvSpec

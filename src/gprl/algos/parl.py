@@ -80,14 +80,13 @@ import numpy as np
 import optax
 
 from gprl.algos.base import check_learning_rates, check_networks
-from gprl.algos.fql import FlowCritic, FlowCriticConfig
+from gprl.algos.fql import FlowCritic, FlowCriticConfig, evaluation_noises
 from gprl.algos.imitating_base import (
     check_base,
     pretrained_base,
     untrained_base,
     with_observation_maps,
 )
-from gprl.algos.qc import EVALUATION_NOISE_SEED
 from gprl.policies import POLICIES
 
 OPTIMISED = "optimised_action"
@@ -232,10 +231,9 @@ class PARL(FlowCritic):
         # The same N noises for every state (as EXPO and QC), zero step noises. The first is
         # zero: during the warm-up the base's mode decides, as other fine-tuners evaluate their
         # pretrained start, and after it the mode stays among the candidates.
-        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
-        noise = jax.random.normal(key, (self.config.num_samples, self.flow.noise_dim))
-        noise = noise.at[0].set(0.0)
-        noise = jnp.broadcast_to(noise, (*obs.shape[:-1], *noise.shape))
+        noise = evaluation_noises(
+            self.config.num_samples, self.flow.noise_dim, obs.shape[:-1], zero_first=True
+        )
         return self.decide(policy, obs, noise)[0]
 
     def decide(self, policy, obs, noise, step_noise=None):

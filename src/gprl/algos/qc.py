@@ -36,13 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from gprl.algos.base import check_networks
-from gprl.algos.fql import FQL, BufferImitationConfig, FlowCritic, FQLConfig
+from gprl.algos.fql import FQL, BufferImitationConfig, FlowCritic, FQLConfig, evaluation_noises
 from gprl.algos.imitating_base import check_base, pretrained_base
 from gprl.rl_math import running_stats_init
 
 REFERENCE_CHUNK = 5
-EVALUATION_NOISE_SEED = 0
-"""Seeds the N fixed noises of QC's deterministic evaluation."""
 
 
 def chunk_length_of(config) -> int:
@@ -146,9 +144,7 @@ class QC(FlowCritic):
 
     def evaluation_noise(self, batch_shape):
         """The deterministic evaluation's N fixed noises for each of batch_shape's observations."""
-        key = jax.random.PRNGKey(EVALUATION_NOISE_SEED)
-        noise = jax.random.normal(key, (self.config.num_samples, self.spec.action_dim))
-        return jnp.broadcast_to(noise, (*batch_shape, *noise.shape))
+        return evaluation_noises(self.config.num_samples, self.spec.action_dim, batch_shape)
 
     def act_from_noise(self, acting, obs, noise):
         """Of the chunks the BC flow maps noise (..., N, action_dim) to in obs (..., obs_dim), the
