@@ -27,13 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from common import RESULTS_DIR, gprl_commit, print_start, read_rows, write_csv
-from start_coverage import CONDITION_SEED, task_of
+from start_coverage import condition_successes, task_of
 
 from gprl.checkpoint import read_meta
-from gprl.envs import make_env
-from gprl.evaluation import host_episode_outcomes
-from gprl.initial_policy import chunk_options
-from gprl.trainer import load_run, success_options
+from gprl.trainer import load_run
 
 PATH = RESULTS_DIR / "qc_decisions.csv"
 
@@ -49,33 +46,21 @@ def candidate_noises(algo) -> dict[str, jnp.ndarray]:
     }
 
 
-def successes(run, options: dict, decide, noise, conditions: int) -> np.ndarray:
-    """Whether each condition's episode succeeds when every decision chooses among the chunks
-    of these noises."""
-    candidates = jnp.broadcast_to(noise, (conditions, *noise.shape))
-    env = make_env(run.env, conditions, CONDITION_SEED, backend=run.env_backend, **options)
-    try:
-        return host_episode_outcomes(env, CONDITION_SEED, lambda obs: decide(obs, candidates))[2]
-    finally:
-        env.close()
-
-
-def decision_rows(run_dir: Path, conditions: int) -> list[dict]:
+def decision_rows(run_dir: Path, env_steps: int, conditions: int) -> list[dict]:
     algo, state, run = load_run(run_dir)
     if not hasattr(algo, "act_from_noise"):
         raise SystemExit(f"{run_dir} is not a QC run: its algorithm decides from no noises")
     acting = algo.acting_params(state)
     act_from_noise = jax.jit(algo.act_from_noise)
-    decide = lambda obs, noise: np.asarray(act_from_noise(acting, obs, noise))  # noqa: E731
-    options = success_options(run) | chunk_options(run_dir)
-    env_steps = read_meta(run_dir)["progress"]["env_steps"]
+    cell = dict(task=task_of(run_dir), run=run_dir.name, seed=run.seed, env_steps=env_steps)
     rows = []
     for way, noise in candidate_noises(algo).items():
-        succeeded = successes(run, options, decide, noise, conditions)
+        candidates = jnp.broadcast_to(noise, (conditions, *noise.shape))
+        policy = lambda obs: np.asarray(act_from_noise(acting, obs, candidates))  # noqa: B023, E731
+        succeeded = condition_successes(run_dir, run, policy, conditions)
         rows.append(
-            dict(task=task_of(run_dir), run=run_dir.name, seed=run.seed, env_steps=env_steps,
-                 way=way, candidates=len(noise), conditions=conditions,
-                 success=float(succeeded.mean()), commit=gprl_commit())
+            cell | dict(way=way, candidates=len(noise), conditions=conditions,
+                        success=float(succeeded.mean()), commit=gprl_commit())
         )  # fmt: skip
         print(rows[-1], flush=True)
     return rows
@@ -90,9 +75,9 @@ def main() -> None:
     rows = read_rows(PATH, {"task", "run", "way", "commit"})
     done = {(r["task"], r["run"], r["env_steps"]) for r in rows}
     for run_dir in args.runs:
-        progress = read_meta(run_dir)["progress"]
-        if (task_of(run_dir), run_dir.name, progress["env_steps"]) not in done:
-            rows += decision_rows(run_dir, args.conditions)
+        env_steps = read_meta(run_dir)["progress"]["env_steps"]
+        if (task_of(run_dir), run_dir.name, env_steps) not in done:
+            rows += decision_rows(run_dir, env_steps, args.conditions)
             write_csv(PATH, rows)
 
 

@@ -121,18 +121,24 @@ def run_rows(run_dir: Path, conditions: int) -> list[dict]:
     algorithm, state, run = load_run(run_dir)
     act = jax.jit(algorithm.act_deterministic)
     acting = algorithm.acting_params(state)
-    options = success_options(run) | chunk_options(run_dir)
-    env = make_env(run.env, conditions, CONDITION_SEED, backend=run.env_backend, **options)
-    try:
-        policy = lambda obs: np.asarray(act(acting, obs))  # noqa: E731
-        succeeded = host_episode_outcomes(env, CONDITION_SEED, policy)[2]
-    finally:
-        env.close()
+    policy = lambda obs: np.asarray(act(acting, obs))  # noqa: E731
+    succeeded = condition_successes(run_dir, run, policy, conditions)
     task = task_of(run_dir)
     return [
         dict(task=task, run=run_dir.name, seed=run.seed, condition=c, success=int(succeeded[c]))
         for c in range(conditions)
     ]
+
+
+def condition_successes(run_dir: Path, run, policy, conditions: int) -> np.ndarray:
+    """Whether a run's policy (observations -> actions), acting with the run's success options
+    and chunking, succeeds from each condition."""
+    options = success_options(run) | chunk_options(run_dir)
+    env = make_env(run.env, conditions, CONDITION_SEED, backend=run.env_backend, **options)
+    try:
+        return host_episode_outcomes(env, CONDITION_SEED, policy)[2]
+    finally:
+        env.close()
 
 
 def task_of(run_dir: Path) -> str:
